@@ -1,0 +1,145 @@
+"""Configuration of the KV cache engine.
+
+One pydantic settings model, so every field can come from code, from a
+`KV_CACHE_<FIELD>` environment variable or from a YAML file, and is validated
+the same way in all three cases.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CacheStrategy(str, enum.Enum):
+    """Strategy names users of the original engine know.
+
+    Every strategy stores KV in the same paged block pool; the name picks the
+    eviction policy and the storage codec:
+
+    - ``LRU``: evict the least recently used evictable leaf block.
+    - ``LFU``: evict the least frequently used leaf (ties: least recent).
+    - ``ADAPTIVE`` (default): the adaptive policy of `policies.AdaptivePolicy`.
+    - ``PAGED``: same as ADAPTIVE; kept so that configurations written for
+      the original engine load. (All strategies are paged here.)
+    - ``COMPRESSED``: ADAPTIVE eviction, blocks stored as fp16 (half of fp32)
+      and compressed losslessly with zstd when written to disk or Redis.
+    - ``QUANTIZED``: ADAPTIVE eviction, blocks stored as int8 or int4
+      (``quantization_bits``) with KIVI-style scales.
+    """
+
+    LRU = "lru"
+    LFU = "lfu"
+    ADAPTIVE = "adaptive"
+    PAGED = "paged"
+    COMPRESSED = "compressed"
+    QUANTIZED = "quantized"
+
+
+ModelDType = Literal["float32", "float16", "bfloat16"]
+CodecName = Literal["native", "fp16", "bf16", "int8", "int4"]
+
+
+class KVCacheConfig(BaseSettings):
+    """Settings of one KV cache engine (and of the model it serves)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KV_CACHE_",
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- capacity -----------------------------------------------------------
+    max_tokens: int = Field(32768, gt=0, description="Tokens of KV the pool may hold.")
+    block_size: int = Field(64, gt=0, le=4096, description="Tokens per KV block (only full blocks are cached).")
+    max_memory_mb: float | None = Field(
+        None, gt=0, description="Byte budget of the pool in MiB; the smaller of this and max_tokens wins."
+    )
+
+    # --- policy and storage -------------------------------------------------
+    cache_strategy: CacheStrategy = Field(
+        CacheStrategy.ADAPTIVE,
+        validation_alias=AliasChoices("cache_strategy", "KV_CACHE_STRATEGY", "KV_CACHE_CACHE_STRATEGY"),
+    )
+    dtype: ModelDType = Field("float32", description="Compute dtype of the model.")
+    use_compression: bool = Field(False, description="Lossless zstd for blocks written to disk or Redis.")
+    use_quantization: bool = Field(False, description="Store blocks as intN (quantization_bits).")
+    quantization_bits: Literal[4, 8] = 8
+    codec: CodecName | None = Field(None, description="Explicit storage codec; overrides the strategy's choice.")
+
+    # --- persistence and prefetch ------------------------------------------
+    enable_persistence: bool = False
+    persistence_path: Path | None = None
+    enable_prefetch: bool = True
+    prefetch_size: int = Field(4, ge=0, le=1024)
+
+    # --- model ---------------------------------------------------------------
+    model_path: str | None = Field(
+        None,
+        validation_alias=AliasChoices("model_path", "KV_CACHE_MODEL_PATH", "MODEL_PATH"),
+        description="Local folder of a Hugging Face causal LM; None means the built-in demo model.",
+    )
+    max_new_tokens: int = Field(64, gt=0, le=8192, description="Default generation length.")
+    num_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None leaves torch's default.")
+    seed: int = 0
+
+    # --- isolation ------------------------------------------------------------
+    tenant_isolation: bool = Field(True, description="Salt block keys per tenant so tenants never share KV.")
+
+    @field_validator("cache_strategy", mode="before")
+    @classmethod
+    def _lower_strategy(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower()
+        return value
+
+    @model_validator(mode="after")
+    def _check_persistence(self) -> "KVCacheConfig":
+        if self.enable_persistence and self.persistence_path is None:
+            raise ValueError("enable_persistence=True needs persistence_path (KV_CACHE_PERSISTENCE_PATH)")
+        return self
+
+    # --- derived choices --------------------------------------------------------
+    def policy_name(self) -> str:
+        """Eviction policy the strategy selects."""
+        if self.cache_strategy in (CacheStrategy.LRU, CacheStrategy.LFU):
+            return self.cache_strategy.value
+        return "adaptive"
+
+    def codec_name(self) -> str:
+        """Storage codec: explicit `codec`, else the strategy's, else the flags'."""
+        if self.codec is not None:
+            return self.codec
+        if self.cache_strategy is CacheStrategy.QUANTIZED or self.use_quantization:
+            return f"int{self.quantization_bits}"
+        if self.cache_strategy is CacheStrategy.COMPRESSED:
+            return "fp16"
+        return "native"
+
+    def lossless_compression(self) -> str | None:
+        """Lossless codec for blocks leaving memory (disk, Redis), if any."""
+        if self.use_compression or self.cache_strategy is CacheStrategy.COMPRESSED:
+            return "zstd"
+        return None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "KVCacheConfig":
+        """Load a YAML mapping (optionally under a top-level ``kv_cache:`` key).
+
+        Explicit overrides win over the file; environment variables only fill
+        fields that neither sets.
+        """
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+        if "kv_cache" in data and isinstance(data["kv_cache"], dict):
+            data = data["kv_cache"]
+        data.update(overrides)
+        return cls(**data)

@@ -1,0 +1,15 @@
+"""`blatam bench ...`: benchmarks that print a table and write JSON.
+
+Every benchmark reports ratios measured in one run (cached vs uncached, ours vs
+ideal), never a bare time as a pass/fail verdict.
+"""
+
+from __future__ import annotations
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks: print a table and write JSON.", no_args_is_help=True)
+
+# Each module adds its command to bench_app on import.
+from scripts.bench import ttft as _ttft  # noqa: E402,F401
+from scripts.bench import policies as _policies  # noqa: E402,F401

@@ -1,0 +1,28 @@
+"""The `blatam` command line: run the system, manage it, and benchmark it.
+
+Each command group lives in its own module and registers itself here, so the
+CLI stays a thin table of contents.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from scripts.bench import bench_app
+
+app = typer.Typer(
+    name="blatam",
+    help="Blatam: LLM business services on Ray Serve around a distributed KV cache.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(bench_app, name="bench")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

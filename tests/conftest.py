@@ -1,0 +1,11 @@
+"""Shared fixtures. Service tests use the real PostgreSQL and Redis named by
+TEST_DATABASE_URL / TEST_REDIS_URL (defaults: the local servers)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
