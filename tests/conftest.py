@@ -9,3 +9,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+# `database`: a fresh migrated storage Database per test, on SQLite and PostgreSQL.
+from tests.storage_fixtures import database  # noqa: E402,F401
