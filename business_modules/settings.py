@@ -1,0 +1,130 @@
+"""One settings tree for the services, read from environment variables.
+
+Every field has an environment variable of the same name in upper case
+(``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``BLATAM_ENV`` ...); code and
+Serve application args may override any of them (``Settings(**overrides)``).
+Validated once, at construction: a bad value fails the replica at start, not
+the first request.
+
+The built-in `DEFAULT_SECRET_KEY` only signs tokens in development (the
+default ``BLATAM_ENV``); any other environment refuses to start with it, as
+the FastAPI full-stack template does, because anyone who reads this file
+could forge tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import limits
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SECRET_KEY = "changethis-development-only-secret-key"
+MIN_SECRET_KEY_CHARS = 32
+
+Environment = Literal["development", "test", "staging", "production"]
+
+
+def _check_limit(value: str) -> str:
+    try:
+        limits.parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a rate limit such as '100/minute' or '10 per second'") from exc
+    return value
+
+
+class Settings(BaseSettings):
+    """Settings of the gateway and the services (see the module docstring)."""
+
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True, case_sensitive=False)
+
+    blatam_env: Environment = Field("development", description="development, test, staging or production.")
+    blatam_data_dir: Path = Field(Path("data"), description="Embedded database and other local files.")
+
+    database_url: str | None = Field(None, description="postgresql://... or sqlite:///path; unset: embedded SQLite.")
+    database_schema: str | None = Field(None, description="PostgreSQL schema for all tables (default: search_path).")
+    db_command_timeout_s: PositiveFloat = Field(10.0, description="Budget of one SQL statement.")
+    db_acquire_timeout_s: PositiveFloat = Field(5.0, description="Budget to get a pooled connection.")
+    db_pool_max_size: PositiveInt = Field(10, description="PostgreSQL connections per process.")
+
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset: per-process rate limits.")
+    redis_timeout_s: PositiveFloat = Field(0.25, description="Budget of one Redis call before falling back.")
+    redis_retry_after_s: PositiveFloat = Field(5.0, description="After a Redis failure, use memory this long.")
+    rate_limit_key_prefix: str = Field("blatam-rl", min_length=1, description="Redis key prefix of rate limits.")
+
+    secret_key: SecretStr = Field(SecretStr(DEFAULT_SECRET_KEY), description="HS256 key that signs access tokens.")
+    access_token_expire_minutes: PositiveInt = Field(30, description="Lifetime of an access token.")
+    jwt_issuer: str = Field("blatam", min_length=1)
+    jwt_audience: str = Field("blatam-api", min_length=1)
+    api_key_cache_ttl_s: float = Field(5.0, ge=0, description="How long a replica trusts a checked API key.")
+
+    rate_limit_default: str = Field("100/minute", description="Limit per tenant for a service without its own.")
+    rate_limits: dict[str, str] = Field(
+        default_factory=dict, description='Per service, e.g. RATE_LIMITS=\'{"redundancy": "60/minute"}\'.'
+    )
+    rate_limit_login: str = Field("10/minute", description="Login attempts per client address.")
+
+    max_body_bytes: PositiveInt = Field(10 * 1024 * 1024, description="Larger request bodies get 413.")
+    gateway_request_timeout_s: PositiveFloat = Field(60.0, description="Budget of one forwarded service call.")
+    health_probe_timeout_s: PositiveFloat = Field(2.0, description="Budget of one health probe.")
+
+    @field_validator("rate_limit_default", "rate_limit_login")
+    @classmethod
+    def _valid_limit(cls, value: str) -> str:
+        return _check_limit(value)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _valid_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        return {service: _check_limit(limit) for service, limit in value.items()}
+
+    @model_validator(mode="after")
+    def _check_secret(self) -> Settings:
+        secret = self.secret_key.get_secret_value()
+        if self.blatam_env == "development":
+            if secret == DEFAULT_SECRET_KEY:
+                warnings.warn(
+                    "SECRET_KEY is the built-in development default; set SECRET_KEY before BLATAM_ENV leaves "
+                    "development.",
+                    stacklevel=2,
+                )
+            return self
+        if secret == DEFAULT_SECRET_KEY:
+            raise ValueError(
+                f"SECRET_KEY is the built-in default, which is only allowed when BLATAM_ENV=development "
+                f"(here {self.blatam_env}); generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        if len(secret) < MIN_SECRET_KEY_CHARS:
+            raise ValueError(f"SECRET_KEY must have at least {MIN_SECRET_KEY_CHARS} characters outside development")
+        return self
+
+    def rate_limit_for(self, service: str) -> str:
+        """The rate limit of `service` (its own or the default)."""
+        return self.rate_limits.get(service, self.rate_limit_default)
+
+    @property
+    def access_token_ttl_s(self) -> int:
+        return self.access_token_expire_minutes * 60
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from the environment, with `overrides` (e.g. Serve app args) taking precedence."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        settings = Settings(**(overrides or {}))
+    for warning in caught:
+        logger.warning("%s", warning.message)
+    return settings
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (read once)."""
+    return load_settings()
