@@ -70,7 +70,7 @@ class KVCacheConfig(BaseSettings):
     dtype: ModelDType = Field("float32", description="Compute dtype of the model.")
     use_compression: bool = Field(False, description="Lossless zstd for blocks written to disk or Redis.")
     use_quantization: bool = Field(False, description="Store blocks as intN (quantization_bits).")
-    quantization_bits: Literal[4, 8] = 8
+    quantization_bits: int = Field(8, description="Bits per value of the quantized codec: 8 or 4.")
     codec: CodecName | None = Field(None, description="Explicit storage codec; overrides the strategy's choice.")
 
     # --- persistence and prefetch ------------------------------------------
@@ -97,6 +97,13 @@ class KVCacheConfig(BaseSettings):
     def _lower_strategy(cls, value: Any) -> Any:
         if isinstance(value, str):
             return value.strip().lower()
+        return value
+
+    @field_validator("quantization_bits")
+    @classmethod
+    def _check_bits(cls, value: int) -> int:
+        if value not in (4, 8):
+            raise ValueError(f"quantization_bits must be 8 or 4, got {value}")
         return value
 
     @model_validator(mode="after")

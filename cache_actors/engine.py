@@ -152,8 +152,8 @@ class UltraAdaptiveKVCacheEngine:
         try:
             prefix = self._prefix_cache(hit)
             logits, kv = self.runner.prefill(token_ids, prefix)
-            ttft_ms = (time.perf_counter() - started) * 1000
-            generated, finish_reason, text = self._decode(logits, kv, params)
+            generated, finish_reason, text, first_token_at = self._decode(logits, kv, params)
+            ttft_ms = (first_token_at - started) * 1000
             # KV exists for the prompt and every generated token fed back (all but the last).
             fed = (token_ids + generated)[: kv.get_seq_length()]
             if self.runner.supports_prefix_reuse:
@@ -192,22 +192,25 @@ class UltraAdaptiveKVCacheEngine:
         self.cache.read(hit, buffer)
         return cache_from_buffer(buffer)
 
-    def _decode(self, logits: torch.Tensor, kv: Any, params: Any) -> tuple[list[int], str, str]:
+    def _decode(self, logits: torch.Tensor, kv: Any, params: Any) -> tuple[list[int], str, str, float]:
+        """Sample until a stop; returns tokens, finish reason, text and when the first token was known."""
         generator = make_generator(params)
         stop_ids = set(self.runner.eos_token_ids) | set(params.stop_token_ids)
         generated: list[int] = []
+        first_token_at = 0.0
         while True:
             token = sample_next(logits, params, generator)
+            first_token_at = first_token_at or time.perf_counter()
             if token in stop_ids:
-                return generated, "stop", self.runner.decode(generated)
+                return generated, "stop", self.runner.decode(generated), first_token_at
             generated.append(token)
             if params.stop:
                 text = self.runner.decode(generated)
                 cut = find_stop(text, params.stop)
                 if cut is not None:
-                    return generated, "stop", text[:cut]
+                    return generated, "stop", text[:cut], first_token_at
             if len(generated) >= params.max_new_tokens:
-                return generated, "length", self.runner.decode(generated)
+                return generated, "length", self.runner.decode(generated), first_token_at
             logits = self.runner.step(token, kv)
 
     # --- stats, config, persistence ---------------------------------------------------------------

@@ -137,7 +137,7 @@ class BaseKVCache:
             if new:
                 self._write(new, kv_blocks)
         except BaseException:
-            for _, node in new:  # undo: never leave a node whose bytes were not written
+            for _, node in reversed(new):  # undo, children first: never keep a block whose bytes were not written
                 node.ref_cnt -= 1
                 held.remove(node)
                 self.index.remove(node, now)

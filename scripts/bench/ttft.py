@@ -1,0 +1,131 @@
+"""`blatam bench ttft`: time to first token without cache, with the engine's
+cache, and with the in-process ideal (the model's own cache object reused).
+
+Method (as for the peers in notes/peers.md): random token-id prompts with BOS
+first. Uncached: a fresh prompt. Cached: per run a new prefix of
+``prompt - new`` tokens; request A (prefix + new random tokens, untimed) fills
+the cache, request B (prefix + other new tokens) is timed. Ideal: the prefix
+prefilled once into a `DynamicCache`, then B's suffix run on a copy of it (the
+copy is not timed). Each figure is the median of ``--runs`` runs, interleaved
+so drift of a shared machine hits all three alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from rich.progress import Progress
+from transformers import DynamicCache
+
+from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
+from cache_actors.requests import GenerationRequest
+from cache_actors.sampling import SamplingParams
+from scripts.bench import bench_app
+from scripts.bench.report import console, print_table, write_json
+
+
+def _random_ids(generator: torch.Generator, count: int, vocab: int, low: int = 3) -> list[int]:
+    return torch.randint(low, vocab, (count,), generator=generator).tolist()
+
+
+def _engine_ttft_ms(engine: UltraAdaptiveKVCacheEngine, ids: list[int]) -> tuple[float, int]:
+    request = GenerationRequest(text="<token ids>", sampling=SamplingParams(max_new_tokens=1))
+    result = engine.generate_ids(request, ids)
+    return result["ttft_ms"], result["cached_tokens"]
+
+
+@torch.inference_mode()
+def _ideal_ttft_ms(engine: UltraAdaptiveKVCacheEngine, prefix: list[int], suffix: list[int]) -> float:
+    """Reuse the model's own cache object: the best any external cache can do."""
+    runner = engine.runner
+    _, full = runner.prefill(prefix)
+    copy = DynamicCache()
+    for index, layer in enumerate(full.layers):
+        copy.update(layer.keys.clone(), layer.values.clone(), index)
+    started = time.perf_counter()
+    logits, _ = runner.prefill(prefix + suffix, copy)
+    int(torch.argmax(logits).item())
+    return (time.perf_counter() - started) * 1000
+
+
+def measure_ttft(
+    engine: UltraAdaptiveKVCacheEngine, *, prompt_tokens: int, new_tokens: int, runs: int, seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Medians of uncached, cached and ideal TTFT over ``runs`` interleaved runs."""
+    if not 0 < new_tokens < prompt_tokens:
+        raise ValueError("need 0 < new_tokens < prompt_tokens")
+    if prompt_tokens + 1 > engine.runner.max_context:
+        raise ValueError(f"prompt_tokens {prompt_tokens} exceeds the model's context {engine.runner.max_context}")
+    generator = torch.Generator().manual_seed(seed)
+    vocab = min(engine.runner.vocab_size, 259) if engine.runner.vocab_size >= 259 else engine.runner.vocab_size
+    bos = [engine.runner.tokenizer.bos_token_id or 1]
+    shared = prompt_tokens - new_tokens
+    samples: dict[str, list[float]] = {"uncached": [], "cached": [], "ideal": []}
+    cached_tokens: list[int] = []
+    task = progress.add_task("ttft runs", total=runs + 1) if progress else None
+    for run in range(runs + 1):  # run 0 warms up allocators and kernels; not recorded
+        fresh = bos + _random_ids(generator, prompt_tokens - 1, vocab)
+        uncached, _ = _engine_ttft_ms(engine, fresh)
+        prefix = bos + _random_ids(generator, shared - 1, vocab)
+        _engine_ttft_ms(engine, prefix + _random_ids(generator, new_tokens, vocab))
+        suffix = _random_ids(generator, new_tokens, vocab)
+        cached, hit = _engine_ttft_ms(engine, prefix + suffix)
+        ideal = _ideal_ttft_ms(engine, prefix, suffix)
+        if run:
+            samples["uncached"].append(uncached)
+            samples["cached"].append(cached)
+            samples["ideal"].append(ideal)
+            cached_tokens.append(hit)
+        if progress is not None and task is not None:
+            progress.advance(task)
+    medians = {key: statistics.median(values) for key, values in samples.items()}
+    return {
+        "model": engine.runner.model_id,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "block_size": engine.config.block_size,
+        "runs": runs,
+        "cached_tokens": min(cached_tokens),
+        "uncached_ms": medians["uncached"],
+        "cached_ms": medians["cached"],
+        "ideal_ms": medians["ideal"],
+        "speedup": medians["uncached"] / medians["cached"],
+        "overhead": medians["cached"] / medians["ideal"],
+        "samples_ms": samples,
+        "threads": torch.get_num_threads(),
+    }
+
+
+@bench_app.command("ttft")
+def ttft_command(
+    model: str = typer.Option(None, "--model", help="Local Hugging Face model folder (default: the demo model)."),
+    prompt_tokens: int = typer.Option(2048, "--prompt-tokens", min=2),
+    new_tokens: int = typer.Option(64, "--new-tokens", min=1, help="Tokens after the shared prefix."),
+    block_size: int = typer.Option(64, "--block-size", min=1),
+    runs: int = typer.Option(5, "--runs", min=1, help="Timed runs (median); one warm-up run is added."),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's choice)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the results here."),
+) -> None:
+    """Time to first token: uncached vs the engine's cache vs the in-process ideal."""
+    config = KVCacheConfig(
+        model_path=model, block_size=block_size, num_threads=threads,
+        max_tokens=max(4 * prompt_tokens, 8 * block_size), cache_strategy="lru",
+    )
+    with console.status("loading model"):
+        engine = UltraAdaptiveKVCacheEngine(config)
+    with Progress(console=console, transient=True) as progress:
+        result = measure_ttft(engine, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, progress=progress)
+    print_table(
+        f"TTFT, {prompt_tokens} prompt tokens, {prompt_tokens - new_tokens} shared ({result['model']})",
+        ["path", "median ms"],
+        [("uncached", result["uncached_ms"]), ("cached (engine)", result["cached_ms"]), ("ideal (in-process)", result["ideal_ms"])],
+    )
+    console.print(f"speedup uncached/cached = [bold]{result['speedup']:.2f}x[/bold], "
+                  f"overhead cached/ideal = [bold]{result['overhead']:.3f}[/bold], cached tokens {result['cached_tokens']}")
+    write_json(json_out, result)
