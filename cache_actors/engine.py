@@ -79,6 +79,7 @@ class UltraAdaptiveKVCacheEngine:
         )
         self._roots: dict[str, BlockHash] = {}
         self._compute = threading.Lock()  # one model computation at a time per engine
+        self._scratch: torch.Tensor | None = None  # prefix buffer, see _prefix_cache
         self.stats = RequestStats()
         if self.config.enable_persistence and self.config.persistence_path and Path(self.config.persistence_path).exists():
             loaded = self.load(self.config.persistence_path)
@@ -185,10 +186,15 @@ class UltraAdaptiveKVCacheEngine:
         if not hit.num_blocks:
             return None
         geometry = self.runner.geometry
-        buffer = new_prefix_buffer(
-            geometry.num_layers, geometry.num_kv_heads, hit.num_blocks * self.config.block_size,
-            geometry.head_dim, geometry.dtype, self.runner.device,
-        )
+        tokens = hit.num_blocks * self.config.block_size
+        shape = (geometry.num_layers, 2, geometry.num_kv_heads, tokens, geometry.head_dim)
+        numel = shape[0] * shape[1] * shape[2] * shape[3] * shape[4]
+        # NOTE: one scratch buffer, reused: the model's first cache update copies
+        # the prefix out (torch.cat), so nothing refers to it after a prefill,
+        # and the compute lock keeps requests from sharing it concurrently.
+        if self._scratch is None or self._scratch.numel() < numel:
+            self._scratch = new_prefix_buffer(*shape[:1], shape[2], tokens, shape[4], geometry.dtype, self.runner.device).view(-1)
+        buffer = self._scratch[:numel].view(shape)
         self.cache.read(hit, buffer)
         return cache_from_buffer(buffer)
 

@@ -24,6 +24,15 @@ from cache_actors.policies import EvictionPolicy
 from cache_actors.pool import BlockPool
 
 
+def _slot_runs(slots: Sequence[int | None]) -> Iterable[tuple[int, int, int]]:
+    """``(start, stop, first_slot)`` for each run of consecutive slots in ``slots``."""
+    start = 0
+    for index in range(1, len(slots) + 1):
+        if index == len(slots) or slots[index] != slots[index - 1] + 1:  # type: ignore[operator]
+            yield start, index, slots[start]  # type: ignore[misc]
+            start = index
+
+
 @dataclass(slots=True)
 class PrefixHit:
     """Blocks of a matched prefix, held (locked) until `BaseKVCache.release`."""
@@ -80,8 +89,12 @@ class BaseKVCache:
         assert not hit.released, "read after release"
         if not hit.nodes:
             return
-        slots = [node.slot for node in hit.nodes]
-        self.codec.decode_into(self.pool.read(slots), block_views(out, self.block_size))
+        views = block_views(out, self.block_size)
+        # Decode straight from the pool: runs of consecutive slots (a chain is
+        # usually stored in one) are slices, so each byte is copied once.
+        for start, stop, first_slot in _slot_runs([node.slot for node in hit.nodes]):
+            parts = {name: tensor[first_slot : first_slot + stop - start] for name, tensor in self.pool.parts.items()}
+            self.codec.decode_into(parts, views[start:stop])
 
     def release(self, hit: PrefixHit) -> None:
         """Let go of a hit's blocks (they become evictable again)."""
