@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from scripts.bench import bench_app
+from scripts.cache_cli import cache_app
 
 app = typer.Typer(
     name="blatam",
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(cache_app, name="cache")
 
 
 def main() -> None:

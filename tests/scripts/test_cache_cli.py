@@ -1,0 +1,31 @@
+"""`blatam cache` commands through the real CLI (typer's runner, demo model)."""
+
+from __future__ import annotations
+
+import yaml
+from typer.testing import CliRunner
+
+from scripts.cli import app
+
+runner = CliRunner()
+
+
+def test_config_prints_effective_yaml(monkeypatch):
+    monkeypatch.setenv("KV_CACHE_BLOCK_SIZE", "32")
+    result = runner.invoke(app, ["cache", "config"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["kv_cache"]["block_size"] == 32
+
+
+def test_validate_exits_nonzero_on_an_invalid_config(tmp_path):
+    bad = tmp_path / "kv.yaml"
+    bad.write_text("kv_cache:\n  max_tokens: 8\n  block_size: 16\n  cache_strategy: lru\n")
+    result = runner.invoke(app, ["cache", "validate", "--config", str(bad)])
+    assert result.exit_code == 1 and "no block" in result.output
+
+
+def test_export_demo_writes_a_model_folder(tmp_path):
+    result = runner.invoke(app, ["cache", "export-demo", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "demo" / "config.json").is_file() and (tmp_path / "demo" / "tokenizer.json").is_file()
+    assert any(p.suffix == ".safetensors" for p in (tmp_path / "demo").iterdir())
