@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +42,6 @@ class RedundancyService:
         self._started = clock()
         self._indexes: OrderedDict[str, CorpusIndex] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
-        self.requests: Counter[str] = Counter()
 
     # -- corpora ---------------------------------------------------------
     async def create_corpus(self, *, tenant: str, name: str, description: str = "") -> CorpusRecord:
@@ -183,7 +182,6 @@ class RedundancyService:
         encoder = self.detector.encoder
         return {
             "uptime_s": self._clock() - self._started,
-            "requests": dict(self.requests),
             "corpora": corpora,
             "documents": documents,
             "cached_indexes": len(self._indexes),
