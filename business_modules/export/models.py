@@ -12,7 +12,18 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from business_modules.export import constants as C
 
@@ -198,12 +209,32 @@ class DocumentMetadata(BaseModel):
         return value
 
 
+def _content_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "markdown"
+    if isinstance(value, (dict, StructuredContent)):
+        return "structured"
+    return None
+
+
+MarkdownContent = Annotated[str, StringConstraints(max_length=C.MAX_CONTENT_CHARS), AfterValidator(_strip_controls)]
+
+Content = Annotated[
+    Annotated[StructuredContent, Tag("structured")] | Annotated[MarkdownContent, Tag("markdown")],
+    Discriminator(
+        _content_kind,
+        custom_error_type="content_type",
+        custom_error_message="content must be a Markdown string or an object {title, sections[]}",
+    ),
+]
+
+
 class ExportRequest(BaseModel):
     """One export: content plus how to render it."""
 
     model_config = ConfigDict(extra="ignore")
 
-    content: StructuredContent | Annotated[CleanStr, Field(max_length=C.MAX_CONTENT_CHARS)]
+    content: Content
     format: ExportFormat = ExportFormat.PDF
     document_type: DocumentType = DocumentType.REPORT
     quality_level: QualityLevel = QualityLevel.PROFESSIONAL

@@ -89,6 +89,7 @@ class ExportService:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,15 +97,24 @@ class ExportService:
         await self.recover()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="export-heartbeat")
 
-    async def close(self) -> None:
-        """Stop the heartbeat; jobs still unfinished are cancelled and marked failed."""
+    async def close(self, *, grace_s: float = 5.0) -> None:
+        """Stop the heartbeat; jobs still unfinished are cancelled and marked failed.
+
+        Waits are bounded by ``grace_s``: a task that does not finish in time is
+        logged and left to the lease sweeper of another replica.
+        """
+        self._stopping.set()
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            _, pending = await asyncio.wait({self._heartbeat}, timeout=grace_s)
+            for task in pending:
+                task.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending:
+                logger.warning("%d export job task(s) did not stop within %g s", len(pending), grace_s)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def recover(self) -> int:
@@ -253,7 +263,9 @@ class ExportService:
             raise
         future.add_done_callback(_release_and_drain(self._slots))
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout=self.settings.render_timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(self.settings.render_timeout_s):
+                return await asyncio.shield(future)
         except TimeoutError:
             raise RenderTimeoutError(
                 f"rendering took longer than {self.settings.render_timeout_s:g} s; try smaller content"
@@ -280,8 +292,13 @@ class ExportService:
 
     async def _heartbeat_loop(self) -> None:
         beats = 0
-        while True:
-            await asyncio.sleep(self.settings.job_heartbeat_s)
+        while not self._stopping.is_set():
+            try:
+                async with asyncio.timeout(self.settings.job_heartbeat_s):
+                    await self._stopping.wait()
+                return
+            except TimeoutError:
+                pass
             beats += 1
             now = self._clock()
             try:
