@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     )
     rate_limit_login: str = Field("10/minute", description="Login attempts per client address.")
 
+    gateway_services: dict[str, str] = Field(
+        default_factory=dict,
+        description='Services the gateway routes beyond (or instead of) the built-in ones: name -> Serve app, '
+                    'e.g. GATEWAY_SERVICES=\'{"redundancy": "redundancy-canary"}\'.',
+    )
     max_body_bytes: PositiveInt = Field(10 * 1024 * 1024, description="Larger request bodies get 413.")
     gateway_request_timeout_s: PositiveFloat = Field(60.0, description="Budget of one forwarded service call.")
     health_probe_timeout_s: PositiveFloat = Field(2.0, description="Budget of one health probe.")

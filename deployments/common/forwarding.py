@@ -1,0 +1,198 @@
+"""The forwarding protocol: how the gateway calls a service's HTTP routes through a handle.
+
+A service is routable by the gateway (``/api/v1/<service>/...`` and
+``POST /api/v1/gateway/route``) when its Serve application's ingress
+deployment has a method::
+
+    async def handle_request(self, method: str, path: str, body: bytes = b"",
+                             query: list[tuple[str, str]] | None = None,
+                             headers: dict[str, str] | None = None,
+                             caller: dict | None = None) -> ForwardedResponse
+
+The easiest way is to mix `ServiceIngress` into the FastAPI ingress class; it
+runs the forwarded request through the deployment's own FastAPI app in
+process (no network, no second copy of the routes), so every route works the
+same directly (``/redundancy/analyze`` on the Serve proxy) and through the
+gateway (``/api/v1/redundancy/analyze``)::
+
+    from deployments.common.forwarding import ServiceIngress, forwarded_caller
+
+    app = FastAPI(title="Redundancy")
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(app)
+    class Redundancy(ServiceIngress):
+        @app.post("/analyze")
+        async def analyze(self, request: Request, body: AnalyzeIn) -> AnalyzeOut:
+            caller = forwarded_caller(request)   # None when called directly
+            tenant = caller.tenant if caller else "public"
+            ...
+
+Also works with ``@serve.ingress()`` + ``__serve_build_asgi_app__`` (late-bound
+app) and with ``serve.ingress(build_app)`` builders: `ServiceIngress` uses
+whatever app Serve wrapped (``self.app``).
+
+Conventions the gateway relies on:
+
+- ``path`` is the path inside the service's app (``/analyze``, not
+  ``/redundancy/analyze``); the gateway strips ``/api/v1/<service>``.
+- The service answers ``GET /health`` (2xx = healthy) if it wants more than
+  "Serve says RUNNING" on the gateway's ``/health``.
+- Errors use the uniform body (`deployments.common.errors.install_error_handlers`);
+  the gateway wraps any other error body it receives into that shape.
+- The caller (tenant, subject, scopes) arrives as a scope extension, not as
+  headers, so a direct HTTP client cannot forge it: read it with
+  `forwarded_caller(request)`. The request id arrives as ``X-Request-ID``.
+- The whole response is collected before it is returned (no streaming).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message
+
+from deployments.common.errors import error_body
+
+logger = logging.getLogger(__name__)
+
+CALLER_SCOPE_KEY = "blatam.caller"
+"""Key in ``scope["extensions"]`` under which forwarded calls carry the caller."""
+
+FORWARDED_HEADERS = ("content-type", "accept", "accept-language", "x-request-id")
+"""Request headers the gateway passes on (credentials never leave the gateway)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who the gateway authenticated for this forwarded call."""
+
+    tenant: str
+    subject: str
+    scopes: tuple[str, ...] = ()
+    request_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "subject": self.subject, "scopes": list(self.scopes),
+                "request_id": self.request_id}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Caller:
+        return cls(tenant=str(data["tenant"]), subject=str(data["subject"]),
+                   scopes=tuple(data.get("scopes", ())), request_id=data.get("request_id"))
+
+
+@dataclass(slots=True)
+class ForwardedResponse:
+    """A service's complete HTTP response, as it travels back through the handle."""
+
+    status_code: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+def forwarded_caller(conn: HTTPConnection) -> Caller | None:
+    """The caller of a request forwarded by the gateway, or None for a direct request."""
+    data = conn.scope.get("extensions", {}).get(CALLER_SCOPE_KEY)
+    return Caller.from_dict(data) if data else None
+
+
+async def call_asgi(
+    app: ASGIApp,
+    *,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    query: Iterable[tuple[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    caller: Mapping[str, Any] | None = None,
+) -> ForwardedResponse:
+    """Run one HTTP request through `app` in process and collect its response.
+
+    A request the app fails on before answering becomes a 500 with the uniform body.
+    """
+    raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    if body and not any(k == b"content-length" for k, _ in raw_headers):
+        raw_headers.append((b"content-length", str(len(body)).encode()))
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method.upper(),
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8"),
+        "root_path": "",
+        "query_string": urlencode(list(query or ()), doseq=True).encode("latin-1"),
+        "headers": raw_headers,
+        "client": ("gateway", 0),
+        "server": ("service", 80),
+        "extensions": {CALLER_SCOPE_KEY: dict(caller)} if caller else {},
+        "state": {},
+    }
+    request_sent = False
+    response = ForwardedResponse(status_code=500)
+    chunks: list[bytes] = []
+    started = False
+
+    async def receive() -> Message:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+            response.status_code = int(message["status"])
+            response.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    try:
+        await app(scope, receive, send)
+    except Exception:  # noqa: BLE001 - answered below; the traceback is logged
+        if not started:
+            # The app's error handlers did not answer: answer for it.
+            logger.exception("Forwarded %s %s failed inside the service", method, path)
+            request_id = (headers or {}).get("x-request-id")
+            payload = json.dumps(error_body("internal_error", "The service failed on this request", request_id))
+            return ForwardedResponse(500, [("content-type", "application/json")], payload.encode())
+        # NOTE: Starlette's ServerErrorMiddleware re-raises after sending its 500
+        # so that servers can log it; the response is complete, so return it.
+        logger.debug("Forwarded %s %s raised after answering %d", method, path, response.status_code)
+    response.body = b"".join(chunks)
+    return response
+
+
+class ServiceIngress:
+    """Mixin for a service's ``@serve.ingress`` class: implements ``handle_request``.
+
+    It calls ``self.app`` (the ASGI app Serve wrapped for this replica), so the
+    gateway reaches exactly the routes a direct HTTP client reaches.
+    """
+
+    async def handle_request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        query: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        caller: dict[str, Any] | None = None,
+    ) -> ForwardedResponse:
+        """Serve one request forwarded by the gateway (see the module docstring)."""
+        return await call_asgi(self.app, method=method, path=path, body=body, query=query, headers=headers,
+                               caller=caller)

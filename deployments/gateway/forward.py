@@ -1,0 +1,82 @@
+"""Forward one authenticated request to a service and shape the answer.
+
+Shared by ``/api/v1/<service>/...`` and the original generic route: scope
+check (403), rate limit per tenant and service (429), the call through the
+service client (503/504 on failure), and the uniform error body for any
+error response a service sends in another shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from business_modules.auth import Principal, require_scope
+from business_modules.ratelimit import RateLimitDecision
+from deployments.common.errors import code_for_status, error_body
+from deployments.common.forwarding import Caller, ForwardedResponse
+from deployments.common.request_id import get_request_id
+from deployments.gateway.deps import enforce_rate_limit
+from deployments.gateway.state import GatewayState
+
+# Response headers that describe the hop, not the content: the gateway sets its own.
+_HOP_HEADERS = {"content-length", "connection", "keep-alive", "transfer-encoding", "server", "date",
+                "x-request-id"}
+
+
+async def forward(
+    state: GatewayState,
+    request: Request,
+    principal: Principal,
+    service: str,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    query: list[tuple[str, str]],
+    headers: dict[str, str],
+) -> tuple[ForwardedResponse, RateLimitDecision]:
+    """Authorise, rate-limit and forward; return the (normalised) response and the limit decision."""
+    require_scope(principal, service)
+    decision = await enforce_rate_limit(state, request, key=f"{principal.tenant}:{service}",
+                                        limit=state.settings.rate_limit_for(service),
+                                        what=f"service {service!r} (tenant {principal.tenant!r})")
+    request_id = get_request_id(request)
+    caller = Caller(tenant=principal.tenant, subject=principal.subject, scopes=tuple(sorted(principal.scopes)),
+                    request_id=request_id)
+    response = await state.services.forward(
+        service, method=method, path=path, body=body, query=query, headers={**headers, "x-request-id": request_id},
+        caller=caller.to_dict(), timeout_s=state.settings.gateway_request_timeout_s,
+    )
+    return uniform_errors(response, request_id), decision
+
+
+def pass_through_headers(response: ForwardedResponse) -> list[tuple[str, str]]:
+    """The service's response headers minus the hop-by-hop ones."""
+    return [(k, v) for k, v in response.headers if k.lower() not in _HOP_HEADERS]
+
+
+def uniform_errors(response: ForwardedResponse, request_id: str | None) -> ForwardedResponse:
+    """Rewrite an error response that is not already in the uniform shape."""
+    if response.status_code < 400:
+        return response
+    parsed: Any = None
+    if "json" in (response.header("content-type") or ""):
+        try:
+            parsed = json.loads(response.body or b"null")
+        except ValueError:
+            parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) and "code" in parsed["error"]:
+        parsed["error"]["request_id"] = request_id
+        body = parsed
+    else:
+        detail = parsed.get("detail") if isinstance(parsed, dict) else None
+        if not isinstance(detail, str):
+            detail = json.dumps(detail) if detail is not None else response.body.decode("utf-8", "replace")[:300]
+        message = detail.strip() or code_for_status(response.status_code).replace("_", " ")
+        body = error_body(code_for_status(response.status_code), message, request_id)
+    headers = [(k, v) for k, v in response.headers if k.lower() != "content-type"]
+    return ForwardedResponse(response.status_code, [*headers, ("content-type", "application/json")],
+                             json.dumps(body).encode())

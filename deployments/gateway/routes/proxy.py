@@ -1,0 +1,42 @@
+"""``/api/v1/<service>/<path>``: any method, forwarded to the service's own route ``/<path>``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from deployments.common.forwarding import FORWARDED_HEADERS
+from deployments.gateway.deps import PrincipalDep, ServiceDep, StateDep
+from deployments.gateway.errors import rate_limit_headers
+from deployments.gateway.forward import forward, pass_through_headers
+
+router = APIRouter(tags=["services"])
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+async def _proxy(service: str, path: str, request: Request, principal, state) -> Response:
+    body = await request.body()
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    result, decision = await forward(
+        state, request, principal, service, method=request.method, path="/" + path, body=body,
+        query=list(request.query_params.multi_items()), headers=headers,
+    )
+    response = Response(content=result.body, status_code=result.status_code)
+    for name, value in pass_through_headers(result):
+        response.headers.append(name, value)
+    response.headers.update(rate_limit_headers(decision))
+    return response
+
+
+@router.api_route("/api/v1/{service}/{path:path}", methods=METHODS,
+                  summary="Call a service route through the gateway",
+                  description="Forwards to the route `/{path}` of the service's Serve application, with the "
+                              "caller's tenant. Needs a bearer token or API key with the service's scope.")
+async def proxy(service: ServiceDep, path: str, request: Request, principal: PrincipalDep,
+                state: StateDep) -> Response:
+    return await _proxy(service, path, request, principal, state)
+
+
+@router.api_route("/api/v1/{service}", methods=METHODS, include_in_schema=False)
+async def proxy_root(service: ServiceDep, request: Request, principal: PrincipalDep, state: StateDep) -> Response:
+    return await _proxy(service, "", request, principal, state)

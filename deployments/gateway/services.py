@@ -1,0 +1,197 @@
+"""Which services the gateway knows, and how it reaches them (Serve handles).
+
+`SERVICES` maps the URL name (``/api/v1/<service>/...``, also the auth scope)
+to the Serve application name; `LEGACY_TARGETS` maps the original
+Integration System's ``target_system`` names onto the same services.
+
+`ServeServiceClient` resolves ``serve.get_app_handle(app)`` lazily (in a
+thread: it blocks on the controller) and caches the handle; it reads the
+applications' status from the controller at most once per
+``status_ttl_s`` so a service that is not deployed, failed or unhealthy is
+answered 503 at once instead of waiting for replicas that will not come.
+Every forwarded call is bounded by a timeout and cancelled on timeout or
+client disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from deployments.common.forwarding import ForwardedResponse
+
+logger = logging.getLogger(__name__)
+
+SERVICES: dict[str, str] = {
+    "redundancy": "redundancy",
+    "bul": "bul",
+    "gamma": "gamma",
+    "agents": "agents",
+    "export": "export",
+    "llm": "llm",
+}
+"""URL/scope name -> Serve application name."""
+
+CACHE_APP = "llm"
+"""The application that holds the KV cache; reported as ``cache`` on /health."""
+
+LEGACY_TARGETS: dict[str, str] = {
+    "content_redundancy": "redundancy",
+    "bul": "bul",
+    "gamma_app": "gamma",
+    "business_agents": "agents",
+    "export_ia": "export",
+}
+"""The original ``target_system`` names -> service names."""
+
+# Serve application states that can take requests (DEPLOYING also covers an
+# update while the old replicas still serve).
+_ROUTABLE = {"RUNNING", "DEPLOYING"}
+
+
+class ServiceUnavailable(Exception):
+    """The service is not deployed, not healthy, or failed to answer (503)."""
+
+    def __init__(self, service: str, reason: str, *, retry_after_s: int | None = None):
+        super().__init__(f"Service {service!r} is unavailable: {reason}")
+        self.service = service
+        self.retry_after_s = retry_after_s
+
+
+class ServiceTimeout(ServiceUnavailable):
+    """The service did not answer within the gateway's time budget (504)."""
+
+
+class UnknownService(Exception):
+    """No service by this name (404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    """Serve's view of one application."""
+
+    status: str  # RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, DELETING, NOT_STARTED, or NOT_DEPLOYED
+    message: str = ""
+
+
+class ServiceClient(Protocol):
+    """How the gateway reaches services; the Serve implementation is `ServeServiceClient`."""
+
+    registry: ServiceRegistry
+
+    async def app_states(self) -> dict[str, AppState]: ...
+
+    async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
+                      headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse: ...
+
+
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class ServiceRegistry:
+    """Service name -> Serve application: the built-in `SERVICES` plus configured ones."""
+
+    def __init__(self, extra: Mapping[str, str] | None = None):
+        bad = [name for name in (extra or {}) if not _SERVICE_NAME.match(name)]
+        if bad:
+            raise ValueError(f"Service names must match {_SERVICE_NAME.pattern}: {bad}")
+        self._apps = {**SERVICES, **(extra or {})}
+
+    def app_for(self, service: str) -> str:
+        """The Serve application of `service` (`UnknownService` when there is none)."""
+        try:
+            return self._apps[service]
+        except KeyError:
+            raise UnknownService(
+                f"No service {service!r}; known services: {', '.join(sorted(self._apps))}") from None
+
+    def items(self) -> list[tuple[str, str]]:
+        """(service, app) pairs, in a stable order."""
+        return sorted(self._apps.items())
+
+
+class ServeServiceClient:
+    """`ServiceClient` over Ray Serve application handles."""
+
+    def __init__(self, registry: ServiceRegistry, *, status_ttl_s: float = 1.0, controller_timeout_s: float = 5.0):
+        self.registry = registry
+        self._status_ttl_s = status_ttl_s
+        self._controller_timeout_s = controller_timeout_s
+        self._handles: dict[str, Any] = {}
+        self._states: dict[str, AppState] = {}
+        self._states_at = float("-inf")
+        self._refresh: asyncio.Task[dict[str, AppState]] | None = None
+
+    async def app_states(self) -> dict[str, AppState]:
+        """Every application's state (cached for ``status_ttl_s``; one refresh at a time)."""
+        if time.monotonic() - self._states_at < self._status_ttl_s:
+            return self._states
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._load_states())
+        return await asyncio.shield(self._refresh)
+
+    async def _load_states(self) -> dict[str, AppState]:
+        from ray import serve
+
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), timeout=self._controller_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - controller unreachable: keep the last view, say why
+            logger.warning("Could not read Serve status (%s); keeping the previous view", exc)
+            return self._states
+        self._states = {name: AppState(str(app.status.value if hasattr(app.status, "value") else app.status),
+                                       app.message or "")
+                        for name, app in status.applications.items()}
+        self._states_at = time.monotonic()
+        return self._states
+
+    async def _handle(self, app: str) -> Any:
+        handle = self._handles.get(app)
+        if handle is None:
+            from ray import serve
+
+            handle = await asyncio.wait_for(asyncio.to_thread(serve.get_app_handle, app),
+                                            timeout=self._controller_timeout_s)
+            self._handles[app] = handle
+        return handle
+
+    async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
+                      headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse:
+        import ray.exceptions
+        from ray.serve.exceptions import RayServeException
+
+        app = self.registry.app_for(service)
+        state = (await self.app_states()).get(app)
+        if state is None:
+            raise ServiceUnavailable(service, "not deployed")
+        if state.status not in _ROUTABLE:
+            raise ServiceUnavailable(service, f"application is {state.status}", retry_after_s=5)
+        try:
+            handle = await self._handle(app)
+        except (RayServeException, TimeoutError) as exc:
+            raise ServiceUnavailable(service, f"no handle ({exc})", retry_after_s=5) from exc
+        response = handle.handle_request.remote(method, path, body, query, headers, caller)
+        try:
+            result = await asyncio.wait_for(response, timeout=timeout_s)
+        except TimeoutError as exc:
+            response.cancel()
+            raise ServiceTimeout(service, f"no answer within {timeout_s:g} s") from exc
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except (ray.exceptions.RayError, RayServeException) as exc:
+            self._handles.pop(app, None)
+            raise ServiceUnavailable(service, _short(exc), retry_after_s=5) from exc
+        if not isinstance(result, ForwardedResponse):
+            raise ServiceUnavailable(service, "its handle_request does not follow the forwarding protocol")
+        return result
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of a (possibly huge, remote) exception."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]

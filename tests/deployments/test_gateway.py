@@ -1,0 +1,301 @@
+"""The gateway through real HTTP on a local Serve instance, real PostgreSQL and Redis.
+
+A small echo service (tests/deployments/echo_service.py) stands in for the
+business services: the gateway routes the services ``echo``, ``limited`` and
+``redundancy`` to it (GATEWAY_SERVICES), so the original generic route's
+``content_redundancy`` target reaches it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from business_modules.auth import AuthService
+from business_modules.auth import repository as _auth_repository  # noqa: F401
+from business_modules.storage import open_database
+from deployments.app_builder import build_gateway
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.deployments.conftest import ServeInstance, run_app
+from tests.storage_fixtures import drop_schema, unique_schema
+
+pytestmark = pytest.mark.ray
+
+SECRET = "gateway-test-secret-0123456789-abcdefghijklmnop"
+PASSWORD = "correct horse battery"
+
+
+class Env:
+    """What the tests need: the URL, credentials, and a way to change users."""
+
+    def __init__(self, base_url: str, schema: str):
+        self.base_url = base_url
+        self.schema = schema
+        self.keys: dict[str, str] = {}
+
+    async def auth(self) -> tuple[AuthService, object]:
+        db = await open_database(TEST_DATABASE_URL, schema=self.schema)
+        return AuthService(db, secret_key=SECRET, token_ttl_s=1800), db
+
+
+async def _seed(env: Env) -> None:
+    auth, db = await env.auth()
+    try:
+        await auth.create_user(username="alice", password=PASSWORD, scopes="echo redundancy limited bul",
+                               tenant="acme")
+        await auth.create_user(username="bob", password=PASSWORD, scopes="*", tenant="globex")
+        env.keys["alice"] = (await auth.create_api_key(username="alice", name="all")).secret
+        env.keys["alice_echo"] = (await auth.create_api_key(username="alice", name="echo", scopes="echo")).secret
+        env.keys["bob"] = (await auth.create_api_key(username="bob", name="all")).secret
+    finally:
+        await db.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(serve_instance: ServeInstance):
+    from ray import serve
+
+    from tests.deployments.echo_service import echo_app
+
+    schema = unique_schema("gw")
+    prefix = f"test-gw-{uuid.uuid4().hex[:8]}"
+    settings = {
+        "blatam_env": "test",
+        "secret_key": SECRET,
+        "database_url": TEST_DATABASE_URL,
+        "database_schema": schema,
+        "redis_url": TEST_REDIS_URL,
+        "rate_limit_key_prefix": prefix,
+        "rate_limit_default": "1000/minute",
+        "rate_limits": {"limited": "3/minute"},
+        "gateway_services": {"echo": "test_echo", "limited": "test_echo", "redundancy": "test_echo"},
+        "api_key_cache_ttl_s": 0,
+        "gateway_request_timeout_s": 1.5,
+        "max_body_bytes": 64 * 1024,
+    }
+    run_app(echo_app, name="test_echo", route_prefix="/test-echo")
+    run_app(build_gateway({"settings": settings}), name="gateway", route_prefix="/")
+    env = Env(serve_instance.base_url, schema)
+    asyncio.run(_seed(env))
+    try:
+        yield env
+    finally:
+        serve.delete("gateway")
+        serve.delete("test_echo")
+        asyncio.run(drop_schema(TEST_DATABASE_URL, schema))
+        client = redis.Redis.from_url(TEST_REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def http(gateway: Env):
+    with httpx.Client(base_url=gateway.base_url, timeout=30.0) as client:
+        yield client
+
+
+def assert_uniform(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    assert body["error"]["request_id"] == response.headers["x-request-id"]
+    return body["error"]
+
+
+# -- health, docs ---------------------------------------------------------------
+
+
+def test_health_reports_each_component(http: httpx.Client) -> None:
+    response = http.get("/health")
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["status"] == "healthy"
+    assert report["services"]["echo"]["status"] == "healthy"
+    assert report["services"]["export"]["status"] == "not_deployed"
+    assert report["cache"]["status"] == "not_deployed"
+    assert report["database"] == {**report["database"], "status": "healthy", "backend": "postgresql"}
+    assert report["redis"]["status"] == "healthy" and report["redis"]["rate_limits"] == "redis"
+    assert http.get("/ready").json() == {"status": "ready"}
+
+
+def test_docs_and_openapi_need_no_credentials(http: httpx.Client) -> None:
+    assert http.get("/docs").status_code == 200
+    spec = http.get("/openapi.json").json()
+    assert "/api/v1/auth/login" in spec["paths"] and "/api/v1/gateway/route" in spec["paths"]
+
+
+# -- authentication ---------------------------------------------------------------
+
+
+def test_login_returns_a_bearer_token_that_works(http: httpx.Client) -> None:
+    response = http.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    token = response.json()
+    assert token["token_type"] == "bearer" and token["expires_in"] == 1800
+    me = http.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token['access_token']}"})
+    assert me.json() == {"subject": "alice", "tenant": "acme", "scopes": ["bul", "echo", "limited", "redundancy"],
+                         "method": "jwt", "key_id": None}
+
+
+@pytest.mark.parametrize("headers, code", [
+    ({}, "not_authenticated"),
+    ({"Authorization": "Bearer not-a-token"}, "invalid_token"),
+    ({"X-API-Key": "blt_000000000000_" + "A" * 43}, "invalid_api_key"),
+    ({"X-API-Key": "garbage"}, "invalid_api_key"),
+])
+def test_missing_or_invalid_credentials_are_401(http: httpx.Client, headers: dict, code: str) -> None:
+    response = http.post("/api/v1/echo/echo", json={}, headers=headers)
+    assert_uniform(response, 401, code)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_wrong_password_is_401(http: httpx.Client) -> None:
+    response = http.post("/api/v1/auth/login", json={"username": "alice", "password": "wrong password"})
+    assert_uniform(response, 401, "invalid_credentials")
+
+
+def test_key_without_the_service_scope_is_403(http: httpx.Client, gateway: Env) -> None:
+    response = http.post("/api/v1/redundancy/echo", json={}, headers={"X-API-Key": gateway.keys["alice_echo"]})
+    assert_uniform(response, 403, "insufficient_scope")
+
+
+def test_revoked_key_stops_working(http: httpx.Client, gateway: Env) -> None:
+    async def create() -> tuple[str, str]:
+        auth, db = await gateway.auth()
+        try:
+            new = await auth.create_api_key(username="bob", name="short-lived")
+            return new.key.key_id, new.secret
+        finally:
+            await db.close()
+
+    async def revoke(key_id: str) -> None:
+        auth, db = await gateway.auth()
+        try:
+            await auth.revoke_api_key(key_id)
+        finally:
+            await db.close()
+
+    key_id, secret = asyncio.run(create())
+    first = http.get("/api/v1/echo/echo", headers={"X-API-Key": secret})
+    assert first.status_code == 200, first.text
+    asyncio.run(revoke(key_id))
+    assert_uniform(http.get("/api/v1/echo/echo", headers={"X-API-Key": secret}), 401, "invalid_api_key")
+
+
+# -- forwarding -------------------------------------------------------------------
+
+
+def test_forwarding_passes_body_query_caller_and_request_id(http: httpx.Client, gateway: Env) -> None:
+    response = http.post("/api/v1/echo/echo?a=1&a=2&b=x", json={"hello": "world"},
+                         headers={"X-API-Key": gateway.keys["alice"], "X-Request-ID": "test-req-0001"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "test-req-0001"
+    assert int(response.headers["x-ratelimit-limit"]) == 1000
+    echoed = response.json()
+    assert echoed["path"] == "/echo" and echoed["method"] == "POST"
+    assert echoed["query"] == [["a", "1"], ["a", "2"], ["b", "x"]]
+    assert echoed["body"] == '{"hello":"world"}' and echoed["content_type"] == "application/json"
+    assert echoed["caller"] == {"tenant": "acme", "subject": "alice",
+                                "scopes": ["bul", "echo", "limited", "redundancy"], "request_id": "test-req-0001"}
+    assert echoed["request_id"] == "test-req-0001"
+    assert echoed["saw_credentials"] is False
+
+
+def test_direct_calls_have_no_forged_caller(http: httpx.Client) -> None:
+    echoed = http.post("/test-echo/echo", json={}, headers={"X-Blatam-Tenant": "evil"}).json()
+    assert echoed["caller"] is None
+
+
+def test_binary_responses_pass_through(http: httpx.Client, gateway: Env) -> None:
+    response = http.get("/api/v1/echo/binary", headers={"X-API-Key": gateway.keys["alice"]})
+    assert response.status_code == 200
+    assert response.content == bytes(range(256))
+    assert response.headers["content-type"] == "application/octet-stream"
+
+
+def test_service_errors_come_back_uniform(http: httpx.Client, gateway: Env) -> None:
+    key = {"X-API-Key": gateway.keys["alice"]}
+    assert_uniform(http.get("/api/v1/echo/boom", headers=key), 500, "internal_error")
+    error = assert_uniform(http.get("/api/v1/echo/plain-error", headers=key), 418, "i'm_a_teapot")
+    assert error["message"] == "teapot refuses"
+    error = assert_uniform(http.post("/api/v1/echo/items", json={"name": "", "count": -1}, headers=key),
+                           422, "validation_error")
+    assert "name" in error["message"] and "count" in error["message"]
+    assert_uniform(http.get("/api/v1/echo/no-such-route", headers=key), 404, "not_found")
+
+
+def test_unknown_undeployed_and_slow_services(http: httpx.Client, gateway: Env) -> None:
+    key = {"X-API-Key": gateway.keys["bob"]}
+    assert_uniform(http.get("/api/v1/nosuch/x", headers=key), 404, "unknown_service")
+    response = http.get("/api/v1/bul/health", headers=key)
+    assert_uniform(response, 503, "service_unavailable")
+    assert_uniform(http.get("/api/v1/echo/slow?seconds=4", headers=key), 504, "service_timeout")
+
+
+# -- the original generic route ----------------------------------------------------
+
+
+def test_generic_route_reaches_the_target_system(http: httpx.Client, gateway: Env) -> None:
+    response = http.post("/api/v1/gateway/route", headers={"X-API-Key": gateway.keys["alice"]}, json={
+        "target_system": "content_redundancy", "endpoint": "/echo?x=1", "method": "post", "data": {"k": "v"}})
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert set(out) == {"request_id", "target_system", "endpoint", "method", "status_code", "response",
+                        "processing_time", "timestamp"}
+    assert (out["target_system"], out["endpoint"], out["method"], out["status_code"]) == (
+        "content_redundancy", "/echo?x=1", "POST", 200)
+    assert out["response"]["body"] == '{"k": "v"}' and out["response"]["query"] == [["x", "1"]]
+    assert out["request_id"] == response.headers["x-request-id"] and out["processing_time"] > 0
+
+
+def test_generic_route_refuses_unknown_targets_and_reports_down_ones(http: httpx.Client, gateway: Env) -> None:
+    key = {"X-API-Key": gateway.keys["bob"]}
+    assert_uniform(http.post("/api/v1/gateway/route", headers=key,
+                             json={"target_system": "nope", "endpoint": "/x"}), 400, "unknown_target_system")
+    assert_uniform(http.post("/api/v1/gateway/route", headers=key,
+                             json={"target_system": "export_ia", "endpoint": "/health"}), 503, "service_unavailable")
+    assert_uniform(http.post("/api/v1/gateway/route", headers=key,
+                             json={"target_system": "bul", "endpoint": "http://elsewhere/x"}), 400, "bad_endpoint")
+
+
+# -- bad input ------------------------------------------------------------------
+
+
+def test_bad_requests_get_the_uniform_body(http: httpx.Client, gateway: Env) -> None:
+    assert_uniform(http.get("/no/such/route"), 404, "not_found")
+    assert_uniform(http.get("/api/v1/auth/login"), 405, "method_not_allowed")
+    assert_uniform(http.post("/api/v1/auth/login", json={"username": "alice"}), 422, "validation_error")
+    assert_uniform(http.post("/api/v1/auth/login", content=b"{not json",
+                             headers={"content-type": "application/json"}), 400, "malformed_json")
+    big = b"x" * (64 * 1024 + 1)
+    assert_uniform(http.post("/api/v1/echo/echo", content=big, headers={"X-API-Key": gateway.keys["alice"]}),
+                   413, "payload_too_large")
+
+
+def test_insane_request_ids_are_replaced(http: httpx.Client) -> None:
+    response = http.get("/no/such/route", headers={"X-Request-ID": "x" * 300})
+    assert response.status_code == 404
+    assert response.json()["error"]["request_id"] != "x" * 300
+
+
+# -- rate limits ----------------------------------------------------------------
+
+
+def test_rate_limit_per_tenant_and_service(http: httpx.Client, gateway: Env) -> None:
+    alice = {"X-API-Key": gateway.keys["alice"]}
+    statuses = [http.get("/api/v1/limited/echo", headers=alice) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert [r.headers["x-ratelimit-remaining"] for r in statuses[:3]] == ["2", "1", "0"]
+    refused = statuses[-1]
+    assert_uniform(refused, 429, "rate_limited")
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert http.get("/api/v1/echo/echo", headers=alice).status_code == 200  # another route of the tenant
+    assert http.get("/api/v1/limited/echo", headers={"X-API-Key": gateway.keys["bob"]}).status_code == 200
