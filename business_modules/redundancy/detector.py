@@ -18,10 +18,10 @@ from business_modules.redundancy.errors import InvalidInputError
 from business_modules.redundancy.features import Featurizer
 from business_modules.redundancy.index import CorpusIndex, IndexedDocument
 from business_modules.redundancy.models import CanonicalRule, Match, Method, Pair
-from business_modules.redundancy.passages import matching_passages
+from business_modules.redundancy.passages import Passage, matching_passages
 from business_modules.redundancy.report import build_report
 from business_modules.redundancy.settings import RedundancySettings
-from business_modules.redundancy.text import content_hash, tokenize
+from business_modules.redundancy.text import Token, content_hash, tokenize
 
 
 class Detector:
@@ -151,7 +151,7 @@ class Detector:
         a_text = index.docs[pair.a].text
         return replace(pair, passages=self._passages(a_text, tokenize(a_text), index.docs[pair.b].text))
 
-    def _passages(self, a_text: str, a_tokens: list, b_text: str) -> list:
+    def _passages(self, a_text: str, a_tokens: list[Token], b_text: str) -> list[Passage]:
         return matching_passages(
             a_text,
             a_tokens,

@@ -165,9 +165,8 @@ class CorpusRepository:
         )
         return [_corpus(r) for r in rows]
 
-    async def delete_corpus(self, *, tenant: str, name: str) -> None:
-        """Delete a corpus and all its documents; raises NotFoundError."""
-        corpus = await self.get_corpus(tenant=tenant, name=name)
+    async def delete_corpus(self, corpus: CorpusRecord) -> None:
+        """Delete a corpus and all its documents (in one transaction)."""
         async with self.db.transaction():
             await self.db.execute("DELETE FROM redundancy_documents WHERE corpus_id = :id", {"id": corpus.id})
             await self.db.execute("DELETE FROM redundancy_corpora WHERE id = :id", {"id": corpus.id})

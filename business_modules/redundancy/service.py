@@ -59,8 +59,9 @@ class RedundancyService:
     async def delete_corpus(self, *, tenant: str, name: str) -> None:
         """Delete a corpus, its documents and its cached index."""
         corpus = await self.repository.get_corpus(tenant=tenant, name=name)
-        await self.repository.delete_corpus(tenant=tenant, name=name)
+        await self.repository.delete_corpus(corpus)
         self._indexes.pop(corpus.id, None)
+        self._locks.pop(corpus.id, None)
 
     # -- documents -------------------------------------------------------
     async def add_documents(self, *, tenant: str, name: str, documents: Sequence[NewDocument]) -> list[DocumentRecord]:
