@@ -32,7 +32,7 @@ from business_modules.export.models import (
     Section,
     StructuredContent,
 )
-from business_modules.export.renderer import RenderedDocument, render_document
+from business_modules.export.renderer import DocumentPreview, RenderedDocument, preview_document, render_document
 from business_modules.export.repository import ExportJob
 from business_modules.export.results import ResultStore
 from business_modules.export.service import ExportService, ResultFile
@@ -42,6 +42,7 @@ __all__ = [
     "THEMES",
     "ContentTooLargeError",
     "DocumentMetadata",
+    "DocumentPreview",
     "DocumentType",
     "ExportBusyError",
     "ExportError",
@@ -66,5 +67,6 @@ __all__ = [
     "StructuredContent",
     "Theme",
     "get_theme",
+    "preview_document",
     "render_document",
 ]

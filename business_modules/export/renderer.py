@@ -65,3 +65,30 @@ def render_document(request: ExportRequest, *, now: datetime) -> RenderedDocumen
         filename=source.filename,
         quality=assess(parsed, source.metadata),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPreview:
+    """What rendering a request would produce, without rendering it."""
+
+    title: str
+    sections: list[str]
+    filename: str
+    theme: str
+    toc: bool
+    quality: QualityReport
+
+
+def preview_document(request: ExportRequest, *, now: datetime) -> DocumentPreview:
+    """Normalise and assess ``request`` (cheap: no layout, no file)."""
+    source = build_source(request, now=now)
+    parsed = parse_document(source.markdown)
+    top = parsed.section_level
+    return DocumentPreview(
+        title=source.metadata.title,
+        sections=[h.text for h in parsed.headings if h.level == top],
+        filename=source.filename,
+        theme=source.options.theme.name,
+        toc=source.options.toc,
+        quality=assess(parsed, source.metadata),
+    )

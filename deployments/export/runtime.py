@@ -1,0 +1,100 @@
+"""Per-replica state of the export app: database, result folder, job service.
+
+The database is opened (and the ``export`` migrations applied) on first use
+under a lock, so a replica starts even while the database is briefly
+unreachable and answers 503 until it is back. The app's lifespan tries once
+at start, so the heartbeat (lease renewal, stale-job sweep, purge of expired
+results) runs from the beginning when the database is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from business_modules.export import ExportService, ExportSettings, ResultStore
+from business_modules.settings import load_settings
+from business_modules.storage import Database, StorageError, open_database
+
+logger = logging.getLogger(__name__)
+
+DB_OPEN_TIMEOUT_S = 15.0
+
+
+class ExportAppConfig(BaseModel):
+    """Application args (serve_config.yaml ``args``, or ``.bind(...)`` in tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str | None = Field(None, description="default: DATABASE_URL, else the embedded SQLite file")
+    database_schema: str | None = Field(None, description="PostgreSQL schema (tests use a private one)")
+    data_dir: Path | None = Field(None, description="default: BLATAM_DATA_DIR (result files go to <data_dir>/exports)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="ExportSettings overrides (else EXPORT_*)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+
+
+class Runtime:
+    """Lazily started `ExportService` of one replica (or one test app)."""
+
+    def __init__(self, config: ExportAppConfig) -> None:
+        self.config = config
+        self.settings = ExportSettings(**config.settings)
+        shared = load_settings({})
+        self.data_dir = Path(config.data_dir or shared.blatam_data_dir)
+        self.database_url = config.database_url or shared.database_url or os.environ.get("DATABASE_URL")
+        self._shared = shared
+        self._db: Database | None = None
+        self._service: ExportService | None = None
+        self._lock = asyncio.Lock()
+        self.runner_id = uuid.uuid4().hex
+
+    async def service(self) -> ExportService:
+        """The started service, opening (and migrating) the database on first call."""
+        if self._service is None:
+            async with self._lock:
+                if self._service is None:
+                    kwargs: dict[str, Any] = {
+                        "components": ["export"],
+                        "data_dir": self.data_dir,
+                        "command_timeout_s": self._shared.db_command_timeout_s,
+                        "acquire_timeout_s": self._shared.db_acquire_timeout_s,
+                    }
+                    if self.config.database_schema:
+                        kwargs["schema"] = self.config.database_schema
+                    db = await asyncio.wait_for(open_database(self.database_url, **kwargs), DB_OPEN_TIMEOUT_S)
+                    results = ResultStore(self.settings.resolved_results_dir(self.data_dir))
+                    service = ExportService(db=db, results=results, settings=self.settings, runner_id=self.runner_id)
+                    try:
+                        await service.start()
+                    except BaseException:
+                        await db.close()
+                        raise
+                    self._db, self._service = db, service
+        return self._service
+
+    async def try_start(self) -> None:
+        """Start now if the database answers; otherwise on the first request."""
+        try:
+            await self.service()
+        except (StorageError, TimeoutError, OSError) as exc:
+            logger.warning("export: database not reachable at start (%s); will retry on first request", exc)
+
+    async def ping(self) -> None:
+        """Raise a storage error when the database does not answer."""
+        await self.service()
+        assert self._db is not None
+        await self._db.ping()
+
+    async def close(self) -> None:
+        """Stop the service (unfinished jobs are marked failed), then release the database."""
+        if self._service is not None:
+            await self._service.close()
+        if self._db is not None:
+            await self._db.close()
+        self._db = self._service = None
