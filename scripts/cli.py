@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import typer
 
+from scripts.admin import keys_app, users_app
 from scripts.bench import bench_app
 from scripts.cache_cli import cache_app
+from scripts.up import up
 
 app = typer.Typer(
     name="blatam",
@@ -19,6 +21,9 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(cache_app, name="cache")
+app.command("up")(up)
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

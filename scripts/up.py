@@ -1,0 +1,262 @@
+"""`blatam up`: run every Blatam service locally on Ray Serve, until Ctrl-C.
+
+Starts a private local Ray cluster (``ray.init(address="local")``: the GCS
+gets a free port, never Redis's 6379; the dashboard listens on
+``--dashboard-port``), starts Serve's HTTP proxy on ``--host:--port`` and
+deploys every application of ``serve_config.yaml`` exactly as ``serve
+deploy`` would (same controller call, so ``deployments:`` overrides apply).
+Embedded defaults need no server: without DATABASE_URL the services share the
+SQLite file ``<data dir>/blatam.db``; without REDIS_URL rate limits are per
+process. Both are said in the output.
+
+Ray 2.60 turns token authentication on for clusters started by ``ray.init``
+(token in ``~/.ray/auth_token``). This command talks to its cluster in
+process, so it needs nothing; the ``serve``/``ray`` CLIs and the dashboard
+need the token (``RAY_AUTH_MODE=token serve status -a http://127.0.0.1:8265``).
+Set ``RAY_AUTH_MODE=disabled`` before ``blatam up`` to turn it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = PROJECT_ROOT / "serve_config.yaml"
+DEPLOY_TIMEOUT_S = 600.0
+STATUS_POLL_S = 0.5
+MONITOR_EVERY_S = 10.0
+
+logger = logging.getLogger("blatam.up")
+
+
+class UpError(Exception):
+    """Why `blatam up` cannot go on (printed, exit code 1 or 2)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def load_config(path: Path, *, host: str, port: int) -> Any:
+    """serve_config.yaml as a validated `ServeDeploySchema`, with the proxy on host:port."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UpError(f"Cannot read {path}: {exc}", 2) from exc
+    if not isinstance(raw, dict):
+        raise UpError(f"{path} is not a Serve deploy file (a mapping with `applications`)", 2)
+    raw.setdefault("http_options", {}).update({"host": host, "port": port})
+    try:
+        config = ServeDeploySchema.model_validate(raw)
+    except ValidationError as exc:
+        raise UpError(f"{path} is not a valid Serve deploy file:\n{exc}", 2) from exc
+    if not config.applications:
+        raise UpError(f"{path} lists no applications", 2)
+    return config
+
+
+def prepare_environment(data_dir: Path | None) -> list[str]:
+    """Set the variables replicas inherit (before Ray starts); return what to tell the user.
+
+    Raises:
+        UpError: the settings are invalid (e.g. the default SECRET_KEY outside development).
+    """
+    from business_modules.settings import load_settings
+
+    notes: list[str] = []
+    if data_dir is not None:
+        os.environ["BLATAM_DATA_DIR"] = str(data_dir)
+    os.environ["BLATAM_DATA_DIR"] = str(Path(os.environ.get("BLATAM_DATA_DIR", "data")).expanduser().resolve())
+    # Workers import `deployments`, `business_modules` ... from the project, wherever `blatam` was started.
+    paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        raise UpError(f"Invalid settings: {exc}", 2) from exc
+    if settings.database_url:
+        notes.append(f"Database: {_redact(settings.database_url)}")
+    else:
+        notes.append(f"Database: embedded SQLite {settings.blatam_data_dir / 'blatam.db'} (DATABASE_URL not set)")
+    if settings.redis_url:
+        notes.append(f"Redis: {_redact(settings.redis_url)}")
+    else:
+        notes.append("Redis: none (REDIS_URL not set): rate limits are counted per process")
+    notes.append(f"Environment: {settings.blatam_env}"
+                 + (" (default SECRET_KEY: development only)" if settings.blatam_env == "development" else ""))
+    return notes
+
+
+def _redact(url: str) -> str:
+    import re
+
+    return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def app_states() -> dict[str, tuple[str, str]]:
+    """Serve's status of every application: name -> (status, message)."""
+    from ray import serve
+
+    return {name: (str(getattr(app.status, "value", app.status)), app.message or "")
+            for name, app in serve.status().applications.items()}
+
+
+def wait_until_running(names: list[str], *, timeout_s: float, stop: threading.Event) -> None:
+    """Block until every application in `names` is RUNNING.
+
+    Raises:
+        UpError: an application failed to deploy, or `timeout_s` passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set():
+        states = app_states()
+        failed = {n: states[n] for n in names if n in states and states[n][0] in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if failed:
+            details = "\n".join(f"  {name}: {status}\n{message}" for name, (status, message) in failed.items())
+            raise UpError(f"Application(s) failed to deploy:\n{details}")
+        if all(states.get(n, ("",))[0] == "RUNNING" for n in names):
+            return
+        if time.monotonic() > deadline:
+            pending = {n: states.get(n, ("NOT_STARTED",))[0] for n in names}
+            raise UpError(f"Applications not RUNNING after {timeout_s:g} s: {pending}")
+        stop.wait(STATUS_POLL_S)
+
+
+def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None, notes: list[str]) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown}:{port}"
+    lines = [
+        "",
+        "Blatam is up.",
+        f"  Gateway:         {base}/",
+        f"  API docs:        {base}/docs",
+        f"  Health:          {base}/health",
+    ]
+    for app in config.applications:
+        lines.append(f"  app {app.name:<12} {base}{app.route_prefix}")
+    if dashboard_url:
+        lines.append(f"  Ray dashboard:   {dashboard_url}  (token auth: token in ~/.ray/auth_token)")
+    lines += [f"  {note}" for note in notes]
+    lines += [
+        "  Create a user:   blatam users create alice --scopes '*'   (then POST /api/v1/auth/login)",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, dashboard: bool,
+           dashboard_port: int, data_dir: Path | None, deploy_timeout_s: float) -> int:
+    """Start, deploy, block until a signal, shut down; return the exit code."""
+    config = load_config(config_path, host=host, port=port)
+    notes = prepare_environment(data_dir)
+    for note in notes:
+        logger.info("%s", note)
+
+    import ray
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            return
+        print(f"\nReceived {signal.Signals(signum).name}: shutting down Serve and Ray ...", flush=True)
+        stop.set()
+
+    context = ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        namespace="blatam",
+    )
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        client = serve_api.serve_start(
+            http_options=config.http_options.model_dump(),
+            proxy_location=config.proxy_location,
+            grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+        )
+        client.deploy_apps(config, _blocking=False)
+        names = [app.name for app in config.applications]
+        print(f"Deploying {', '.join(names)} from {config_path} ...", flush=True)
+        wait_until_running(names, timeout_s=deploy_timeout_s, stop=stop)
+        if not stop.is_set():
+            dashboard_url = f"http://{context.dashboard_url}" if getattr(context, "dashboard_url", None) else None
+            print_ready(config, host=host, port=port, dashboard_url=dashboard_url, notes=notes)
+            monitor(names, stop)
+        return 0
+    finally:
+        shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def monitor(names: list[str], stop: threading.Event) -> None:
+    """Block until `stop`; print any change in the applications' status."""
+    last = {name: "RUNNING" for name in names}
+    while not stop.wait(MONITOR_EVERY_S):
+        try:
+            states = app_states()
+        except Exception as exc:  # noqa: BLE001 - keep serving; say what went wrong
+            print(f"Could not read Serve status: {exc}", flush=True)
+            continue
+        for name in names:
+            status = states.get(name, ("MISSING", ""))[0]
+            if status != last.get(name):
+                print(f"Application {name}: {last.get(name)} -> {status}", flush=True)
+                last[name] = status
+
+
+def shutdown() -> None:
+    """Serve first (replicas close their pools), then Ray."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    print("Stopped.", flush=True)
+
+
+def up(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Serve deploy file.")] = DEFAULT_CONFIG,
+    port: Annotated[int, typer.Option(help="HTTP port of the Serve proxy.", min=1, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="Address the HTTP proxy listens on.")] = "127.0.0.1",
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for Ray (default: all).", min=1)] = None,
+    dashboard: Annotated[bool, typer.Option(help="Start the Ray dashboard.")] = True,
+    dashboard_port: Annotated[int, typer.Option(help="Ray dashboard port.", min=1, max=65535)] = 8265,
+    data_dir: Annotated[Path | None, typer.Option(help="Embedded data (default: $BLATAM_DATA_DIR or ./data).")] = None,
+    deploy_timeout: Annotated[float, typer.Option(help="Seconds to wait for every app to run.")] = DEPLOY_TIMEOUT_S,
+) -> None:
+    """Start a local Ray cluster and every service in serve_config.yaml; Ctrl-C stops it all."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code = run_up(config_path=config, host=host, port=port, num_cpus=num_cpus, dashboard=dashboard,
+                      dashboard_port=dashboard_port, data_dir=data_dir, deploy_timeout_s=deploy_timeout)
+    except UpError as exc:
+        print(f"blatam up: {exc}", file=sys.stderr, flush=True)
+        raise typer.Exit(exc.exit_code) from exc
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # `python -m scripts.up` = `blatam up`
+    typer.run(up)

@@ -1,0 +1,103 @@
+"""`blatam up` as a user runs it: a subprocess, real HTTP, Ctrl-C.
+
+Runs ``python -m scripts.up`` (the function registered as ``blatam up``) on
+free ports with the embedded defaults (SQLite in tmp_path, no Redis), waits
+until it says it is up, checks /health, creates a user with the admin CLI
+while it serves, logs in through the gateway, then sends SIGINT and expects
+a clean exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deployments.conftest import free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 60.0
+
+
+class Output:
+    """Collects a subprocess's merged output in a thread, so the pipe never fills."""
+
+    def __init__(self, proc: subprocess.Popen[str]):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, needle: str, proc: subprocess.Popen[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while needle not in self.text:
+            if proc.poll() is not None:
+                raise AssertionError(f"blatam up exited with {proc.returncode} before {needle!r}:\n{self.text[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} not printed within {timeout_s:g} s:\n{self.text[-4000:]}")
+            time.sleep(0.2)
+
+
+def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    port, dashboard_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS")}
+    env.update(BLATAM_DATA_DIR=str(tmp_path / "data"), BLATAM_ENV="development", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.up", "--port", str(port), "--dashboard-port", str(dashboard_port),
+         "--num-cpus", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    output = Output(proc)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        output.wait_for("Press Ctrl-C to stop.", proc, START_TIMEOUT_S)
+        assert f"{base}/docs" in output.text and "embedded SQLite" in output.text and "REDIS_URL not set" in output.text
+        assert f"http://127.0.0.1:{dashboard_port}" in output.text
+
+        report = httpx.get(f"{base}/health", timeout=30).json()
+        assert report["status"] == "healthy", report
+        assert report["database"]["backend"] == "sqlite" and report["redis"]["status"] == "disabled"
+        assert report["services"]["redundancy"]["status"] == "healthy"
+        assert (tmp_path / "data" / "blatam.db").exists()
+
+        created = subprocess.run(
+            [sys.executable, "-c", "from scripts.admin import users_app; users_app()", "create", "alice",
+             "--scopes", "redundancy", "--password-stdin"],
+            cwd=ROOT, env=env, input="a long enough password\n", capture_output=True, text=True, timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        login = httpx.post(f"{base}/api/v1/auth/login", timeout=30,
+                           json={"username": "alice", "password": "a long enough password"})
+        assert login.status_code == 200, login.text
+        me = httpx.get(f"{base}/api/v1/auth/me", timeout=30,
+                       headers={"Authorization": f"Bearer {login.json()['access_token']}"})
+        assert me.json()["scopes"] == ["redundancy"]
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=STOP_TIMEOUT_S) == 0, output.text[-4000:]
+        time.sleep(0.5)  # let the reader thread drain the pipe
+        assert "Stopped." in output.text
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{base}/health", timeout=5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
