@@ -5,9 +5,14 @@ plus the hostile bits the sanitiser must remove."""
 from __future__ import annotations
 
 import base64
+import functools
+import shutil
 import struct
+import subprocess
 import zlib
 from datetime import datetime, timezone
+
+import pytest
 
 UNICODE = "Café – 東京 – Ünïcödé"
 CREATED = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
@@ -78,3 +83,20 @@ def structured_payload(*, fmt: str, remote_host: str = "127.0.0.1:9", **extra) -
 
 
 SECTION_TITLES = ["Introduction", "Results", "Next steps"]
+
+CJK_FONT_PACKAGE = "fonts-droid-fallback"
+
+
+@functools.cache
+def has_cjk_font() -> bool:
+    """Whether fontconfig knows a font with Japanese glyphs (WeasyPrint needs one for 東京)."""
+    if shutil.which("fc-list") is None:
+        return False
+    found = subprocess.run(["fc-list", ":lang=ja"], capture_output=True, text=True, timeout=30, check=False)
+    return bool(found.stdout.strip())
+
+
+requires_cjk_font = pytest.mark.skipif(
+    not has_cjk_font(),
+    reason=f"PDF text with CJK needs a CJK font: apt-get install {CJK_FONT_PACKAGE}",
+)

@@ -17,7 +17,14 @@ from docx.oxml.ns import qn
 
 from business_modules.export import THEMES, ExportRequest, render_document
 from business_modules.export.pdf_render import DataOnlyURLFetcher
-from tests.business_modules.export_samples import CREATED, PNG_URI, SECTION_TITLES, UNICODE, structured_payload
+from tests.business_modules.export_samples import (
+    CREATED,
+    PNG_URI,
+    SECTION_TITLES,
+    UNICODE,
+    requires_cjk_font,
+    structured_payload,
+)
 
 
 def render(payload: dict):
@@ -105,6 +112,7 @@ def pdf_doc(trap_server):
     return render(structured_payload(fmt="pdf", remote_host=trap_server[0]))
 
 
+@requires_cjk_font
 def test_pdf_reads_back(pdf_doc, trap_server):
     reader = pypdf.PdfReader(io.BytesIO(pdf_doc.data))
     text = "\n".join(page.extract_text() for page in reader.pages)
