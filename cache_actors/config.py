@@ -92,6 +92,29 @@ class KVCacheConfig(BaseSettings):
     # --- isolation ------------------------------------------------------------
     tenant_isolation: bool = Field(True, description="Salt block keys per tenant so tenants never share KV.")
 
+    # --- distributed cache (Ray shards, coordinator, tiers) --------------------
+    enable_distributed: bool = Field(False, description="Serve the cache from Ray shard actors (one per device).")
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("ray_address", "KV_CACHE_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="Ray cluster to join; None starts a local one if none is running.",
+    )
+    cpu_shards: int = Field(1, ge=1, le=64, description="Shards per node without GPUs.")
+    shard_gpus: float = Field(1.0, gt=0, le=1, description="num_gpus of each GPU shard (below 1 to share with a replica).")
+    device_resource: str | None = Field(None, description="Custom Ray resource counting devices per node (one shard each).")
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("redis_url", "KV_CACHE_REDIS_URL", "REDIS_URL"),
+        description="Redis tier; None turns the tier off.",
+    )
+    redis_timeout_ms: float = Field(50.0, gt=0, le=1000, description="Bound of one Redis operation.")
+    redis_ttl_s: int = Field(3600, gt=0, description="Lifetime of a block in Redis.")
+    disk_tier_path: Path | None = Field(None, description="Directory of a local disk tier; None turns it off.")
+    lookup_timeout_s: float = Field(1.0, gt=0, le=60, description="Bound of a call from the engine to its shard.")
+    remote_fetch_timeout_s: float = Field(0.25, gt=0, le=30, description="Bound for completing a miss from peers and tiers.")
+    prefetch_timeout_s: float = Field(0.5, gt=0, le=60, description="Bound of one prefetch of successor blocks.")
+    demote_min_hits: int = Field(2, ge=1, description="Hits after which an evicted block is demoted, not dropped.")
+
     @field_validator("cache_strategy", mode="before")
     @classmethod
     def _lower_strategy(cls, value: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from cache_actors.backend import KVCacheBackend
 from cache_actors.codecs import KVShape, make_codec
 from cache_actors.config import KVCacheConfig
 from cache_actors.hashing import BlockHash, CacheNamespace, check_test_vector, hash_prompt_blocks
@@ -44,6 +45,7 @@ class UltraAdaptiveKVCacheEngine:
         runner: ModelRunner | None = None,
         cache_cls: type[BaseKVCache] = BaseKVCache,
         clock: Callable[[], float] = time.monotonic,
+        cache: KVCacheBackend | None = None,
     ) -> None:
         check_test_vector()
         self.config = config or KVCacheConfig()
@@ -63,14 +65,22 @@ class UltraAdaptiveKVCacheEngine:
             max_tokens=self.config.max_tokens,
             max_memory_mb=self.config.max_memory_mb,
         )
-        self.cache = cache_cls(
-            codec=codec,
-            block_size=block_size,
-            num_blocks=num_blocks,
-            policy=make_policy(self.config.policy_name()),
-            device=self.runner.device,
-            clock=clock,
-        )
+        self.cache: KVCacheBackend
+        if cache is not None:
+            self.cache = cache
+        elif self.config.enable_distributed:
+            from cache_actors.actors.client import DistributedKVCache  # imports Ray only when asked to
+
+            self.cache = DistributedKVCache.from_config(self.config, self.runner, num_blocks)
+        else:
+            self.cache = cache_cls(
+                codec=codec,
+                block_size=block_size,
+                num_blocks=num_blocks,
+                policy=make_policy(self.config.policy_name()),
+                device=self.runner.device,
+                clock=clock,
+            )
         self.namespace = CacheNamespace(
             model_id=self.runner.model_id,
             dtype=str(geometry.dtype).removeprefix("torch."),
@@ -242,6 +252,7 @@ class UltraAdaptiveKVCacheEngine:
     def persist(self, path: str | Path | None = None) -> bool:
         """Save every cached block to ``path`` (default: persistence_path)."""
         target = path or self.config.persistence_path
+        self._require_local_cache("persist")
         if target is None:
             raise ValueError("persist() needs a path (or persistence_path in the config)")
         with self._compute:
@@ -252,11 +263,16 @@ class UltraAdaptiveKVCacheEngine:
     def load(self, path: str | Path | None = None) -> bool:
         """Add the blocks saved at ``path``; raises `PersistenceError` if the file is refused."""
         source = path or self.config.persistence_path
+        self._require_local_cache("load")
         if source is None:
             raise ValueError("load() needs a path (or persistence_path in the config)")
         with self._compute:
             load_cache(self.cache, self.persistence_namespace(), source)
         return True
+
+    def _require_local_cache(self, what: str) -> None:
+        if not isinstance(self.cache, BaseKVCache):
+            raise ValueError(f"{what}() saves an in-process cache; the distributed cache keeps blocks in its shards and tiers")
 
     def clear_cache(self) -> None:
         with self._compute:

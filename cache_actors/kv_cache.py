@@ -67,10 +67,14 @@ class BaseKVCache:
         policy: EvictionPolicy,
         device: torch.device | str = "cpu",
         clock: Callable[[], float] = time.monotonic,
+        pool: BlockPool | None = None,
     ) -> None:
         self.codec = codec
         self.block_size = block_size
-        self.pool = BlockPool(codec.part_specs(), num_blocks, device)
+        # A caller may supply the pool (e.g. one in shared memory); it must fit the codec.
+        if pool is not None and (pool.specs != codec.part_specs() or pool.num_blocks != num_blocks):
+            raise ValueError("the supplied pool does not match the codec's parts or num_blocks")
+        self.pool = pool if pool is not None else BlockPool(codec.part_specs(), num_blocks, device)
         self.index = BlockIndex(policy)
         self.clock = clock
         self.counters = CacheCounters()

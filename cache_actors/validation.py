@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cache_actors.config import KVCacheConfig
 
 if TYPE_CHECKING:
-    from cache_actors.kv_cache import BaseKVCache
+    from cache_actors.backend import KVCacheBackend
     from cache_actors.model_runner import ModelRunner
 
 
@@ -24,11 +24,11 @@ def _writable_dir(path: Path) -> bool:
     return os.access(probe, os.W_OK)
 
 
-def validate_configuration(config: KVCacheConfig, runner: "ModelRunner", cache: "BaseKVCache") -> dict[str, Any]:
+def validate_configuration(config: KVCacheConfig, runner: "ModelRunner", cache: "KVCacheBackend") -> dict[str, Any]:
     issues: list[str] = []
     warnings: list[str] = []
     block_size = config.block_size
-    capacity_blocks = cache.pool.num_blocks
+    capacity_blocks = int(cache.get_stats()["capacity_blocks"])
     if capacity_blocks == 0:
         issues.append(
             f"the pool holds no block: max_tokens={config.max_tokens} / max_memory_mb={config.max_memory_mb} "
@@ -51,7 +51,7 @@ def validate_configuration(config: KVCacheConfig, runner: "ModelRunner", cache: 
         issues.append(f"model_path {config.model_path} is not a directory")
     if config.use_quantization and config.codec not in (None, "int8", "int4"):
         warnings.append(f"use_quantization is set but codec={config.codec!r} overrides it")
-    if config.enable_prefetch and config.prefetch_size:
+    if config.enable_prefetch and config.prefetch_size and not config.enable_distributed:
         warnings.append("enable_prefetch acts only in the distributed cache (tiers); a single engine keeps every block in memory")
     if config.num_threads and config.num_threads > (os.cpu_count() or 1):
         warnings.append(f"num_threads={config.num_threads} exceeds the {os.cpu_count()} CPUs: oversubscription slows torch down")

@@ -1,0 +1,223 @@
+"""`KVCacheCoordinator`: the detached actor with the cluster-wide view.
+
+It is off the data path and rebuildable: losing it costs prefetch, remote
+lookups and routing advice until it is back, never a request. It holds a
+`GlobalIndex` fed by the shards' event batches (`report`) and answers:
+
+- `locate`: where the blocks a shard misses are cheapest to fetch;
+- `hint`: a shard just stored or served a chain: prefetch the blocks seen
+  following its last block into that shard, in the background, bounded;
+- `route`: which shard holds the longest prefix (advice for the router).
+
+Maintenance (every ``health_interval_s``): ping every known shard and purge
+the dead ones (their node left, or they were killed for good); create the
+shards of every registered cache spec on nodes that have none yet (a new
+node gets its shards); snapshot the index to Redis every
+``snapshot_interval_s``. On start it restores the last snapshot and resyncs
+every live shard it finds by name, so a killed coordinator comes back with
+its index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Sequence
+
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from cache_actors.actors.spec import NAMESPACE, ShardSpec, parse_shard_name
+from cache_actors.global_index import GlobalIndex
+from cache_actors.hashing import BlockHash
+from cache_actors.tiers import RedisTier
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_KEY_SUFFIX = "coordinator-snapshot"
+_PING_TIMEOUT_S = 2.0
+_DEAD_AFTER_MISSED_PINGS = 3
+
+
+class KVCacheCoordinator:
+    def __init__(self, spec: ShardSpec) -> None:
+        self.spec = spec
+        self.index = GlobalIndex(hot_min_hits=spec.demote_min_hits)
+        self.specs: dict[str, ShardSpec] = {spec.fingerprint(): spec}
+        self.handles: dict[str, Any] = {}
+        self.missed_pings: dict[str, int] = {}
+        self._resyncing: set[str] = set()
+        self._prefetching: set[str] = set()
+        self.redis = RedisTier(spec.redis_url, key_prefix="blatam:kv", timeout_s=spec.timeouts.tier_op_s) if spec.redis_url else None
+        self.started = time.monotonic()
+        self.counters: dict[str, int] = {"prefetch_plans": 0, "snapshots": 0, "restored_blocks": 0, "shards_created": 0}
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._startup()), loop.create_task(self._maintenance())]
+
+    # --- shard events -----------------------------------------------------------------------------
+    async def report(self, name: str, node_id: str, epoch: str, first_seq: int, events: list) -> list[BlockHash]:
+        """A shard's event batch; returns hashes it holds that became hot cluster-wide."""
+        result = self.index.apply(name, node_id, epoch, first_seq, events)
+        if result.resync:
+            self._schedule_resync(name)
+        return result.hot
+
+    def _schedule_resync(self, name: str) -> None:
+        if name not in self._resyncing:
+            self._resyncing.add(name)
+            asyncio.get_running_loop().create_task(self._resync(name))
+
+    async def _resync(self, name: str) -> None:
+        try:
+            for _ in range(3):
+                handle = self._handle(name)
+                epoch, seq, entries = await asyncio.wait_for(handle.dump_index.remote(), _PING_TIMEOUT_S * 5)
+                if name not in self.index.shards or self.index.shards[name].epoch != epoch:
+                    info = await asyncio.wait_for(handle.ping.remote(), _PING_TIMEOUT_S)
+                    self.index.apply(name, info["node_id"], epoch, seq, [])
+                if self.index.load_dump(name, epoch, seq, entries):
+                    return
+        except (RayError, ValueError, asyncio.TimeoutError, TimeoutError) as exc:
+            logger.warning("coordinator: resync of %s failed (%s)", name, type(exc).__name__)
+        finally:
+            self._resyncing.discard(name)
+
+    def _handle(self, name: str) -> Any:
+        handle = self.handles.get(name)
+        if handle is None:
+            handle = self.handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+        return handle
+
+    # --- questions from shards and routers ----------------------------------------------------------
+    def locate(self, name: str, node_id: str, hashes: Sequence[BlockHash], block_bytes: int) -> list[tuple[str, list[BlockHash]]]:
+        return self.index.locate(hashes, requester=name, node_id=node_id, block_bytes=block_bytes)
+
+    def route(self, hashes: Sequence[BlockHash]) -> list[tuple[str, int]]:
+        return self.index.route(hashes)
+
+    def where(self, block_hash: BlockHash) -> list[str]:
+        return self.index.where(block_hash)
+
+    def hint(self, name: str, node_id: str, last_hash: BlockHash) -> int:
+        """Plan a prefetch of the blocks seen after ``last_hash`` into shard ``name``."""
+        if name in self._prefetching or name not in self.index.shards:
+            return 0
+        spec = self.specs.get(name.split(":")[1], self.spec)
+        successors = self.index.successors(last_hash, spec.prefetch_size)
+        bit = 1 << self.index.shards[name].bit
+        missing = []
+        for block_hash in successors:
+            if self.index._loc.get(block_hash, 0) & bit:
+                continue
+            missing.append(block_hash)
+        if not missing or missing[0] != successors[0]:
+            return 0  # only a chain that continues right after what the shard has is usable
+        runs = self.index.locate(missing, requester=name, node_id=node_id, block_bytes=1 << 20)
+        if not runs:
+            return 0
+        self.counters["prefetch_plans"] += 1
+        self._prefetching.add(name)
+        asyncio.get_running_loop().create_task(self._prefetch(name, last_hash, runs, spec))
+        return sum(len(run) for _, run in runs)
+
+    async def _prefetch(self, name: str, parent: BlockHash, runs: list, spec: ShardSpec) -> None:
+        try:
+            await asyncio.wait_for(self._handle(name).prefetch.remote(parent, runs), spec.timeouts.prefetch_s * 2)
+        except (RayError, ValueError, asyncio.TimeoutError, TimeoutError):
+            pass  # prefetch is advisory
+        finally:
+            self._prefetching.discard(name)
+
+    # --- specs and placement --------------------------------------------------------------------------
+    def register_spec(self, spec: ShardSpec) -> str:
+        """A client serves this cache: keep its shards on every node from now on."""
+        self.specs[spec.fingerprint()] = spec
+        return spec.fingerprint()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    async def _startup(self) -> None:
+        if self.redis is not None:
+            blob = await self.redis.get_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}")
+            if blob:
+                try:
+                    self.counters["restored_blocks"] = self.index.restore(blob)
+                except ValueError as exc:
+                    logger.warning("coordinator: ignoring snapshot (%s)", exc)
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry.get("namespace") == NAMESPACE and parse_shard_name(entry["name"]):
+                self._schedule_resync(entry["name"])
+
+    async def _maintenance(self) -> None:
+        last_snapshot = time.monotonic()
+        while True:
+            await asyncio.sleep(self.spec.health_interval_s)
+            try:
+                await self._check_shards()
+                self._place_shards()
+                if self.redis is not None and time.monotonic() - last_snapshot >= self.spec.snapshot_interval_s:
+                    last_snapshot = time.monotonic()
+                    await self.snapshot()
+            except Exception:  # noqa: BLE001 - maintenance must keep running; the next round retries
+                logger.exception("coordinator: maintenance step failed")
+
+    async def _check_shards(self) -> None:
+        names = list(self.index.shards)
+        pings = [self._ping(name) for name in names]
+        for name, (alive, info) in zip(names, await asyncio.gather(*pings)):
+            if alive is False:
+                self._purge(name)
+            elif alive and info["epoch"] != self.index.shards[name].epoch:
+                self.index.apply(name, info["node_id"], info["epoch"], 0, [])  # restarted without reporting yet
+                self._schedule_resync(name)
+
+    async def _ping(self, name: str) -> tuple[bool | None, dict[str, Any] | None]:
+        """(True, info) alive; (False, None) dead for good; (None, None) unknown this round."""
+        try:
+            info = await asyncio.wait_for(self._handle(name).ping.remote(), _PING_TIMEOUT_S)
+            self.missed_pings.pop(name, None)
+            return True, info
+        except RayActorError as exc:
+            if not getattr(exc, "preempted", False) and "restart" not in str(exc).lower():
+                return False, None
+        except ValueError:  # no actor by that name any more
+            return False, None
+        except (RayError, asyncio.TimeoutError, TimeoutError):
+            pass
+        self.missed_pings[name] = self.missed_pings.get(name, 0) + 1
+        if self.missed_pings[name] >= _DEAD_AFTER_MISSED_PINGS:
+            return False, None
+        return None, None
+
+    def _purge(self, name: str) -> None:
+        held = self.index.purge(name)
+        self.handles.pop(name, None)
+        self.missed_pings.pop(name, None)
+        logger.info("coordinator: purged shard %s (%d blocks)", name, held)
+
+    def _place_shards(self) -> None:
+        from cache_actors.actors.placement import ensure_node_shards, existing_actor_names  # placement imports this module
+
+        existing = existing_actor_names()
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            for spec in self.specs.values():
+                self.counters["shards_created"] += ensure_node_shards(spec, node, existing=existing)
+
+    async def snapshot(self) -> bool:
+        if self.redis is None:
+            return False
+        ok = await self.redis.set_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}", self.index.snapshot(), timeout_s=2.0)
+        self.counters["snapshots"] += ok
+        return ok
+
+    # --- introspection -----------------------------------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return {"uptime_s": time.monotonic() - self.started, "blocks": len(self.index), "shards": len(self.index.shards)}
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.index.stats(), **self.counters, "resyncing": sorted(self._resyncing), "specs": sorted(self.specs)}
+
+
+CoordinatorActor = ray.remote(KVCacheCoordinator)

@@ -1,0 +1,403 @@
+"""`KVCacheShard`: the actor that owns one device's blocks.
+
+It wraps a `ShardStore` whose pool lives in shared memory (`shm_pool`), so
+clients on its node move block bytes themselves and only ask the shard for
+leases: `match` (read lease on the longest prefix), `reserve`/`commit`
+(write lease). Clients elsewhere use `get`/`put`, which copy blocks through
+Ray's object store.
+
+A miss is completed from elsewhere within ``timeouts.remote_fetch_s``: the
+coordinator says where the missing blocks are cheapest (a peer shard, Redis,
+disk); without a coordinator the shard probes its first tier directly. Fetched
+blocks are verified against their checksums and inserted before the reply.
+
+In the background (every ``event_flush_s``) the shard expires leases, writes
+captured hot evictions to its tiers (demotion), sends its events to the
+coordinator with sequence numbers and takes back the hashes the coordinator
+found hot. Nothing in the background can fail a request.
+
+The shard is an asyncio actor: one thread, so the store needs no locks, and
+waiting on Redis, peers or the coordinator never blocks other calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayError
+
+from cache_actors.actors.metrics import metrics
+from cache_actors.actors.spec import NAMESPACE, ShardSpec
+from cache_actors.global_index import TIER_MISS, TIER_TAGS
+from cache_actors.hashing import BlockHash
+from cache_actors.part_arrays import parts_from_numpy
+from cache_actors.policies import make_policy
+from cache_actors.shard_store import Entry, ShardStore
+from cache_actors.shm_pool import PoolHandle, SharedBlockPool
+from cache_actors.tiers import BlockTier, DiskTier, RedisTier, WireError, decode_block, encode_block
+
+logger = logging.getLogger(__name__)
+
+_HEARTBEAT_S = 1.0
+#: A hot evicted block waits this long for a tier to come back before it is dropped.
+_DEMOTION_MAX_AGE_S = 5.0
+
+
+@dataclass(slots=True)
+class MatchReply:
+    """A read lease: slots of the matched prefix in the pool of ``handle``."""
+
+    epoch: str
+    handle: PoolHandle
+    lease: int = 0
+    slots: list[int] = field(default_factory=list)
+    checksums: list[bytes] = field(default_factory=list)
+    tiers: dict[str, int] = field(default_factory=dict)  # blocks per tier that served them
+
+
+@dataclass(slots=True)
+class ReserveReply:
+    epoch: str
+    handle: PoolHandle
+    lease: int = 0
+    slots: list[tuple[int, int]] = field(default_factory=list)  # (position in the chain, slot)
+
+
+class KVCacheShard:
+    """One device's block store, its lower tiers and its link to the coordinator."""
+
+    def __init__(self, spec: ShardSpec, name: str, device: str) -> None:
+        self.spec = spec
+        self.name = name
+        self.device = device
+        self.epoch = uuid.uuid4().hex[:12]
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.codec = spec.make_codec()
+        self._part_dtypes = {n: str(d).removeprefix("torch.") for n, (_, d) in self.codec.part_specs().items()}
+        self._wire_specs = {n: (tuple(s), self._part_dtypes[n]) for n, (s, _) in self.codec.part_specs().items()}
+        self.tiers: list[BlockTier] = []
+        if spec.redis_url:
+            self.tiers.append(RedisTier(spec.redis_url, key_prefix=spec.redis_prefix(), timeout_s=spec.timeouts.tier_op_s, ttl_s=spec.redis_ttl_s))
+        if spec.disk_tier_path:
+            self.tiers.append(DiskTier(os.path.join(spec.disk_tier_path, spec.fingerprint()), timeout_s=spec.timeouts.remote_fetch_s))
+        pool = SharedBlockPool.create(self.codec.part_specs(), spec.num_blocks, label=device, epoch=self.epoch)
+        self.store = ShardStore(
+            codec=self.codec, block_size=spec.block_size, num_blocks=spec.num_blocks, policy=make_policy(spec.policy),
+            pool=pool, lease_ttl_s=spec.timeouts.lease_s, demote_min_hits=spec.demote_min_hits,
+            capture_demotions=bool(self.tiers),
+        )
+        self.pool = pool
+        self.counters: dict[str, int] = defaultdict(int)
+        self._exported: dict[str, int] = defaultdict(int)
+        self._coordinator: Any = None
+        self._coordinator_down_until = 0.0
+        self._last_report = 0.0
+        self._peers: dict[str, Any] = {}
+        loop = asyncio.get_running_loop()
+        for tier in self.tiers:
+            if isinstance(tier, RedisTier):
+                loop.create_task(tier.warm_up())
+        self._background_task = loop.create_task(self._background())
+        logger.info("shard %s started (epoch %s, %d blocks)", name, self.epoch, spec.num_blocks)
+
+    # --- identity -----------------------------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return {"name": self.name, "epoch": self.epoch, "node_id": self.node_id, "device": self.device, "pid": os.getpid(),
+                "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
+
+    def pool_handle(self) -> PoolHandle:
+        return self.pool.handle
+
+    # --- same-node data plane: leases ------------------------------------------------------------
+    async def match(self, hashes: Sequence[BlockHash], allow_remote: bool = True) -> MatchReply:
+        """Lease the longest prefix of ``hashes``, completing a miss from peers or tiers first."""
+        result = self.store.lookup(hashes)
+        tiers = {"device": len(result.slots)}
+        if allow_remote and len(result.slots) < len(hashes):
+            fetched = await self._fetch_missing(hashes, len(result.slots))
+            if fetched:
+                again = self.store.lookup(hashes)
+                self.store.release_lease(result.lease_id)
+                result = again
+                tiers.update(fetched)
+        if result.slots and len(result.slots) == len(hashes):
+            self._hint(hashes[-1])
+        return MatchReply(self.epoch, self.pool.handle, result.lease_id, result.slots, result.checksums, tiers)
+
+    def release(self, lease: int) -> bool:
+        return self.store.release_lease(lease)
+
+    def reserve(self, hashes: Sequence[BlockHash], start: int) -> ReserveReply:
+        lease, slots = self.store.reserve(hashes, start)
+        return ReserveReply(self.epoch, self.pool.handle, lease, slots)
+
+    def commit(self, lease: int, checksums: Sequence[bytes], last_hash: BlockHash | None = None) -> int:
+        stored = self.store.commit(lease, checksums)
+        if stored and last_hash is not None:
+            self._hint(last_hash)
+        return stored
+
+    # --- object-store data plane (other nodes, peers) --------------------------------------------
+    def get(self, hashes: Sequence[BlockHash]) -> tuple[list[Entry], dict[str, np.ndarray]]:
+        """Copies of the longest cached prefix: ``([(hash, parent, checksum)], parts)``."""
+        return self.store.read_blocks(hashes)
+
+    def put(self, entries: Sequence[Entry], parts: dict[str, np.ndarray]) -> int:
+        """Store blocks sent by value; rows that fail their checksum are refused."""
+        inserted, mismatches = self.store.insert_verified(entries, parts_from_numpy(parts, self.codec.part_specs()))
+        self._count_mismatch("put", mismatches)
+        return inserted
+
+    # --- fetching from elsewhere -----------------------------------------------------------------
+    async def _fetch_missing(self, hashes: Sequence[BlockHash], start: int) -> dict[str, int]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.spec.timeouts.remote_fetch_s
+        wanted = list(hashes[start : start + self.spec.max_remote_blocks])
+        runs = await self._locate(wanted)
+        if runs is None:  # no coordinator: ask the first tier directly
+            runs = [(self.tiers[0].name, wanted)] if self.tiers else []
+        got: dict[str, int] = {}
+        parent = hashes[start - 1] if start else None
+        covered = 0
+        for source, run in runs:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.counters["remote_deadline"] += 1
+                break
+            inserted = await self._fetch_run(source, run, parent, remaining)
+            tag = TIER_TAGS.get(source, "peer")
+            got[tag] = got.get(tag, 0) + inserted
+            covered += inserted
+            if inserted < len(run):
+                break
+            parent = run[-1]
+        else:
+            first_tier = self.tiers[0] if self.tiers else None
+            if (first_tier is not None and covered < len(wanted) and deadline > loop.time()
+                    and all(source != first_tier.name for source, _ in runs)):
+                # The index may have lost tier locations (a coordinator restart): one probe is cheap.
+                inserted = await self._fetch_run(first_tier.name, wanted[covered:], parent, deadline - loop.time())
+                tag = TIER_TAGS[first_tier.name]
+                got[tag] = got.get(tag, 0) + inserted
+        if runs:
+            metrics().fetch_latency_ms.observe((loop.time() - started) * 1000, tags={"path": "shard_remote"})
+        return {tier: n for tier, n in got.items() if n}
+
+    async def _locate(self, hashes: list[BlockHash]) -> list[tuple[str, list[BlockHash]]] | None:
+        coordinator = self._coordinator_handle()
+        if coordinator is None:
+            return None
+        try:
+            return await asyncio.wait_for(
+                coordinator.locate.remote(self.name, self.node_id, hashes, self.codec.bytes_per_block()),
+                self.spec.timeouts.locate_s,
+            )
+        except (RayError, asyncio.TimeoutError, TimeoutError) as exc:
+            self._coordinator_failed(exc)
+            return None
+
+    async def _fetch_run(self, source: str, run: list[BlockHash], parent: BlockHash | None, timeout_s: float) -> int:
+        tier = next((t for t in self.tiers if t.name == source), None)
+        try:
+            if tier is not None:
+                entries, parts = await asyncio.wait_for(self._read_tier(tier, run, parent), timeout_s)
+            else:
+                peer = self._peer(source)
+                entries, arrays = await asyncio.wait_for(peer.get.remote(run), timeout_s)
+                parts = parts_from_numpy(arrays, self.codec.part_specs()) if entries else {}
+        except (RayError, ValueError, asyncio.TimeoutError, TimeoutError) as exc:
+            self.counters[f"fetch_failed_{TIER_TAGS.get(source, 'peer')}"] += 1
+            metrics().add(metrics().tier_errors, 1, tier=TIER_TAGS.get(source, "peer"), kind=type(exc).__name__)
+            self._peers.pop(source, None)
+            return 0
+        inserted, mismatches = self.store.insert_verified(entries, parts)
+        self._count_mismatch(TIER_TAGS.get(source, "peer"), mismatches)
+        return inserted
+
+    async def _read_tier(self, tier: BlockTier, run: list[BlockHash], parent: BlockHash | None) -> tuple[list[Entry], dict[str, torch.Tensor]]:
+        blobs = await tier.get_many(run)
+        entries: list[Entry] = []
+        rows: list[dict[str, np.ndarray]] = []
+        for block_hash, blob in zip(run, blobs):
+            if blob is None:
+                self.store._emit((TIER_MISS, block_hash, tier.name))
+                break
+            try:
+                parts, checksum = decode_block(blob, codec=self.codec.name, specs=self._wire_specs)
+            except WireError:
+                self._count_mismatch(tier.name, 1)
+                break
+            entries.append((block_hash, parent, checksum))
+            rows.append(parts)
+            parent = block_hash
+        if not rows:
+            return [], {}
+        stacked = {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
+        return entries, parts_from_numpy(stacked, self.codec.part_specs())
+
+    def _peer(self, name: str) -> Any:
+        handle = self._peers.get(name)
+        if handle is None:
+            handle = self._peers[name] = ray.get_actor(name, namespace=NAMESPACE)
+        return handle
+
+    async def prefetch(self, parent: BlockHash, runs: list[tuple[str, list[BlockHash]]]) -> int:
+        """Pull blocks the coordinator expects next (bounded by ``timeouts.prefetch_s``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.timeouts.prefetch_s
+        total = 0
+        for source, run in runs:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.store.index.get(parent) is None:
+                break
+            inserted = await self._fetch_run(source, run, parent, remaining)
+            total += inserted
+            if inserted < len(run):
+                break
+            parent = run[-1]
+        self.counters["prefetched_blocks"] += total
+        return total
+
+    def _hint(self, last_hash: BlockHash) -> None:
+        if self.spec.prefetch_size <= 0:
+            return
+        coordinator = self._coordinator_handle()
+        if coordinator is not None:
+            coordinator.hint.remote(self.name, self.node_id, last_hash)  # fire and forget
+
+    # --- coordinator link ------------------------------------------------------------------------
+    def _coordinator_handle(self) -> Any:
+        if time.monotonic() < self._coordinator_down_until:
+            return None
+        if self._coordinator is None:
+            from cache_actors.actors.placement import get_or_create_coordinator  # placement imports this module
+
+            try:
+                self._coordinator = get_or_create_coordinator(self.spec)
+            except (RayError, ValueError) as exc:
+                self._coordinator_failed(exc)
+                return None
+        return self._coordinator
+
+    def _coordinator_failed(self, exc: BaseException) -> None:
+        logger.warning("shard %s: coordinator unavailable (%s)", self.name, type(exc).__name__)
+        self.counters["coordinator_failures"] += 1
+        self._coordinator = None
+        self._coordinator_down_until = time.monotonic() + self.spec.timeouts.coordinator_backoff_s
+
+    async def _report(self) -> None:
+        now = time.monotonic()
+        if not self.store._events and now - self._last_report < _HEARTBEAT_S:
+            return
+        coordinator = self._coordinator_handle()
+        if coordinator is None:
+            return  # events wait (bounded); a gap makes the coordinator resync
+        first_seq, events = self.store.take_events()
+        self._last_report = now
+        try:
+            hot = await asyncio.wait_for(
+                coordinator.report.remote(self.name, self.node_id, self.epoch, first_seq, events), self.spec.timeouts.report_s
+            )
+        except (RayError, asyncio.TimeoutError, TimeoutError) as exc:
+            # Maybe delivered, maybe not: send again (the coordinator skips sequence numbers it has).
+            self.store.return_events(events)
+            self._coordinator_failed(exc)
+            return
+        if hot:
+            self.store.mark_hot(hot)
+
+    # --- demotion --------------------------------------------------------------------------------
+    async def _demote(self) -> None:
+        """Write captured hot evictions to the first tier that takes them; retry a while, then drop."""
+        retry = []
+        for demotion in self.store.take_demotions():
+            blob = encode_block(demotion.parts, codec=self.codec.name, dtypes=self._part_dtypes, checksum=demotion.checksum,
+                                compression=self.spec.compression)
+            for tier in self.tiers:
+                if await tier.put(demotion.block_hash, blob):
+                    self.store.note_demoted(demotion.block_hash, tier.name)
+                    self.counters[f"demoted_{tier.name}"] += 1
+                    break
+            else:
+                retry.append(demotion)
+        if retry:
+            self.store.retry_demotions(retry, _DEMOTION_MAX_AGE_S)
+
+    # --- background ------------------------------------------------------------------------------
+    async def _background(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.event_flush_s)
+            try:
+                self.store.expire_leases()
+                await self._demote()
+                await self._report()
+                self._export_metrics()
+            except Exception:  # noqa: BLE001 - the loop must survive anything; the next round retries
+                logger.exception("shard %s: background step failed", self.name)
+
+    def _count_mismatch(self, tier: str, count: int) -> None:
+        if count:
+            self.counters["checksum_mismatches"] += count
+            metrics().add(metrics().checksum_mismatches, count, tier=tier)
+
+    def _export_metrics(self) -> None:
+        m = metrics()
+        values = {"stored": self.store.counters.stored, "evicted": self.store.counters.evicted,
+                  "prefetched": self.counters["prefetched_blocks"]}
+        for tier in self.tiers:
+            values[f"demoted_{tier.name}"] = self.counters[f"demoted_{tier.name}"]
+        for key, value in values.items():
+            delta, self._exported[key] = value - self._exported[key], value
+            if key.startswith("demoted_"):
+                m.add(m.demoted_blocks, delta, shard=self.name, tier=key.removeprefix("demoted_"))
+            else:
+                m.add({"stored": m.stored_blocks, "evicted": m.evicted_blocks, "prefetched": m.prefetched_blocks}[key], delta, shard=self.name)
+        m.bytes_used.set(self.store.pool.bytes_used, tags={"shard": self.name})
+
+    # --- admin -----------------------------------------------------------------------------------
+    def dump_index(self) -> tuple[str, int, list[tuple[BlockHash, BlockHash | None, int]]]:
+        seq, entries = self.store.dump()
+        return self.epoch, seq, entries
+
+    def mark_hot(self, hashes: Sequence[BlockHash]) -> int:
+        return self.store.mark_hot(hashes)
+
+    def reject(self, lease: int, keep: int, block_hash: BlockHash) -> int:
+        """A reader found ``block_hash`` (block ``keep`` of its lease) corrupt.
+
+        The lease keeps the verified blocks before it; the bad block and
+        everything below it leave the cache, so the next writer stores them afresh.
+        """
+        self._count_mismatch("device", 1)
+        self.store.truncate_lease(lease, keep)
+        return self.store.drop([block_hash])
+
+    def clear(self) -> None:
+        self.store.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.store.get_stats(), **self.counters, "name": self.name, "epoch": self.epoch, "node_id": self.node_id,
+            "device": self.device, "tiers": {t.name: t.counters.as_dict() for t in self.tiers},
+        }
+
+    async def close(self) -> None:
+        """Stop the background loop and release tier connections (before a planned kill)."""
+        self._background_task.cancel()
+        for tier in self.tiers:
+            await tier.close()
+        self.pool.close()
+
+
+ShardActor = ray.remote(KVCacheShard)

@@ -1,0 +1,374 @@
+"""The coordinator's global block index, as plain Python (no Ray).
+
+Shards own the truth; this index is rebuilt from what they report and can
+always be thrown away. Each block hash maps to a bit mask of where it lives
+(bit 0 Redis, bit 1 disk, bit 2+i shard i), so a lookup is one dict access
+whatever the number of blocks or shards. Per shard it keeps the epoch (a new
+one each time the shard process starts) and the next expected event sequence
+number: a gap, an unknown shard or a new epoch asks for a resync from the
+shard's `dump`; batches that arrive during a resync are buffered and replayed
+from the dump's sequence number on.
+
+It also answers the questions the coordinator exists for: where the missing
+blocks of a prefix are cheapest to fetch (`locate`), which blocks have been
+seen following a block (`successors`, for prefetch), which shard holds the
+longest prefix (`route`, for the router), and which blocks are hot enough to
+demote instead of dropping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import zstandard
+
+from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TOUCHED, Event
+
+REDIS, DISK = "redis", "disk"
+TIER_TAGS = {"shm": "device", REDIS: REDIS, DISK: DISK}
+_TIER_BITS = {REDIS: 0, DISK: 1}  # bit positions
+_FIRST_SHARD_BIT = 2
+#: Event kind a shard sends when a tier no longer had a block the index placed there.
+TIER_MISS = "x"
+#: Batches buffered per shard while its resync is in flight; beyond this it resyncs again.
+MAX_BUFFERED_BATCHES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SourceCosts:
+    """What fetching blocks costs, per source kind (for `GlobalIndex.locate`).
+
+    Defaults: a same-node peer copies through shared memory, another node
+    goes through Ray's object transfer, Redis is one round trip plus the
+    (compressed) bytes through a single connection.
+    """
+
+    same_node_latency_s: float = 0.001
+    same_node_bytes_per_s: float = 4e9
+    other_node_latency_s: float = 0.003
+    other_node_bytes_per_s: float = 1e9
+    redis_latency_s: float = 0.001
+    redis_bytes_per_s: float = 5e8
+    disk_latency_s: float = 0.002
+    disk_bytes_per_s: float = 1e9
+
+    def cost_s(self, kind: str, num_blocks: int, block_bytes: int) -> float:
+        latency, rate = {
+            "same_node": (self.same_node_latency_s, self.same_node_bytes_per_s),
+            "other_node": (self.other_node_latency_s, self.other_node_bytes_per_s),
+            REDIS: (self.redis_latency_s, self.redis_bytes_per_s),
+            DISK: (self.disk_latency_s, self.disk_bytes_per_s),
+        }[kind]
+        return latency + num_blocks * block_bytes / rate
+
+
+@dataclass(slots=True)
+class ShardInfo:
+    bit: int
+    node_id: str
+    epoch: str
+    next_seq: int = 0
+    resyncing: bool = True
+    buffer: list[tuple[int, list[Event]]] = field(default_factory=list)
+    pending_hot: list[bytes] = field(default_factory=list)
+    blocks: set[bytes] = field(default_factory=set)
+    last_report: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    resync: bool
+    hot: list[bytes]
+
+
+class GlobalIndex:
+    """Block hash -> locations, per-shard sequence tracking, hotness and successors."""
+
+    def __init__(
+        self,
+        *,
+        hot_min_hits: int = 2,
+        costs: SourceCosts = SourceCosts(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.hot_min_hits = hot_min_hits
+        self.costs = costs
+        self.clock = clock
+        self._loc: dict[bytes, int] = {}
+        self._hits: dict[bytes, int] = {}
+        self._succ: dict[bytes, bytes] = {}
+        self.shards: dict[str, ShardInfo] = {}
+        self._by_bit: dict[int, str] = {}
+        self.counters: dict[str, int] = defaultdict(int)
+
+    # --- shards ---------------------------------------------------------------------------
+    def _new_bit(self) -> int:
+        bit = _FIRST_SHARD_BIT
+        while bit in self._by_bit:
+            bit += 1
+        return bit
+
+    def _register(self, name: str, node_id: str, epoch: str) -> ShardInfo:
+        old = self.shards.get(name)
+        if old is not None:
+            self._drop_blocks(old)
+            info = ShardInfo(bit=old.bit, node_id=node_id, epoch=epoch)
+        else:
+            info = ShardInfo(bit=self._new_bit(), node_id=node_id, epoch=epoch)
+        self.shards[name] = info
+        self._by_bit[info.bit] = name
+        return info
+
+    def _drop_blocks(self, info: ShardInfo) -> None:
+        clear = ~(1 << info.bit)
+        for block_hash in info.blocks:
+            self._set_mask(block_hash, self._loc.get(block_hash, 0) & clear)
+        info.blocks = set()
+
+    def purge(self, name: str) -> int:
+        """Forget a dead shard and every location it held. Returns blocks it held."""
+        info = self.shards.pop(name, None)
+        if info is None:
+            return 0
+        held = len(info.blocks)
+        self._drop_blocks(info)
+        del self._by_bit[info.bit]
+        self.counters["purged_shards"] += 1
+        return held
+
+    # --- events -----------------------------------------------------------------------------
+    def apply(self, name: str, node_id: str, epoch: str, first_seq: int, events: Sequence[Event]) -> ApplyResult:
+        """Apply a shard's batch; ``resync`` asks the caller to fetch the shard's dump."""
+        info = self.shards.get(name)
+        if info is None or info.epoch != epoch:
+            info = self._register(name, node_id, epoch)
+            info.buffer.append((first_seq, list(events)))
+            self.counters["resyncs"] += 1
+            return ApplyResult(True, [])
+        info.last_report = self.clock()
+        if info.resyncing:
+            if len(info.buffer) >= MAX_BUFFERED_BATCHES:
+                info.buffer.clear()
+                return ApplyResult(True, [])
+            info.buffer.append((first_seq, list(events)))
+            return ApplyResult(False, [])
+        if first_seq > info.next_seq:
+            self.counters["gaps"] += 1
+            self.counters["resyncs"] += 1
+            info.resyncing = True
+            info.buffer = [(first_seq, list(events))]
+            return ApplyResult(True, [])
+        self._apply_events(info, events[info.next_seq - first_seq :])
+        info.next_seq = max(info.next_seq, first_seq + len(events))
+        hot, info.pending_hot = info.pending_hot, []
+        return ApplyResult(False, hot)
+
+    def load_dump(self, name: str, epoch: str, seq: int, entries: Sequence[tuple[bytes, bytes | None, int]]) -> bool:
+        """Replace a shard's blocks by its dump, then replay buffered batches from ``seq``.
+
+        Returns False (another resync needed) if the shard changed epoch
+        meanwhile or the buffered batches leave a gap.
+        """
+        info = self.shards.get(name)
+        if info is None or info.epoch != epoch:
+            return False
+        self._drop_blocks(info)
+        bit = 1 << info.bit
+        for block_hash, parent, hits in entries:
+            self._set_mask(block_hash, self._loc.get(block_hash, 0) | bit)
+            info.blocks.add(block_hash)
+            if hits:
+                self._hits[block_hash] = max(self._hits.get(block_hash, 0), hits)
+            if parent is not None:
+                self._succ[parent] = block_hash
+        info.next_seq = seq
+        info.resyncing = False
+        buffered, info.buffer = sorted(info.buffer, key=lambda batch: batch[0]), []
+        for first_seq, events in buffered:
+            if first_seq + len(events) <= info.next_seq:
+                continue
+            if first_seq > info.next_seq:
+                info.resyncing = True
+                self.counters["gaps"] += 1
+                return False
+            self._apply_events(info, events[info.next_seq - first_seq :])
+            info.next_seq = first_seq + len(events)
+        return True
+
+    def _set_mask(self, block_hash: bytes, mask: int) -> None:
+        if mask:
+            self._loc[block_hash] = mask
+        else:
+            self._loc.pop(block_hash, None)
+            self._hits.pop(block_hash, None)
+            self._succ.pop(block_hash, None)
+
+    def _apply_events(self, info: ShardInfo, events: Sequence[Event]) -> None:
+        bit = 1 << info.bit
+        loc = self._loc
+        for event in events:
+            kind, block_hash = event[0], event[1]
+            if kind == TOUCHED:
+                hits = self._hits.get(block_hash, 0) + 1
+                self._hits[block_hash] = hits
+                if hits == self.hot_min_hits:
+                    self._mark_hot(block_hash)
+            elif kind == STORED:
+                loc[block_hash] = loc.get(block_hash, 0) | bit
+                info.blocks.add(block_hash)
+                if event[2] is not None:
+                    self._succ[event[2]] = block_hash
+            elif kind == EVICTED:
+                info.blocks.discard(block_hash)
+                self._set_mask(block_hash, loc.get(block_hash, 0) & ~bit)
+            elif kind == DEMOTED:
+                loc[block_hash] = loc.get(block_hash, 0) | (1 << _TIER_BITS[event[2]])
+            elif kind == TIER_MISS:
+                self._set_mask(block_hash, loc.get(block_hash, 0) & ~(1 << _TIER_BITS[event[2]]))
+        self.counters["events"] += len(events)
+
+    def _mark_hot(self, block_hash: bytes) -> None:
+        mask = self._loc.get(block_hash, 0) >> _FIRST_SHARD_BIT
+        bit = _FIRST_SHARD_BIT
+        while mask:
+            if mask & 1:
+                name = self._by_bit.get(bit)
+                if name is not None:
+                    self.shards[name].pending_hot.append(block_hash)
+            mask >>= 1
+            bit += 1
+
+    # --- questions ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._loc)
+
+    def where(self, block_hash: bytes) -> list[str]:
+        """Shard names and tiers holding a block."""
+        mask = self._loc.get(block_hash, 0)
+        places = [tier for tier, bit in _TIER_BITS.items() if mask >> bit & 1]
+        return places + [name for bit, name in self._by_bit.items() if mask >> bit & 1]
+
+    def hits(self, block_hash: bytes) -> int:
+        return self._hits.get(block_hash, 0)
+
+    def _sources(self, mask: int, requester: str | None) -> list[str]:
+        skip = self.shards[requester].bit if requester in self.shards else -1
+        out = [tier for tier, bit in _TIER_BITS.items() if mask >> bit & 1]
+        for bit, name in self._by_bit.items():
+            if bit != skip and mask >> bit & 1 and not self.shards[name].resyncing:
+                out.append(name)
+        return out
+
+    def _kind(self, source: str, node_id: str | None) -> str:
+        if source in _TIER_BITS:
+            return source
+        return "same_node" if self.shards[source].node_id == node_id else "other_node"
+
+    def locate(self, hashes: Sequence[bytes], *, requester: str | None, node_id: str | None, block_bytes: int) -> list[tuple[str, list[bytes]]]:
+        """Cheapest sources for the blocks of ``hashes`` held elsewhere, as consecutive runs.
+
+        Stops at the first block no other place holds. Each run goes to the
+        source whose estimated cost per block over its longest run is lowest.
+        """
+        runs: list[tuple[str, list[bytes]]] = []
+        position = 0
+        while position < len(hashes):
+            candidates = self._sources(self._loc.get(hashes[position], 0), requester)
+            if not candidates:
+                break
+            best: tuple[float, str, int] | None = None
+            for source in candidates:
+                length = 1
+                while position + length < len(hashes) and source in self._sources(self._loc.get(hashes[position + length], 0), requester):
+                    length += 1
+                per_block = self.costs.cost_s(self._kind(source, node_id), length, block_bytes) / length
+                if best is None or per_block < best[0]:
+                    best = (per_block, source, length)
+            assert best is not None
+            _, source, length = best
+            runs.append((source, list(hashes[position : position + length])))
+            position += length
+        return runs
+
+    def successors(self, block_hash: bytes, limit: int) -> list[bytes]:
+        """The chain of blocks most recently seen following ``block_hash`` (up to ``limit``)."""
+        out: list[bytes] = []
+        current = block_hash
+        while len(out) < limit:
+            nxt = self._succ.get(current)
+            if nxt is None or nxt not in self._loc or nxt in out:
+                break
+            out.append(nxt)
+            current = nxt
+        return out
+
+    def route(self, hashes: Sequence[bytes]) -> list[tuple[str, int]]:
+        """``[(shard, prefix blocks it holds)]``, longest first (advice for a router)."""
+        alive = 0
+        for info in self.shards.values():
+            alive |= 1 << info.bit
+        matched: dict[int, int] = {}
+        for position, block_hash in enumerate(hashes):
+            mask = self._loc.get(block_hash, 0) & alive
+            dropped = alive & ~mask
+            bit = _FIRST_SHARD_BIT
+            while dropped >> bit:
+                if dropped >> bit & 1:
+                    matched[bit] = position
+                bit += 1
+            alive = mask
+            if not alive >> _FIRST_SHARD_BIT:
+                break
+        else:
+            bit = _FIRST_SHARD_BIT
+            while alive >> bit:
+                if alive >> bit & 1:
+                    matched[bit] = len(hashes)
+                bit += 1
+        ranked = [(self._by_bit[bit], blocks) for bit, blocks in matched.items() if blocks and bit in self._by_bit]
+        return sorted(ranked, key=lambda item: -item[1])
+
+    # --- snapshot (warm restart) ---------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Tier locations and hit counts (shard locations come back from the shards' dumps)."""
+        keys = [h for h, mask in self._loc.items() if mask & 0b11 or self._hits.get(h)]
+        hashes = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), -1) if keys else np.zeros((0, 32), np.uint8)
+        tiers = np.fromiter((self._loc[h] & 0b11 for h in keys), dtype=np.uint8, count=len(keys))
+        hits = np.fromiter((self._hits.get(h, 0) for h in keys), dtype=np.uint32, count=len(keys))
+        header = np.array([len(keys), hashes.shape[1] if keys else 32], dtype=np.uint64).tobytes()
+        return zstandard.ZstdCompressor(level=3).compress(header + hashes.tobytes() + tiers.tobytes() + hits.tobytes())
+
+    def restore(self, blob: bytes) -> int:
+        """Merge a `snapshot`; returns blocks restored. Raises ValueError if it is malformed."""
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(blob)
+            count, width = (int(v) for v in np.frombuffer(raw[:16], dtype=np.uint64))
+            body = raw[16:]
+            if len(body) != count * (width + 5):
+                raise ValueError("size mismatch")
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise ValueError(f"unreadable coordinator snapshot: {exc}") from None
+        hashes = body[: count * width]
+        tiers = np.frombuffer(body[count * width : count * (width + 1)], dtype=np.uint8)
+        hits = np.frombuffer(body[count * (width + 1) :], dtype=np.uint32)
+        for row in range(count):
+            key = hashes[row * width : (row + 1) * width]
+            if tiers[row]:
+                self._loc[key] = self._loc.get(key, 0) | int(tiers[row])
+            if hits[row] and key in self._loc:
+                self._hits[key] = max(self._hits.get(key, 0), int(hits[row]))
+        return count
+
+    def stats(self) -> dict[str, Any]:
+        tiers = {tier: sum(1 for m in self._loc.values() if m >> bit & 1) for tier, bit in _TIER_BITS.items()}
+        return {
+            "blocks": len(self._loc),
+            "shards": {name: {"blocks": len(info.blocks), "node_id": info.node_id, "resyncing": info.resyncing,
+                              "next_seq": info.next_seq} for name, info in self.shards.items()},
+            "tier_blocks": tiers,
+            **self.counters,
+        }

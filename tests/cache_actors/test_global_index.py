@@ -1,0 +1,108 @@
+"""The coordinator's index: sequence numbers, resync, purge, locate, route, hotness, snapshot (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache_actors.global_index import REDIS, TIER_MISS, GlobalIndex
+from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TOUCHED
+
+
+def h(i: int) -> bytes:
+    return i.to_bytes(32, "big")
+
+
+def stored(*ids: int) -> list:
+    return [(STORED, h(i), h(i - 1) if i > 1 else None) for i in ids]
+
+
+def synced(index: GlobalIndex, name: str, node: str = "n1", epoch: str = "e1", dump=()) -> None:
+    assert index.apply(name, node, epoch, 0, []).resync
+    assert index.load_dump(name, epoch, 0, list(dump))
+
+
+def test_unknown_shard_resyncs_then_applies_in_order():
+    index = GlobalIndex()
+    result = index.apply("a", "n1", "e1", 0, stored(1, 2))
+    assert result.resync
+    # the dump was taken after event 0: event 1 is replayed from the buffer
+    assert index.load_dump("a", "e1", 1, [(h(1), None, 0)])
+    assert index.where(h(1)) == ["a"] and index.where(h(2)) == ["a"]
+    assert not index.apply("a", "n1", "e1", 2, [(EVICTED, h(2))]).resync
+    assert index.where(h(2)) == []
+
+
+def test_gap_asks_for_resync_and_duplicates_are_ignored():
+    index = GlobalIndex()
+    synced(index, "a")
+    index.apply("a", "n1", "e1", 0, stored(1))
+    assert not index.apply("a", "n1", "e1", 0, stored(1)).resync  # duplicate batch
+    assert index.apply("a", "n1", "e1", 5, stored(2)).resync  # events 1..4 were lost
+    assert index.counters["gaps"] == 1
+    assert index.load_dump("a", "e1", 6, [(h(1), None, 0), (h(2), h(1), 0)])
+    assert len(index) == 2
+
+
+def test_new_epoch_drops_the_old_incarnation_and_purge_forgets_a_shard():
+    index = GlobalIndex()
+    synced(index, "a")
+    index.apply("a", "n1", "e1", 0, stored(1, 2))
+    assert index.apply("a", "n1", "e2", 0, []).resync  # restarted: its pool is empty
+    assert len(index) == 0
+    synced(index, "b")
+    index.apply("b", "n1", "e1", 0, stored(1))
+    assert index.purge("b") == 1 and len(index) == 0
+
+
+def test_locate_prefers_cheap_sources_and_skips_the_requester():
+    index = GlobalIndex()
+    synced(index, "local", node="n1")
+    synced(index, "peer", node="n1")
+    synced(index, "far", node="n2")
+    index.apply("local", "n1", "e1", 0, stored(1))
+    index.apply("far", "n2", "e1", 0, stored(1, 2, 3))
+    index.apply("peer", "n1", "e1", 0, stored(1, 2))
+    index.apply("far", "n2", "e1", 3, [(DEMOTED, h(3), REDIS)])
+    runs = index.locate([h(1), h(2), h(3), h(4)], requester="local", node_id="n1", block_bytes=1 << 20)
+    # same-node peer for what it has, then the cheaper of another node and Redis
+    assert runs[0] == ("peer", [h(1), h(2)])
+    assert runs[1][1] == [h(3)] and runs[1][0] in ("far", REDIS)
+    assert index.locate([h(9)], requester="local", node_id="n1", block_bytes=1) == []
+
+
+def test_hot_blocks_are_pushed_to_the_shards_holding_them():
+    index = GlobalIndex(hot_min_hits=2)
+    synced(index, "a")
+    index.apply("a", "n1", "e1", 0, stored(1))
+    assert index.apply("a", "n1", "e1", 1, [(TOUCHED, h(1))]).hot == []
+    assert index.apply("a", "n1", "e1", 2, [(TOUCHED, h(1))]).hot == [h(1)]
+
+
+def test_successors_and_route():
+    index = GlobalIndex()
+    synced(index, "a")
+    synced(index, "b")
+    index.apply("a", "n1", "e1", 0, stored(1, 2, 3, 4))
+    index.apply("b", "n1", "e1", 0, stored(1, 2))
+    assert index.successors(h(1), 2) == [h(2), h(3)]
+    assert index.route([h(1), h(2), h(3), h(5)]) == [("a", 3), ("b", 2)]
+
+
+def test_tier_miss_clears_a_tier_location():
+    index = GlobalIndex()
+    synced(index, "a")
+    index.apply("a", "n1", "e1", 0, stored(1) + [(DEMOTED, h(1), REDIS), (EVICTED, h(1))])
+    assert index.where(h(1)) == [REDIS]
+    index.apply("a", "n1", "e1", 3, [(TIER_MISS, h(1), REDIS)])
+    assert index.where(h(1)) == []
+
+
+def test_snapshot_round_trip_keeps_tiers_and_hits():
+    index = GlobalIndex()
+    synced(index, "a")
+    index.apply("a", "n1", "e1", 0, stored(1, 2) + [(DEMOTED, h(2), REDIS), (TOUCHED, h(2))])
+    fresh = GlobalIndex()
+    assert fresh.restore(index.snapshot()) == 1
+    assert fresh.where(h(2)) == [REDIS] and fresh.hits(h(2)) == 1
+    with pytest.raises(ValueError):
+        fresh.restore(b"not a snapshot")

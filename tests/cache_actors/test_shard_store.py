@@ -1,0 +1,159 @@
+"""The shard's block store: leases, events, demotion capture, shared pool (no Ray)."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+import torch
+
+from cache_actors.block_checksum import block_checksums
+from cache_actors.codecs import KVShape, make_codec
+from cache_actors.hashing import CacheNamespace, hash_prompt_blocks
+from cache_actors.policies import make_policy
+from cache_actors.shard_store import EVICTED, STORED, TOUCHED, ShardStore
+from cache_actors.shm_pool import SharedBlockPool
+
+SHAPE = KVShape(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4)
+ROOT = CacheNamespace("m", "float32", 4, "L2H2D8").root_hash()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_store(num_blocks: int = 8, shared: bool = False, **kwargs) -> tuple[ShardStore, Clock]:
+    codec = make_codec("native", SHAPE, torch.float32)
+    clock = Clock()
+    pool = SharedBlockPool.create(codec.part_specs(), num_blocks, label="test", epoch="e1") if shared else None
+    store = ShardStore(codec=codec, block_size=4, num_blocks=num_blocks, policy=make_policy("lru"), pool=pool, clock=clock, **kwargs)
+    return store, clock
+
+
+def chain(n: int, salt: int = 0) -> list:
+    return hash_prompt_blocks(ROOT, [salt * 1000 + i for i in range(4 * n)], 4)
+
+
+def write(store: ShardStore, hashes, start: int = 0, seed: int = 0) -> torch.Tensor:
+    """A client's write: reserve, copy into the pool, commit with checksums."""
+    kv = torch.randn((len(hashes), *SHAPE.block_shape()), generator=torch.Generator().manual_seed(seed))
+    lease, slots = store.reserve(hashes, start)
+    if lease:
+        rows = torch.tensor([p for p, _ in slots])
+        encoded = store.codec.encode(kv[rows])
+        store.pool.write([s for _, s in slots], encoded)
+        store.commit(lease, block_checksums(encoded, range(len(slots))))
+    return kv
+
+
+def test_reserve_commit_then_lookup_returns_slots_and_checksums():
+    store, _ = make_store()
+    hashes = chain(3)
+    kv = write(store, hashes)
+    assert store.lookup(hashes[:1]).lease_id  # visible after commit
+    hit = store.lookup(hashes + chain(1, salt=9))
+    assert len(hit.slots) == 3
+    parts = store.pool.read(hit.slots)
+    assert torch.equal(parts["kv"], kv)
+    assert block_checksums(parts, range(3)) == hit.checksums
+    assert store.release_lease(hit.lease_id)
+    assert not store.release_lease(hit.lease_id)
+
+
+def test_pending_blocks_are_invisible_and_not_extended_by_other_writers():
+    store, _ = make_store()
+    hashes = chain(3)
+    lease, slots = store.reserve(hashes, 0)
+    assert len(slots) == 3
+    assert store.lookup(hashes).lease_id == 0
+    assert store.reserve(hashes, 0) == (0, [])  # another writer backs off
+    assert store.reserve(hashes, 2) == (0, [])  # parent pending
+    store.commit(lease, [b"x" * 16] * 3)
+    assert len(store.lookup(hashes).slots) == 3
+
+
+def test_expired_leases_unpin_and_abort():
+    store, clock = make_store(num_blocks=4, lease_ttl_s=5)
+    hashes = chain(2)
+    write(store, hashes)
+    hit = store.lookup(hashes)
+    pending, _ = store.reserve(chain(2, salt=1), 0)
+    assert len(store.evictable_blocks()) == 0
+    clock.now = 6
+    assert store.expire_leases() == 2
+    assert store.num_leases == 0
+    assert len(store) == 2  # the aborted pending blocks are gone, the read ones stay
+    assert not store.release_lease(hit.lease_id)
+    assert store.pool.num_free == 2
+
+
+def test_events_have_consecutive_sequence_numbers_and_dump_resumes_them():
+    store, _ = make_store(num_blocks=3)
+    write(store, chain(2))
+    store.release_lease(store.lookup(chain(2)).lease_id)
+    first, events = store.take_events()
+    assert first == 0
+    assert [e[0] for e in events] == [STORED, STORED, TOUCHED, TOUCHED]
+    assert events[1][2] == chain(2)[0]  # stored events carry the parent
+    write(store, chain(2, salt=1))  # evicts one block of the first chain
+    first, events = store.take_events()
+    assert first == 4 and [e[0] for e in events].count(EVICTED) == 1
+    seq, dump = store.dump()
+    assert seq == store.seq and len(dump) == 3
+    assert {h for h, _, _ in dump} == {chain(2)[0], *chain(2, salt=1)}
+
+
+def test_hot_blocks_are_captured_for_demotion_on_eviction():
+    store, _ = make_store(num_blocks=2, capture_demotions=True, demote_min_hits=99)
+    hot, cold = chain(1), chain(1, salt=1)
+    kv = write(store, hot)
+    write(store, cold)
+    store.mark_hot(hot)
+    write(store, chain(2, salt=2))  # needs both slots
+    demotions = store.take_demotions()
+    assert [d.block_hash for d in demotions] == hot
+    assert torch.equal(torch.from_numpy(demotions[0].parts["kv"]), kv)
+    assert demotions[0].checksum == block_checksums({"kv": kv}, [0])[0]
+
+
+def test_insert_verified_refuses_corrupt_rows_and_stops_the_chain():
+    source, _ = make_store()
+    hashes = chain(3)
+    write(source, hashes)
+    entries, arrays = source.read_blocks(hashes)
+    parts = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+    parts["kv"][1].add_(1.0)  # corrupt the second block
+    target, _ = make_store()
+    inserted, mismatches = target.insert_verified(entries, parts)
+    assert (inserted, mismatches) == (1, 1)
+    assert len(target.lookup(hashes).slots) == 1
+
+
+def test_drop_removes_a_block_and_its_descendants():
+    store, _ = make_store()
+    hashes = chain(3)
+    write(store, hashes)
+    assert store.drop([hashes[1]]) == 2
+    assert len(store) == 1
+
+
+def _child_reads(handle, slots, queue) -> None:
+    pool = SharedBlockPool.attach(handle)
+    queue.put(pool.read(slots)["kv"].sum().item())
+
+
+def test_shared_pool_is_visible_from_another_process():
+    store, _ = make_store(shared=True)
+    hashes = chain(2)
+    kv = write(store, hashes)
+    hit = store.lookup(hashes)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_reads, args=(store.pool.handle, hit.slots, queue))
+    child.start()
+    child.join(30)
+    assert queue.get(timeout=5) == pytest.approx(kv.sum().item(), rel=1e-5)
