@@ -77,6 +77,9 @@ class Settings(BaseSettings):
                     'e.g. GATEWAY_SERVICES=\'{"redundancy": "redundancy-canary"}\'.',
     )
     max_body_bytes: PositiveInt = Field(10 * 1024 * 1024, description="Larger request bodies get 413.")
+    gateway_handle_transport: Literal["grpc", "actor"] = Field(
+        "grpc", description="How the gateway reaches services: Serve's gRPC by-value path or Ray actor calls."
+    )
     gateway_request_timeout_s: PositiveFloat = Field(60.0, description="Budget of one forwarded service call.")
     health_probe_timeout_s: PositiveFloat = Field(2.0, description="Budget of one health probe.")
 

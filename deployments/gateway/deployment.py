@@ -12,7 +12,17 @@ from deployments.gateway.services import ServeServiceClient, ServiceRegistry
 from deployments.gateway.state import GatewayState
 
 
-@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+# NOTE: the gateway's code is all async (hashing and SQLite run in threads), so its
+# replicas run user code and the handle router on the replica's own event loop:
+# two thread hops fewer per request (measured with `blatam bench gateway`).
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+@serve.deployment(
+    name="Gateway",
+    ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": REPLICA_ENV}},
+    max_ongoing_requests=200,
+)
 @serve.ingress()
 class Gateway:
     """Authenticates, rate-limits and forwards requests to the service applications.
@@ -24,7 +34,8 @@ class Gateway:
 
     async def __init__(self, settings: dict[str, Any] | None = None):
         resolved = load_settings(settings)
-        client = ServeServiceClient(ServiceRegistry(resolved.gateway_services))
+        client = ServeServiceClient(ServiceRegistry(resolved.gateway_services),
+                                    transport=resolved.gateway_handle_transport)
         self._state = await GatewayState.open(resolved, client)
 
     def __serve_build_asgi_app__(self):

@@ -118,8 +118,12 @@ class ServiceRegistry:
 class ServeServiceClient:
     """`ServiceClient` over Ray Serve application handles."""
 
-    def __init__(self, registry: ServiceRegistry, *, status_ttl_s: float = 1.0, controller_timeout_s: float = 5.0):
+    def __init__(self, registry: ServiceRegistry, *, transport: str = "grpc", status_ttl_s: float = 1.0,
+                 controller_timeout_s: float = 5.0):
+        if transport not in ("grpc", "actor"):
+            raise ValueError(f"transport must be 'grpc' or 'actor', got {transport!r}")
         self.registry = registry
+        self._transport = transport
         self._status_ttl_s = status_ttl_s
         self._controller_timeout_s = controller_timeout_s
         self._handles: dict[str, Any] = {}
@@ -156,6 +160,11 @@ class ServeServiceClient:
 
             handle = await asyncio.wait_for(asyncio.to_thread(serve.get_app_handle, app),
                                             timeout=self._controller_timeout_s)
+            if self._transport == "grpc":
+                # NOTE: by value over the replicas' gRPC servers with plain pickle: measured
+                # ~1-1.5 ms less per call than Ray actor calls (scripts/bench/gateway.py).
+                handle = handle.options(_by_reference=False, request_serialization="pickle",
+                                        response_serialization="pickle")
             self._handles[app] = handle
         return handle
 

@@ -14,3 +14,4 @@ bench_app = typer.Typer(help="Benchmarks: print a table and write JSON.", no_arg
 from scripts.bench import ttft as _ttft  # noqa: E402,F401
 from scripts.bench import policies as _policies  # noqa: E402,F401
 from scripts.bench import redundancy as _redundancy  # noqa: E402,F401
+from scripts.bench import gateway as _gateway  # noqa: E402,F401

@@ -96,7 +96,8 @@ def serve_instance() -> Iterator[ServeInstance]:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=SERVE_NUM_CPUS, include_dashboard=False, log_to_driver=False)
+    # address="local": always a private cluster, never one a `ray start` left on this host.
+    ray.init(address="local", num_cpus=SERVE_NUM_CPUS, include_dashboard=False, log_to_driver=False)
     instance = ServeInstance(host="127.0.0.1", port=free_port())
     serve.start(http_options={"host": instance.host, "port": instance.port})
     try:
