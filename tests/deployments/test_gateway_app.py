@@ -1,0 +1,149 @@
+"""The gateway app in process (no Ray): failures that are awkward to cause on a
+shared Serve instance — a database that is gone, a Redis that does not answer,
+chunked bodies — plus the request-id header when no Serve proxy echoes it.
+
+`InProcessServices` is a real `ServiceClient`: it forwards through
+`call_asgi` to a FastAPI app in this process instead of a Serve handle.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from business_modules.settings import load_settings
+from deployments.common.errors import install_error_handlers
+from deployments.common.forwarding import ForwardedResponse, call_asgi
+from deployments.gateway.app import create_app
+from deployments.gateway.services import AppState, ServiceRegistry, ServiceUnavailable
+from deployments.gateway.state import GatewayState
+
+SECRET = "in-process-gateway-secret-0123456789-abcdef"
+
+
+def make_service() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "healthy"}
+
+    @app.post("/echo")
+    async def echo(payload: dict) -> dict:
+        return payload
+
+    return app
+
+
+class InProcessServices:
+    """`ServiceClient` whose only deployed service runs in this process."""
+
+    def __init__(self, apps: dict[str, FastAPI]):
+        self.registry = ServiceRegistry({name: name for name in apps})
+        self._apps = apps
+
+    async def app_states(self) -> dict[str, AppState]:
+        return {name: AppState("RUNNING") for name in self._apps}
+
+    async def forward(self, service: str, *, method: str, path: str, body: bytes, query, headers, caller,
+                      timeout_s: float) -> ForwardedResponse:
+        app = self._apps.get(self.registry.app_for(service))
+        if app is None:
+            raise ServiceUnavailable(service, "not deployed")
+        return await call_asgi(app, method=method, path=path, body=body, query=query, headers=headers,
+                               caller=caller)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def open_gateway(tmp_path: Path, **overrides) -> tuple[GatewayState, httpx.AsyncClient]:
+    settings = load_settings({"blatam_env": "test", "secret_key": SECRET,
+                              "database_url": f"sqlite:///{tmp_path / 'gw.db'}", "max_body_bytes": 1024,
+                              **overrides})
+    state = await GatewayState.open(settings, InProcessServices({"echo": make_service()}))
+    await state.auth.create_user(username="ann", password="a long password", scopes="*")
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(state)), base_url="http://gw")
+    return state, client
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[GatewayState, httpx.AsyncClient, str]]:
+    state, client = await open_gateway(tmp_path)
+    key = (await state.auth.create_api_key(username="ann", name="t")).secret
+    yield state, client, key
+    await client.aclose()
+    await state.close()
+
+
+async def test_request_id_header_is_set_when_no_proxy_does_it(gateway) -> None:
+    _, client, _ = gateway
+    honoured = await client.get("/ready", headers={"X-Request-ID": "abc-123"})
+    assert honoured.headers["x-request-id"] == "abc-123"
+    replaced = await client.get("/nope", headers={"X-Request-ID": "bad id with spaces"})
+    assert replaced.headers["x-request-id"] != "bad id with spaces"
+    assert replaced.json()["error"]["request_id"] == replaced.headers["x-request-id"]
+
+
+async def test_chunked_body_over_the_limit_is_413(gateway) -> None:
+    _, client, key = gateway
+
+    async def chunks():
+        for _ in range(8):
+            yield b"x" * 512
+
+    response = await client.post("/api/v1/echo/echo", content=chunks(), headers={"X-API-Key": key})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    small = await client.post("/api/v1/echo/echo", json={"a": 1}, headers={"X-API-Key": key})
+    assert small.status_code == 200 and small.json() == {"a": 1}
+
+
+async def test_database_gone_means_unhealthy_not_ready_and_503(gateway) -> None:
+    state, client, key = gateway
+    await state.db.close()
+    health = await client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+    assert health.json()["database"]["status"] == "unhealthy"
+    ready = await client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+    login = await client.post("/api/v1/auth/login", json={"username": "ann", "password": "a long password"})
+    assert login.status_code == 503 and login.json()["error"]["code"] == "database_unavailable"
+    assert "sqlite" not in login.json()["error"]["message"].lower()
+
+
+async def test_dead_redis_degrades_health_but_requests_still_pass(tmp_path: Path) -> None:
+    state, client = await open_gateway(tmp_path, redis_url=f"redis://127.0.0.1:{closed_port()}/0",
+                                       redis_timeout_s=0.2)
+    try:
+        key = (await state.auth.create_api_key(username="ann", name="t")).secret
+        response = await client.post("/api/v1/echo/echo", json={"a": 1}, headers={"X-API-Key": key})
+        assert response.status_code == 200 and response.headers["x-ratelimit-limit"] == "100"
+        report = (await client.get("/health")).json()
+        assert report["status"] == "degraded"
+        assert report["redis"] == {"status": "unhealthy", "rate_limits": "memory-fallback"}
+        assert report["services"]["echo"]["status"] == "healthy"
+    finally:
+        await client.aclose()
+        await state.close()
+
+
+async def test_login_attempts_are_rate_limited_per_address(tmp_path: Path) -> None:
+    state, client = await open_gateway(tmp_path, rate_limit_login="2/minute")
+    try:
+        attempts = [await client.post("/api/v1/auth/login", json={"username": "ann", "password": "wrong pass"})
+                    for _ in range(3)]
+        assert [a.status_code for a in attempts] == [401, 401, 429]
+        assert int(attempts[-1].headers["retry-after"]) >= 1
+    finally:
+        await client.aclose()
+        await state.close()
