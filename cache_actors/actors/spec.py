@@ -29,12 +29,12 @@ class Timeouts:
 
     lookup_s: float = 1.0  # client -> its shard (match, reserve)
     remote_fetch_s: float = 0.25  # shard -> coordinator/peer/tier for a request's missing blocks
-    locate_s: float = 0.05  # shard -> coordinator "where are these blocks"
+    locate_s: float = 0.1  # shard -> coordinator "where are these blocks"
     tier_op_s: float = 0.05  # one Redis operation
     report_s: float = 1.0  # shard -> coordinator event batch
     prefetch_s: float = 0.5  # a whole prefetch
     lease_s: float = 30.0  # a client's hold on slots
-    coordinator_backoff_s: float = 1.0  # after a failed coordinator call, skip it this long
+    coordinator_backoff_s: float = 0.5  # after a failed coordinator call, skip it this long
 
 
 @dataclass(frozen=True, slots=True)
