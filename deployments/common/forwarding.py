@@ -44,6 +44,12 @@ Conventions the gateway relies on:
   headers, so a direct HTTP client cannot forge it: read it with
   `forwarded_caller(request)`. The request id arrives as ``X-Request-ID``.
 - The whole response is collected before it is returned (no streaming).
+
+Pitfall: do not put ``from __future__ import annotations`` in a module whose
+routes are methods of the ingress class (``@app.post`` inside the class):
+Serve rewrites those signatures and a string annotation such as ``Request``
+then becomes a required query parameter (422 on every call). Routes defined
+on a plain FastAPI app (builder style) are not affected.
 """
 
 from __future__ import annotations
