@@ -54,6 +54,7 @@ on a plain FastAPI app (builder style) are not affected.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -150,12 +151,17 @@ async def call_asgi(
     response = ForwardedResponse(status_code=500)
     chunks: list[bytes] = []
     started = False
+    # The "client" stays connected until the whole response is sent: reporting a
+    # disconnect earlier makes Starlette cancel streamed responses (FileResponse,
+    # StreamingResponse) and the gateway would get an empty body.
+    response_done = asyncio.Event()
 
     async def receive() -> Message:
         nonlocal request_sent
         if not request_sent:
             request_sent = True
             return {"type": "http.request", "body": body, "more_body": False}
+        await response_done.wait()
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
@@ -166,6 +172,8 @@ async def call_asgi(
             response.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())]
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                response_done.set()
 
     try:
         await app(scope, receive, send)
