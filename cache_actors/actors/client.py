@@ -160,16 +160,19 @@ class DistributedKVCache:
         started = time.perf_counter()
         self.queried_blocks += len(hashes)
         metrics().add(metrics().queried_tokens, len(hashes) * self.block_size, shard=self.shard_name)
+        self._await_pending_write()
         hit = self._match_local(hashes) if self._same_node else self._match_remote(hashes)
         metrics().fetch_latency_ms.observe((time.perf_counter() - started) * 1000, tags={"path": "client_match"})
         return hit
 
-    def _match_local(self, hashes: Sequence[BlockHash]) -> DistributedHit:
+    def _await_pending_write(self) -> None:
+        """Read our own writes: Ray does not order calls to an asyncio actor, so let the
+        last commit/put land first (it was sent a whole request ago: usually done already)."""
         if self._pending_commit is not None:
-            # Read our own writes: Ray does not order calls to an asyncio actor, so let the
-            # last commit land first (it was sent a whole request ago: usually done already).
             ray.wait([self._pending_commit], timeout=self.spec.timeouts.lookup_s)
             self._pending_commit = None
+
+    def _match_local(self, hashes: Sequence[BlockHash]) -> DistributedHit:
         reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes)), "match")
         if reply is None or not reply.lease:
             return DistributedHit()
@@ -260,7 +263,10 @@ class DistributedKVCache:
             return 0
         positions = [position for position, _ in reply.slots]
         encoded = self._encode(kv_blocks, positions)
-        pool.write([slot for _, slot in reply.slots], encoded)
+        slots = [slot for _, slot in reply.slots]
+        for start, stop, first_slot in _slot_runs(slots):  # runs of consecutive slots: plain slice copies
+            for name, part in pool.parts.items():
+                part[first_slot : first_slot + stop - start].copy_(encoded[name][start:stop])
         self._pending_commit = shard.commit.remote(reply.lease, block_checksums(encoded, range(len(positions))), hashes[positions[-1]])
         return len(positions)
 
@@ -279,7 +285,7 @@ class DistributedKVCache:
         encoded = self._encode(kv_blocks, positions)
         sums = block_checksums(encoded, range(len(positions)))
         entries = [(hashes[p], hashes[p - 1] if p else None, s) for p, s in zip(positions, sums)]
-        self._shard.put.remote(entries, parts_to_numpy(encoded))  # fire and forget
+        self._pending_commit = self._shard.put.remote(entries, parts_to_numpy(encoded))  # not awaited
         return len(positions)
 
     # --- admin -------------------------------------------------------------------------------------------

@@ -55,9 +55,14 @@ def _ideal_ttft_ms(engine: UltraAdaptiveKVCacheEngine, prefix: list[int], suffix
 
 def measure_ttft(
     engine: UltraAdaptiveKVCacheEngine, *, prompt_tokens: int, new_tokens: int, runs: int, seed: int = 0,
-    progress: Progress | None = None,
+    progress: Progress | None = None, actor_engine: UltraAdaptiveKVCacheEngine | None = None,
 ) -> dict[str, Any]:
-    """Medians of uncached, cached and ideal TTFT over ``runs`` interleaved runs."""
+    """Medians of uncached, cached and ideal TTFT over ``runs`` interleaved runs.
+
+    With ``actor_engine`` (the same model behind the distributed cache) each
+    run also times the cached request through the shard actor: ``actor_ms``
+    and ``actor_overhead`` (actor path / in-process ideal) join the result.
+    """
     if not 0 < new_tokens < prompt_tokens:
         raise ValueError("need 0 < new_tokens < prompt_tokens")
     if prompt_tokens + 1 > engine.runner.max_context:
@@ -67,6 +72,9 @@ def measure_ttft(
     bos = [engine.runner.tokenizer.bos_token_id or 1]
     shared = prompt_tokens - new_tokens
     samples: dict[str, list[float]] = {"uncached": [], "cached": [], "ideal": []}
+    if actor_engine is not None:
+        samples["actor"] = []
+    actor_hits: list[int] = []
     cached_tokens: list[int] = []
     task = progress.add_task("ttft runs", total=runs + 1) if progress else None
     for run in range(runs + 1):  # run 0 warms up allocators and kernels; not recorded
@@ -77,6 +85,12 @@ def measure_ttft(
         suffix = _random_ids(generator, new_tokens, vocab)
         cached, hit = _engine_ttft_ms(engine, prefix + suffix)
         ideal = _ideal_ttft_ms(engine, prefix, suffix)
+        if actor_engine is not None:
+            _engine_ttft_ms(actor_engine, prefix + _random_ids(generator, new_tokens, vocab))
+            actor, actor_hit = _engine_ttft_ms(actor_engine, prefix + suffix)
+            if run:
+                samples["actor"].append(actor)
+                actor_hits.append(actor_hit)
         if run:
             samples["uncached"].append(uncached)
             samples["cached"].append(cached)
@@ -85,7 +99,11 @@ def measure_ttft(
         if progress is not None and task is not None:
             progress.advance(task)
     medians = {key: statistics.median(values) for key, values in samples.items()}
+    actor = {} if actor_engine is None else {
+        "actor_ms": medians["actor"], "actor_overhead": medians["actor"] / medians["ideal"], "actor_cached_tokens": min(actor_hits),
+    }
     return {
+        **actor,
         "model": engine.runner.model_id,
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
@@ -111,6 +129,7 @@ def ttft_command(
     runs: int = typer.Option(5, "--runs", min=1, help="Timed runs (median); one warm-up run is added."),
     threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's choice)."),
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
+    distributed: bool = typer.Option(False, "--distributed", help="Also time the cache through Ray shard actors."),
 ) -> None:
     """Time to first token: uncached vs the engine's cache vs the in-process ideal."""
     config = KVCacheConfig(
@@ -119,13 +138,23 @@ def ttft_command(
     )
     with console.status("loading model"):
         engine = UltraAdaptiveKVCacheEngine(config)
+    actor_engine = None
+    if distributed:
+        with console.status("starting the distributed cache (Ray, shard, coordinator)"):
+            actor_config = config.model_copy(update={"enable_distributed": True, "redis_url": None})
+            actor_engine = UltraAdaptiveKVCacheEngine(actor_config, runner=engine.runner)
     with Progress(console=console, transient=True) as progress:
-        result = measure_ttft(engine, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, progress=progress)
+        result = measure_ttft(engine, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, progress=progress,
+                              actor_engine=actor_engine)
     print_table(
         f"TTFT, {prompt_tokens} prompt tokens, {prompt_tokens - new_tokens} shared ({result['model']})",
         ["path", "median ms"],
-        [("uncached", result["uncached_ms"]), ("cached (engine)", result["cached_ms"]), ("ideal (in-process)", result["ideal_ms"])],
+        [("uncached", result["uncached_ms"]), ("cached (engine)", result["cached_ms"]), ("ideal (in-process)", result["ideal_ms"])]
+        + ([("cached (shard actor)", result["actor_ms"])] if distributed else []),
     )
+    if distributed:
+        console.print(f"actor_overhead actor/ideal = [bold]{result['actor_overhead']:.3f}[/bold], "
+                      f"actor cached tokens {result['actor_cached_tokens']}")
     console.print(f"speedup uncached/cached = [bold]{result['speedup']:.2f}x[/bold], "
                   f"overhead cached/ideal = [bold]{result['overhead']:.3f}[/bold], cached tokens {result['cached_tokens']}")
     write_json(json_out, result)
