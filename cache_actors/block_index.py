@@ -66,6 +66,17 @@ class BlockIndex:
     def get(self, key: Hashable) -> BlockNode | None:
         return self._nodes.get(key)
 
+    def begin_request(
+        self, keys: Sequence[Hashable], now: float, tokens: Sequence[int] | None = None
+    ) -> list[BlockNode]:
+        """Start of a request: show the policy the whole prompt, then match its prefix.
+
+        Same result as `match_prefix`; learning policies (``adaptive``) need
+        this call once per request (``tokens``: tokens of each block, if known).
+        """
+        self.policy.on_request(keys, now, tokens)
+        return self.match_prefix(keys)
+
     def match_prefix(self, keys: Sequence[Hashable]) -> list[BlockNode]:
         """Nodes of the longest cached prefix of ``keys`` (stops at the first miss)."""
         found: list[BlockNode] = []
