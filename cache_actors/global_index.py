@@ -167,7 +167,10 @@ class GlobalIndex:
         hot, info.pending_hot = info.pending_hot, []
         return ApplyResult(False, hot)
 
-    def load_dump(self, name: str, epoch: str, seq: int, entries: Sequence[tuple[bytes, bytes | None, int]]) -> bool:
+    def load_dump(
+        self, name: str, epoch: str, seq: int, entries: Sequence[tuple[bytes, bytes | None, int]],
+        tiers: Sequence[tuple[bytes, str]] = (),
+    ) -> bool:
         """Replace a shard's blocks by its dump, then replay buffered batches from ``seq``.
 
         Returns False (another resync needed) if the shard changed epoch
@@ -185,6 +188,8 @@ class GlobalIndex:
                 self._hits[block_hash] = max(self._hits.get(block_hash, 0), hits)
             if parent is not None:
                 self._succ[parent] = block_hash
+        for block_hash, tier in tiers:
+            self._loc[block_hash] = self._loc.get(block_hash, 0) | (1 << _TIER_BITS[tier])
         info.next_seq = seq
         info.resyncing = False
         buffered, info.buffer = sorted(info.buffer, key=lambda batch: batch[0]), []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -43,6 +44,8 @@ from cache_actors.pool import BlockPool
 STORED, TOUCHED, EVICTED, DEMOTED = "s", "t", "e", "d"
 
 Event = tuple[Any, ...]  # (kind, hash[, parent or tier])
+#: Demotions a shard remembers for its dump (older ones are left to the coordinator's snapshot).
+MAX_DEMOTED_RECORDS = 65536
 Entry = tuple[BlockHash, "BlockHash | None", bytes]  # (hash, parent, checksum) of a block in transit
 
 
@@ -103,6 +106,9 @@ class ShardStore(BaseKVCache):
         self.seq = 0  # sequence number of the next event
         self.demotions: list[Demotion] = []
         self.dropped_demotions = 0
+        # Where this shard demoted blocks to (recent ones, bounded): part of a dump, so a
+        # coordinator rebuilt from the shards knows the tiers' contents too.
+        self.demoted: OrderedDict[BlockHash, str] = OrderedDict()
 
     # --- events ---------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
@@ -334,16 +340,22 @@ class ShardStore(BaseKVCache):
 
     def note_demoted(self, block_hash: BlockHash, tier: str) -> None:
         self._emit((DEMOTED, block_hash, tier))
+        self.demoted[block_hash] = tier
+        self.demoted.move_to_end(block_hash)
+        while len(self.demoted) > MAX_DEMOTED_RECORDS:
+            self.demoted.popitem(last=False)
 
     # --- index dump and admin ------------------------------------------------------------------
-    def dump(self) -> tuple[int, list[tuple[BlockHash, BlockHash | None, int]]]:
-        """``(seq, [(hash, parent, hits)])`` of every ready block, parents first.
+    def dump(self) -> tuple[int, list[tuple[BlockHash, BlockHash | None, int]], list[tuple[BlockHash, str]]]:
+        """``(seq, [(hash, parent, hits)], [(hash, tier)])``: every ready block, parents first,
+        and the blocks this shard recently demoted to a tier.
 
         ``seq`` is the sequence number of the next event: a coordinator that
         loads this dump applies only events from ``seq`` on.
         """
         nodes = [n for n in self.blocks_in_order() if _ready(n)]
-        return self.seq, [(n.key, n.parent.key if n.parent is not None else None, n.hits) for n in nodes]
+        blocks = [(n.key, n.parent.key if n.parent is not None else None, n.hits) for n in nodes]
+        return self.seq, blocks, list(self.demoted.items())
 
     def drop(self, hashes: Sequence[BlockHash]) -> int:
         """Remove blocks a reader found corrupt (and their descendants), if no one holds them."""

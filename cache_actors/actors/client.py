@@ -139,8 +139,11 @@ class DistributedKVCache:
     def _attach(self, reply: MatchReply | ReserveReply) -> SharedBlockPool | None:
         if self._pool is not None and self._pool.handle.epoch == reply.epoch:
             return self._pool
+        handle = reply.handle or self._call(lambda s: s.pool_handle.remote(), "pool_handle")
+        if handle is None or handle.epoch != reply.epoch:
+            return None
         try:
-            self._pool = SharedBlockPool.attach(reply.handle)
+            self._pool = SharedBlockPool.attach(handle)
         except (OSError, ValueError) as exc:
             logger.warning("KV cache client: cannot map the shard's pool (%s); using the object store", exc)
             self._same_node = False
@@ -173,7 +176,8 @@ class DistributedKVCache:
             self._pending_commit = None
 
     def _match_local(self, hashes: Sequence[BlockHash]) -> DistributedHit:
-        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes)), "match")
+        known = self._pool.handle.epoch if self._pool is not None else None
+        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes), True, known), "match")
         if reply is None or not reply.lease:
             return DistributedHit()
         shard = self._shard

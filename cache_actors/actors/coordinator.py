@@ -72,11 +72,11 @@ class KVCacheCoordinator:
         try:
             for _ in range(3):
                 handle = self._handle(name)
-                epoch, seq, entries = await asyncio.wait_for(handle.dump_index.remote(), _PING_TIMEOUT_S * 5)
+                epoch, seq, entries, tiers = await asyncio.wait_for(handle.dump_index.remote(), _PING_TIMEOUT_S * 5)
                 if name not in self.index.shards or self.index.shards[name].epoch != epoch:
                     info = await asyncio.wait_for(handle.ping.remote(), _PING_TIMEOUT_S)
                     self.index.apply(name, info["node_id"], epoch, seq, [])
-                if self.index.load_dump(name, epoch, seq, entries):
+                if self.index.load_dump(name, epoch, seq, entries, tiers):
                     return
         except (RayError, ValueError, asyncio.TimeoutError, TimeoutError) as exc:
             logger.warning("coordinator: resync of %s failed (%s)", name, type(exc).__name__)

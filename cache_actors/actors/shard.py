@@ -58,7 +58,7 @@ class MatchReply:
     """A read lease: slots of the matched prefix in the pool of ``handle``."""
 
     epoch: str
-    handle: PoolHandle
+    handle: PoolHandle | None  # None when the caller already maps this epoch's pool
     lease: int = 0
     slots: list[int] = field(default_factory=list)
     checksums: list[bytes] = field(default_factory=list)
@@ -119,7 +119,7 @@ class KVCacheShard:
         return self.pool.handle
 
     # --- same-node data plane: leases ------------------------------------------------------------
-    async def match(self, hashes: Sequence[BlockHash], allow_remote: bool = True) -> MatchReply:
+    async def match(self, hashes: Sequence[BlockHash], allow_remote: bool = True, known_epoch: str | None = None) -> MatchReply:
         """Lease the longest prefix of ``hashes``, completing a miss from peers or tiers first."""
         result = self.store.lookup(hashes)
         tiers = {"device": len(result.slots)}
@@ -131,8 +131,9 @@ class KVCacheShard:
                 result = again
                 tiers.update(fetched)
         if result.slots and len(result.slots) == len(hashes):
-            self._hint(hashes[-1])
-        return MatchReply(self.epoch, self.pool.handle, result.lease_id, result.slots, result.checksums, tiers)
+            asyncio.get_running_loop().call_soon(self._hint, hashes[-1])  # after the reply is on its way
+        handle = None if known_epoch == self.epoch else self.pool.handle
+        return MatchReply(self.epoch, handle, result.lease_id, result.slots, result.checksums, tiers)
 
     def release(self, lease: int) -> bool:
         return self.store.release_lease(lease)
@@ -144,7 +145,7 @@ class KVCacheShard:
     def commit(self, lease: int, checksums: Sequence[bytes], last_hash: BlockHash | None = None) -> int:
         stored = self.store.commit(lease, checksums)
         if stored and last_hash is not None:
-            self._hint(last_hash)
+            asyncio.get_running_loop().call_soon(self._hint, last_hash)
         return stored
 
     # --- object-store data plane (other nodes, peers) --------------------------------------------
@@ -366,9 +367,10 @@ class KVCacheShard:
         m.bytes_used.set(self.store.pool.bytes_used, tags={"shard": self.name})
 
     # --- admin -----------------------------------------------------------------------------------
-    def dump_index(self) -> tuple[str, int, list[tuple[BlockHash, BlockHash | None, int]]]:
-        seq, entries = self.store.dump()
-        return self.epoch, seq, entries
+    def dump_index(self) -> tuple[str, int, list[tuple[BlockHash, BlockHash | None, int]], list[tuple[BlockHash, str]]]:
+        """``(epoch, seq, blocks, tier records)`` for a coordinator's resync (see `ShardStore.dump`)."""
+        seq, entries, tiers = self.store.dump()
+        return self.epoch, seq, entries, tiers
 
     def mark_hot(self, hashes: Sequence[BlockHash]) -> int:
         return self.store.mark_hot(hashes)

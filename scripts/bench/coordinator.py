@@ -140,8 +140,8 @@ def measure_actor_events(num_senders: int, *, batches: int = 200) -> dict[str, A
         def ping(self) -> dict[str, Any]:
             return {"name": self.name, "epoch": "e1", "node_id": "sim", "device": "sim", "pid": os.getpid(), "gpu_ids": []}
 
-        def dump_index(self) -> tuple[str, int, list]:
-            return "e1", self.seq, []
+        def dump_index(self) -> tuple[str, int, list, list]:
+            return "e1", self.seq, [], []
 
         def join(self, coordinator: Any) -> bool:
             """First report (the coordinator resyncs us) and a warm connection, outside the timing."""

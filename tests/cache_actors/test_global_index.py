@@ -32,6 +32,13 @@ def test_unknown_shard_resyncs_then_applies_in_order():
     assert index.where(h(2)) == []
 
 
+def test_dump_restores_tier_locations():
+    index = GlobalIndex()
+    assert index.apply("a", "n1", "e1", 0, []).resync
+    assert index.load_dump("a", "e1", 0, [(h(1), None, 0)], [(h(2), REDIS)])
+    assert index.where(h(2)) == [REDIS]
+
+
 def test_gap_asks_for_resync_and_duplicates_are_ignored():
     index = GlobalIndex()
     synced(index, "a")

@@ -102,8 +102,8 @@ def test_events_have_consecutive_sequence_numbers_and_dump_resumes_them():
     write(store, chain(2, salt=1))  # evicts one block of the first chain
     first, events = store.take_events()
     assert first == 4 and [e[0] for e in events].count(EVICTED) == 1
-    seq, dump = store.dump()
-    assert seq == store.seq and len(dump) == 3
+    seq, dump, tiers = store.dump()
+    assert seq == store.seq and len(dump) == 3 and tiers == []
     assert {h for h, _, _ in dump} == {chain(2)[0], *chain(2, salt=1)}
 
 
@@ -116,6 +116,8 @@ def test_hot_blocks_are_captured_for_demotion_on_eviction():
     write(store, chain(2, salt=2))  # needs both slots
     demotions = store.take_demotions()
     assert [d.block_hash for d in demotions] == hot
+    store.note_demoted(hot[0], "redis")
+    assert store.dump()[2] == [(hot[0], "redis")]
     assert torch.equal(torch.from_numpy(demotions[0].parts["kv"]), kv)
     assert demotions[0].checksum == block_checksums({"kv": kv}, [0])[0]
 
