@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from cache_actors.block_index import BlockIndex, BlockNode
+from cache_actors.policies import EvictionPolicy, PriorityPolicy, make_policy
 from cache_actors.replay import replay_request
-from cache_actors.policies import EvictionPolicy, PriorityPolicy
 
 DEFAULT_BLOCK_TOKENS = 512
 BELADY = "belady"
@@ -343,3 +343,62 @@ def simulate_belady(
         before_request=oracle.advance,
         progress=progress,
     )
+
+
+@dataclass(slots=True)
+class SweepCell:
+    """One (policy, capacity) result of `sweep`."""
+
+    capacity_fraction: float  # of the trace's unique blocks
+    result: SimResult
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "policy": r.policy,
+            "capacity_blocks": r.capacity_blocks,
+            "capacity_fraction": self.capacity_fraction,
+            "hit_rate": r.hit_rate,
+            "tokens_saved": r.tokens_saved,
+            "tokens_total": r.tokens_total,
+            "saved_fraction": r.saved_fraction,
+            "blocks_hit": r.blocks_hit,
+            "blocks_total": r.blocks_total,
+            "inserted": r.inserted,
+            "evicted": r.evicted,
+            "refused": r.refused,
+        }
+
+
+def sweep(
+    trace: PreparedTrace,
+    capacities: Sequence[float],
+    policies: Sequence[str],
+    *,
+    progress: Callable[[str, float, int], None] | None = None,
+) -> list[SweepCell]:
+    """Replay ``trace`` for every capacity and policy name (registry names or ``belady``).
+
+    ``progress(policy, capacity, requests_done)`` reports each replay's advance.
+    Unknown policy names raise ValueError before anything runs.
+    """
+    factories: dict[str, Callable[[], EvictionPolicy] | None] = {
+        name: None if name == BELADY else _factory(name) for name in policies
+    }
+    cells: list[SweepCell] = []
+    for capacity in capacities:
+        blocks = trace.capacity_blocks(capacity)
+        fraction = capacity if capacity < 1 else blocks / max(1, trace.unique_blocks)
+        for name, factory in factories.items():
+            report = None if progress is None else (lambda n, _p=name, _c=capacity: progress(_p, _c, n))
+            if factory is None:
+                result = simulate_belady(trace, blocks, progress=report)
+            else:
+                result = simulate(trace, factory(), blocks, name=name, progress=report)
+            cells.append(SweepCell(fraction, result))
+    return cells
+
+
+def _factory(name: str) -> Callable[[], EvictionPolicy]:
+    make_policy(name)  # raises ValueError listing the supported names
+    return lambda: make_policy(name)
