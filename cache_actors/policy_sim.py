@@ -15,10 +15,13 @@ Simulation semantics:
   ``hash_ids[i]`` together with the key of block ``i - 1``, so two blocks are
   the same only if their whole prefixes are (as with the engine's chained
   hashes), even if a trace reuses an id under another parent.
-- A request first matches the longest cached prefix of its blocks: those are
-  hits, touched (`BlockIndex.touch`) and locked (a request never evicts its own
-  prefix). Every later block is a miss, even if an equal block exists
-  elsewhere: a block after the first miss cannot be reused.
+- A request starts with `BlockIndex.begin_request`, which shows the policy the
+  whole prompt (``on_request``) and matches the longest cached prefix of its
+  blocks: those are hits, touched (`BlockIndex.touch`) and locked (a request
+  never evicts its own prefix). Every later block is a miss, even if an equal
+  block exists elsewhere: a block after the first miss cannot be reused. (The
+  per-request loop is `replay.replay_request`, shared with the shadow caches
+  of the adaptive policy.)
 - Each missed block, in order, is offered to ``policy.admit(key, parent,
   now)``; if admitted and the cache is full, one victim is evicted
   (`BlockIndex.pop_victim`); then it is inserted under the previous block and
@@ -26,7 +29,7 @@ Simulation semantics:
   the rest of the request cannot be cached either (a block without its parent
   saves nothing). All the request's blocks are unlocked at the end.
 - Capacity is in blocks. ``policy.set_capacity`` is called once before the
-  replay, as the engine does with its pool size.
+  replay, as the engine should with its pool size.
 - Tokens: every block has ``block_tokens`` tokens except the last one, which
   has what is left of ``input_length``. A request with ``h`` leading hits
   saves ``min(h * block_tokens, input_length)`` prefill tokens. (A real engine
