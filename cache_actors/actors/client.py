@@ -114,16 +114,33 @@ class DistributedKVCache:
 
     def _call(self, method: Callable[[Any], Any], what: str) -> Any:
         """Run ``method(shard)`` with the lookup timeout; None (counted) on any failure."""
+        return self._get(self._submit(method, what), what)
+
+    def _submit(self, method: Callable[[Any], Any], what: str) -> Any:
+        """Send ``method(shard)`` without waiting; None (counted) when there is no shard."""
         if self._shard is None and not self._reconnect():
             self._fallback(f"{what}_no_shard")
             return None
         try:
-            return ray.get(method(self._shard), timeout=self.spec.timeouts.lookup_s)
+            return method(self._shard)
         except RayError as exc:
-            self._fallback(f"{what}_{type(exc).__name__}")
-            if isinstance(exc, ActorDiedError) and "restart" not in str(exc).lower():
-                self._shard = None  # killed for good: find (or create) this node's shard again
+            self._failed(exc, what)
             return None
+
+    def _get(self, ref: Any, what: str) -> Any:
+        """The result of a submitted call within the lookup timeout; None (counted) on any failure."""
+        if ref is None:
+            return None
+        try:
+            return ray.get(ref, timeout=self.spec.timeouts.lookup_s)
+        except RayError as exc:
+            self._failed(exc, what)
+            return None
+
+    def _failed(self, exc: RayError, what: str) -> None:
+        self._fallback(f"{what}_{type(exc).__name__}")
+        if isinstance(exc, ActorDiedError) and "restart" not in str(exc).lower():
+            self._shard = None  # killed for good: find (or create) this node's shard again
 
     def _reconnect(self) -> bool:
         if time.monotonic() < self._reconnect_after:
@@ -231,17 +248,21 @@ class DistributedKVCache:
 
     def read(self, hit: DistributedHit, out: torch.Tensor) -> None:
         """Decode the hit's blocks into a ``[L, 2, H, n*bs, D]`` prefix buffer."""
+        if hit.num_blocks:
+            self.read_blocks(hit, block_views(out, self.block_size))
+
+    def read_blocks(self, hit: DistributedHit, out: torch.Tensor) -> None:
+        """Decode the hit's blocks into ``out [n, L, 2, H, bs, D]`` (any strides)."""
         assert not hit.released, "read after release"
         if not hit.num_blocks:
             return
-        views = block_views(out, self.block_size)
         if hit.parts is not None:
-            self.codec.decode_into({k: v.to(out.device) for k, v in hit.parts.items()}, views)
+            self.codec.decode_into({k: v.to(out.device) for k, v in hit.parts.items()}, out)
             return
         assert hit.pool is not None
         for start, stop, first_slot in _slot_runs(hit.slots):
             parts = {name: t[first_slot : first_slot + stop - start].to(out.device) for name, t in hit.pool.parts.items()}
-            self.codec.decode_into(parts, views[start:stop])
+            self.codec.decode_into(parts, out[start:stop])
 
     def release(self, hit: DistributedHit) -> None:
         if hit.released:
@@ -252,27 +273,41 @@ class DistributedKVCache:
 
     # --- write path ------------------------------------------------------------------------------------
     def store(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor], *, num_tokens: int | None = None) -> int:
-        """Cache blocks ``start..`` of a chain; returns blocks written (0 on any failure)."""
+        """Cache blocks ``start..`` of a chain; returns blocks written (0 on any failure).
+
+        The reserve call is sent first and the blocks are encoded and
+        checksummed while it is in flight; the commit is not awaited (the next
+        `match` waits for it, so a client always reads its own writes).
+        """
         if start >= len(hashes):
             return 0
         if not self._same_node:
             return self._store_remote(hashes, start, kv_blocks)
-        reply: ReserveReply | None = self._call(lambda s: s.reserve.remote(list(hashes), start), "reserve")
-        if reply is None or not reply.lease:
+        ref = self._submit(lambda s: s.reserve.remote(list(hashes), start), "reserve")
+        if ref is None:
             return 0
         shard = self._shard
+        positions = list(range(start, len(hashes)))
+        encoded = self._encode(kv_blocks, positions)  # usually every block after the hit is new
+        sums = block_checksums(encoded, range(len(positions)))
+        reply: ReserveReply | None = self._get(ref, "reserve")
+        if reply is None or not reply.lease:
+            return 0
         pool = self._attach(reply)
         if pool is None:
             shard.release.remote(reply.lease)
             return 0
-        positions = [position for position, _ in reply.slots]
-        encoded = self._encode(kv_blocks, positions)
+        rows = [position - start for position, _ in reply.slots]
         slots = [slot for _, slot in reply.slots]
-        for start, stop, first_slot in _slot_runs(slots):  # runs of consecutive slots: plain slice copies
+        for first, stop, first_slot in _slot_runs(slots):  # runs of consecutive slots: plain slice copies
             for name, part in pool.parts.items():
-                part[first_slot : first_slot + stop - start].copy_(encoded[name][start:stop])
-        self._pending_commit = shard.commit.remote(reply.lease, block_checksums(encoded, range(len(positions))), hashes[positions[-1]])
-        return len(positions)
+                source = encoded[name][rows[first] : rows[first] + stop - first]
+                if rows[first : stop] != list(range(rows[first], rows[first] + stop - first)):
+                    source = encoded[name][torch.tensor(rows[first:stop], dtype=torch.long)]
+                part[first_slot : first_slot + stop - first].copy_(source)
+        last = hashes[reply.slots[-1][0]]
+        self._pending_commit = shard.commit.remote(reply.lease, [sums[row] for row in rows], last)
+        return len(rows)
 
     def _encode(self, kv_blocks: Callable[[int, int], torch.Tensor], positions: list[int]) -> dict[str, torch.Tensor]:
         first = positions[0]

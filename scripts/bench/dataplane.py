@@ -6,8 +6,9 @@ For 1, 16 and 128 blocks of the demo model's geometry (1 MiB of fp32 KV per
 - ``put``: `DistributedKVCache.store` of blocks already computed, until the
   shard has committed them (reserve call, copy into the shared pool,
   checksums, commit call);
-- ``get``: `match` + `read` into a prefix buffer + `release` (lease call,
-  checksum verification, copy out of the shared pool);
+- ``get``: `match` + `read_blocks` into a block buffer + `release` (lease
+  call, checksum verification, copy out of the shared pool). The engine then
+  reads into its prefix layout instead, a strided copy it pays in one process too;
 - ``memcpy``: ``copy_`` of the same bytes into a warm buffer, same run.
 
 ``ratio`` is the slower of get and put over memcpy. With ``--object-store``
@@ -37,14 +38,22 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-def measure_dataplane(*, sizes: tuple[int, ...] = SIZES, repeats: int = 5, object_store: bool = False) -> dict[str, Any]:
-    """Rows ``{"transport", "blocks", "mb", "get_mb_s", "put_mb_s", "memcpy_mb_s", "ratio"}``."""
+def measure_dataplane(
+    *, sizes: tuple[int, ...] = SIZES, repeats: int = 11, object_store: bool = False, threads: int | None = 1,
+) -> dict[str, Any]:
+    """Rows ``{"transport", "blocks", "mb", "get_mb_s", "put_mb_s", "memcpy_mb_s", "ratio"}``.
+
+    ``threads`` sets torch's intra-op threads for the whole run (copies are
+    memory-bound; one thread keeps a shared machine's noise out of them).
+    """
     import ray
 
     from cache_actors.actors.client import DistributedKVCache
     from cache_actors.actors.spec import ShardSpec
     from cache_actors.hashing import CacheNamespace, hash_prompt_blocks
 
+    if threads:
+        torch.set_num_threads(threads)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     spec = ShardSpec(model_id="bench-dataplane", model_dtype="float32", kv_layout="L8H4D64", codec="native",
@@ -59,7 +68,7 @@ def measure_dataplane(*, sizes: tuple[int, ...] = SIZES, repeats: int = 5, objec
         client._same_node = transport == "shared_memory"
         for blocks in sizes:
             kv = torch.randn((blocks, *shape))
-            out = torch.empty((spec.num_layers, 2, spec.num_kv_heads, blocks * spec.block_size, spec.head_dim))
+            out = torch.empty_like(kv)
             flat = kv.view(-1)
             warm = torch.empty_like(flat)
             put_s, get_s, copy_s = [], [], []
@@ -72,7 +81,7 @@ def measure_dataplane(*, sizes: tuple[int, ...] = SIZES, repeats: int = 5, objec
                 put = time.perf_counter() - started
                 started = time.perf_counter()
                 hit = client.match(hashes)
-                client.read(hit, out)
+                client.read_blocks(hit, out)
                 client.release(hit)
                 get = time.perf_counter() - started
                 started = time.perf_counter()
@@ -93,13 +102,14 @@ def measure_dataplane(*, sizes: tuple[int, ...] = SIZES, repeats: int = 5, objec
 
 @bench_app.command("dataplane")
 def dataplane_command(
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed rounds per size (median); one warm-up round is added."),
+    repeats: int = typer.Option(11, "--repeats", min=1, help="Timed rounds per size (median); one warm-up round is added."),
     object_store: bool = typer.Option(False, "--object-store", help="Also measure the object-store path of other nodes."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads for the copies."),
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
 ) -> None:
     """Get/put of 1, 16, 128 blocks through a shard vs a local memory copy."""
     with console.status("starting a shard"):
-        result = measure_dataplane(repeats=repeats, object_store=object_store)
+        result = measure_dataplane(repeats=repeats, object_store=object_store, threads=threads)
     print_table(
         "KV data plane: client <-> shard",
         ["transport", "blocks", "MiB", "get MB/s", "put MB/s", "memcpy MB/s", "ratio"],
