@@ -159,7 +159,7 @@ class UltraAdaptiveKVCacheEngine:
         hashes = self.block_hashes(token_ids, request.tenant_id)
         # At least one prompt token must be computed to get logits for the next token.
         reusable = min(len(hashes), (len(token_ids) - 1) // block_size) if self.runner.supports_prefix_reuse else 0
-        hit = self.cache.match(hashes[:reusable])
+        hit = self.cache.match(hashes, limit=reusable)
         try:
             prefix = self._prefix_cache(hit)
             logits, kv = self.runner.prefill(token_ids, prefix)

@@ -76,13 +76,21 @@ class BaseKVCache:
             raise ValueError("the supplied pool does not match the codec's parts or num_blocks")
         self.pool = pool if pool is not None else BlockPool(codec.part_specs(), num_blocks, device)
         self.index = BlockIndex(policy)
+        if num_blocks > 0:
+            policy.set_capacity(num_blocks)
         self.clock = clock
         self.counters = CacheCounters()
 
     # --- read path --------------------------------------------------------------------
-    def match(self, hashes: Sequence[BlockHash]) -> PrefixHit:
-        """Lock and return the longest cached prefix of ``hashes``."""
-        nodes = self.index.match_prefix(hashes)
+    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None) -> PrefixHit:
+        """Lock and return the longest cached prefix of ``hashes`` (at most ``limit`` blocks).
+
+        ``hashes`` are all the full blocks of the request, so the policy sees the
+        whole request (learning policies need it); ``limit`` caps what is reused.
+        """
+        nodes = self.index.begin_request(hashes, self.clock())
+        if limit is not None:
+            nodes = nodes[:limit]
         if nodes:
             self.index.lock(nodes)
             self.index.touch(nodes, self.clock())

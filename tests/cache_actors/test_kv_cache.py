@@ -202,3 +202,16 @@ def test_every_codec_stores_and_reads(codec):
     cache.release(hit)
     expected = kv_for(tokens)(0, 2)
     assert torch.allclose(out[:, :, :, :4], expected[0], rtol=1e-2) and torch.allclose(out[:, :, :, 4:], expected[1], rtol=1e-2)
+
+
+def test_policy_sees_every_request_whole_and_knows_the_capacity():
+    cache = make_cache(10, "adaptive")
+    assert cache.index.policy.capacity == 10
+    seen = []
+    original = cache.index.policy.on_request
+    cache.index.policy.on_request = lambda keys, now, tokens=None: (seen.append(list(keys)), original(keys, now, tokens))
+    tokens = list(range(16))
+    hashes = add(cache, tokens)
+    hit = cache.match(hashes, limit=2)
+    assert hit.num_blocks == 2 and seen[-1] == hashes  # the whole request, though only 2 blocks are reused
+    cache.release(hit)
