@@ -113,3 +113,22 @@ def test_snapshot_round_trip_keeps_tiers_and_hits():
     assert fresh.where(h(2)) == [REDIS] and fresh.hits(h(2)) == 1
     with pytest.raises(ValueError):
         fresh.restore(b"not a snapshot")
+
+
+def test_route_by_bisection_equals_a_linear_scan():
+    import random
+
+    rng = random.Random(7)
+    index = GlobalIndex()
+    names = [f"s{i}" for i in range(5)]
+    for name in names:
+        synced(index, name)
+    chain = list(range(1, 41))
+    held = {name: rng.randint(0, 40) for name in names}  # each shard holds a prefix of the chain
+    for name, count in held.items():
+        index.apply(name, "n1", "e1", 0, stored(*chain[:count]))
+    for cut in (1, 7, 40):
+        query = [h(i) for i in chain[:cut]]
+        expected = sorted(((n, min(c, cut)) for n, c in held.items() if min(c, cut)), key=lambda item: -item[1])
+        assert sorted(index.route(query), key=lambda item: (-item[1], item[0])) == sorted(expected, key=lambda item: (-item[1], item[0]))
+    assert index.route([]) == []
