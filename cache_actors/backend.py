@@ -23,11 +23,17 @@ class KVCacheBackend(Protocol):
     codec: Codec
     block_size: int
 
-    def match(self, hashes: Sequence[BlockHash]) -> Any:
-        """Hold and return the longest cached prefix (an object with ``num_blocks``)."""
+    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None) -> Any:
+        """Hold and return the longest cached prefix, at most ``limit`` blocks (an object with ``num_blocks``).
+
+        ``hashes`` are all the request's full blocks, so a learning policy sees the whole request.
+        """
 
     def read(self, hit: Any, out: torch.Tensor) -> None:
         """Decode the hit's blocks into a ``[L, 2, H, n*bs, D]`` prefix buffer."""
+
+    def read_blocks(self, hit: Any, out: torch.Tensor) -> None:
+        """Decode the hit's blocks into ``out [n, L, 2, H, bs, D]`` (any strides)."""
 
     def release(self, hit: Any) -> None: ...
 

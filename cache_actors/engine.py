@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from transformers import DynamicCache
 
 from cache_actors.backend import KVCacheBackend
 from cache_actors.codecs import KVShape, make_codec
 from cache_actors.config import KVCacheConfig
 from cache_actors.hashing import BlockHash, CacheNamespace, check_test_vector, hash_prompt_blocks
 from cache_actors.kv_cache import BaseKVCache, PrefixHit
-from cache_actors.kv_layout import blocks_from_cache, cache_from_buffer, new_prefix_buffer
+from cache_actors.kv_layout import block_views, blocks_from_cache, cache_from_buffer, new_prefix_buffer
 from cache_actors.model_runner import ModelRunner
 from cache_actors.persistence import load_cache, save_cache
 from cache_actors.policies import make_policy
@@ -89,7 +90,7 @@ class UltraAdaptiveKVCacheEngine:
         )
         self._roots: dict[str, BlockHash] = {}
         self._compute = threading.Lock()  # one model computation at a time per engine
-        self._scratch: torch.Tensor | None = None  # prefix buffer, see _prefix_cache
+        self._scratch: torch.Tensor | None = None  # the request's KV buffer, see _prefix_cache
         self.stats = RequestStats()
         if self.config.enable_persistence and self.config.persistence_path and Path(self.config.persistence_path).exists():
             loaded = self.load(self.config.persistence_path)
@@ -161,7 +162,7 @@ class UltraAdaptiveKVCacheEngine:
         reusable = min(len(hashes), (len(token_ids) - 1) // block_size) if self.runner.supports_prefix_reuse else 0
         hit = self.cache.match(hashes, limit=reusable)
         try:
-            prefix = self._prefix_cache(hit)
+            prefix = self._prefix_cache(hit, len(token_ids) + params.max_new_tokens)
             logits, kv = self.runner.prefill(token_ids, prefix)
             generated, finish_reason, text, first_token_at = self._decode(logits, kv, params)
             ttft_ms = (first_token_at - started) * 1000
@@ -192,21 +193,27 @@ class UltraAdaptiveKVCacheEngine:
             "metadata": {"model": self.runner.model_id, "block_size": block_size, "blocks_reused": hit.num_blocks},
         }
 
-    def _prefix_cache(self, hit: PrefixHit) -> Any:
-        if not hit.num_blocks:
-            return None
+    def _prefix_cache(self, hit: PrefixHit, capacity_tokens: int) -> DynamicCache:
+        """The request's model cache: the hit's blocks, then room for the rest.
+
+        NOTE: the buffer is one scratch area reused by every request: the
+        compute lock keeps two requests from sharing it, and a request is done
+        with it (its new blocks stored, by copy) before the lock is released.
+        Room for the whole request means no token's KV is ever copied again.
+        """
         geometry = self.runner.geometry
-        tokens = hit.num_blocks * self.config.block_size
-        shape = (geometry.num_layers, 2, geometry.num_kv_heads, tokens, geometry.head_dim)
+        block_size = self.config.block_size
+        capacity = -(-max(capacity_tokens, 1) // block_size) * block_size  # whole blocks, for block_views
+        shape = (geometry.num_layers, 2, geometry.num_kv_heads, capacity, geometry.head_dim)
         numel = shape[0] * shape[1] * shape[2] * shape[3] * shape[4]
-        # NOTE: one scratch buffer, reused: the model's first cache update copies
-        # the prefix out (torch.cat), so nothing refers to it after a prefill,
-        # and the compute lock keeps requests from sharing it concurrently.
         if self._scratch is None or self._scratch.numel() < numel:
-            self._scratch = new_prefix_buffer(*shape[:1], shape[2], tokens, shape[4], geometry.dtype, self.runner.device).view(-1)
+            self._scratch = new_prefix_buffer(
+                geometry.num_layers, geometry.num_kv_heads, capacity, geometry.head_dim, geometry.dtype, self.runner.device
+            ).view(-1)
         buffer = self._scratch[:numel].view(shape)
-        self.cache.read(hit, buffer)
-        return cache_from_buffer(buffer)
+        if hit.num_blocks:
+            self.cache.read_blocks(hit, block_views(buffer, block_size)[: hit.num_blocks])
+        return cache_from_buffer(buffer, hit.num_blocks * block_size)
 
     def _decode(self, logits: torch.Tensor, kv: Any, params: Any) -> tuple[list[int], str, str, float]:
         """Sample until a stop; returns tokens, finish reason, text and when the first token was known."""

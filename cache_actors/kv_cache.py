@@ -98,10 +98,12 @@ class BaseKVCache:
 
     def read(self, hit: PrefixHit, out: torch.Tensor) -> None:
         """Decode the hit's blocks into a ``[L, 2, H, n*bs, D]`` prefix buffer."""
+        if hit.nodes:
+            self.read_blocks(hit, block_views(out, self.block_size))
+
+    def read_blocks(self, hit: PrefixHit, views: torch.Tensor) -> None:
+        """Decode the hit's blocks into ``views [n, L, 2, H, bs, D]`` (any strides)."""
         assert not hit.released, "read after release"
-        if not hit.nodes:
-            return
-        views = block_views(out, self.block_size)
         # Decode straight from the pool: runs of consecutive slots (a chain is
         # usually stored in one) are slices, so each byte is copied once.
         for start, stop, first_slot in _slot_runs([node.slot for node in hit.nodes]):

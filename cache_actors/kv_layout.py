@@ -48,14 +48,51 @@ def block_views(buffer: torch.Tensor, block_size: int) -> torch.Tensor:
     return buffer.view(layers, two, heads, n, block_size, head_dim).permute(3, 0, 1, 2, 4, 5)
 
 
-def cache_from_buffer(buffer: torch.Tensor) -> DynamicCache:
-    """A `DynamicCache` whose layers are views of ``buffer`` (no copy)."""
+class PreallocatedLayer(DynamicLayer):
+    """A cache layer writing new tokens into spare room of a preallocated buffer.
+
+    `DynamicLayer` concatenates on every update, copying the whole past each
+    time (the prefix once per request, then everything once per decoded
+    token). Writing in place makes reuse of a prefix cost exactly one copy
+    (the cache read) and decoding O(1) per token. Past the buffer's end it
+    grows by doubling, so it never fails.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self._keys_buf, self._values_buf, self.length = keys, values, length
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003
+        end = self.length + key_states.shape[-2]
+        if end > self._keys_buf.shape[-2]:
+            self._grow(end)
+        self._keys_buf[:, :, self.length : end].copy_(key_states)
+        self._values_buf[:, :, self.length : end].copy_(value_states)
+        self.length = end
+        self.keys, self.values = self._keys_buf[:, :, :end], self._values_buf[:, :, :end]
+        return self.keys, self.values
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * self._keys_buf.shape[-2])
+        for name in ("_keys_buf", "_values_buf"):
+            old = getattr(self, name)
+            new = old.new_empty((*old.shape[:2], capacity, old.shape[-1]))
+            new[:, :, : self.length].copy_(old[:, :, : self.length])
+            setattr(self, name, new)
+
+
+def cache_from_buffer(buffer: torch.Tensor, length: int | None = None) -> DynamicCache:
+    """A `DynamicCache` over ``buffer [L, 2, H, capacity, D]`` holding ``length`` tokens.
+
+    The first ``length`` tokens are the reused prefix; the model writes the
+    tokens it computes into the rest, in place (see `PreallocatedLayer`).
+    """
+    used = buffer.shape[3] if length is None else length
     cache = DynamicCache()
     for layer_index in range(buffer.shape[0]):
         keys = buffer[layer_index, 0].unsqueeze(0)
         values = buffer[layer_index, 1].unsqueeze(0)
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        cache.layers.append(layer)
+        cache.layers.append(PreallocatedLayer(keys, values, used))
     return cache

@@ -173,8 +173,11 @@ class DistributedKVCache:
         metrics().add(metrics().fallbacks, 1, reason=reason)
 
     # --- read path -------------------------------------------------------------------------------------
-    def match(self, hashes: Sequence[BlockHash]) -> DistributedHit:
-        """Longest verified cached prefix of ``hashes`` (held until `release`)."""
+    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None) -> DistributedHit:
+        """Longest verified cached prefix of ``hashes`` (at most ``limit`` blocks; held until `release`)."""
+        # NOTE: the shard's policy sees only the reusable part of the request here.
+        if limit is not None:
+            hashes = hashes[:limit]
         if not hashes:
             return DistributedHit()
         started = time.perf_counter()

@@ -36,7 +36,7 @@ def test_logits_and_greedy_tokens_equal_with_and_without_reuse(make_engine, shar
     hit = engine.cache.match(hashes[:reusable])
     assert hit.num_blocks == min(shared // 16, reusable)
     try:
-        prefix = engine._prefix_cache(hit)
+        prefix = engine._prefix_cache(hit, len(base))
         cached_logits, _ = engine.runner.prefill(base, prefix)
     finally:
         engine.cache.release(hit)
