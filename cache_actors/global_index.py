@@ -26,14 +26,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import zstandard
 
-from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TOUCHED, Event
+from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TIER_MISS, TOUCHED, Event
 
 REDIS, DISK = "redis", "disk"
 TIER_TAGS = {"shm": "device", REDIS: REDIS, DISK: DISK}
 _TIER_BITS = {REDIS: 0, DISK: 1}  # bit positions
 _FIRST_SHARD_BIT = 2
-#: Event kind a shard sends when a tier no longer had a block the index placed there.
-TIER_MISS = "x"
 #: Batches buffered per shard while its resync is in flight; beyond this it resyncs again.
 MAX_BUFFERED_BATCHES = 64
 
@@ -256,6 +254,11 @@ class GlobalIndex:
         mask = self._loc.get(block_hash, 0)
         places = [tier for tier, bit in _TIER_BITS.items() if mask >> bit & 1]
         return places + [name for bit, name in self._by_bit.items() if mask >> bit & 1]
+
+    def holds(self, name: str, block_hash: bytes) -> bool:
+        """Whether shard ``name`` holds the block (as far as the index knows)."""
+        info = self.shards.get(name)
+        return info is not None and bool(self._loc.get(block_hash, 0) >> info.bit & 1)
 
     def hits(self, block_hash: bytes) -> int:
         return self._hits.get(block_hash, 0)

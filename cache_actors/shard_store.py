@@ -41,7 +41,7 @@ from cache_actors.policies import EvictionPolicy
 from cache_actors.pool import BlockPool
 
 #: Event kinds sent to the coordinator.
-STORED, TOUCHED, EVICTED, DEMOTED = "s", "t", "e", "d"
+STORED, TOUCHED, EVICTED, DEMOTED, TIER_MISS = "s", "t", "e", "d", "x"
 
 Event = tuple[Any, ...]  # (kind, hash[, parent or tier])
 #: Demotions a shard remembers for its dump (older ones are left to the coordinator's snapshot).
@@ -119,6 +119,14 @@ class ShardStore(BaseKVCache):
         """``(seq of the first event, events)`` since the last call; empties the log."""
         events, self._events = self._events, []
         return self.seq - len(events), events
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    def note_tier_miss(self, block_hash: BlockHash, tier: str) -> None:
+        """A tier no longer had a block (TTL, restart): the coordinator drops that location."""
+        self._emit((TIER_MISS, block_hash, tier))
 
     def return_events(self, events: list[Event], max_pending: int = 100_000) -> bool:
         """Put back a batch that could not be delivered (it goes out again with the next one).

@@ -105,12 +105,7 @@ class KVCacheCoordinator:
             return 0
         spec = self.specs.get(name.split(":")[1], self.spec)
         successors = self.index.successors(last_hash, spec.prefetch_size)
-        bit = 1 << self.index.shards[name].bit
-        missing = []
-        for block_hash in successors:
-            if self.index._loc.get(block_hash, 0) & bit:
-                continue
-            missing.append(block_hash)
+        missing = [block_hash for block_hash in successors if not self.index.holds(name, block_hash)]
         if not missing or missing[0] != successors[0]:
             return 0  # only a chain that continues right after what the shard has is usable
         runs = self.index.locate(missing, requester=name, node_id=node_id, block_bytes=1 << 20)

@@ -38,7 +38,7 @@ from ray.exceptions import RayError
 
 from cache_actors.actors.metrics import metrics
 from cache_actors.actors.spec import NAMESPACE, ShardSpec
-from cache_actors.global_index import TIER_MISS, TIER_TAGS
+from cache_actors.global_index import TIER_TAGS
 from cache_actors.hashing import BlockHash
 from cache_actors.part_arrays import parts_from_numpy
 from cache_actors.policies import make_policy
@@ -232,7 +232,7 @@ class KVCacheShard:
         rows: list[dict[str, np.ndarray]] = []
         for block_hash, blob in zip(run, blobs):
             if blob is None:
-                self.store._emit((TIER_MISS, block_hash, tier.name))
+                self.store.note_tier_miss(block_hash, tier.name)
                 break
             try:
                 parts, checksum = decode_block(blob, codec=self.codec.name, specs=self._wire_specs)
@@ -299,7 +299,7 @@ class KVCacheShard:
 
     async def _report(self) -> None:
         now = time.monotonic()
-        if not self.store._events and now - self._last_report < _HEARTBEAT_S:
+        if not self.store.has_events and now - self._last_report < _HEARTBEAT_S:
             return
         coordinator = self._coordinator_handle()
         if coordinator is None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cache_actors.global_index import REDIS, TIER_MISS, GlobalIndex
-from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TOUCHED
+from cache_actors.global_index import REDIS, GlobalIndex
+from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TIER_MISS, TOUCHED
 
 
 def h(i: int) -> bytes:
