@@ -8,7 +8,7 @@ Ray's object store.
 
 A miss is completed from elsewhere within ``timeouts.remote_fetch_s``: the
 coordinator says where the missing blocks are cheapest (a peer shard, Redis,
-disk); without a coordinator the shard probes its first tier directly. Fetched
+disk); without a coordinator the shard probes its first tier directly (see `remote_fetch`). Fetched
 blocks are verified against their checksums and inserted before the reply.
 
 In the background (every ``event_flush_s``) the shard expires leases, writes
@@ -33,18 +33,17 @@ from typing import Any, Sequence
 
 import numpy as np
 import ray
-import torch
 from ray.exceptions import RayError
 
 from cache_actors.actors.metrics import metrics
-from cache_actors.actors.spec import NAMESPACE, ShardSpec
-from cache_actors.global_index import TIER_TAGS
+from cache_actors.actors.remote_fetch import RemoteFetcher
+from cache_actors.actors.spec import ShardSpec
 from cache_actors.hashing import BlockHash
 from cache_actors.part_arrays import parts_from_numpy
 from cache_actors.policies import make_policy
 from cache_actors.shard_store import Entry, ShardStore
 from cache_actors.shm_pool import PoolHandle, SharedBlockPool
-from cache_actors.tiers import BlockTier, DiskTier, RedisTier, WireError, decode_block, encode_block
+from cache_actors.tiers import BlockTier, DiskTier, RedisTier, encode_block
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,6 @@ class KVCacheShard:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.codec = spec.make_codec()
         self._part_dtypes = {n: str(d).removeprefix("torch.") for n, (_, d) in self.codec.part_specs().items()}
-        self._wire_specs = {n: (tuple(s), self._part_dtypes[n]) for n, (s, _) in self.codec.part_specs().items()}
         self.tiers: list[BlockTier] = []
         if spec.redis_url:
             self.tiers.append(RedisTier(spec.redis_url, key_prefix=spec.redis_prefix(), timeout_s=spec.timeouts.tier_op_s, ttl_s=spec.redis_ttl_s))
@@ -102,7 +100,11 @@ class KVCacheShard:
         self._coordinator: Any = None
         self._coordinator_down_until = 0.0
         self._last_report = 0.0
-        self._peers: dict[str, Any] = {}
+        self.fetcher = RemoteFetcher(
+            name=name, node_id=self.node_id, spec=spec, store=self.store, tiers=self.tiers,
+            coordinator=self._coordinator_handle, on_coordinator_failure=self._coordinator_failed,
+            counters=self.counters, count_mismatch=self._count_mismatch,
+        )
         loop = asyncio.get_running_loop()
         for tier in self.tiers:
             if isinstance(tier, RedisTier):
@@ -124,7 +126,7 @@ class KVCacheShard:
         result = self.store.lookup(hashes)
         tiers = {"device": len(result.slots)}
         if allow_remote and len(result.slots) < len(hashes):
-            fetched = await self._fetch_missing(hashes, len(result.slots))
+            fetched = await self.fetcher.complete(hashes, len(result.slots))
             if fetched:
                 again = self.store.lookup(hashes)
                 self.store.release_lease(result.lease_id)
@@ -160,115 +162,9 @@ class KVCacheShard:
         return inserted
 
     # --- fetching from elsewhere -----------------------------------------------------------------
-    async def _fetch_missing(self, hashes: Sequence[BlockHash], start: int) -> dict[str, int]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + self.spec.timeouts.remote_fetch_s
-        wanted = list(hashes[start : start + self.spec.max_remote_blocks])
-        runs = await self._locate(wanted)
-        if runs is None:  # no coordinator: ask the first tier directly
-            runs = [(self.tiers[0].name, wanted)] if self.tiers else []
-        got: dict[str, int] = {}
-        parent = hashes[start - 1] if start else None
-        covered = 0
-        for source, run in runs:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                self.counters["remote_deadline"] += 1
-                break
-            inserted = await self._fetch_run(source, run, parent, remaining)
-            tag = TIER_TAGS.get(source, "peer")
-            got[tag] = got.get(tag, 0) + inserted
-            covered += inserted
-            if inserted < len(run):
-                break
-            parent = run[-1]
-        else:
-            first_tier = self.tiers[0] if self.tiers else None
-            if (first_tier is not None and covered < len(wanted) and deadline > loop.time()
-                    and all(source != first_tier.name for source, _ in runs)):
-                # The index may have lost tier locations (a coordinator restart): one probe is cheap.
-                inserted = await self._fetch_run(first_tier.name, wanted[covered:], parent, deadline - loop.time())
-                tag = TIER_TAGS[first_tier.name]
-                got[tag] = got.get(tag, 0) + inserted
-        if runs:
-            metrics().fetch_latency_ms.observe((loop.time() - started) * 1000, tags={"path": "shard_remote"})
-        return {tier: n for tier, n in got.items() if n}
-
-    async def _locate(self, hashes: list[BlockHash]) -> list[tuple[str, list[BlockHash]]] | None:
-        coordinator = self._coordinator_handle()
-        if coordinator is None:
-            return None
-        try:
-            return await asyncio.wait_for(
-                coordinator.locate.remote(self.name, self.node_id, hashes, self.codec.bytes_per_block()),
-                self.spec.timeouts.locate_s,
-            )
-        except (RayError, asyncio.TimeoutError, TimeoutError) as exc:
-            self._coordinator_failed(exc)
-            return None
-
-    async def _fetch_run(self, source: str, run: list[BlockHash], parent: BlockHash | None, timeout_s: float) -> int:
-        tier = next((t for t in self.tiers if t.name == source), None)
-        try:
-            if tier is not None:
-                entries, parts = await asyncio.wait_for(self._read_tier(tier, run, parent), timeout_s)
-            else:
-                peer = self._peer(source)
-                entries, arrays = await asyncio.wait_for(peer.get.remote(run), timeout_s)
-                parts = parts_from_numpy(arrays, self.codec.part_specs()) if entries else {}
-        except (RayError, ValueError, asyncio.TimeoutError, TimeoutError) as exc:
-            self.counters[f"fetch_failed_{TIER_TAGS.get(source, 'peer')}"] += 1
-            metrics().add(metrics().tier_errors, 1, tier=TIER_TAGS.get(source, "peer"), kind=type(exc).__name__)
-            self._peers.pop(source, None)
-            return 0
-        inserted, mismatches = self.store.insert_verified(entries, parts)
-        self._count_mismatch(TIER_TAGS.get(source, "peer"), mismatches)
-        return inserted
-
-    async def _read_tier(self, tier: BlockTier, run: list[BlockHash], parent: BlockHash | None) -> tuple[list[Entry], dict[str, torch.Tensor]]:
-        blobs = await tier.get_many(run)
-        entries: list[Entry] = []
-        rows: list[dict[str, np.ndarray]] = []
-        for block_hash, blob in zip(run, blobs):
-            if blob is None:
-                self.store.note_tier_miss(block_hash, tier.name)
-                break
-            try:
-                parts, checksum = decode_block(blob, codec=self.codec.name, specs=self._wire_specs)
-            except WireError:
-                self._count_mismatch(tier.name, 1)
-                break
-            entries.append((block_hash, parent, checksum))
-            rows.append(parts)
-            parent = block_hash
-        if not rows:
-            return [], {}
-        stacked = {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
-        return entries, parts_from_numpy(stacked, self.codec.part_specs())
-
-    def _peer(self, name: str) -> Any:
-        handle = self._peers.get(name)
-        if handle is None:
-            handle = self._peers[name] = ray.get_actor(name, namespace=NAMESPACE)
-        return handle
-
     async def prefetch(self, parent: BlockHash, runs: list[tuple[str, list[BlockHash]]]) -> int:
         """Pull blocks the coordinator expects next (bounded by ``timeouts.prefetch_s``)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.spec.timeouts.prefetch_s
-        total = 0
-        for source, run in runs:
-            remaining = deadline - loop.time()
-            if remaining <= 0 or self.store.index.get(parent) is None:
-                break
-            inserted = await self._fetch_run(source, run, parent, remaining)
-            total += inserted
-            if inserted < len(run):
-                break
-            parent = run[-1]
-        self.counters["prefetched_blocks"] += total
-        return total
+        return await self.fetcher.prefetch(parent, runs)
 
     def _hint(self, last_hash: BlockHash) -> None:
         if self.spec.prefetch_size <= 0:
