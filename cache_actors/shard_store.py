@@ -94,6 +94,7 @@ class ShardStore(BaseKVCache):
         demote_min_hits: int = 2,
         capture_demotions: bool = False,
         max_pending_demotions: int = 256,
+        first_lease_id: int = 1,
     ) -> None:
         super().__init__(codec=codec, block_size=block_size, num_blocks=num_blocks, policy=policy, clock=clock, pool=pool)
         self.lease_ttl_s = lease_ttl_s
@@ -101,7 +102,9 @@ class ShardStore(BaseKVCache):
         self.capture_demotions = capture_demotions
         self.max_pending_demotions = max_pending_demotions
         self._leases: dict[int, Lease] = {}
-        self._lease_ids = itertools.count(1)
+        # A shard passes a random start so lease ids of a previous incarnation never
+        # name a lease of this one (clients may release or commit stale ids).
+        self._lease_ids = itertools.count(max(first_lease_id, 1))
         self._events: list[Event] = []
         self.seq = 0  # sequence number of the next event
         self.demotions: list[Demotion] = []

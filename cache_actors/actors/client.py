@@ -84,6 +84,7 @@ class DistributedKVCache:
         self._same_node = same_node
         self._pool: SharedBlockPool | None = None
         self._pending_commit: Any = None
+        self._pending_commit_args: tuple[int, list[bytes], BlockHash] | None = None
         self._reconnect_after = 0.0
         self.fallbacks: dict[str, int] = defaultdict(int)
         self.tier_blocks: dict[str, int] = defaultdict(int)
@@ -183,7 +184,8 @@ class DistributedKVCache:
         started = time.perf_counter()
         self.queried_blocks += len(hashes)
         metrics().add(metrics().queried_tokens, len(hashes) * self.block_size, shard=self.shard_name)
-        self._await_pending_write()
+        if not self._same_node:
+            self._await_pending_write()
         hit = self._match_local(hashes) if self._same_node else self._match_remote(hashes)
         metrics().fetch_latency_ms.observe((time.perf_counter() - started) * 1000, tags={"path": "client_match"})
         return hit
@@ -194,10 +196,13 @@ class DistributedKVCache:
         if self._pending_commit is not None:
             ray.wait([self._pending_commit], timeout=self.spec.timeouts.lookup_s)
             self._pending_commit = None
+        self._pending_commit_args = None
 
     def _match_local(self, hashes: Sequence[BlockHash]) -> DistributedHit:
         known = self._pool.handle.epoch if self._pool is not None else None
-        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes), True, known), "match")
+        # The last commit rides along instead of being awaited (see KVCacheShard.match).
+        commit, self._pending_commit_args, self._pending_commit = self._pending_commit_args, None, None
+        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes), True, known, commit), "match")
         if reply is None or not reply.lease:
             return DistributedHit()
         shard = self._shard
@@ -308,8 +313,9 @@ class DistributedKVCache:
                 if rows[first : stop] != list(range(rows[first], rows[first] + stop - first)):
                     source = encoded[name][torch.tensor(rows[first:stop], dtype=torch.long)]
                 part[first_slot : first_slot + stop - first].copy_(source)
-        last = hashes[reply.slots[-1][0]]
-        self._pending_commit = shard.commit.remote(reply.lease, [sums[row] for row in rows], last)
+        commit = (reply.lease, [sums[row] for row in rows], hashes[reply.slots[-1][0]])
+        self._pending_commit = shard.commit.remote(*commit)
+        self._pending_commit_args = commit
         return len(rows)
 
     def _encode(self, kv_blocks: Callable[[int, int], torch.Tensor], positions: list[int]) -> dict[str, torch.Tensor]:

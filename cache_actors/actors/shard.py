@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import time
 import uuid
 from collections import defaultdict
@@ -92,7 +93,7 @@ class KVCacheShard:
         self.store = ShardStore(
             codec=self.codec, block_size=spec.block_size, num_blocks=spec.num_blocks, policy=make_policy(spec.policy),
             pool=pool, lease_ttl_s=spec.timeouts.lease_s, demote_min_hits=spec.demote_min_hits,
-            capture_demotions=bool(self.tiers),
+            capture_demotions=bool(self.tiers), first_lease_id=secrets.randbits(48) << 12,
         )
         self.pool = pool
         self.counters: dict[str, int] = defaultdict(int)
@@ -121,8 +122,18 @@ class KVCacheShard:
         return self.pool.handle
 
     # --- same-node data plane: leases ------------------------------------------------------------
-    async def match(self, hashes: Sequence[BlockHash], allow_remote: bool = True, known_epoch: str | None = None) -> MatchReply:
-        """Lease the longest prefix of ``hashes``, completing a miss from peers or tiers first."""
+    async def match(
+        self, hashes: Sequence[BlockHash], allow_remote: bool = True, known_epoch: str | None = None,
+        commit: tuple[int, Sequence[bytes], BlockHash] | None = None,
+    ) -> MatchReply:
+        """Lease the longest prefix of ``hashes``, completing a miss from peers or tiers first.
+
+        ``commit`` repeats the caller's last `commit` (lease, checksums, last
+        hash): Ray may run this call before that one, and the caller must see
+        its own writes. Whichever arrives second finds the lease gone and does nothing.
+        """
+        if commit is not None:
+            self.commit(*commit)
         result = self.store.lookup(hashes)
         tiers = {"device": len(result.slots)}
         if allow_remote and len(result.slots) < len(hashes):
