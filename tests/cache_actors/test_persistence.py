@@ -137,8 +137,12 @@ def test_other_dtype_is_refused(saved, tiny_runner):
         engine.load(path)
 
 
-@pytest.mark.parametrize("damage", ["no_manifest", "bad_json", "wrong_format", "future_version", "no_tensors", "malformed_entry"])
-def test_broken_manifest_is_refused(make_engine, saved, damage):
+@pytest.mark.parametrize(
+    "damage,match",
+    [("no_manifest", "no manifest.json"), ("bad_json", "unreadable manifest"), ("wrong_format", "not a blatam-kv-cache"),
+     ("future_version", "format version 99"), ("no_tensors", "missing"), ("malformed_entry", "malformed block entry")],
+)
+def test_broken_manifest_is_refused(make_engine, saved, damage, match):
     path, _ = saved
     manifest_path = path / MANIFEST
     manifest = json.loads(manifest_path.read_text())
@@ -155,7 +159,7 @@ def test_broken_manifest_is_refused(make_engine, saved, damage):
     elif damage == "malformed_entry":
         manifest["blocks"][0]["hash"] = "zz"
         manifest_path.write_text(json.dumps(manifest))
-    _refused(make_engine, path, "")
+    _refused(make_engine, path, match)
 
 
 def test_file_that_does_not_fit_is_refused_whole(make_engine, saved):
