@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any, Sequence
 
@@ -38,10 +39,13 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_KEY_SUFFIX = "coordinator-snapshot"
 _PING_TIMEOUT_S = 2.0
 _DEAD_AFTER_MISSED_PINGS = 3
+_NICENESS = 5
 
 
 class KVCacheCoordinator:
     def __init__(self, spec: ShardSpec) -> None:
+        # Off the data path: on a shared node, model compute goes first.
+        os.nice(_NICENESS)
         self.spec = spec
         self.index = GlobalIndex(hot_min_hits=spec.demote_min_hits)
         self.specs: dict[str, ShardSpec] = {spec.fingerprint(): spec}

@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 _HEARTBEAT_S = 1.0
 #: A hot evicted block waits this long for a tier to come back before it is dropped.
 _DEMOTION_MAX_AGE_S = 5.0
+#: Background work waits this long after a match or reserve (a prefill is running) ...
+_QUIET_AFTER_REQUEST_S = 0.1
+#: ... but never longer than this in a row (a busy node still reports).
+_MAX_HOLD_S = 1.0
+#: Prefetch hints kept between two background rounds.
+_MAX_HINTS = 16
 
 
 @dataclass(slots=True)
@@ -101,6 +107,8 @@ class KVCacheShard:
         self._coordinator: Any = None
         self._coordinator_down_until = 0.0
         self._last_report = 0.0
+        self._hints: list[BlockHash] = []
+        self._quiet_until = 0.0
         self.fetcher = RemoteFetcher(
             name=name, node_id=self.node_id, spec=spec, store=self.store, tiers=self.tiers,
             coordinator=self._coordinator_handle, on_coordinator_failure=self._coordinator_failed,
@@ -134,6 +142,7 @@ class KVCacheShard:
         """
         if commit is not None:
             self.commit(*commit)
+        self._busy()
         result = self.store.lookup(hashes)
         tiers = {"device": len(result.slots)}
         if allow_remote and len(result.slots) < len(hashes):
@@ -144,7 +153,7 @@ class KVCacheShard:
                 result = again
                 tiers.update(fetched)
         if result.slots and len(result.slots) == len(hashes):
-            asyncio.get_running_loop().call_soon(self._hint, hashes[-1])  # after the reply is on its way
+            self._hints.append(hashes[-1])
         handle = None if known_epoch == self.epoch else self.pool.handle
         return MatchReply(self.epoch, handle, result.lease_id, result.slots, result.checksums, tiers)
 
@@ -152,13 +161,14 @@ class KVCacheShard:
         return self.store.release_lease(lease)
 
     def reserve(self, hashes: Sequence[BlockHash], start: int) -> ReserveReply:
+        self._busy()
         lease, slots = self.store.reserve(hashes, start)
         return ReserveReply(self.epoch, self.pool.handle, lease, slots)
 
     def commit(self, lease: int, checksums: Sequence[bytes], last_hash: BlockHash | None = None) -> int:
         stored = self.store.commit(lease, checksums)
         if stored and last_hash is not None:
-            asyncio.get_running_loop().call_soon(self._hint, last_hash)
+            self._hints.append(last_hash)
         return stored
 
     # --- object-store data plane (other nodes, peers) --------------------------------------------
@@ -177,12 +187,15 @@ class KVCacheShard:
         """Pull blocks the coordinator expects next (bounded by ``timeouts.prefetch_s``)."""
         return await self.fetcher.prefetch(parent, runs)
 
-    def _hint(self, last_hash: BlockHash) -> None:
-        if self.spec.prefetch_size <= 0:
+    def _send_hints(self) -> None:
+        """Tell the coordinator which chains were just stored or served (it plans prefetches)."""
+        hints, self._hints = self._hints[-_MAX_HINTS:], []
+        if self.spec.prefetch_size <= 0 or not hints:
             return
         coordinator = self._coordinator_handle()
         if coordinator is not None:
-            coordinator.hint.remote(self.name, self.node_id, last_hash)  # fire and forget
+            for last_hash in dict.fromkeys(hints):
+                coordinator.hint.remote(self.name, self.node_id, last_hash)  # fire and forget
 
     # --- coordinator link ------------------------------------------------------------------------
     def _coordinator_handle(self) -> Any:
@@ -243,13 +256,27 @@ class KVCacheShard:
             self.store.retry_demotions(retry, _DEMOTION_MAX_AGE_S)
 
     # --- background ------------------------------------------------------------------------------
+    def _busy(self) -> None:
+        """A request is starting its prefill on this node: hold back background work a moment."""
+        self._quiet_until = time.monotonic() + _QUIET_AFTER_REQUEST_S
+
     async def _background(self) -> None:
+        held_since: float | None = None
         while True:
             await asyncio.sleep(self.spec.event_flush_s)
+            now = time.monotonic()
+            # NOTE: demotion (compression, Redis), reports and hints cost CPU in this and
+            # the coordinator's process; right after a match or reserve the node's cores
+            # belong to the prefill that follows, so they wait (at most _MAX_HOLD_S).
+            if now < self._quiet_until and (held_since is None or now - held_since < _MAX_HOLD_S):
+                held_since = held_since or now
+                continue
+            held_since = None
             try:
                 self.store.expire_leases()
                 await self._demote()
                 await self._report()
+                self._send_hints()
                 self._export_metrics()
             except Exception:  # noqa: BLE001 - the loop must survive anything; the next round retries
                 logger.exception("shard %s: background step failed", self.name)
