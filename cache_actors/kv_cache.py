@@ -137,9 +137,39 @@ class BaseKVCache:
         (a block without its parent saves nothing). Returns blocks stored.
         """
         now = self.clock()
+        held, new = self._claim_chain(hashes, start, now, num_tokens=num_tokens or self.block_size)
+        try:
+            if new:
+                self._write(new, kv_blocks)
+        except BaseException:
+            self._undo_claim(held, new, now)  # never keep a block whose bytes were not written
+            raise
+        self.index.unlock(held, self.clock())
+        self.counters.stored += len(new)
+        return len(new)
+
+    def _claim_chain(
+        self,
+        hashes: Sequence[BlockHash],
+        start: int,
+        now: float,
+        *,
+        num_tokens: int,
+        usable: Callable[[BlockNode], bool] = lambda node: True,
+    ) -> tuple[list[BlockNode], list[tuple[int, BlockNode]]]:
+        """Lock blocks ``start..`` of a chain whose blocks ``< start`` are cached, inserting missing ones.
+
+        Returns ``(held, new)``: every block locked (inserted ones included) and
+        the inserted ones with their positions. Stops at the first block that is
+        not admitted, finds no room, or is cached but not ``usable``; a parent
+        that is gone or not usable means nothing can be claimed (a block
+        without its parent saves nothing). Holding the whole chain means that
+        evicting for a later block can never take an earlier one. On an
+        exception nothing stays inserted or locked.
+        """
         parent = self.index.get(hashes[start - 1]) if start > 0 else None
-        if start > 0 and parent is None:
-            return 0  # the prefix was evicted meanwhile: nothing here can be reused
+        if start > 0 and (parent is None or not usable(parent)):
+            return [], []
         held: list[BlockNode] = []
         new: list[tuple[int, BlockNode]] = []
         try:
@@ -154,26 +184,27 @@ class BaseKVCache:
                     if slot is None:
                         self.counters.no_room += 1
                         break
-                    node = self.index.insert(key, parent, now, slot=slot, num_tokens=num_tokens or self.block_size)
+                    node = self.index.insert(key, parent, now, slot=slot, num_tokens=num_tokens)
                     new.append((position, node))
-                # Hold every block of the chain while we work, so evicting for
-                # a later block can never take an earlier one.
+                elif not usable(node):
+                    break
                 self.index.lock([node])
                 held.append(node)
                 parent = node
-            if new:
-                self._write(new, kv_blocks)
         except BaseException:
-            for _, node in reversed(new):  # undo, children first: never keep a block whose bytes were not written
+            self._undo_claim(held, new, now)
+            raise
+        return held, new
+
+    def _undo_claim(self, held: list[BlockNode], new: list[tuple[int, BlockNode]], now: float) -> None:
+        """Remove the blocks a claim inserted (children first) and unlock the rest."""
+        for _, node in reversed(new):
+            if node in held:
                 node.ref_cnt -= 1
                 held.remove(node)
-                self.index.remove(node, now)
-                self.pool.free(node.slot)
-            raise
-        finally:
-            self.index.unlock(held, self.clock())
-        self.counters.stored += len(new)
-        return len(new)
+            self.index.remove(node, now)
+            self.pool.free(node.slot)
+        self.index.unlock(held, self.clock())
 
     def _write(self, new: list[tuple[int, BlockNode]], kv_blocks: Callable[[int, int], torch.Tensor]) -> None:
         first, last = new[0][0], new[-1][0]

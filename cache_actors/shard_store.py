@@ -192,35 +192,12 @@ class ShardStore(BaseKVCache):
         Lease 0 means nothing to write.
         """
         now = self.clock()
-        parent = self.index.get(hashes[start - 1]) if start > 0 else None
-        if start > 0 and (parent is None or not _ready(parent)):
-            return 0, []
-        held: list[BlockNode] = []
-        new: list[tuple[int, BlockNode]] = []
-        try:
-            for position in range(start, len(hashes)):
-                key = hashes[position]
-                node = self.index.get(key)
-                if node is None:
-                    if not self.index.policy.admit(key, parent, now):
-                        self.counters.not_admitted += 1
-                        break
-                    slot = self._allocate(len(hashes) - position)
-                    if slot is None:
-                        self.counters.no_room += 1
-                        break
-                    node = self.index.insert(key, parent, now, slot=slot, num_tokens=self.block_size)
-                    node.extra["ready"] = False
-                    new.append((position, node))
-                elif not _ready(node) and all(node is not n for _, n in new):
-                    break  # another writer is storing it
-                self.index.lock([node])
-                held.append(node)
-                parent = node
-        finally:
-            # New blocks stay locked by the lease; existing ones were only held while we allocated.
-            new_ids = {id(n) for _, n in new}
-            self.index.unlock([n for n in held if id(n) not in new_ids], now)
+        held, new = self._claim_chain(hashes, start, now, num_tokens=self.block_size, usable=_ready)
+        for _, node in new:
+            node.extra["ready"] = False  # pending until the writer commits its bytes
+        # New blocks stay locked by the lease; existing ones were only held while we allocated.
+        new_ids = {id(n) for _, n in new}
+        self.index.unlock([n for n in held if id(n) not in new_ids], now)
         if not new:
             return 0, []
         lease_id = next(self._lease_ids)
