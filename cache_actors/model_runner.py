@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from cache_actors.demo_model import DEMO_MODEL_ID, DemoModelSpec, build_demo_model, build_demo_tokenizer
+from cache_actors.prompt_encoder import PromptEncoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ModelRunner:
     def __init__(self, model: PreTrainedModel, tokenizer: Any, *, model_id: str) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.prompts = PromptEncoder(tokenizer)
         self.model_id = model_id
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -76,7 +78,7 @@ class ModelRunner:
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = load_tokenizer(model_path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device)
         model.eval()
         model.requires_grad_(False)
@@ -100,15 +102,14 @@ class ModelRunner:
     # --- text ----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt, with the model's special tokens (BOS)."""
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return self.prompts.encode(text)
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Token ids of a chat rendered with the tokenizer's own template."""
-        rendered = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer(rendered, add_special_tokens=not rendered.startswith(self.tokenizer.bos_token or "\0"))["input_ids"])
+        return self.prompts.encode_chat(messages)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return self.prompts.decode(token_ids)
 
     # --- compute ---------------------------------------------------------------------------
     @torch.inference_mode()
