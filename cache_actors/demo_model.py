@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 DEMO_MODEL_ID = "blatam-demo-llama-24m"
@@ -45,14 +45,35 @@ TINY_SPEC = DemoModelSpec(
 )
 
 
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (what `decoders.ByteLevel` reverses)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet = {byte: chr(byte) for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in alphabet:
+            alphabet[byte] = chr(256 + extra)
+            extra += 1
+    return alphabet
+
+
 def build_demo_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer: ``<unk> <s> </s>`` then one token per byte value."""
+    """Byte-level tokenizer: ``<unk> <s> </s>`` then one token per byte value.
+
+    Bytes are spelled as GPT-2's byte-level alphabet, so decoding replaces
+    only the bytes that are not valid UTF-8: the text of a prefix of the ids
+    is a prefix of the text of all of them (except an unfinished last
+    character), which streaming relies on. (A byte-fallback decoder turns a
+    whole run of byte tokens into U+FFFD as soon as one byte is invalid.)
+    """
+    alphabet = _byte_alphabet()
     vocab = {"<unk>": UNK, "<s>": BOS, "</s>": EOS}
     for byte in range(256):
-        vocab[f"<0x{byte:02X}>"] = BYTE_OFFSET + byte
-    # A BPE with no merges and byte fallback maps every character to its UTF-8 bytes.
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, unk_token="<unk>", fuse_unk=False))
-    core.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+        vocab[alphabet[byte]] = BYTE_OFFSET + byte
+    # A BPE with no merges over the byte alphabet maps every character to its UTF-8 bytes.
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", fuse_unk=False))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
     )

@@ -1,0 +1,307 @@
+"""The continuous batcher: requests join and leave a shared decode batch between steps.
+
+One worker thread owns the model and the batch (model calls release the GIL,
+so the replica's event loop stays responsive). Each loop iteration:
+
+1. drops sequences whose client went away (their row is freed at once);
+2. admits waiting sequences while rows are free, up to ``max_prefill_tokens``
+   of uncached prompt per iteration (at least one request) so a burst of
+   long prompts cannot stall everyone's decoding for long: each is prefilled
+   alone, on top of its cached prefix, straight into its row of the batch
+   buffer, and its prompt blocks are stored at once so a concurrent request
+   with the same prefix already hits;
+3. runs one decode step for every running sequence and retires the finished
+   ones, storing the blocks their generated tokens filled.
+
+The caller side is asyncio: `stream` yields event dicts (``delta`` then one
+``done``), and closing the iterator cancels the sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Mapping
+
+import torch
+
+from cache_actors.batching.detokenizer import IncrementalText
+from cache_actors.batching.ragged_kv import RaggedKVBuffer
+from cache_actors.batching.sequence import Sequence, SequenceRequest, TokenConstraint
+from cache_actors.kv_layout import block_views, blocks_from_cache
+
+logger = logging.getLogger(__name__)
+
+#: Compiles a response_format into a factory of per-sequence constraints (None: unconstrained).
+CompileFormat = Callable[[Mapping[str, Any]], Callable[[], TokenConstraint] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherConfig:
+    """Limits of one replica's batch."""
+
+    max_batch_size: int = 16
+    max_model_len: int | None = None  # None: the model's context, capped at 4096
+    max_prefill_tokens: int = 2048
+    max_waiting: int = 1024
+
+
+class BatcherOverloaded(RuntimeError):
+    """The waiting queue is full; the caller should retry later (HTTP 503)."""
+
+
+class ContinuousBatcher:
+    """Serves generation requests for one engine (its runner and KV cache) with continuous batching."""
+
+    def __init__(
+        self,
+        engine: Any,
+        config: BatcherConfig = BatcherConfig(),
+        *,
+        compile_format: CompileFormat | None = None,
+    ) -> None:
+        self.engine = engine
+        self.runner = engine.runner
+        self.cache = engine.cache
+        self.config = config
+        self.block_size = engine.config.block_size
+        model_len = config.max_model_len or min(self.runner.max_context, 4096)
+        self.max_model_len = min(model_len, self.runner.max_context)
+        geometry = self.runner.geometry
+        rounded = -(-self.max_model_len // self.block_size) * self.block_size
+        self.kv = RaggedKVBuffer(
+            num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads, head_dim=geometry.head_dim,
+            max_rows=config.max_batch_size, max_len=rounded, dtype=geometry.dtype, device=self.runner.device,
+        )
+        self._compile_format = compile_format
+        self._stop_ids = frozenset(self.runner.eos_token_ids)
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []  # index == row in self.kv
+        self._wake = threading.Condition()
+        self._closed = False
+        self.steps = 0
+        self.step_rows = 0  # sum of batch sizes over steps (mean batch = step_rows / steps)
+        self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
+        self._thread.start()
+
+    # --- caller side -----------------------------------------------------------------
+    def check(self, request: SequenceRequest) -> Callable[[], TokenConstraint] | None:
+        """Refuse what can never run (ValueError); returns the request's constraint factory."""
+        prompt = len(request.token_ids)
+        if prompt == 0:
+            raise ValueError("the prompt has no tokens")
+        if prompt >= self.max_model_len:
+            raise ValueError(f"the prompt has {prompt} tokens; this model's context is {self.max_model_len}")
+        wanted = request.sampling.max_new_tokens
+        if prompt + wanted > self.max_model_len:
+            raise ValueError(
+                f"the prompt ({prompt} tokens) + max_tokens ({wanted}) exceeds this model's context of {self.max_model_len} tokens"
+            )
+        if request.response_format is None or self._compile_format is None:
+            if request.response_format not in (None, {"type": "text"}) and self._compile_format is None:
+                raise ValueError("structured output is not available on this server")
+            return None
+        return self._compile_format(request.response_format)
+
+    async def stream(self, request: SequenceRequest) -> AsyncIterator[dict[str, Any]]:
+        """Events for one request: ``{"type": "delta", "text", "token_ids"}``..., then ``{"type": "done", ...}``.
+
+        Raises ValueError (bad request) or `BatcherOverloaded` before the first event.
+        Closing the iterator early cancels the request and frees its batch row.
+        """
+        factory = self.check(request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def emit(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        seq = Sequence(
+            request=request,
+            emit=emit,
+            text=IncrementalText(self.runner.decode, request.sampling.stop),
+            constraint=factory() if factory else None,
+            stop_ids=self._stop_ids | frozenset(request.sampling.stop_token_ids),
+        )
+        with self._wake:
+            if self._closed:
+                raise BatcherOverloaded("the batcher is shut down")
+            if len(self._waiting) >= self.config.max_waiting:
+                raise BatcherOverloaded(f"{len(self._waiting)} requests are waiting; retry later")
+            self._waiting.append(seq)
+            self._wake.notify()
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event["type"] in ("done", "error"):
+                    return
+        finally:
+            if not seq.finished:
+                seq.cancelled = True
+                with self._wake:
+                    self._wake.notify()
+
+    async def generate(self, request: SequenceRequest) -> dict[str, Any]:
+        """The whole result at once: ``{"text", "token_ids", **done event}``."""
+        parts: list[str] = []
+        token_ids: list[int] = []
+        async for event in self.stream(request):
+            if event["type"] == "delta":
+                parts.append(event["text"])
+                token_ids.extend(event["token_ids"])
+            elif event["type"] == "error":
+                raise RuntimeError(event["message"])
+            else:
+                return {"text": "".join(parts), "token_ids": token_ids, **event}
+        raise RuntimeError("the batcher ended the stream without a result")
+
+    def load(self) -> dict[str, int]:
+        return {"running": len(self._running), "waiting": len(self._waiting), "max_batch_size": self.config.max_batch_size}
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    # --- worker side -------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._closed:
+                    break
+            try:
+                self._drop_cancelled()
+                self._admit()
+                if self._running:
+                    self._step()
+            except Exception as exc:  # a bug must fail the requests in flight, not hang them
+                logger.exception("continuous batcher step failed")
+                self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
+        for seq in [*self._running, *self._waiting]:
+            seq.emit({"type": "error", "message": "the server is shutting down"})
+
+    def _drop_cancelled(self) -> None:
+        with self._wake:
+            if any(s.cancelled for s in self._waiting):
+                self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
+        for row in range(len(self._running) - 1, -1, -1):
+            if self._running[row].cancelled:
+                self._retire(row, store=False)
+
+    def _admit(self) -> None:
+        budget = self.config.max_prefill_tokens
+        admitted = 0
+        while self.kv.active < self.kv.max_rows:
+            with self._wake:
+                if not self._waiting:
+                    return
+                if admitted and budget <= 0:
+                    return
+                seq = self._waiting.popleft()
+            if seq.cancelled:
+                continue
+            try:
+                budget -= self._prefill(seq)
+            except Exception as exc:
+                logger.exception("prefill failed")
+                seq.finish_reason = "error"
+                seq.emit({"type": "error", "message": f"prefill failed: {type(exc).__name__}: {exc}"})
+                continue
+            admitted += 1
+
+    @torch.inference_mode()
+    def _prefill(self, seq: Sequence) -> int:
+        """Prefill ``seq`` into a new row on top of its cached prefix; returns the tokens computed."""
+        ids = seq.prompt_ids
+        bs = self.block_size
+        hashes = self.engine.block_hashes(ids, seq.request.tenant_id)
+        reusable = min(len(hashes), (len(ids) - 1) // bs) if self.runner.supports_prefix_reuse else 0
+        hit = self.cache.match(hashes, limit=reusable)
+        row = self.kv.add_row()
+        try:
+            cached = hit.num_blocks * bs
+            if hit.num_blocks:
+                self.cache.read_blocks(hit, block_views(self.kv.row_view(row), bs)[: hit.num_blocks])
+            logits, kv = self.runner.prefill(ids, self.kv.row_cache(row, cached))
+            self.kv.set_length(row, len(ids))
+            if self.runner.supports_prefix_reuse and len(hashes) > hit.num_blocks:
+                self.cache.store(hashes, hit.num_blocks, lambda first, count: blocks_from_cache(kv, first, count, bs))
+        except BaseException:
+            self.kv.remove(row)
+            raise
+        finally:
+            self.cache.release(hit)
+        seq.cached_tokens = cached
+        seq.prompt_blocks_stored = len(hashes)
+        self._running.append(seq)
+        seq.append(seq.choose(logits))
+        if seq.finished:
+            self._retire(len(self._running) - 1, store=False)
+        return len(ids) - cached
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        rows = len(self._running)
+        last = torch.tensor([[s.generated[-1]] for s in self._running], dtype=torch.long, device=self.runner.device)
+        cache, positions, mask = self.kv.decode_inputs()
+        out = self.runner.model(
+            input_ids=last, cache=cache, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1
+        )
+        self.kv.advance()
+        self.steps += 1
+        self.step_rows += rows
+        logits = out.logits[:, -1]
+        for row, seq in enumerate(self._running):
+            if not seq.cancelled:
+                seq.append(seq.choose(logits[row]))
+        for row in range(rows - 1, -1, -1):
+            seq = self._running[row]
+            if seq.finished or seq.cancelled:
+                self._retire(row, store=seq.finished)
+
+    def _retire(self, row: int, *, store: bool) -> None:
+        """Free ``row``; a finished sequence stores the blocks its output filled and gets its done event."""
+        seq = self._running[row]
+        if store and self.runner.supports_prefix_reuse:
+            self._store_generated(row, seq)
+        moved = self.kv.remove(row)
+        if moved is not None:
+            self._running[row] = self._running[moved]
+        self._running.pop()
+        if seq.finished:
+            done = seq.done_event()
+            self.engine.stats.record(
+                prompt_tokens=done["prompt_tokens"], cached_tokens=seq.cached_tokens,
+                completion_tokens=done["completion_tokens"], latency_ms=done["latency_ms"],
+                ttft_ms=done["ttft_ms"] or done["latency_ms"],
+            )
+            seq.emit(done)
+
+    def _store_generated(self, row: int, seq: Sequence) -> None:
+        fed = seq.fed_ids()[: self.kv.lengths[row]]
+        if len(fed) // self.block_size <= seq.prompt_blocks_stored:
+            return
+        try:
+            chain = self.engine.block_hashes(fed, seq.request.tenant_id)
+            kv = self.kv.row_cache(row, self.kv.lengths[row])
+            self.cache.store(
+                chain, seq.prompt_blocks_stored, lambda first, count: blocks_from_cache(kv, first, count, self.block_size)
+            )
+        except Exception:  # caching is an optimisation: the answer is already complete
+            logger.exception("storing generated blocks failed")
+
+    def _fail_running(self, message: str) -> None:
+        for seq in self._running:
+            seq.finish_reason = "error"
+            seq.emit({"type": "error", "message": message})
+        while self._running:
+            self.kv.remove(len(self._running) - 1)
+            self._running.pop()

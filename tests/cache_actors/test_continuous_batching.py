@@ -1,0 +1,140 @@
+"""Continuous batching on the tiny demo model: same greedy output as one request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cache_actors.batching import BatcherConfig, ContinuousBatcher, SequenceRequest
+from cache_actors.batching.detokenizer import IncrementalText
+from cache_actors.requests import GenerationRequest
+from cache_actors.sampling import SamplingParams
+
+PROMPTS = [
+    "The quarterly report shows that revenue grew",
+    "x",
+    "Write a short memo to the sales team about the new pricing policy for enterprise customers.",
+    "Ünïcödé prompt with multibyte characters: 日本語のテキスト",
+    "System: you are a helpful assistant.\nUser: summarise the meeting notes below in three bullet points.",
+]
+
+
+def _request(runner, text: str, **sampling) -> SequenceRequest:
+    return SequenceRequest(token_ids=runner.encode(text), sampling=SamplingParams(**{"max_new_tokens": 24, **sampling}))
+
+
+def _reference(engine, text: str, **sampling) -> dict:
+    """One request at a time, through the engine's single-sequence path."""
+    request = GenerationRequest(text=text, sampling=SamplingParams(**{"max_new_tokens": 24, **sampling}))
+    return engine.generate_ids(request, engine.runner.encode(text))
+
+
+@pytest.fixture
+def batcher(make_engine):
+    made = []
+
+    def make(engine=None, **config):
+        b = ContinuousBatcher(engine or make_engine(), BatcherConfig(**{"max_model_len": 512, **config}))
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def test_concurrent_greedy_equals_one_at_a_time(make_engine, batcher):
+    reference_engine = make_engine(cache_strategy="lru", max_tokens=16)  # (almost) no reuse
+    expected = [_reference(reference_engine, p) for p in PROMPTS]
+    b = batcher(max_batch_size=4)  # 5 prompts > 4 rows: one joins when another leaves
+
+    async def run():
+        return await asyncio.gather(*(b.generate(_request(b.runner, p)) for p in PROMPTS))
+
+    results = asyncio.run(run())
+    for got, want in zip(results, expected):
+        assert got["token_ids"] == want["token_ids"]
+        assert got["text"] == want["result"]
+        assert got["finish_reason"] == want["finish_reason"]
+        assert got["completion_tokens"] == len(want["token_ids"])
+    assert b.steps > 0 and b.step_rows / b.steps > 1.5  # they really shared steps
+
+
+def test_repeated_prefix_hits_cache_and_keeps_output(batcher):
+    b = batcher()
+    prompt = "A long shared system prompt for every tenant request. " * 4
+    first = asyncio.run(b.generate(_request(b.runner, prompt + "Question one?")))
+    second = asyncio.run(b.generate(_request(b.runner, prompt + "Question one?")))
+    assert first["cached_tokens"] == 0
+    assert second["cached_tokens"] >= 16 * ((len(b.runner.encode(prompt)) - 1) // 16)
+    assert second["token_ids"] == first["token_ids"]
+
+
+def test_generated_blocks_are_cached_for_the_next_turn(batcher):
+    b = batcher()
+    prompt = "Turn one of a conversation that goes on. "
+    first = asyncio.run(b.generate(_request(b.runner, prompt, max_new_tokens=64)))
+    follow = b.runner.encode(prompt) + first["token_ids"] + b.runner.encode(" next")[1:]
+    second = asyncio.run(b.generate(SequenceRequest(token_ids=follow, sampling=SamplingParams(max_new_tokens=4))))
+    assert second["cached_tokens"] > len(b.runner.encode(prompt)) // 16 * 16
+
+
+def test_cancelling_frees_the_row(batcher):
+    b = batcher(max_batch_size=1)
+
+    async def run():
+        stream = b.stream(_request(b.runner, PROMPTS[0], max_new_tokens=400))
+        await stream.__anext__()
+        await stream.aclose()  # the client went away
+        return await asyncio.wait_for(b.generate(_request(b.runner, PROMPTS[1], max_new_tokens=4)), timeout=30)
+
+    result = asyncio.run(run())
+    assert result["completion_tokens"] == 4
+    assert b.load()["running"] == 0
+
+
+def test_sampling_is_reproducible_with_a_seed_under_concurrency(batcher):
+    b = batcher()
+
+    async def run():
+        reqs = [_request(b.runner, PROMPTS[0], temperature=1.0, top_p=0.9, seed=7) for _ in range(3)]
+        return await asyncio.gather(*(b.generate(r) for r in reqs))
+
+    results = asyncio.run(run())
+    assert results[0]["token_ids"] == results[1]["token_ids"] == results[2]["token_ids"]
+
+
+def test_refuses_requests_over_the_context(batcher):
+    b = batcher(max_model_len=64)
+    with pytest.raises(ValueError, match="context"):
+        b.check(_request(b.runner, "y" * 80))
+    with pytest.raises(ValueError, match="max_tokens"):
+        b.check(_request(b.runner, "short", max_new_tokens=60))
+
+
+def test_stop_string_cuts_the_text(batcher, make_engine):
+    b = batcher()
+    free = asyncio.run(b.generate(_request(b.runner, PROMPTS[2], max_new_tokens=40)))
+    text = free["text"]
+    assert len(text) > 6
+    stop = text[3:6]
+    cut = asyncio.run(b.generate(_request(b.runner, PROMPTS[2], max_new_tokens=40, stop=(stop,))))
+    assert cut["finish_reason"] == "stop"
+    assert cut["text"] == text[: text.find(stop)]
+
+
+def test_incremental_text_holds_back_stop_prefixes_and_partial_utf8():
+    pieces = "héllo STOP".encode()
+    decode = lambda ids: bytes(ids).decode("utf-8", errors="replace")  # noqa: E731
+    text = IncrementalText(decode, ("STOP",))
+    out = ""
+    for byte in pieces:
+        out += text.push(byte)
+        assert "\ufffd" not in out
+        if text.stopped:
+            break
+    assert text.stopped and out == "héllo " and text.text == "héllo "
+    plain = IncrementalText(decode, ("STOP",))
+    out = "".join(plain.push(b) for b in "a STO".encode())
+    assert out == "a " and plain.flush() == "STO"
