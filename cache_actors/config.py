@@ -100,6 +100,11 @@ class KVCacheConfig(BaseSettings):
         description="Ray cluster to join; None starts a local one if none is running.",
     )
     cpu_shards: int = Field(1, ge=1, le=64, description="Shards per node without GPUs.")
+    shard_index: int | None = Field(
+        None, ge=0,
+        description="Which of its node's shards this process uses (the LLM replica passes its local rank); "
+        "None: its GPU's shard, else a stable choice by worker id.",
+    )
     shard_gpus: float = Field(1.0, gt=0, le=1, description="num_gpus of each GPU shard (below 1 to share with a replica).")
     device_resource: str | None = Field(None, description="Custom Ray resource counting devices per node (one shard each).")
     redis_url: str | None = Field(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from cache_actors.demo_model import DEMO_MODEL_ID, DemoModelSpec, build_demo_model, build_demo_tokenizer
@@ -40,6 +40,22 @@ class KVGeometry:
 
     def bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+
+
+def model_identity(model_path: str | None, demo_spec: DemoModelSpec | None = None) -> tuple[str, int]:
+    """``(model id, context length)`` of a model without loading its weights.
+
+    The LLM ingress answers ``/v1/models`` and checks context lengths with
+    this; it must name the model exactly as the runner of a replica does.
+    """
+    if model_path is None:
+        spec = demo_spec or DemoModelSpec()
+        return f"{DEMO_MODEL_ID}-s{spec.seed}-{spec.hidden_size}x{spec.num_hidden_layers}", spec.max_position_embeddings
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True).get_text_config(decoder=True)
+    return path.resolve().name, int(getattr(config, "max_position_embeddings", 2048))
 
 
 class ModelRunner:
@@ -74,7 +90,7 @@ class ModelRunner:
         if model_path is None:
             spec = demo_spec or DemoModelSpec()
             model = build_demo_model(spec, torch_dtype).to(device)
-            return cls(model, build_demo_tokenizer(), model_id=f"{DEMO_MODEL_ID}-s{spec.seed}-{spec.hidden_size}x{spec.num_hidden_layers}")
+            return cls(model, build_demo_tokenizer(), model_id=model_identity(None, spec)[0])
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")

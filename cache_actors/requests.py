@@ -52,6 +52,18 @@ def parse_request(payload: Any, *, default_max_new_tokens: int) -> GenerationReq
         raise ValueError(f"'text' must be a string, got {type(text).__name__}")
     if not text:
         raise ValueError("'text' must not be empty")
+    return GenerationRequest(
+        text=text,
+        sampling=parse_sampling(payload, default_max_new_tokens=default_max_new_tokens),
+        session_id=_optional_str(payload, "session_id"),
+        tenant_id=_optional_str(payload, "tenant_id"),
+    )
+
+
+def parse_sampling(payload: Mapping[str, Any], *, default_max_new_tokens: int) -> SamplingParams:
+    """Check ``max_new_tokens``, ``temperature``, ``top_p``, ``seed`` and ``stop`` of a request."""
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"sampling parameters must be a dict, got {type(payload).__name__}")
     max_new_tokens = _number(payload, "max_new_tokens", int, default_max_new_tokens)
     if max_new_tokens < 1:
         raise ValueError(f"'max_new_tokens' must be >= 1, got {max_new_tokens}")
@@ -73,12 +85,4 @@ def parse_request(payload: Any, *, default_max_new_tokens: int) -> GenerationReq
         raise ValueError("'stop' must be a string or a list of strings")
     if len(stops) > _MAX_STOPS or any(not s for s in stops):
         raise ValueError(f"'stop' takes at most {_MAX_STOPS} non-empty strings")
-    sampling = SamplingParams(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stops, seed=seed
-    )
-    return GenerationRequest(
-        text=text,
-        sampling=sampling,
-        session_id=_optional_str(payload, "session_id"),
-        tenant_id=_optional_str(payload, "tenant_id"),
-    )
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stops, seed=seed)

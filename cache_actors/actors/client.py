@@ -93,7 +93,7 @@ class DistributedKVCache:
 
     # --- connection ----------------------------------------------------------------------------------
     @classmethod
-    def connect(cls, spec: ShardSpec, *, ray_address: str | None = None) -> "DistributedKVCache":
+    def connect(cls, spec: ShardSpec, *, ray_address: str | None = None, shard_index: int | None = None) -> "DistributedKVCache":
         """Join (or start) Ray, make sure this node's shards and the coordinator exist, pick our shard."""
         if not ray.is_initialized():
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
@@ -103,7 +103,7 @@ class DistributedKVCache:
             coordinator.register_spec.remote(spec)
         except RayError as exc:  # the cache works without it, minus prefetch and remote lookups
             logger.warning("KV cache coordinator unavailable at connect (%s)", exc)
-        name, shard = pick_local_shard(spec, node_shards(spec, node_id))
+        name, shard = pick_local_shard(spec, node_shards(spec, node_id), index=shard_index)
         ray.get(shard.ping.remote(), timeout=60)  # wait until it is up (first start maps its pool)
         logger.info("KV cache client on node %s uses shard %s", node_id, name)
         return cls(spec, shard_name=name, shard=shard, same_node=True)
@@ -111,7 +111,9 @@ class DistributedKVCache:
     @classmethod
     def from_config(cls, config: "KVCacheConfig", runner: "ModelRunner", num_blocks: int) -> "DistributedKVCache":
         """The client for an engine: shard spec from the config and the model's KV geometry."""
-        return cls.connect(spec_from_config(config, runner, num_blocks), ray_address=config.ray_address)
+        return cls.connect(
+            spec_from_config(config, runner, num_blocks), ray_address=config.ray_address, shard_index=config.shard_index
+        )
 
     def _call(self, method: Callable[[Any], Any], what: str) -> Any:
         """Run ``method(shard)`` with the lookup timeout; None (counted) on any failure."""

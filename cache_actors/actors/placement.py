@@ -87,14 +87,16 @@ def node_shards(spec: ShardSpec, node_id: str) -> list[tuple[str, Any]]:
     return out
 
 
-def pick_local_shard(spec: ShardSpec, shards: list[tuple[str, Any]]) -> tuple[str, Any]:
-    """The shard of this worker's device: its GPU's shard, else a stable choice among the node's."""
+def pick_local_shard(spec: ShardSpec, shards: list[tuple[str, Any]], *, index: int | None = None) -> tuple[str, Any]:
+    """The shard of this worker's device: its GPU's shard, else shard ``index`` (modulo), else a stable choice."""
     gpu_ids = [str(i) for i in ray.get_gpu_ids()] if ray.is_initialized() else []
     if gpu_ids and len(shards) > 1:
         infos = ray.get([handle.ping.remote() for _, handle in shards], timeout=30)
         for (name, handle), info in zip(shards, infos):
             if set(info.get("gpu_ids", ())) & set(gpu_ids):
                 return name, handle
+    if index is not None:
+        return shards[index % len(shards)]
     worker = ray.get_runtime_context().get_worker_id() if ray.is_initialized() else str(os.getpid())
     return shards[zlib.crc32(worker.encode()) % len(shards)]
 

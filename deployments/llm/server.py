@@ -1,0 +1,161 @@
+"""`LLMServer`: the Serve deployment whose replicas run the model with continuous batching.
+
+Each replica loads the model (demo or ``model_path``), connects its engine to
+the KV shard of its own device (the replica's local rank picks among a
+node's shards when there are several, e.g. one per GPU) and serves every
+request through one `ContinuousBatcher`. Handle methods:
+
+- ``generate_stream(request)``: an async generator of events
+  (``{"type": "delta", "text", "token_ids"}``..., then ``{"type": "done", ...}``);
+  call it with ``handle.options(stream=True)``. Closing it cancels the request
+  and frees its batch slot.
+- ``generate(request)``: the whole result as one dict.
+
+The request dict is described in `deployments.llm.requests`. A request that
+can never run raises ValueError before any event (the ingress answers 400).
+``record_routing_stats`` tells the cache-aware router which shard this replica
+uses, the cache namespace (so the router hashes prompts the same way) and its load.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Mapping
+
+import ray
+from ray import serve
+
+from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
+from cache_actors.batching import BatcherConfig, ContinuousBatcher
+from cache_actors.batching.scheduler import CompileFormat
+from deployments.llm.metrics import LLMMetrics
+from deployments.llm.requests import parse_llm_request
+from deployments.llm.settings import LLMSettings
+
+logger = logging.getLogger(__name__)
+
+
+def _format_compiler(runner: Any) -> CompileFormat | None:
+    """Structured output for this model (None, logged, if its tokenizer cannot be constrained)."""
+    try:
+        from cache_actors.structured import TokenizerGrammar, compile_response_format
+    except ImportError as exc:  # pragma: no cover - the package ships with the repo
+        logger.warning("structured output unavailable: %s", exc)
+        return None
+    try:
+        grammar = TokenizerGrammar.from_tokenizer(
+            runner.tokenizer, vocab_size=runner.vocab_size, eos_token_ids=runner.eos_token_ids
+        )
+    except Exception:
+        logger.exception("structured output unavailable for %s", runner.model_id)
+        return None
+
+    def compile_format(response_format: Mapping[str, Any]):  # noqa: ANN202 - factory of constraints
+        spec = compile_response_format(response_format, grammar)
+        return None if spec is None else spec.new_constraint
+
+    return compile_format
+
+
+def _local_rank() -> int | None:
+    try:
+        rank = serve.get_replica_context().rank
+    except Exception:  # not in a replica (local testing mode)
+        return None
+    return getattr(rank, "local_rank", None)
+
+
+@serve.deployment(
+    name="LLMServer",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=256,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+class LLMServer:
+    """One model replica: engine, KV shard client and continuous batcher."""
+
+    def __init__(self, args: dict[str, Any] | None = None) -> None:
+        self.settings = LLMSettings.model_validate(args or {})
+        cache = dict(self.settings.cache)
+        if cache.get("enable_distributed") and cache.get("shard_index") is None:
+            cache["shard_index"] = _local_rank()
+        config = KVCacheConfig(model_path=self.settings.model_path, num_threads=self.settings.num_threads, **cache)
+        self.engine = UltraAdaptiveKVCacheEngine(config)
+        runner = self.engine.runner
+        self.batcher = ContinuousBatcher(
+            self.engine,
+            BatcherConfig(
+                max_batch_size=self.settings.max_batch_size,
+                max_model_len=self.settings.max_model_len,
+                max_prefill_tokens=self.settings.max_prefill_tokens,
+                max_waiting=self.settings.max_waiting,
+            ),
+            compile_format=_format_compiler(runner),
+        )
+        self.model_id = self.settings.served_model_name or runner.model_id
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.shard = getattr(self.engine.cache, "shard_name", None)
+        self.metrics = LLMMetrics(self.model_id)
+        logger.info("LLM replica ready: model %s, shard %s, batch %d", self.model_id, self.shard, self.settings.max_batch_size)
+
+    async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Events of one request (see the module docstring)."""
+        seq = parse_llm_request(request, self.engine.runner.prompts, default_max_tokens=self.settings.default_max_tokens)
+        async for event in self.batcher.stream(seq):
+            if event["type"] == "done":
+                self.metrics.finished(event)
+            elif event["type"] == "error":
+                self.metrics.failed()
+                raise RuntimeError(event["message"])
+            yield event
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{"text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", ...}``."""
+        parts: list[str] = []
+        token_ids: list[int] = []
+        async for event in self.generate_stream(request):
+            if event["type"] == "delta":
+                parts.append(event["text"])
+                token_ids.extend(event["token_ids"])
+            else:
+                return {"text": "".join(parts), "token_ids": token_ids, "model": self.model_id, **event}
+        raise RuntimeError("generation ended without a result")
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """What the cache-aware router needs: our shard, how to hash prompts, our load."""
+        load = self.batcher.load()
+        self.metrics.load(load)
+        return {
+            "shard": self.shard,
+            "node_id": self.node_id,
+            "namespace": self.engine.namespace.to_dict(),
+            "tenant_isolation": self.engine.config.tenant_isolation,
+            "block_size": self.engine.config.block_size,
+            "model_path": self.settings.model_path,
+            **load,
+        }
+
+    def model_info(self) -> dict[str, Any]:
+        return {"id": self.model_id, "max_model_len": self.batcher.max_model_len, "shard": self.shard}
+
+    def get_stats(self) -> dict[str, Any]:
+        """Engine and cache statistics plus the batcher's (mean batch size)."""
+        steps = self.batcher.steps
+        return {
+            **self.engine.get_stats(),
+            **self.batcher.load(),
+            "decode_steps": steps,
+            "mean_batch_size": self.batcher.step_rows / steps if steps else 0.0,
+            "shard": self.shard,
+        }
+
+    def check_health(self) -> None:
+        if not self.batcher._thread.is_alive():
+            raise RuntimeError("the batcher thread died")
+
+    def __del__(self) -> None:
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.close()

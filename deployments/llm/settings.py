@@ -1,0 +1,39 @@
+"""Settings of the `llm` application (serve_config.yaml ``args``, or ``LLM_*`` environment variables).
+
+The same settings reach the ingress, the engine replicas and the router, so
+they agree on the model, its context and the limits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LLMSettings(BaseSettings):
+    """What the LLM deployment serves and how much of it at once."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_", extra="forbid", populate_by_name=True)
+
+    model_path: str | None = Field(
+        None,
+        validation_alias=AliasChoices("model_path", "LLM_MODEL_PATH", "MODEL_PATH"),
+        description="Local Hugging Face model folder; None serves the built-in demo model.",
+    )
+    served_model_name: str | None = Field(None, description="Name in /v1/models and responses (default: the model id).")
+    max_batch_size: int = Field(16, ge=1, le=256, description="Sequences decoded together per replica.")
+    max_model_len: int = Field(2048, ge=16, description="Context per sequence (capped at the model's).")
+    max_prefill_tokens: int = Field(2048, ge=1, description="Uncached prompt tokens prefilled between two decode steps.")
+    max_waiting: int = Field(1024, ge=1, description="Queued requests per replica before 503.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads per replica (None: torch's default).")
+    routing: Literal["affinity", "pow2"] = Field("affinity", description="Cache-aware routing, or Serve's power of two choices.")
+    router: dict[str, Any] = Field(default_factory=dict, description="request_router_kwargs of the cache-aware router.")
+    routing_stats_period_s: float = Field(1.0, gt=0, description="How often replicas report load and shard to the router.")
+    cache: dict[str, Any] = Field(
+        default_factory=lambda: {"enable_distributed": True},
+        description="KVCacheConfig overrides (block_size, max_memory_mb, enable_distributed, cpu_shards, redis_url, ...).",
+    )
