@@ -113,7 +113,7 @@ class ContinuousBatcher:
         Raises ValueError (bad request) or `BatcherOverloaded` before the first event.
         Closing the iterator early cancels the request and frees its batch row.
         """
-        factory = self.check(request)
+        factory = await asyncio.to_thread(self.check, request)  # compiling a schema can take a while
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 

@@ -1,0 +1,80 @@
+"""The `llm` Serve application: an OpenAI-compatible ingress in front of the `LLMServer` replicas.
+
+Two deployments, because Serve routes a request to a replica of the
+*downstream* deployment with a custom router (the ingress gets ASGI
+arguments, not prompts):
+
+- ``LLMIngress`` (route prefix ``/v1``): the FastAPI app of
+  `deployments.llm.openai_api`; it also serves the gateway
+  (``/api/v1/llm/...``) through `ServiceIngress`.
+- ``LLMServer``: the model replicas (continuous batching, KV shard of their
+  device), routed by `deployments.llm.router.CacheAwareRouter` when
+  ``routing: affinity`` (the default), or by Serve's power of two choices.
+
+Services call ``serve.get_deployment_handle("LLMServer", app_name="llm")``
+and its ``generate`` / ``generate_stream`` methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+from ray.serve.handle import DeploymentHandle
+
+from cache_actors.model_runner import model_identity
+from deployments.common import ServiceIngress
+from deployments.llm.openai_api import build_openai_app
+from deployments.llm.server import LLMServer
+from deployments.llm.settings import LLMSettings
+
+APP_NAME = "llm"
+SERVER_DEPLOYMENT = "LLMServer"
+CACHE_AWARE_ROUTER = "deployments.llm.router:CacheAwareRouter"
+
+
+@serve.deployment(name="LLMIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
+@serve.ingress()
+class LLMIngress(ServiceIngress):
+    """HTTP front of the LLM: validates, fans out ``n``, streams server-sent events."""
+
+    def __init__(self, server: DeploymentHandle, args: dict[str, Any] | None = None) -> None:
+        self._server = server
+        self._settings = LLMSettings.model_validate(args or {})
+
+    def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook
+        settings = self._settings
+        model_id, context = model_identity(settings.model_path)
+        streaming = self._server.options(stream=True)
+        return build_openai_app(
+            lambda request: streaming.generate_stream.remote(request),
+            model_id=settings.served_model_name or model_id,
+            max_context=min(context, settings.max_model_len),
+            max_tokens_limit=settings.max_tokens_limit,
+        )
+
+
+def router_config(settings: LLMSettings) -> RequestRouterConfig:
+    """Cache-aware routing (``affinity``) or Serve's default power of two choices (``pow2``)."""
+    if settings.routing == "pow2":
+        return RequestRouterConfig(request_routing_stats_period_s=settings.routing_stats_period_s)
+    return RequestRouterConfig(
+        request_router_class=CACHE_AWARE_ROUTER,
+        request_router_kwargs=dict(settings.router),
+        request_routing_stats_period_s=settings.routing_stats_period_s,
+    )
+
+
+def build_llm(args: dict[str, Any] | None = None) -> Application:
+    """Application builder (serve_config.yaml ``import_path: deployments.llm:build_llm``).
+
+    ``args`` are `LLMSettings` fields; ``num_replicas`` (default 1) sets the
+    server's replicas here so a benchmark can scale without a config file.
+    """
+    args = dict(args or {})
+    replicas = int(args.pop("num_replicas", 1))
+    settings = LLMSettings.model_validate(args)
+    server = LLMServer.options(num_replicas=replicas, request_router_config=router_config(settings)).bind(args)
+    return LLMIngress.bind(server, args)

@@ -1,0 +1,202 @@
+"""The `llm` application end to end: real HTTP on a local Serve instance, the demo model,
+continuous batching and the distributed KV cache (shard actors)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import jsonschema
+import pytest
+from ray import serve
+
+from cache_actors.model_runner import ModelRunner
+from deployments.llm import build_llm
+from tests.deployments.conftest import run_app
+
+MAX_MODEL_LEN = 512
+ARGS = {
+    "num_replicas": 1,
+    "max_model_len": MAX_MODEL_LEN,
+    "max_batch_size": 8,
+    "max_tokens_limit": 256,
+    "cache": {"enable_distributed": True, "block_size": 16, "max_memory_mb": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def base_url(serve_instance) -> Iterator[str]:
+    run_app(build_llm(ARGS), name="llm", route_prefix="/v1")
+    yield f"{serve_instance.base_url}/v1"
+    serve.delete("llm")
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference() -> ModelRunner:
+    """The same demo model in this process: one request, no cache, no batching."""
+    return ModelRunner.load(None)
+
+
+def greedy_reference(runner: ModelRunner, token_ids: list[int], max_tokens: int) -> str:
+    logits, kv = runner.prefill(token_ids)
+    out: list[int] = []
+    for _ in range(max_tokens):
+        token = int(logits.argmax())
+        if token in runner.eos_token_ids:
+            break
+        out.append(token)
+        logits = runner.step(token, kv)
+    return runner.decode(out)
+
+
+def model_id(client: httpx.Client) -> str:
+    return client.get("/models").json()["data"][0]["id"]
+
+
+def test_models_lists_the_demo_model(client: httpx.Client) -> None:
+    body = client.get("/models").json()
+    assert body["object"] == "list"
+    (card,) = body["data"]
+    assert card["id"].startswith("blatam-demo") and card["max_model_len"] == MAX_MODEL_LEN
+
+
+def test_greedy_output_same_with_and_without_cache_and_batching(client: httpx.Client, reference: ModelRunner) -> None:
+    system = "You are the assistant of ACME Corp. Answer in one sentence. " * 3
+    prompts = [system + f"Question {i}: what is our refund policy?" for i in range(4)]
+    expected = [greedy_reference(reference, reference.encode(p), 24) for p in prompts]
+    body = {"model": model_id(client), "max_tokens": 24, "temperature": 0}
+
+    first = client.post("/completions", json={**body, "prompt": prompts[0]}).json()
+    assert first["choices"][0]["text"] == expected[0]
+    assert first["usage"]["prompt_tokens"] == len(reference.encode(prompts[0]))
+    assert first["usage"]["completion_tokens"] + first["usage"]["prompt_tokens"] == first["usage"]["total_tokens"]
+
+    again = client.post("/completions", json={**body, "prompt": prompts[0]}).json()
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert again["choices"][0]["text"] == expected[0]
+
+    results: dict[int, dict] = {}
+
+    def call(i: int) -> None:
+        results[i] = client.post("/completions", json={**body, "prompt": prompts[i]}).json()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(expected):
+        assert results[i]["choices"][0]["text"] == want, i
+
+
+def test_chat_streaming_in_openai_format(client: httpx.Client) -> None:
+    body = {
+        "model": model_id(client),
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}],
+        "max_tokens": 12,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with client.stream("POST", "/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert chunks[0]["object"] == "chat.completion.chunk"
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] in ("stop", "length")
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and usage["completion_tokens"] <= 12
+    plain = {k: v for k, v in body.items() if k != "stream_options"} | {"stream": False}
+    whole = client.post("/chat/completions", json=plain).json()
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert whole["choices"][0]["message"]["content"] == streamed
+    assert whole["usage"]["prompt_tokens_details"]["cached_tokens"] > 0  # the stream stored the prompt
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+    },
+    "required": ["name", "age", "role", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_structured_output_validates_against_the_schema(client: httpx.Client, temperature: float) -> None:
+    body = {
+        "model": model_id(client),
+        "messages": [{"role": "user", "content": "Describe a user as JSON."}],
+        "max_tokens": 200,
+        "temperature": temperature,
+        "seed": 3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+    }
+    choice = client.post("/chat/completions", json=body).json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(choice["message"]["content"]), PERSON)
+    anything = client.post("/chat/completions", json={**body, "response_format": {"type": "json_object"}}).json()
+    assert isinstance(json.loads(anything["choices"][0]["message"]["content"]), dict)
+
+
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 100000}, "max_tokens"),
+        ({"temperature": 3}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"seed": "x"}, "seed"),
+        ({"logprobs": True}, "logprobs"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, None),
+    ],
+)
+def test_refused_parameters_are_400_with_openai_body(client: httpx.Client, patch: dict, param: str | None) -> None:
+    body = {"model": model_id(client), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **patch}
+    response = client.post("/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if param:
+        assert error["param"] == param
+
+
+def test_prompt_over_the_context_is_400(client: httpx.Client) -> None:
+    body = {"model": model_id(client), "prompt": "word " * 200, "max_tokens": 256}
+    response = client.post("/completions", json=body)
+    assert response.status_code == 400
+    assert "context" in response.json()["error"]["message"]
+
+
+def test_disconnected_client_frees_its_slot(client: httpx.Client) -> None:
+    server = serve.get_deployment_handle("LLMServer", app_name="llm")
+    body = {"model": model_id(client), "prompt": "Tell me a very long story.", "max_tokens": 256, "stream": True}
+    with client.stream("POST", "/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk, then hang up
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.get_stats.remote().result()["running"] == 0:
+            break
+        time.sleep(0.2)
+    assert server.get_stats.remote().result()["running"] == 0
