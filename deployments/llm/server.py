@@ -98,6 +98,10 @@ class LLMServer:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.shard = getattr(self.engine.cache, "shard_name", None)
         self.metrics = LLMMetrics(self.model_id)
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # local testing mode
+            self.replica_id = "local"
         logger.info("LLM replica ready: model %s, shard %s, batch %d", self.model_id, self.shard, self.settings.max_batch_size)
 
     async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -106,6 +110,7 @@ class LLMServer:
         async for event in self.batcher.stream(seq):
             if event["type"] == "done":
                 self.metrics.finished(event)
+                event = {**event, "replica": self.replica_id, "shard": self.shard}
             elif event["type"] == "error":
                 self.metrics.failed()
                 raise RuntimeError(event["message"])
