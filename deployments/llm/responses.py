@@ -1,0 +1,106 @@
+"""OpenAI's response and stream-chunk bodies for completions and chat completions.
+
+Pure dict builders, so the shapes are checked in one place: ``id``
+(``cmpl-``/``chatcmpl-``), ``object``, ``created``, ``model``, ``choices``
+with ``logprobs: null``, and ``usage`` with ``prompt_tokens_details``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["completion", "chat"]
+ID_PREFIX: dict[Kind, str] = {"completion": "cmpl-", "chat": "chatcmpl-"}
+
+
+@dataclass(slots=True)
+class ChoiceResult:
+    """What one choice's backend stream produced so far."""
+
+    index: int
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def apply(self, event: dict[str, Any]) -> None:
+        if event["type"] == "delta":
+            self.parts.append(event["text"])
+        else:
+            self.finish_reason = event["finish_reason"]
+            self.prompt_tokens = event["prompt_tokens"]
+            self.completion_tokens = event["completion_tokens"]
+            self.cached_tokens = event["cached_tokens"]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def usage(choices: Sequence[ChoiceResult]) -> dict[str, Any]:
+    """Usage of all choices: the prompt counts once, completions add up.
+
+    ``cached_tokens`` is the most any choice found cached (choices of one
+    request run side by side, so each may find a different share).
+    """
+    prompt = max((c.prompt_tokens for c in choices), default=0)
+    completion = sum(c.completion_tokens for c in choices)
+    cached = max((c.cached_tokens for c in choices), default=0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def full_response(kind: Kind, *, response_id: str, created: int, model: str,
+                  choices: Sequence[ChoiceResult]) -> dict[str, Any]:
+    """The non-streamed body."""
+    if kind == "chat":
+        shaped = [{"index": c.index, "message": {"role": "assistant", "content": c.text, "refusal": None},
+                   "logprobs": None, "finish_reason": c.finish_reason} for c in choices]
+        obj = "chat.completion"
+    else:
+        shaped = [{"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+                  for c in choices]
+        obj = "text_completion"
+    return {"id": response_id, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+            "choices": shaped, "usage": usage(choices)}
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkShaper:
+    """Stream chunks of one response (all share id, created and model)."""
+
+    kind: Kind
+    response_id: str
+    created: int
+    model: str
+    include_usage: bool = False
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk = {"id": self.response_id, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
+                 "created": self.created, "model": self.model, "system_fingerprint": None, "choices": choices}
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _choice(self, index: int, content: dict[str, Any] | str, finish_reason: str | None) -> dict[str, Any]:
+        key = "delta" if self.kind == "chat" else "text"
+        return {"index": index, key: content, "logprobs": None, "finish_reason": finish_reason}
+
+    def role(self, index: int) -> dict[str, Any]:
+        """Chat only: the first chunk of a choice."""
+        return self._chunk([self._choice(index, {"role": "assistant", "content": ""}, None)])
+
+    def delta(self, index: int, text: str) -> dict[str, Any]:
+        return self._chunk([self._choice(index, {"content": text} if self.kind == "chat" else text, None)])
+
+    def finish(self, index: int, finish_reason: str) -> dict[str, Any]:
+        return self._chunk([self._choice(index, {} if self.kind == "chat" else "", finish_reason)])
+
+    def usage(self, choices: Sequence[ChoiceResult]) -> dict[str, Any]:
+        """The extra last chunk ``stream_options.include_usage`` asks for: no choices, the usage."""
+        chunk = self._chunk([])
+        chunk["usage"] = usage(choices)
+        return chunk

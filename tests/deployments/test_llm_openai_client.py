@@ -1,0 +1,103 @@
+"""The official ``openai`` client against the OpenAI-compatible app, over real HTTP (uvicorn, no Ray).
+
+A real server rather than an in-process transport, so SSE framing, chunked
+streaming and a client that hangs up mid-stream behave as they do in production.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from cache_actors.demo_model import TINY_SPEC
+from cache_actors.model_runner import ModelRunner
+from tests.deployments.conftest import free_port
+from tests.deployments.llm_test_support import TinyBackend, make_app, mounted
+
+SERVER_START_TIMEOUT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[str, TinyBackend]]:
+    runner = ModelRunner.load(None, demo_spec=TINY_SPEC)
+    backend = TinyBackend(runner, token_delay_s=0.002)
+    port = free_port()
+    config = uvicorn.Config(mounted(make_app(backend.generate_stream, runner)), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1", backend
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=served[0], api_key="unused", max_retries=0)
+
+
+def test_openai_client_completions(client: openai.OpenAI, served):
+    backend = served[1]
+    model = client.models.list().data[0].id
+    assert model == backend.runner.model_id
+    done = client.completions.create(model=model, prompt="Hello", max_tokens=8, temperature=0)
+    assert done.choices[0].text == backend.outputs[done.id]
+    assert done.usage.prompt_tokens == len(backend.runner.encode("Hello"))
+    assert done.usage.prompt_tokens_details.cached_tokens == 0
+    chunks = list(client.completions.create(model=model, prompt="Hello", max_tokens=8, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == done.choices[0].text
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == done.usage.total_tokens
+
+
+def test_openai_client_chat(client: openai.OpenAI, served):
+    backend = served[1]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    done = client.chat.completions.create(model=backend.runner.model_id, messages=messages, max_tokens=10,
+                                          temperature=0, n=2)
+    assert [c.message.content for c in done.choices] == [backend.outputs[f"{done.id}-{i}"] for i in (0, 1)]
+    assert done.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(model=backend.runner.model_id, messages=messages, max_tokens=10,
+                                            temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == done.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
+
+
+def test_openai_client_sees_openai_errors(client: openai.OpenAI, served):
+    model = served[1].runner.model_id
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], temperature=3)
+    assert refused.value.param == "temperature" and refused.value.code == "invalid_value"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.completions.create(model="gpt-4o", prompt="x")
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as unsupported:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], logprobs=True)
+    assert unsupported.value.param == "logprobs" and unsupported.value.code == "unsupported_parameter"
+
+
+def test_hanging_up_mid_stream_stops_generation(served):
+    url, backend = served
+    body = {"prompt": "Tell me a story", "max_tokens": 500, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=10) as http, http.stream("POST", f"{url}/completions", json=body) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        request_id = backend.requests[-1]["request_id"]
+    deadline = time.monotonic() + 5
+    while request_id not in backend.closed_early:
+        assert time.monotonic() < deadline, "the backend stream was not closed after the client left"
+        time.sleep(0.02)
+    assert request_id not in backend.outputs
