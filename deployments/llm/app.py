@@ -24,6 +24,7 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
+from cache_actors.batching.scheduler import BatcherOverloaded
 from cache_actors.model_runner import model_identity
 from deployments.common import ServiceIngress
 from deployments.llm.openai_api import build_openai_app
@@ -53,6 +54,7 @@ class LLMIngress(ServiceIngress):
             model_id=settings.served_model_name or model_id,
             max_context=min(context, settings.max_model_len),
             max_tokens_limit=settings.max_tokens_limit,
+            overloaded_errors=(BatcherOverloaded,),
         )
 
 

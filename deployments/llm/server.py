@@ -19,6 +19,7 @@ uses, the cache namespace (so the router hashes prompts the same way) and its lo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Mapping
@@ -107,6 +108,10 @@ class LLMServer:
     async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Events of one request (see the module docstring)."""
         seq = parse_llm_request(request, self.engine.runner.prompts, default_max_tokens=self.settings.default_max_tokens)
+        room = self.batcher.max_model_len - len(seq.token_ids)
+        if request.get("clamp_max_tokens") and 0 < room < seq.sampling.max_new_tokens:
+            # The client set no max_tokens: generate up to the end of the context rather than refuse.
+            seq.sampling = dataclasses.replace(seq.sampling, max_new_tokens=room)
         async for event in self.batcher.stream(seq):
             if event["type"] == "done":
                 self.metrics.finished(event)

@@ -187,6 +187,14 @@ def test_prompt_over_the_context_is_400(client: httpx.Client) -> None:
     assert "context" in response.json()["error"]["message"]
 
 
+def test_chat_without_max_tokens_runs_to_the_end_of_the_context(client: httpx.Client) -> None:
+    body = {"model": model_id(client), "messages": [{"role": "user", "content": "word " * 80}], "temperature": 0}
+    response = client.post("/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] <= MAX_MODEL_LEN
+
+
 def test_disconnected_client_frees_its_slot(client: httpx.Client) -> None:
     server = serve.get_deployment_handle("LLMServer", app_name="llm")
     body = {"model": model_id(client), "prompt": "Tell me a very long story.", "max_tokens": 256, "stream": True}
