@@ -208,3 +208,64 @@ def test_disconnected_client_frees_its_slot(client: httpx.Client) -> None:
             break
         time.sleep(0.2)
     assert server.get_stats.remote().result()["running"] == 0
+
+
+# --- through the gateway: API keys, tenants ------------------------------------------------------
+SECRET = "llm-gateway-test-secret-0123456789-abcdefgh"
+
+
+@pytest.fixture(scope="module")
+def gateway(base_url: str, serve_instance) -> Iterator[tuple[str, dict[str, str]]]:
+    import asyncio
+    import uuid
+
+    from business_modules.auth import AuthService
+    from business_modules.auth import repository as _auth_repository  # noqa: F401 - registers auth migrations
+    from business_modules.storage import open_database
+    from deployments.app_builder import build_gateway
+    from tests.conftest import TEST_DATABASE_URL
+    from tests.storage_fixtures import drop_schema, unique_schema
+
+    schema = unique_schema("llmgw")
+    settings = {
+        "blatam_env": "test", "secret_key": SECRET, "database_url": TEST_DATABASE_URL, "database_schema": schema,
+        "rate_limit_key_prefix": f"test-llmgw-{uuid.uuid4().hex[:8]}", "rate_limit_default": "1000/minute",
+        "gateway_request_timeout_s": 60,
+    }
+    run_app(build_gateway({"settings": settings}), name="gateway", route_prefix="/")
+
+    async def seed() -> dict[str, str]:
+        db = await open_database(TEST_DATABASE_URL, schema=schema)
+        try:
+            auth = AuthService(db, secret_key=SECRET, token_ttl_s=1800)
+            keys = {}
+            for user, tenant in (("ann", "acme"), ("bo", "globex")):
+                await auth.create_user(username=user, password="correct horse battery", scopes="llm", tenant=tenant)
+                keys[tenant] = (await auth.create_api_key(username=user, name="k")).secret
+            return keys
+        finally:
+            await db.close()
+
+    keys = asyncio.run(seed())
+    try:
+        yield serve_instance.base_url, keys
+    finally:
+        serve.delete("gateway")
+        asyncio.run(drop_schema(TEST_DATABASE_URL, schema))
+
+
+def test_gateway_forwards_with_tenant_isolated_cache(gateway: tuple[str, dict[str, str]]) -> None:
+    url, keys = gateway
+    body = {"messages": [{"role": "user", "content": "Our shared onboarding checklist. " * 6}], "max_tokens": 4, "temperature": 0}
+
+    def ask(tenant: str) -> httpx.Response:
+        return httpx.post(f"{url}/api/v1/llm/chat/completions", json=body, headers={"X-API-Key": keys[tenant]}, timeout=120)
+
+    assert httpx.post(f"{url}/api/v1/llm/chat/completions", json=body, timeout=60).status_code == 401
+    first, again, other = ask("acme"), ask("acme"), ask("globex")
+    assert first.status_code == 200, first.text
+    assert first.json()["object"] == "chat.completion"
+    assert again.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    # Same prompt, other tenant: its keys are salted apart, so nothing is shared (or probeable by timing).
+    assert other.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert other.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
