@@ -4,7 +4,9 @@ Each component has its own ``status``; the overall status is ``unhealthy``
 (HTTP 503) when the gateway's database is down, ``degraded`` when a deployed
 service, the cache or a configured Redis is not healthy, else ``healthy``.
 A service that is not deployed is reported (``not_deployed``) without
-degrading the whole: not every installation runs every service.
+degrading the whole: not every installation runs every service. When Serve's
+status does not answer in time (a busy controller), every service is
+``unknown`` and the whole ``degraded``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from deployments.gateway.state import GatewayState
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 
 
+_UNKNOWN = AppState("UNKNOWN", "Serve's status did not answer in time")
+
+
 async def _service(state: GatewayState, service: str, app: str, app_state: AppState | None) -> dict[str, Any]:
+    if app_state is _UNKNOWN:
+        return {"status": "unknown", "app": app, "detail": app_state.message}
     if app_state is None:
         return {"status": "not_deployed", "app": app}
     if app_state.status == "DEPLOYING":
@@ -65,8 +72,8 @@ async def collect_health(state: GatewayState) -> dict[str, Any]:
     try:
         app_states = await asyncio.wait_for(state.services.app_states(),
                                             timeout=state.settings.health_probe_timeout_s * 2)
-    except TimeoutError:
-        app_states = {}
+    except TimeoutError:  # the controller is busy (e.g. deploying): say so, not "not deployed"
+        app_states = {app: _UNKNOWN for _, app in state.services.registry.items()}
     pairs = [(name, app) for name, app in state.services.registry.items() if name != "llm"]
     names = [name for name, _ in pairs]
     cache_app = dict(state.services.registry.items()).get("llm", CACHE_APP)
@@ -80,7 +87,7 @@ async def collect_health(state: GatewayState) -> dict[str, Any]:
     cache, database, redis = results[len(names):]
     if database["status"] != HEALTHY:
         overall = UNHEALTHY
-    elif any(c["status"] in (UNHEALTHY, "deploying") for c in (*services.values(), cache)) or \
+    elif any(c["status"] in (UNHEALTHY, "deploying", "unknown") for c in (*services.values(), cache)) or \
             redis["status"] == UNHEALTHY:
         overall = DEGRADED
     else:

@@ -8,6 +8,8 @@ chunked bodies — plus the request-id header when no Serve proxy echoes it.
 
 from __future__ import annotations
 
+import asyncio
+
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -147,3 +149,18 @@ async def test_login_attempts_are_rate_limited_per_address(tmp_path: Path) -> No
     finally:
         await client.aclose()
         await state.close()
+
+
+async def test_slow_serve_status_reports_unknown_not_undeployed(gateway) -> None:
+    state, client, _ = gateway
+
+    async def stuck() -> dict[str, AppState]:
+        await asyncio.sleep(60)
+        return {}
+
+    state.services.app_states = stuck  # a controller busy deploying answers late
+    state.settings = state.settings.model_copy(update={"health_probe_timeout_s": 0.2})
+    report = (await client.get("/health")).json()
+    assert report["status"] == "degraded"
+    assert report["services"]["echo"]["status"] == "unknown"
+    assert report["cache"]["status"] == "unknown"
