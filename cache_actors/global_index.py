@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import zstandard
 
+from cache_actors.prefix_route import held_prefixes
 from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TIER_MISS, TOUCHED, Event
 
 REDIS, DISK = "redis", "disk"
@@ -101,6 +102,7 @@ class GlobalIndex:
         self._succ: dict[bytes, bytes] = {}
         self.shards: dict[str, ShardInfo] = {}
         self._by_bit: dict[int, str] = {}
+        self._shard_bits = 0  # the bits of all registered shards
         self.counters: dict[str, int] = defaultdict(int)
 
     # --- shards ---------------------------------------------------------------------------
@@ -119,6 +121,7 @@ class GlobalIndex:
             info = ShardInfo(bit=self._new_bit(), node_id=node_id, epoch=epoch)
         self.shards[name] = info
         self._by_bit[info.bit] = name
+        self._shard_bits |= 1 << info.bit
         return info
 
     def _drop_blocks(self, info: ShardInfo) -> None:
@@ -135,6 +138,7 @@ class GlobalIndex:
         held = len(info.blocks)
         self._drop_blocks(info)
         del self._by_bit[info.bit]
+        self._shard_bits &= ~(1 << info.bit)
         self.counters["purged_shards"] += 1
         return held
 
@@ -263,42 +267,56 @@ class GlobalIndex:
     def hits(self, block_hash: bytes) -> int:
         return self._hits.get(block_hash, 0)
 
-    def _sources(self, mask: int, requester: str | None) -> list[str]:
-        skip = self.shards[requester].bit if requester in self.shards else -1
-        out = [tier for tier, bit in _TIER_BITS.items() if mask >> bit & 1]
-        for bit, name in self._by_bit.items():
-            if bit != skip and mask >> bit & 1 and not self.shards[name].resyncing:
-                out.append(name)
-        return out
+    def _usable_bits(self, requester: str | None) -> int:
+        """Location bits `locate` may fetch from: the tiers and every synced shard but the requester."""
+        bits = (1 << _TIER_BITS[REDIS]) | (1 << _TIER_BITS[DISK])
+        for name, info in self.shards.items():
+            if not info.resyncing and name != requester:
+                bits |= 1 << info.bit
+        return bits
 
-    def _kind(self, source: str, node_id: str | None) -> str:
-        if source in _TIER_BITS:
-            return source
-        return "same_node" if self.shards[source].node_id == node_id else "other_node"
+    def _kind(self, bit: int, node_id: str | None) -> tuple[str, str]:
+        """(source name, cost kind) of a location bit."""
+        for tier, tier_bit in _TIER_BITS.items():
+            if bit == tier_bit:
+                return tier, tier
+        name = self._by_bit[bit]
+        return name, "same_node" if self.shards[name].node_id == node_id else "other_node"
 
     def locate(self, hashes: Sequence[bytes], *, requester: str | None, node_id: str | None, block_bytes: int) -> list[tuple[str, list[bytes]]]:
         """Cheapest sources for the blocks of ``hashes`` held elsewhere, as consecutive runs.
 
         Stops at the first block no other place holds. Each run goes to the
-        source whose estimated cost per block over its longest run is lowest.
+        source whose estimated cost per block over its longest run is lowest
+        (ties: tiers first, then the lowest shard bit). Each block's mask is
+        read once; the runs are worked out on those ints.
         """
-        runs: list[tuple[str, list[bytes]]] = []
-        position = 0
-        while position < len(hashes):
-            candidates = self._sources(self._loc.get(hashes[position], 0), requester)
-            if not candidates:
+        usable = self._usable_bits(requester)
+        loc = self._loc
+        masks: list[int] = []
+        for block_hash in hashes:
+            mask = loc.get(block_hash, 0) & usable
+            if not mask:
                 break
-            best: tuple[float, str, int] | None = None
-            for source in candidates:
-                length = 1
-                while position + length < len(hashes) and source in self._sources(self._loc.get(hashes[position + length], 0), requester):
-                    length += 1
-                per_block = self.costs.cost_s(self._kind(source, node_id), length, block_bytes) / length
-                if best is None or per_block < best[0]:
-                    best = (per_block, source, length)
+            masks.append(mask)
+        runs: list[tuple[str, list[bytes]]] = []
+        position, end = 0, len(masks)
+        while position < end:
+            best: tuple[float, int, int] | None = None
+            candidates, bit = masks[position], 0
+            while candidates:
+                if candidates & 1:
+                    flag, length = 1 << bit, 1
+                    while position + length < end and masks[position + length] & flag:
+                        length += 1
+                    per_block = self.costs.cost_s(self._kind(bit, node_id)[1], length, block_bytes) / length
+                    if best is None or per_block < best[0]:
+                        best = (per_block, bit, length)
+                candidates >>= 1
+                bit += 1
             assert best is not None
-            _, source, length = best
-            runs.append((source, list(hashes[position : position + length])))
+            _, bit, length = best
+            runs.append((self._kind(bit, node_id)[0], list(hashes[position : position + length])))
             position += length
         return runs
 
@@ -317,48 +335,15 @@ class GlobalIndex:
     def route(self, hashes: Sequence[bytes]) -> list[tuple[str, int]]:
         """``[(shard, prefix blocks it holds)]``, longest first (advice for a router).
 
-        What one shard holds of a chain is always a prefix of it (a block is
-        cached only under its parent and evicted only as a leaf), so each
-        shard's bit, once gone, stays gone along ``hashes``: bisection finds
-        where bits drop with O(log n) lookups per distinct drop point instead
-        of one per block.
+        Bisection over the chain, probing the matching shards' block sets
+        (see `cache_actors.prefix_route` for why that stays flat as the index grows).
         """
-        shard_bits = 0
-        for info in self.shards.values():
-            shard_bits |= 1 << info.bit
-        n = len(hashes)
-        if not n:
-            return []
-        loc = self._loc
-        current = loc.get(hashes[0], 0) & shard_bits
-        matched: dict[int, int] = {}
-        position = 0  # every bit of `current` is present at `position`
-        while current:
-            lo, hi = position, n  # find the first index in (position, n) where a bit of `current` is missing
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if loc.get(hashes[mid], 0) & current == current:
-                    lo = mid
-                else:
-                    hi = mid
-            if hi == n:
-                self._record_bits(matched, current, n)
-                break
-            kept = loc.get(hashes[hi], 0) & current
-            self._record_bits(matched, current & ~kept, hi)
-            current, position = kept, hi
+        matched = held_prefixes(hashes, self._loc, self._blocks_of_bit, self._shard_bits)
         ranked = [(self._by_bit[bit], blocks) for bit, blocks in matched.items() if bit in self._by_bit]
         return sorted(ranked, key=lambda item: -item[1])
 
-    @staticmethod
-    def _record_bits(matched: dict[int, int], bits: int, blocks: int) -> None:
-        bit = _FIRST_SHARD_BIT
-        bits >>= _FIRST_SHARD_BIT
-        while bits:
-            if bits & 1:
-                matched[bit] = blocks
-            bits >>= 1
-            bit += 1
+    def _blocks_of_bit(self, bit: int) -> set[bytes]:
+        return self.shards[self._by_bit[bit]].blocks
 
     # --- snapshot (warm restart) ---------------------------------------------------------------
     def snapshot(self) -> bytes:

@@ -132,3 +132,67 @@ def test_route_by_bisection_equals_a_linear_scan():
         expected = sorted(((n, min(c, cut)) for n, c in held.items() if min(c, cut)), key=lambda item: -item[1])
         assert sorted(index.route(query), key=lambda item: (-item[1], item[0])) == sorted(expected, key=lambda item: (-item[1], item[0]))
     assert index.route([]) == []
+
+
+def _random_index(rng, num_shards: int, chain_len: int):
+    """Shards holding random prefixes of one chain on two nodes, Redis holding random blocks of it."""
+    index = GlobalIndex()
+    names = [f"s{i}" for i in range(num_shards)]
+    for number, name in enumerate(names):
+        synced(index, name, node=f"n{number % 2}")
+    held = {name: rng.randint(0, chain_len) for name in names}
+    for name, count in held.items():
+        index.apply(name, "n", "e1", 0, stored(*range(1, count + 1)))
+    redis = {i for i in range(1, chain_len + 1) if rng.random() < 0.3}
+    index.apply(names[0], "n", "e1", held[names[0]], [(DEMOTED, h(i), REDIS) for i in sorted(redis)])
+    return index, names, held, redis
+
+
+def test_route_matches_a_linear_scan_for_one_to_many_shards():
+    import random
+
+    rng = random.Random(11)
+    for trial in range(60):
+        num_shards = rng.choice([1, 2, 3, 9])
+        index, names, held, _ = _random_index(rng, num_shards, 24)
+        cut = rng.randint(1, 30)
+        query = [h(i) for i in range(1, cut + 1)]
+        expected = {(name, min(count, cut)) for name, count in held.items() if min(count, cut)}
+        got = index.route(query)
+        assert set(got) == expected, (trial, held, cut)
+        assert [blocks for _, blocks in got] == sorted((blocks for _, blocks in got), reverse=True)
+
+
+def _locate_reference(index, hashes, requester, node_id, block_bytes):
+    """The plain definition: per position, each source's run; the cheapest per block wins (tiers first on ties)."""
+    def sources(block):
+        places = index.where(block)
+        return [p for p in places if p == REDIS or (p != requester and not index.shards[p].resyncing)]
+
+    runs, position = [], 0
+    while position < len(hashes) and sources(hashes[position]):
+        best = None
+        for source in sorted(sources(hashes[position]), key=lambda s: -1 if s == REDIS else index.shards[s].bit):
+            length = 1
+            while position + length < len(hashes) and source in sources(hashes[position + length]):
+                length += 1
+            kind = REDIS if source == REDIS else ("same_node" if index.shards[source].node_id == node_id else "other_node")
+            per_block = index.costs.cost_s(kind, length, block_bytes) / length
+            if best is None or per_block < best[0]:
+                best = (per_block, source, length)
+        runs.append((best[1], hashes[position : position + best[2]]))
+        position += best[2]
+    return runs
+
+
+def test_locate_matches_its_definition_on_random_holdings():
+    import random
+
+    rng = random.Random(5)
+    for _ in range(60):
+        index, names, _, _ = _random_index(rng, rng.choice([1, 3, 6]), 20)
+        query = [h(i) for i in range(rng.randint(1, 5), rng.randint(6, 24))]
+        requester = rng.choice(names + [None])
+        for block_bytes in (1, 1 << 20):
+            assert index.locate(query, requester=requester, node_id="n0", block_bytes=block_bytes) == \
+                _locate_reference(index, query, requester, "n0", block_bytes)
