@@ -112,6 +112,7 @@ class ShardStore(BaseKVCache):
         # Where this shard demoted blocks to (recent ones, bounded): part of a dump, so a
         # coordinator rebuilt from the shards knows the tiers' contents too.
         self.demoted: OrderedDict[BlockHash, str] = OrderedDict()
+        self.requests = self.request_blocks = 0  # client requests the policy was shown, and their blocks
 
     # --- events ---------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
@@ -143,13 +144,21 @@ class ShardStore(BaseKVCache):
         return True
 
     # --- read leases ----------------------------------------------------------------------
-    def lookup(self, hashes: Sequence[BlockHash]) -> LookupResult:
-        """Lock the longest ready cached prefix of ``hashes`` for a client to read."""
-        nodes = []
-        for node in self.index.match_prefix(hashes):
-            if not _ready(node):
-                break
-            nodes.append(node)
+    def _ready_prefix(self, hashes: Sequence[BlockHash], limit: int | None, request: bool) -> list[BlockNode]:
+        """Ready nodes of the longest cached prefix, at most ``limit``. A ``request`` (all full blocks
+        of a client's prompt) first shows the policy every block, as `BaseKVCache.match` does:
+        learning policies need the whole request, whatever ``limit`` lets the client reuse."""
+        if request:
+            self.requests += 1
+            self.request_blocks += len(hashes)
+            found = self.index.begin_request(hashes, self.clock())
+        else:
+            found = self.index.match_prefix(hashes if limit is None else hashes[:limit])
+        return list(itertools.takewhile(_ready, found if limit is None else found[:limit]))
+
+    def lookup(self, hashes: Sequence[BlockHash], *, limit: int | None = None, request: bool = False) -> LookupResult:
+        """Lock the longest ready cached prefix of ``hashes`` (at most ``limit`` blocks) for a client to read."""
+        nodes = self._ready_prefix(hashes, limit, request)
         if not nodes:
             return LookupResult(lease_id=0)
         now = self.clock()
@@ -280,12 +289,19 @@ class ShardStore(BaseKVCache):
         self.pool.write([slot for _, slot in slots], {name: t.index_select(0, index) for name, t in tensors.items()})
         return self.commit(lease_id, [entries[row][2] for row in rows]), mismatches
 
-    def read_blocks(self, hashes: Sequence[BlockHash]) -> tuple[list[Entry], dict[str, np.ndarray]]:
-        """Copies of the longest ready prefix of ``hashes`` (for a peer or a tier)."""
-        nodes = list(itertools.takewhile(_ready, self.index.match_prefix(hashes)))
+    def read_blocks(
+        self, hashes: Sequence[BlockHash], *, limit: int | None = None, request: bool = False,
+    ) -> tuple[list[Entry], dict[str, np.ndarray]]:
+        """Copies of the longest ready prefix of ``hashes`` (at most ``limit``), for a peer, a
+        tier, or (``request``) a client on another node, whose hit counts like a `lookup`."""
+        nodes = self._ready_prefix(hashes, limit, request)
         entries = [(n.key, n.parent.key if n.parent is not None else None, n.extra["sum"]) for n in nodes]
         if not nodes:
             return [], {}
+        if request:
+            self.index.touch(nodes, self.clock())
+            for node in nodes:
+                self._emit((TOUCHED, node.key))
         return entries, parts_to_numpy(self.pool.read([n.slot for n in nodes]))
 
     # --- eviction and demotion -----------------------------------------------------------------
@@ -372,7 +388,8 @@ class ShardStore(BaseKVCache):
 
     def get_stats(self) -> dict[str, float | int | str]:
         return {**super().get_stats(), "leases": len(self._leases), "seq": self.seq,
-                "pending_demotions": len(self.demotions), "dropped_demotions": self.dropped_demotions}
+                "pending_demotions": len(self.demotions), "dropped_demotions": self.dropped_demotions,
+                "requests": self.requests, "request_blocks": self.request_blocks}
 
 
 def _descends(node: BlockNode, ancestor: BlockNode) -> bool:

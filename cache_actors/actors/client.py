@@ -177,18 +177,18 @@ class DistributedKVCache:
 
     # --- read path -------------------------------------------------------------------------------------
     def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None) -> DistributedHit:
-        """Longest verified cached prefix of ``hashes`` (at most ``limit`` blocks; held until `release`)."""
-        # NOTE: the shard's policy sees only the reusable part of the request here.
-        if limit is not None:
-            hashes = hashes[:limit]
+        """Longest verified cached prefix of ``hashes`` (at most ``limit`` blocks; held until `release`).
+
+        The shard gets the whole chain and the limit (its policy learns from whole requests)."""
         if not hashes:
             return DistributedHit()
+        reusable = len(hashes) if limit is None else max(0, min(limit, len(hashes)))
         started = time.perf_counter()
-        self.queried_blocks += len(hashes)
-        metrics().add(metrics().queried_tokens, len(hashes) * self.block_size, shard=self.shard_name)
+        self.queried_blocks += reusable
+        metrics().add(metrics().queried_tokens, reusable * self.block_size, shard=self.shard_name)
         if not self._same_node:
             self._await_pending_write()
-        hit = self._match_local(hashes) if self._same_node else self._match_remote(hashes)
+        hit = self._match_local(hashes, reusable) if self._same_node else self._match_remote(hashes, reusable)
         metrics().fetch_latency_ms.observe((time.perf_counter() - started) * 1000, tags={"path": "client_match"})
         return hit
 
@@ -200,11 +200,11 @@ class DistributedKVCache:
             self._pending_commit = None
         self._pending_commit_args = None
 
-    def _match_local(self, hashes: Sequence[BlockHash]) -> DistributedHit:
+    def _match_local(self, hashes: Sequence[BlockHash], limit: int) -> DistributedHit:
         known = self._pool.handle.epoch if self._pool is not None else None
         # The last commit rides along instead of being awaited (see KVCacheShard.match).
         commit, self._pending_commit_args, self._pending_commit = self._pending_commit_args, None, None
-        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes), True, known, commit), "match")
+        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes), True, known, commit, limit), "match")
         if reply is None or not reply.lease:
             return DistributedHit()
         shard = self._shard
@@ -226,8 +226,8 @@ class DistributedKVCache:
         self._count_tiers(reply.tiers, good)
         return DistributedHit(good, reply.lease, reply.slots[:good], pool=pool, shard=shard)
 
-    def _match_remote(self, hashes: Sequence[BlockHash]) -> DistributedHit:
-        got = self._call(lambda s: s.get.remote(list(hashes)), "get")
+    def _match_remote(self, hashes: Sequence[BlockHash], limit: int) -> DistributedHit:
+        got = self._call(lambda s: s.get.remote(list(hashes), limit, True), "get")
         if not got or not got[0]:
             return DistributedHit()
         entries, arrays = got

@@ -132,10 +132,13 @@ class KVCacheShard:
     # --- same-node data plane: leases ------------------------------------------------------------
     async def match(
         self, hashes: Sequence[BlockHash], allow_remote: bool = True, known_epoch: str | None = None,
-        commit: tuple[int, Sequence[bytes], BlockHash] | None = None,
+        commit: tuple[int, Sequence[bytes], BlockHash] | None = None, limit: int | None = None,
     ) -> MatchReply:
-        """Lease the longest prefix of ``hashes``, completing a miss from peers or tiers first.
+        """Lease the longest prefix of ``hashes`` (at most ``limit`` blocks), completing a miss from peers or tiers first.
 
+        ``hashes`` are all the full blocks of the request: the local policy
+        sees all of them (learning policies need whole requests); ``limit``
+        caps what the client reuses, and what is fetched from elsewhere.
         ``commit`` repeats the caller's last `commit` (lease, checksums, last
         hash): Ray may run this call before that one, and the caller must see
         its own writes. Whichever arrives second finds the lease gone and does nothing.
@@ -143,17 +146,18 @@ class KVCacheShard:
         if commit is not None:
             self.commit(*commit)
         self._busy()
-        result = self.store.lookup(hashes)
+        wanted = len(hashes) if limit is None else max(0, min(limit, len(hashes)))
+        result = self.store.lookup(hashes, limit=wanted, request=True)
         tiers = {"device": len(result.slots)}
-        if allow_remote and len(result.slots) < len(hashes):
-            fetched = await self.fetcher.complete(hashes, len(result.slots))
+        if allow_remote and len(result.slots) < wanted:
+            fetched = await self.fetcher.complete(hashes[:wanted], len(result.slots))
             if fetched:
-                again = self.store.lookup(hashes)
+                again = self.store.lookup(hashes, limit=wanted)
                 self.store.release_lease(result.lease_id)
                 result = again
                 tiers.update(fetched)
-        if result.slots and len(result.slots) == len(hashes):
-            self._hints.append(hashes[-1])
+        if result.slots and len(result.slots) == wanted:
+            self._hints.append(hashes[wanted - 1])
         handle = None if known_epoch == self.epoch else self.pool.handle
         return MatchReply(self.epoch, handle, result.lease_id, result.slots, result.checksums, tiers)
 
@@ -172,9 +176,16 @@ class KVCacheShard:
         return stored
 
     # --- object-store data plane (other nodes, peers) --------------------------------------------
-    def get(self, hashes: Sequence[BlockHash]) -> tuple[list[Entry], dict[str, np.ndarray]]:
-        """Copies of the longest cached prefix: ``([(hash, parent, checksum)], parts)``."""
-        return self.store.read_blocks(hashes)
+    def get(
+        self, hashes: Sequence[BlockHash], limit: int | None = None, request: bool = False,
+    ) -> tuple[list[Entry], dict[str, np.ndarray]]:
+        """Copies of the longest cached prefix (at most ``limit``): ``([(hash, parent, checksum)], parts)``.
+
+        ``request``: a client's whole request (its policy sees every block, its hit counts); peers leave it off.
+        """
+        if request:
+            self._busy()
+        return self.store.read_blocks(hashes, limit=limit, request=request)
 
     def put(self, entries: Sequence[Entry], parts: dict[str, np.ndarray]) -> int:
         """Store blocks sent by value; rows that fail their checksum are refused."""

@@ -139,6 +139,26 @@ def test_a_block_that_fails_its_checksum_is_never_used(dist, reference):
     assert again["token_ids"] == reference(text) and again["cached_tokens"] > 16
 
 
+def test_the_shard_sees_the_whole_request_while_the_hit_is_capped_at_the_limit(dist):
+    text = SYSTEM + "Limit check, please."
+    run(dist, text)
+    hashes = dist.block_hashes(dist.runner.encode(text))
+    client, shard = dist.cache, dist.cache._shard
+    assert len(hashes) > 3 and client._same_node
+    for same_node in (True, False):  # the shared-memory lease, then the object-store copy
+        before = ray.get(shard.stats.remote())
+        client._same_node = same_node
+        try:
+            hit = client.match(hashes, limit=2)
+            assert hit.num_blocks == 2
+            client.release(hit)
+        finally:
+            client._same_node = True
+        after = ray.get(shard.stats.remote())
+        assert after["requests"] == before["requests"] + 1
+        assert after["request_blocks"] == before["request_blocks"] + len(hashes)
+
+
 def test_coordinator_killed_no_request_fails_and_its_index_is_rebuilt(dist, reference):
     spec = dist.cache.spec
     coordinator = get_or_create_coordinator(spec)

@@ -64,6 +64,28 @@ def test_reserve_commit_then_lookup_returns_slots_and_checksums():
     assert not store.release_lease(hit.lease_id)
 
 
+def test_a_request_shows_the_policy_every_block_while_reuse_stops_at_the_limit():
+    store, _ = make_store()
+    hashes = chain(4)
+    write(store, hashes)
+    seen: list[list] = []
+    policy = store.index.policy
+    on_request = policy.on_request
+    policy.on_request = lambda keys, now, tokens=None: (seen.append(list(keys)), on_request(keys, now, tokens))
+    store.take_events()
+    hit = store.lookup(hashes, limit=2, request=True)
+    assert len(hit.slots) == 2 and seen == [hashes]
+    store.release_lease(hit.lease_id)
+    assert len(store.lookup(hashes, limit=3).slots) == 3 and len(seen) == 1  # a re-lookup is no new request
+    entries, _ = store.read_blocks(hashes, limit=3, request=True)  # a client on another node
+    assert [e[0] for e in entries] == hashes[:3] and seen == [hashes, hashes]
+    assert len(store.read_blocks(hashes)[0]) == 4 and len(seen) == 2  # a peer's copy is no request
+    stats = store.get_stats()
+    assert stats["requests"] == 2 and stats["request_blocks"] == 8
+    touched = [event[1] for event in store.take_events()[1] if event[0] == TOUCHED]
+    assert touched == hashes[:2] + hashes[:3] + hashes[:3]
+
+
 def test_pending_blocks_are_invisible_and_not_extended_by_other_writers():
     store, _ = make_store()
     hashes = chain(3)
