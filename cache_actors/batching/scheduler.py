@@ -50,6 +50,12 @@ class BatcherConfig:
     max_waiting: int = 1024
 
 
+def _merge(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
+    if pending is None:
+        return event
+    return {"type": "delta", "text": pending["text"] + event["text"], "token_ids": pending["token_ids"] + event["token_ids"]}
+
+
 class BatcherOverloaded(RuntimeError):
     """The waiting queue is full; the caller should retry later (HTTP 503)."""
 
@@ -137,9 +143,19 @@ class ContinuousBatcher:
         try:
             while True:
                 event = await queue.get()
+                # A consumer slower than the decode steps (a Serve stream costs ~1 ms per item) gets the
+                # tokens that piled up as one delta, so streaming overhead never throttles the batch.
+                pending: dict[str, Any] | None = None
+                while event["type"] == "delta" and not queue.empty():
+                    pending = _merge(pending, event)
+                    event = queue.get_nowait()
+                if event["type"] == "delta":
+                    yield _merge(pending, event)
+                    continue
+                if pending is not None:
+                    yield pending
                 yield event
-                if event["type"] in ("done", "error"):
-                    return
+                return
         finally:
             if not seq.finished:
                 seq.cancelled = True

@@ -138,3 +138,22 @@ def test_incremental_text_holds_back_stop_prefixes_and_partial_utf8():
     plain = IncrementalText(decode, ("STOP",))
     out = "".join(plain.push(b) for b in "a STO".encode())
     assert out == "a " and plain.flush() == "STO"
+
+
+def test_slow_consumer_gets_tokens_merged_not_lost(batcher):
+    b = batcher()
+    fast = asyncio.run(b.generate(_request(b.runner, PROMPTS[0], max_new_tokens=40)))
+
+    async def slow() -> list[dict]:
+        events = []
+        async for event in b.stream(_request(b.runner, PROMPTS[0], max_new_tokens=40)):
+            events.append(event)
+            await asyncio.sleep(0.05)  # slower than a decode step of the tiny model
+        return events
+
+    events = asyncio.run(slow())
+    deltas = [e for e in events if e["type"] == "delta"]
+    assert events[-1]["type"] == "done" and events[-1]["completion_tokens"] == fast["completion_tokens"]
+    assert len(deltas) < fast["completion_tokens"]
+    assert [t for e in deltas for t in e["token_ids"]] == fast["token_ids"]
+    assert "".join(e["text"] for e in deltas) == fast["text"]
