@@ -266,7 +266,7 @@ class CacheAwareRouter(RequestRouter):
             rid = replica.replica_id.unique_id
             layout = layouts[rid]
             matched = prefix_blocks_to_tokens(blocks.get(rid, 0), layout.block_size, tracked.prompt_tokens) if layout else 0
-            candidates.append(Candidate(rid, self._load(replica, rid), self._shares.get(rid), matched))
+            candidates.append(Candidate(rid, self._load(replica, rid), self._shares.get(rid), matched, self._index.size(rid)))
         decision = rank(candidates, tracked.prompt_tokens, self.policy, self._rng)
         logger.debug("cache-aware router: %s %s costs=%s", decision.kind, decision.ranking, decision.costs)
         return decision, tracked

@@ -22,9 +22,16 @@ SGLang and Ray routers both had to fix): a replica is eligible only if
 The least-loaded (and the least-shared) replica always passes its own test,
 so the bounds never leave the request without a target. When no candidate
 holds at least ``match_rate_threshold`` of the prompt, affinity has nothing
-to gain and the request goes by power of two choices (random pair, the less
-loaded; ties to the replica with the smaller recent share, which spreads new
-prefixes evenly).
+to gain now, but where the new prefix goes decides where its later requests
+stick: it goes to the replica with the smallest cache footprint (blocks the
+router's own index holds for it) among those within both bounds, as
+SGLang's router sends unmatched prompts to its smallest tree, so prefixes
+spread by the cache room they take rather than by whichever replica was idle
+at that instant (measured by ``blatam bench serve``: by load alone, 8 equally
+popular tenants split 5/3 over 2 replicas whose caches held 4 each, and the 5
+thrashed). With equal footprints (e.g. a fresh router) it is power of two
+choices (random pair, the less loaded; ties to the replica with the smaller
+recent share).
 
 The inputs come from here too: a replica's hashing layout from its routing
 stats (`parse_layout`), the prompt's block hashes in that layout
@@ -90,6 +97,7 @@ class Candidate:
     in_flight: float = 0.0
     recent_share: float = 0.0
     matched_tokens: int = 0
+    footprint: int = 0  # blocks the router's own prefix index holds for this replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +143,21 @@ def power_of_two(candidates: Sequence[Candidate], rng: random.Random) -> list[st
     return [c.replica_id for c in pair + rest]
 
 
+def place_new_prefix(candidates: Sequence[Candidate], policy: RoutingPolicy, rng: random.Random) -> list[str]:
+    """A prompt nobody caches: the smallest footprint within the bounds first, then power of two choices.
+
+    Without a footprint difference among the eligible replicas this is plain
+    `power_of_two`.
+    """
+    order = power_of_two(candidates, rng)
+    allowed = within_bounds(candidates, policy)
+    if len({c.footprint for c in allowed}) <= 1:
+        return order
+    position = {replica_id: i for i, replica_id in enumerate(order)}
+    smallest = min(allowed, key=lambda c: (c.footprint, position[c.replica_id]))
+    return [smallest.replica_id] + [replica_id for replica_id in order if replica_id != smallest.replica_id]
+
+
 def rank(candidates: Sequence[Candidate], prompt_tokens: int, policy: RoutingPolicy, rng: random.Random) -> Decision:
     """Every candidate, best first: cheapest within the bounds, then the rest by load."""
     if prompt_tokens < 0:
@@ -143,7 +166,7 @@ def rank(candidates: Sequence[Candidate], prompt_tokens: int, policy: RoutingPol
         return Decision((), POW2)
     best_match = max(c.matched_tokens for c in candidates)
     if prompt_tokens == 0 or best_match <= 0 or best_match / prompt_tokens < policy.match_rate_threshold:
-        return Decision(tuple(power_of_two(candidates, rng)), POW2)
+        return Decision(tuple(place_new_prefix(candidates, policy, rng)), POW2)
     costs = {c.replica_id: cost(c, prompt_tokens, policy) for c in candidates}
     shuffled = list(candidates)
     rng.shuffle(shuffled)

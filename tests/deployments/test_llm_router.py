@@ -33,6 +33,7 @@ from deployments.llm.routing_policy import (
     RoutingPolicy,
     merge_matches,
     parse_layout,
+    place_new_prefix,
     power_of_two,
     prefix_blocks_to_tokens,
     prompt_hashes,
@@ -95,6 +96,26 @@ def test_pow2_when_no_prefix_is_held_or_the_match_is_too_small():
     decision = rank([Candidate("a", 3, 0, 32), Candidate("b", 1, 0, 0)], 512, POLICY, _rng())
     assert decision.kind == POW2 and decision.ranking[0] == "b"
     assert rank(candidates, 0, POLICY, _rng()).kind == POW2
+
+
+def test_new_prefix_goes_to_the_smallest_footprint_within_the_bounds():
+    # b is busier now but caches less: the new prefix (and the requests that will follow it) go to b.
+    candidates = [Candidate("a", 0, 10, 0, footprint=200), Candidate("b", 3, 10, 0, footprint=50)]
+    decision = rank(candidates, 512, POLICY, _rng())
+    assert decision.kind == POW2 and decision.ranking == ("b", "a")
+    # Beyond the in-flight bound (4 above the least loaded) the footprint does not count.
+    candidates = [Candidate("a", 0, 10, 0, footprint=200), Candidate("b", 5, 10, 0, footprint=50)]
+    assert place_new_prefix(candidates, POLICY, _rng())[0] == "a"
+    # Nor beyond the share bound: b took 70 of the last 100 requests.
+    candidates = [Candidate("a", 0, 30, 0, footprint=200), Candidate("b", 0, 70, 0, footprint=50)]
+    assert place_new_prefix(candidates, POLICY, _rng())[0] == "a"
+    # Equal footprints: plain power of two choices, every replica ranked.
+    equal = [Candidate(str(i), float(i), 0.0, 0, footprint=7) for i in range(4)]
+    for seed in range(10):
+        assert place_new_prefix(equal, POLICY, random.Random(seed)) == power_of_two(equal, random.Random(seed))
+    three = [Candidate("a", 0, 0, 0, 9), Candidate("b", 0, 0, 0, 3), Candidate("c", 0, 0, 0, 3)]
+    ranking = place_new_prefix(three, POLICY, _rng())
+    assert ranking[0] in ("b", "c") and sorted(ranking) == ["a", "b", "c"]
 
 
 def test_pow2_picks_from_a_random_pair_and_ranks_every_replica():
