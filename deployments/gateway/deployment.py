@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any
 
 from ray import serve
@@ -37,6 +39,9 @@ class Gateway:
         client = ServeServiceClient(ServiceRegistry(resolved.gateway_services),
                                     transport=resolved.gateway_handle_transport)
         self._state = await GatewayState.open(resolved, client)
+        # Read Serve's status once now: the first serve.status() of a process is slow, and the
+        # first /health after start-up must not wait for it (it would report "unknown").
+        self._warmup = asyncio.ensure_future(client.app_states())
 
     def __serve_build_asgi_app__(self):
         # NOTE: Serve's proxy already echoes X-Request-ID on every response.
