@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import itertools
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -79,8 +80,8 @@ class SQLiteDatabase(Database):
         conn.row_factory = sqlite3.Row
         db = cls(conn, path=path, command_timeout_s=command_timeout_s, lock_timeout_s=lock_timeout_s)
         try:
+            await db._switch_to_wal()
             for pragma in (
-                "PRAGMA journal_mode=WAL",
                 f"PRAGMA busy_timeout={int(lock_timeout_s * 1000)}",
                 "PRAGMA foreign_keys=ON",
                 "PRAGMA synchronous=NORMAL",
@@ -90,6 +91,19 @@ class SQLiteDatabase(Database):
             await conn.close()
             raise
         return db
+
+    async def _switch_to_wal(self) -> None:
+        """``journal_mode=WAL``, retried: SQLite answers "locked" at once (no busy wait) while
+        another connection opening the same file holds its lock, e.g. replicas starting together."""
+        deadline = time.monotonic() + self._lock_timeout_s
+        while True:
+            try:
+                await self._call(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), "pragma")
+                return
+            except StorageTimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
 
     # -- plumbing -----------------------------------------------------------
 
