@@ -50,6 +50,21 @@ class BatcherConfig:
     max_waiting: int = 1024
 
 
+async def collect(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """A stream of events as one result: ``{"text", "token_ids", **done event}`` (RuntimeError on an error event)."""
+    parts: list[str] = []
+    token_ids: list[int] = []
+    async for event in events:
+        if event["type"] == "delta":
+            parts.append(event["text"])
+            token_ids.extend(event["token_ids"])
+        elif event["type"] == "error":
+            raise RuntimeError(event["message"])
+        else:
+            return {"text": "".join(parts), "token_ids": token_ids, **event}
+    raise RuntimeError("the stream ended without a result")
+
+
 def _merge(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
     if pending is None:
         return event
@@ -164,17 +179,7 @@ class ContinuousBatcher:
 
     async def generate(self, request: SequenceRequest) -> dict[str, Any]:
         """The whole result at once: ``{"text", "token_ids", **done event}``."""
-        parts: list[str] = []
-        token_ids: list[int] = []
-        async for event in self.stream(request):
-            if event["type"] == "delta":
-                parts.append(event["text"])
-                token_ids.extend(event["token_ids"])
-            elif event["type"] == "error":
-                raise RuntimeError(event["message"])
-            else:
-                return {"text": "".join(parts), "token_ids": token_ids, **event}
-        raise RuntimeError("the batcher ended the stream without a result")
+        return await collect(self.stream(request))
 
     def load(self) -> dict[str, int]:
         return {"running": len(self._running), "waiting": len(self._waiting), "max_batch_size": self.config.max_batch_size}

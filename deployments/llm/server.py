@@ -29,7 +29,7 @@ from ray import serve
 
 from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
 from cache_actors.batching import BatcherConfig, ContinuousBatcher
-from cache_actors.batching.scheduler import CompileFormat
+from cache_actors.batching.scheduler import CompileFormat, collect
 from cache_actors.demo_model import DEMO_MODEL_ID
 from cache_actors.structured import RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS, TokenizerGrammar, compile_response_format
 from deployments.llm.metrics import LLMMetrics
@@ -123,15 +123,7 @@ class LLMServer:
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """``{"text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", ...}``."""
-        parts: list[str] = []
-        token_ids: list[int] = []
-        async for event in self.generate_stream(request):
-            if event["type"] == "delta":
-                parts.append(event["text"])
-                token_ids.extend(event["token_ids"])
-            else:
-                return {"text": "".join(parts), "token_ids": token_ids, "model": self.model_id, **event}
-        raise RuntimeError("generation ended without a result")
+        return {"model": self.model_id, **await collect(self.generate_stream(request))}
 
     def record_routing_stats(self) -> dict[str, Any]:
         """What the cache-aware router needs: our shard, how to hash prompts, our load."""

@@ -195,6 +195,16 @@ def test_chat_without_max_tokens_runs_to_the_end_of_the_context(client: httpx.Cl
     assert usage["prompt_tokens"] + usage["completion_tokens"] <= MAX_MODEL_LEN
 
 
+def test_handle_generate_for_services(base_url: str, reference: ModelRunner) -> None:
+    server = serve.get_deployment_handle("LLMServer", app_name="llm")
+    prompt = "Draft a two-line business update."
+    result = server.generate.remote({"prompt": prompt, "sampling": {"max_new_tokens": 12}}).result()
+    assert result["text"] == greedy_reference(reference, reference.encode(prompt), 12)
+    assert result["prompt_tokens"] == len(reference.encode(prompt)) and result["model"].startswith("blatam-demo")
+    with pytest.raises(ValueError, match="exactly one"):
+        server.generate.remote({"sampling": {"max_new_tokens": 4}}).result()
+
+
 def test_disconnected_client_frees_its_slot(client: httpx.Client) -> None:
     server = serve.get_deployment_handle("LLMServer", app_name="llm")
     body = {"model": model_id(client), "prompt": "Tell me a very long story.", "max_tokens": 256, "stream": True}
