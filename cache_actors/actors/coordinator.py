@@ -130,8 +130,16 @@ class KVCacheCoordinator:
 
     # --- specs and placement --------------------------------------------------------------------------
     def register_spec(self, spec: ShardSpec) -> str:
-        """A client serves this cache: keep its shards on every node from now on."""
+        """A client serves this cache: keep its shards on every node from now on.
+
+        The coordinator is created by whichever client comes first; a later
+        one that brings Redis when the first had none turns snapshots on
+        (cluster-wide settings otherwise stay the first client's).
+        """
         self.specs[spec.fingerprint()] = spec
+        if self.redis is None and spec.redis_url:
+            self.redis = RedisTier(spec.redis_url, key_prefix="blatam:kv", timeout_s=spec.timeouts.tier_op_s)
+            logger.info("coordinator: Redis snapshots on (brought by a client of cache %s)", spec.fingerprint())
         return spec.fingerprint()
 
     # --- lifecycle ---------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ block is corrupted."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 import time
 
@@ -237,3 +239,13 @@ def test_restarted_coordinator_restores_tier_locations_from_its_redis_snapshot(r
     fresh = get_or_create_coordinator(spec)
     wait_until(lambda: ray.get(fresh.stats.remote())["restored_blocks"] > 0, timeout_s=30)
     assert "redis" in ray.get(fresh.where.remote(demoted[0]))
+
+
+def test_a_later_client_with_redis_turns_snapshots_on(redis_engines):
+    engine, _ = redis_engines
+    spec = engine.cache.spec
+    ray.kill(get_or_create_coordinator(spec))
+    coordinator = get_or_create_coordinator(dataclasses.replace(spec, redis_url=None))  # the first client had no Redis
+    assert not ray.get(coordinator.snapshot.remote())
+    ray.get(coordinator.register_spec.remote(spec))
+    assert ray.get(coordinator.snapshot.remote())
