@@ -59,3 +59,21 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await db.close()
         if schema is not None:
             await drop_schema(TEST_DATABASE_URL, schema)
+
+
+async def seed_api_keys(url: str, schema: str, *, secret: str, users: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Create users ``{username: (tenant, scopes)}`` in the gateway's auth tables; returns ``{username: API key}``."""
+    from business_modules.auth import AuthService
+    from business_modules.auth import repository as _auth_repository  # noqa: F401 - registers auth migrations
+    from business_modules.storage import open_database
+
+    db = await open_database(url, schema=schema)
+    try:
+        auth = AuthService(db, secret_key=secret, token_ttl_s=1800)
+        keys = {}
+        for username, (tenant, scopes) in users.items():
+            await auth.create_user(username=username, password="correct horse battery", scopes=scopes, tenant=tenant)
+            keys[username] = (await auth.create_api_key(username=username, name="k")).secret
+        return keys
+    finally:
+        await db.close()

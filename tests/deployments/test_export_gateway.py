@@ -13,15 +13,13 @@ import docx
 import httpx
 import pytest
 
-from business_modules.auth import AuthService
 from business_modules.auth import repository as _auth_repository  # noqa: F401 - registers auth migrations
 from business_modules.export import repository as _export_repository  # noqa: F401 - registers export migrations
-from business_modules.storage import open_database
 from deployments.app_builder import build_gateway
 from tests.business_modules.export_samples import SECTION_TITLES, UNICODE, structured_payload
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.deployments.conftest import ServeInstance, run_app
-from tests.storage_fixtures import drop_schema, unique_schema
+from tests.storage_fixtures import drop_schema, seed_api_keys, unique_schema
 
 pytestmark = pytest.mark.ray
 
@@ -53,17 +51,8 @@ def env(serve_instance: ServeInstance, tmp_path_factory: pytest.TempPathFactory)
             name="export", route_prefix="/export")
     run_app(build_gateway({"settings": settings}), name="gateway", route_prefix="/")
 
-    async def seed() -> dict[str, str]:
-        db = await open_database(TEST_DATABASE_URL, schema=schema)
-        try:
-            auth = AuthService(db, secret_key=SECRET, token_ttl_s=1800)
-            await auth.create_user(username="ann", password="correct horse battery", scopes="export", tenant="acme")
-            await auth.create_user(username="bo", password="correct horse battery", scopes="export", tenant="globex")
-            return {name: (await auth.create_api_key(username=name, name="k")).secret for name in ("ann", "bo")}
-        finally:
-            await db.close()
-
-    keys = asyncio.run(seed())
+    keys = asyncio.run(seed_api_keys(TEST_DATABASE_URL, schema, secret=SECRET,
+                                     users={"ann": ("acme", "export"), "bo": ("globex", "export")}))
     try:
         yield serve_instance.base_url, keys
     finally:

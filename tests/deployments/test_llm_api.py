@@ -229,12 +229,9 @@ def gateway(base_url: str, serve_instance) -> Iterator[tuple[str, dict[str, str]
     import asyncio
     import uuid
 
-    from business_modules.auth import AuthService
-    from business_modules.auth import repository as _auth_repository  # noqa: F401 - registers auth migrations
-    from business_modules.storage import open_database
     from deployments.app_builder import build_gateway
     from tests.conftest import TEST_DATABASE_URL
-    from tests.storage_fixtures import drop_schema, unique_schema
+    from tests.storage_fixtures import drop_schema, seed_api_keys, unique_schema
 
     schema = unique_schema("llmgw")
     settings = {
@@ -244,19 +241,9 @@ def gateway(base_url: str, serve_instance) -> Iterator[tuple[str, dict[str, str]
     }
     run_app(build_gateway({"settings": settings}), name="gateway", route_prefix="/")
 
-    async def seed() -> dict[str, str]:
-        db = await open_database(TEST_DATABASE_URL, schema=schema)
-        try:
-            auth = AuthService(db, secret_key=SECRET, token_ttl_s=1800)
-            keys = {}
-            for user, tenant in (("ann", "acme"), ("bo", "globex")):
-                await auth.create_user(username=user, password="correct horse battery", scopes="llm", tenant=tenant)
-                keys[tenant] = (await auth.create_api_key(username=user, name="k")).secret
-            return keys
-        finally:
-            await db.close()
-
-    keys = asyncio.run(seed())
+    by_user = asyncio.run(seed_api_keys(TEST_DATABASE_URL, schema, secret=SECRET,
+                                        users={"ann": ("acme", "llm"), "bo": ("globex", "llm")}))
+    keys = {"acme": by_user["ann"], "globex": by_user["bo"]}
     try:
         yield serve_instance.base_url, keys
     finally:
