@@ -181,6 +181,11 @@ class ContinuousBatcher:
         """The whole result at once: ``{"text", "token_ids", **done event}``."""
         return await collect(self.stream(request))
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (a replica whose batcher died must be restarted)."""
+        return self._thread.is_alive()
+
     def load(self) -> dict[str, int]:
         return {"running": len(self._running), "waiting": len(self._waiting), "max_batch_size": self.config.max_batch_size}
 

@@ -154,7 +154,7 @@ class LLMServer:
         }
 
     def check_health(self) -> None:
-        if not self.batcher._thread.is_alive():
+        if not self.batcher.alive:
             raise RuntimeError("the batcher thread died")
 
     def __del__(self) -> None:
