@@ -28,7 +28,7 @@ from cache_actors.model_runner import ModelRunner
 from cache_actors.persistence import load_cache, save_cache
 from cache_actors.policies import make_policy
 from cache_actors.pool import blocks_for_budget
-from cache_actors.requests import GenerationRequest, parse_request
+from cache_actors.requests import GenerationRequest, check_context, parse_request
 from cache_actors.sampling import find_stop, make_generator, sample_next
 from cache_actors.stats import RequestStats
 from cache_actors.validation import validate_configuration
@@ -109,6 +109,20 @@ class UltraAdaptiveKVCacheEngine:
     def block_hashes(self, token_ids: Sequence[int], tenant_id: str | None = None) -> list[BlockHash]:
         return hash_prompt_blocks(self.root_hash(tenant_id), token_ids, self.config.block_size)
 
+    def extend_hashes(self, hashes: list[BlockHash], token_ids: Sequence[int], tenant_id: str | None = None) -> list[BlockHash]:
+        """Block hashes of ``token_ids`` whose first full blocks have ``hashes``: only the later blocks are hashed."""
+        parent = hashes[-1] if hashes else self.root_hash(tenant_id)
+        return hashes + hash_prompt_blocks(parent, token_ids[len(hashes) * self.config.block_size :], self.config.block_size)
+
+    def match_prefix(self, token_ids: Sequence[int], tenant_id: str | None = None) -> tuple[list[BlockHash], Any]:
+        """The prompt's block hashes and its longest cached prefix, held until ``cache.release``.
+
+        At least one prompt token is always left to compute: the model needs it to give logits.
+        """
+        hashes = self.block_hashes(token_ids, tenant_id)
+        reusable = min(len(hashes), (len(token_ids) - 1) // self.config.block_size) if self.runner.supports_prefix_reuse else 0
+        return hashes, self.cache.match(hashes, limit=reusable)
+
     # --- requests ---------------------------------------------------------------------------
     async def process_request(self, request: dict[str, Any]) -> dict[str, Any]:
         """Generate for one request; see `requests.parse_request` for the fields.
@@ -140,13 +154,7 @@ class UltraAdaptiveKVCacheEngine:
         return [await asyncio.to_thread(self._generate_locked, p, ids) for p, ids in prepared]
 
     def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        limit = self.runner.max_context
-        if prompt_tokens >= limit:
-            raise ValueError(f"prompt has {prompt_tokens} tokens; the model's context is {limit}")
-        if prompt_tokens + max_new_tokens > limit:
-            raise ValueError(
-                f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of {limit}"
-            )
+        check_context(prompt_tokens, max_new_tokens, self.runner.max_context)
 
     def _generate_locked(self, request: GenerationRequest, token_ids: list[int]) -> dict[str, Any]:
         with self._compute:
@@ -157,10 +165,7 @@ class UltraAdaptiveKVCacheEngine:
         started = time.perf_counter()
         params = request.sampling
         block_size = self.config.block_size
-        hashes = self.block_hashes(token_ids, request.tenant_id)
-        # At least one prompt token must be computed to get logits for the next token.
-        reusable = min(len(hashes), (len(token_ids) - 1) // block_size) if self.runner.supports_prefix_reuse else 0
-        hit = self.cache.match(hashes, limit=reusable)
+        hashes, hit = self.match_prefix(token_ids, request.tenant_id)
         try:
             prefix = self._prefix_cache(hit, len(token_ids) + params.max_new_tokens)
             logits, kv = self.runner.prefill(token_ids, prefix)
@@ -169,7 +174,7 @@ class UltraAdaptiveKVCacheEngine:
             # KV exists for the prompt and every generated token fed back (all but the last).
             fed = (token_ids + generated)[: kv.get_seq_length()]
             if self.runner.supports_prefix_reuse:
-                chain = hashes if len(fed) == len(token_ids) else self.block_hashes(fed, request.tenant_id)
+                chain = self.extend_hashes(hashes, fed, request.tenant_id)
                 self.cache.store(chain, hit.num_blocks, lambda first, count: blocks_from_cache(kv, first, count, block_size))
         finally:
             self.cache.release(hit)

@@ -86,3 +86,16 @@ def parse_sampling(payload: Mapping[str, Any], *, default_max_new_tokens: int) -
     if len(stops) > _MAX_STOPS or any(not s for s in stops):
         raise ValueError(f"'stop' takes at most {_MAX_STOPS} non-empty strings")
     return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stops, seed=seed)
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, limit: int, *, max_name: str = "max_new_tokens") -> None:
+    """ValueError unless the prompt leaves at least one token of context and the whole request fits.
+
+    ``max_name`` is what the caller calls the new-token budget (``max_tokens`` in the OpenAI API).
+    """
+    if prompt_tokens >= limit:
+        raise ValueError(f"the prompt has {prompt_tokens} tokens; this model's context is {limit}")
+    if prompt_tokens + max_new_tokens > limit:
+        raise ValueError(
+            f"the prompt ({prompt_tokens} tokens) + {max_name} ({max_new_tokens}) exceeds this model's context of {limit} tokens"
+        )

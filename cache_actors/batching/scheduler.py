@@ -33,6 +33,7 @@ from cache_actors.batching.detokenizer import IncrementalText
 from cache_actors.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.batching.sequence import Sequence, SequenceRequest, TokenConstraint
 from cache_actors.kv_layout import block_views, blocks_from_cache
+from cache_actors.requests import check_context
 
 logger = logging.getLogger(__name__)
 
@@ -112,21 +113,14 @@ class ContinuousBatcher:
     # --- caller side -----------------------------------------------------------------
     def check(self, request: SequenceRequest) -> Callable[[], TokenConstraint] | None:
         """Refuse what can never run (ValueError); returns the request's constraint factory."""
-        prompt = len(request.token_ids)
-        if prompt == 0:
+        if not request.token_ids:
             raise ValueError("the prompt has no tokens")
-        if prompt >= self.max_model_len:
-            raise ValueError(f"the prompt has {prompt} tokens; this model's context is {self.max_model_len}")
-        wanted = request.sampling.max_new_tokens
-        if prompt + wanted > self.max_model_len:
-            raise ValueError(
-                f"the prompt ({prompt} tokens) + max_tokens ({wanted}) exceeds this model's context of {self.max_model_len} tokens"
-            )
-        if request.response_format is None or self._compile_format is None:
-            if request.response_format not in (None, {"type": "text"}) and self._compile_format is None:
-                raise ValueError("structured output is not available on this server")
-            return None
-        return self._compile_format(request.response_format)
+        check_context(len(request.token_ids), request.sampling.max_new_tokens, self.max_model_len, max_name="max_tokens")
+        if self._compile_format is not None and request.response_format is not None:
+            return self._compile_format(request.response_format)
+        if request.response_format not in (None, {"type": "text"}):
+            raise ValueError("structured output is not available on this server")
+        return None
 
     async def stream(self, request: SequenceRequest) -> AsyncIterator[dict[str, Any]]:
         """Events for one request: ``{"type": "delta", "text", "token_ids"}``..., then ``{"type": "done", ...}``.
@@ -248,9 +242,7 @@ class ContinuousBatcher:
         """Prefill ``seq`` into a new row on top of its cached prefix; returns the tokens computed."""
         ids = seq.prompt_ids
         bs = self.block_size
-        hashes = self.engine.block_hashes(ids, seq.request.tenant_id)
-        reusable = min(len(hashes), (len(ids) - 1) // bs) if self.runner.supports_prefix_reuse else 0
-        hit = self.cache.match(hashes, limit=reusable)
+        hashes, hit = self.engine.match_prefix(ids, seq.request.tenant_id)
         row = self.kv.add_row()
         try:
             cached = hit.num_blocks * bs
@@ -266,7 +258,7 @@ class ContinuousBatcher:
         finally:
             self.cache.release(hit)
         seq.cached_tokens = cached
-        seq.prompt_blocks_stored = len(hashes)
+        seq.prompt_hashes = hashes
         self._running.append(seq)
         seq.append(seq.choose(logits))
         if seq.finished:
@@ -313,14 +305,13 @@ class ContinuousBatcher:
 
     def _store_generated(self, row: int, seq: Sequence) -> None:
         fed = seq.fed_ids()[: self.kv.lengths[row]]
-        if len(fed) // self.block_size <= seq.prompt_blocks_stored:
+        known = len(seq.prompt_hashes)
+        if len(fed) // self.block_size <= known:
             return
         try:
-            chain = self.engine.block_hashes(fed, seq.request.tenant_id)
+            chain = self.engine.extend_hashes(seq.prompt_hashes, fed, seq.request.tenant_id)
             kv = self.kv.row_cache(row, self.kv.lengths[row])
-            self.cache.store(
-                chain, seq.prompt_blocks_stored, lambda first, count: blocks_from_cache(kv, first, count, self.block_size)
-            )
+            self.cache.store(chain, known, lambda first, count: blocks_from_cache(kv, first, count, self.block_size))
         except Exception:  # caching is an optimisation: the answer is already complete
             logger.exception("storing generated blocks failed")
 

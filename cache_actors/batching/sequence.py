@@ -49,7 +49,7 @@ class Sequence:
     generator: torch.Generator | None = None
     generated: list[int] = field(default_factory=list)
     cached_tokens: int = 0
-    prompt_blocks_stored: int = 0
+    prompt_hashes: list[bytes] = field(default_factory=list)  # block keys of the prompt's full blocks
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
     cancelled: bool = False

@@ -37,9 +37,7 @@ def parse_llm_request(request: Any, encoder: PromptEncoder, *, default_max_token
     ids = request.get("prompt_token_ids")
     if ids is not None and (not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
         raise ValueError("'prompt_token_ids' must be a list of integers")
-    token_ids = encoder.encode_request(request)
-    if not token_ids:
-        raise ValueError("the prompt has no tokens")
+    token_ids = encoder.encode_request(request)  # an empty prompt is refused by the batcher's check
     vocab = len(encoder.tokenizer)
     if ids is not None and any(t < 0 or t >= vocab for t in token_ids):
         raise ValueError(f"'prompt_token_ids' must be in [0, {vocab})")
