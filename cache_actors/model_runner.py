@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -18,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrai
 from transformers.cache_utils import DynamicLayer
 
 from cache_actors.demo_model import DEMO_MODEL_ID, DemoModelSpec, build_demo_model, build_demo_tokenizer
-from cache_actors.prompt_encoder import PromptEncoder, load_tokenizer
+from cache_actors.prompt_encoder import PromptEncoder, hf_model_folder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +41,14 @@ class KVGeometry:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
 
+def model_id_for(model_path: str | None, demo_spec: DemoModelSpec | None = None) -> str:
+    """The model's id: the demo model's sizes and seed, or the Hugging Face folder's name."""
+    if model_path is None:
+        spec = demo_spec or DemoModelSpec()
+        return f"{DEMO_MODEL_ID}-s{spec.seed}-{spec.hidden_size}x{spec.num_hidden_layers}"
+    return hf_model_folder(model_path).resolve().name
+
+
 def model_identity(model_path: str | None, demo_spec: DemoModelSpec | None = None) -> tuple[str, int]:
     """``(model id, context length)`` of a model without loading its weights.
 
@@ -49,13 +56,9 @@ def model_identity(model_path: str | None, demo_spec: DemoModelSpec | None = Non
     this; it must name the model exactly as the runner of a replica does.
     """
     if model_path is None:
-        spec = demo_spec or DemoModelSpec()
-        return f"{DEMO_MODEL_ID}-s{spec.seed}-{spec.hidden_size}x{spec.num_hidden_layers}", spec.max_position_embeddings
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
-    config = AutoConfig.from_pretrained(path, local_files_only=True).get_text_config(decoder=True)
-    return path.resolve().name, int(getattr(config, "max_position_embeddings", 2048))
+        return model_id_for(None, demo_spec), (demo_spec or DemoModelSpec()).max_position_embeddings
+    config = AutoConfig.from_pretrained(hf_model_folder(model_path), local_files_only=True).get_text_config(decoder=True)
+    return model_id_for(model_path), int(getattr(config, "max_position_embeddings", 2048))
 
 
 class ModelRunner:
@@ -90,15 +93,13 @@ class ModelRunner:
         if model_path is None:
             spec = demo_spec or DemoModelSpec()
             model = build_demo_model(spec, torch_dtype).to(device)
-            return cls(model, build_demo_tokenizer(), model_id=model_identity(None, spec)[0])
-        path = Path(model_path)
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
+            return cls(model, build_demo_tokenizer(), model_id=model_id_for(None, spec))
+        path = hf_model_folder(model_path)
         tokenizer = load_tokenizer(model_path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device)
         model.eval()
         model.requires_grad_(False)
-        return cls(model, tokenizer, model_id=f"{path.resolve().name}")
+        return cls(model, tokenizer, model_id=model_id_for(model_path))
 
     @torch.inference_mode()
     def _probe_cache(self) -> tuple[KVGeometry, bool]:

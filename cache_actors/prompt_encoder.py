@@ -17,14 +17,19 @@ from transformers import AutoTokenizer
 from cache_actors.demo_model import build_demo_tokenizer
 
 
+def hf_model_folder(model_path: str) -> Path:
+    """``model_path`` as a local Hugging Face model folder; ValueError if it is not one."""
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
+    return path
+
+
 def load_tokenizer(model_path: str | None) -> Any:
     """The tokenizer of the model in ``model_path`` (a local Hugging Face folder), or the demo one."""
     if model_path is None:
         return build_demo_tokenizer()
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(hf_model_folder(model_path), local_files_only=True)
 
 
 class PromptEncoder:
