@@ -59,12 +59,13 @@ def _format_compiler(runner: Any) -> CompileFormat | None:
     return compile_format
 
 
-def _local_rank() -> int | None:
+def _replica_identity() -> tuple[str, int | None]:
+    """``(replica id, local rank on its node)``; ``("local", None)`` outside a replica (local testing mode)."""
     try:
-        rank = serve.get_replica_context().rank
-    except Exception:  # not in a replica (local testing mode)
-        return None
-    return getattr(rank, "local_rank", None)
+        context = serve.get_replica_context()
+    except Exception:
+        return "local", None
+    return context.replica_id.unique_id, getattr(context.rank, "local_rank", None)
 
 
 @serve.deployment(
@@ -79,9 +80,10 @@ class LLMServer:
 
     def __init__(self, args: dict[str, Any] | None = None) -> None:
         self.settings = LLMSettings.model_validate(args or {})
+        self.replica_id, local_rank = _replica_identity()
         cache = dict(self.settings.cache)
         if cache.get("enable_distributed") and cache.get("shard_index") is None:
-            cache["shard_index"] = _local_rank()
+            cache["shard_index"] = local_rank
         config = KVCacheConfig(model_path=self.settings.model_path, num_threads=self.settings.num_threads, **cache)
         self.engine = UltraAdaptiveKVCacheEngine(config)
         runner = self.engine.runner
@@ -99,10 +101,6 @@ class LLMServer:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.shard = getattr(self.engine.cache, "shard_name", None)
         self.metrics = LLMMetrics(self.model_id)
-        try:
-            self.replica_id = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # local testing mode
-            self.replica_id = "local"
         logger.info("LLM replica ready: model %s, shard %s, batch %d", self.model_id, self.shard, self.settings.max_batch_size)
 
     async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -138,9 +136,6 @@ class LLMServer:
             "model_path": self.settings.model_path,
             **load,
         }
-
-    def model_info(self) -> dict[str, Any]:
-        return {"id": self.model_id, "max_model_len": self.batcher.max_model_len, "shard": self.shard}
 
     def get_stats(self) -> dict[str, Any]:
         """Engine and cache statistics plus the batcher's (mean batch size)."""
