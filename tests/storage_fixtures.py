@@ -77,3 +77,16 @@ async def seed_api_keys(url: str, schema: str, *, secret: str, users: dict[str, 
         return keys
     finally:
         await db.close()
+
+
+def drop_redis_keys(redis_url: str, prefix: str) -> None:
+    """Delete the keys a test wrote under ``prefix`` (e.g. its rate-limit counters)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        found = list(client.scan_iter(match=f"{prefix}*"))
+        if found:
+            client.delete(*found)
+    finally:
+        client.close()

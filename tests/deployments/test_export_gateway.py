@@ -19,7 +19,7 @@ from deployments.app_builder import build_gateway
 from tests.business_modules.export_samples import SECTION_TITLES, UNICODE, structured_payload
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.deployments.conftest import ServeInstance, run_app
-from tests.storage_fixtures import drop_schema, seed_api_keys, unique_schema
+from tests.storage_fixtures import drop_redis_keys, drop_schema, seed_api_keys, unique_schema
 
 pytestmark = pytest.mark.ray
 
@@ -59,13 +59,7 @@ def env(serve_instance: ServeInstance, tmp_path_factory: pytest.TempPathFactory)
         serve.delete("gateway")
         serve.delete("export")
         asyncio.run(drop_schema(TEST_DATABASE_URL, schema))
-        import redis
-
-        client = redis.Redis.from_url(TEST_REDIS_URL)
-        found = list(client.scan_iter(match=f"{prefix}*"))
-        if found:
-            client.delete(*found)
-        client.close()
+        drop_redis_keys(TEST_REDIS_URL, prefix)
 
 
 def test_original_api_through_the_gateway(env) -> None:

@@ -13,7 +13,6 @@ import uuid
 
 import httpx
 import pytest
-import redis
 
 from business_modules.auth import AuthService
 from business_modules.auth import repository as _auth_repository  # noqa: F401
@@ -21,7 +20,7 @@ from business_modules.storage import open_database
 from deployments.app_builder import build_gateway
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.deployments.conftest import ServeInstance, run_app
-from tests.storage_fixtures import drop_schema, unique_schema
+from tests.storage_fixtures import drop_redis_keys, drop_schema, unique_schema
 
 pytestmark = pytest.mark.ray
 
@@ -87,11 +86,7 @@ def gateway(serve_instance: ServeInstance):
         serve.delete("gateway")
         serve.delete("test_echo")
         asyncio.run(drop_schema(TEST_DATABASE_URL, schema))
-        client = redis.Redis.from_url(TEST_REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        drop_redis_keys(TEST_REDIS_URL, prefix)
 
 
 @pytest.fixture
