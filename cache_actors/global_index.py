@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import zstandard
 
-from cache_actors.prefix_route import held_prefixes
+from cache_actors.prefix_route import held_prefixes, location_pieces
 from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TIER_MISS, TOUCHED, Event
 
 REDIS, DISK = "redis", "disk"
@@ -103,6 +103,7 @@ class GlobalIndex:
         self.shards: dict[str, ShardInfo] = {}
         self._by_bit: dict[int, str] = {}
         self._shard_bits = 0  # the bits of all registered shards
+        self._usable: dict[str | None, int] = {}  # `_usable_bits` per requester, until a shard's state changes
         self.counters: dict[str, int] = defaultdict(int)
 
     # --- shards ---------------------------------------------------------------------------
@@ -120,6 +121,7 @@ class GlobalIndex:
         else:
             info = ShardInfo(bit=self._new_bit(), node_id=node_id, epoch=epoch)
         self.shards[name] = info
+        self._usable.clear()
         self._by_bit[info.bit] = name
         self._shard_bits |= 1 << info.bit
         return info
@@ -136,6 +138,7 @@ class GlobalIndex:
         if info is None:
             return 0
         held = len(info.blocks)
+        self._usable.clear()
         self._drop_blocks(info)
         del self._by_bit[info.bit]
         self._shard_bits &= ~(1 << info.bit)
@@ -162,6 +165,7 @@ class GlobalIndex:
             self.counters["gaps"] += 1
             self.counters["resyncs"] += 1
             info.resyncing = True
+            self._usable.clear()
             info.buffer = [(first_seq, list(events))]
             return ApplyResult(True, [])
         self._apply_events(info, events[info.next_seq - first_seq :])
@@ -194,12 +198,14 @@ class GlobalIndex:
             self._loc[block_hash] = self._loc.get(block_hash, 0) | (1 << _TIER_BITS[tier])
         info.next_seq = seq
         info.resyncing = False
+        self._usable.clear()
         buffered, info.buffer = sorted(info.buffer, key=lambda batch: batch[0]), []
         for first_seq, events in buffered:
             if first_seq + len(events) <= info.next_seq:
                 continue
             if first_seq > info.next_seq:
                 info.resyncing = True
+                self._usable.clear()
                 self.counters["gaps"] += 1
                 return False
             self._apply_events(info, events[info.next_seq - first_seq :])
@@ -269,10 +275,13 @@ class GlobalIndex:
 
     def _usable_bits(self, requester: str | None) -> int:
         """Location bits `locate` may fetch from: the tiers and every synced shard but the requester."""
-        bits = (1 << _TIER_BITS[REDIS]) | (1 << _TIER_BITS[DISK])
-        for name, info in self.shards.items():
-            if not info.resyncing and name != requester:
-                bits |= 1 << info.bit
+        bits = self._usable.get(requester)
+        if bits is None:
+            bits = (1 << _TIER_BITS[REDIS]) | (1 << _TIER_BITS[DISK])
+            for name, info in self.shards.items():
+                if not info.resyncing and name != requester:
+                    bits |= 1 << info.bit
+            self._usable[requester] = bits
         return bits
 
     def _kind(self, bit: int, node_id: str | None) -> tuple[str, str]:
@@ -288,36 +297,34 @@ class GlobalIndex:
 
         Stops at the first block no other place holds. Each run goes to the
         source whose estimated cost per block over its longest run is lowest
-        (ties: tiers first, then the lowest shard bit). Each block's mask is
-        read once; the runs are worked out on those ints.
+        (ties: tiers first, then the lowest shard bit). The holdings come
+        from `location_pieces` (bisection, not a probe per block), so the
+        runs are advice: exact when each place holds one contiguous run.
         """
-        usable = self._usable_bits(requester)
-        loc = self._loc
-        masks: list[int] = []
-        for block_hash in hashes:
-            mask = loc.get(block_hash, 0) & usable
-            if not mask:
-                break
-            masks.append(mask)
+        pieces = location_pieces(hashes, self._loc, self._usable_bits(requester))
+        sources: dict[int, tuple[str, str]] = {}
         runs: list[tuple[str, list[bytes]]] = []
-        position, end = 0, len(masks)
-        while position < end:
+        index, count = 0, len(pieces)
+        while index < count:
+            start, _, mask = pieces[index]
             best: tuple[float, int, int] | None = None
-            candidates, bit = masks[position], 0
+            candidates, bit = mask, 0
             while candidates:
                 if candidates & 1:
-                    flag, length = 1 << bit, 1
-                    while position + length < end and masks[position + length] & flag:
-                        length += 1
-                    per_block = self.costs.cost_s(self._kind(bit, node_id)[1], length, block_bytes) / length
+                    flag, last = 1 << bit, index
+                    while last + 1 < count and pieces[last + 1][2] & flag:
+                        last += 1
+                    length = pieces[last][1] - start
+                    source = sources.get(bit) or sources.setdefault(bit, self._kind(bit, node_id))
+                    per_block = self.costs.cost_s(source[1], length, block_bytes) / length
                     if best is None or per_block < best[0]:
-                        best = (per_block, bit, length)
+                        best = (per_block, bit, last)
                 candidates >>= 1
                 bit += 1
             assert best is not None
-            _, bit, length = best
-            runs.append((self._kind(bit, node_id)[0], list(hashes[position : position + length])))
-            position += length
+            _, bit, last = best
+            runs.append((sources[bit][0], list(hashes[start : pieces[last][1]])))
+            index = last + 1
         return runs
 
     def successors(self, block_hash: bytes, limit: int) -> list[bytes]:

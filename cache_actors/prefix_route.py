@@ -71,3 +71,45 @@ def held_prefixes(
             bit += 1
         current, position = kept if hi < n else 0, hi
     return matched
+
+
+def location_pieces(hashes: Sequence[bytes], locations: Mapping[bytes, int], usable: int) -> list[tuple[int, int, int]]:
+    """``[(start, end, mask)]``: consecutive pieces of ``hashes`` and the usable bits held over each.
+
+    Stops before the first block no usable place holds (probed). Assumes every
+    place holds one contiguous run of the chain: true of shards (a prefix, see
+    above) and of the usual tier contents (the tail a shard evicted and
+    demoted). Where a place has a hole that no probe lands on, the piece
+    claims the hole too; that is advice only, since the fetcher verifies
+    every block and ends the chain at the first one missing. In exchange the
+    lookup makes O(log n) probes per place that starts or stops along the
+    chain instead of one per block: at 10^6 indexed blocks each probe is
+    several memory misses, so a 2000-block prompt would otherwise pay
+    thousands of them. Pieces start and end on probed blocks, so a piece's
+    first and last blocks are held exactly as its mask says.
+    """
+    n = len(hashes)
+    first = locations.get(hashes[0], 0) & usable if n else 0
+    if not first:
+        return []
+    if n == 1:
+        return [(0, 1, first)]
+    pieces: list[tuple[int, int, int]] = []
+    start, mask = 0, first  # the open piece; its mask is the mask at the left end of each segment popped
+    stack = [(0, first, n - 1, locations.get(hashes[n - 1], 0) & usable)]
+    while stack:  # segments between two probed blocks, left to right
+        lo, lo_mask, hi, hi_mask = stack.pop()
+        if lo_mask == hi_mask:
+            continue  # one run: the open piece extends to hi
+        if hi - lo == 1:
+            pieces.append((start, hi, mask))
+            if not hi_mask:
+                return pieces
+            start, mask = hi, hi_mask
+            continue
+        mid = (lo + hi) >> 1
+        mid_mask = locations.get(hashes[mid], 0) & usable
+        stack.append((mid, mid_mask, hi, hi_mask))
+        stack.append((lo, lo_mask, mid, mid_mask))
+    pieces.append((start, n, mask))
+    return pieces

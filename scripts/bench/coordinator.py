@@ -3,15 +3,16 @@
 - **Index** (in process, the coordinator's own `GlobalIndex`): for 10^4, 10^5
   and 10^6 indexed blocks spread over 1, 8 and 64 simulated shards: the
   events per second it applies (stored events in batches of 256), the memory
-  it holds (RSS growth while building it), and the time of a lookup: `where`
+  it holds (allocations traced while building it), and the time of a lookup: `where`
   for one block, `route` and `locate` for a 40-block prompt (a cached
   32-block chain followed by 8 new blocks), under two lookup distributions:
   **uniform** over the index (every lookup goes to a random block: the
   worst case for CPU caches, the one the goal is judged on) and **zipf**
   (prompts drawn by a Zipf law of exponent 1 over the chains, popular
   prefixes first, as a router sees them; keys ``*_zipf_us``). Each lookup
-  time is the best of 3 passes over the same 2000 lookups (noise from other
-  work on the machine only ever adds).
+  time is the best of 5 passes over the same 2000 lookups (noise from other
+  work on the machine only ever adds), the passes of the three sizes taken in
+  turn so that a slow spell of a shared machine does not skew the growth.
 - **Actor** (``--actor``): events per second a real `KVCacheCoordinator`
   actor absorbs from simulated shard actors that send batches as fast as they
   are acknowledged (1 and 8 senders; each sender is a real named actor so the
@@ -34,7 +35,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import typer
 
@@ -45,7 +46,7 @@ from scripts.bench.report import console, print_table, write_json
 
 BATCH = 256
 ZIPF_S = 1.0
-REPEATS = 3
+REPEATS = 5
 LOOKUPS = ("where_us", "route_us", "locate_us")
 BLOCKS = (10_000, 100_000, 1_000_000)
 SHARDS = (1, 8, 64)
@@ -84,14 +85,11 @@ def _index_bytes(names: list[str], batches: list[tuple[str, list]]) -> int:
 
 
 def _time_us(fn: Any, args: list[Any]) -> float:
-    """Microseconds per call, best of `REPEATS` passes."""
-    best = float("inf")
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        for arg in args:
-            fn(arg)
-        best = min(best, time.perf_counter() - started)
-    return best / len(args) * 1e6
+    """Microseconds per call over one pass."""
+    started = time.perf_counter()
+    for arg in args:
+        fn(arg)
+    return (time.perf_counter() - started) / len(args) * 1e6
 
 
 def _zipf_picker(items: list[Any], rng: random.Random, exponent: float = ZIPF_S) -> Any:
@@ -102,52 +100,81 @@ def _zipf_picker(items: list[Any], rng: random.Random, exponent: float = ZIPF_S)
     return lambda: rng.choices(ranked, cum_weights=cumulative)[0]
 
 
-def measure_index(num_blocks: int, num_shards: int, *, lookups: int = 2000, seed: int = 0) -> dict[str, Any]:
-    chains = _chains(num_blocks)
-    index = GlobalIndex()
-    names = [f"kvshard:bench:node{i % 4}:sim{i}" for i in range(num_shards)]
-    seqs = dict.fromkeys(names, 0)
-    for name in names:
-        index.apply(name, name.split(":")[2], "e1", 0, [])
-        index.load_dump(name, "e1", 0, [])
-    batches = []
-    for number, chain in enumerate(chains):  # each prompt lands on one shard, as routing would place it
-        name = names[number % num_shards]
-        events = [(STORED, block, chain[i - 1] if i else None) for i, block in enumerate(chain)]
-        for start in range(0, len(events), BATCH):
-            batches.append((name, events[start : start + BATCH]))
-    started = time.perf_counter()
-    for name, events in batches:
-        index.apply(name, "node", "e1", seqs[name], events)
-        seqs[name] += len(events)
-    apply_s = time.perf_counter() - started
-    memory = _index_bytes(names, batches)
-    rng = random.Random(seed)
-    pick = {"uniform": lambda: rng.choice(chains), "zipf": _zipf_picker(chains, rng)}
-    lookup_times: dict[str, float] = {}
-    for label, pick_chain in pick.items():
-        suffix = "" if label == "uniform" else f"_{label}"
-        # A prompt = a cached prefix (a stored chain) followed by 8 blocks nobody has seen.
-        # Keys are fresh bytes objects, as they arrive from another process.
-        sample = [[bytes(bytearray(block)) for block in pick_chain()] + [hashlib.sha256(b"new%d:%d" % (n, i)).digest() for i in range(8)]
-                  for n in range(lookups)]
-        blocks = [bytes(bytearray(rng.choice(pick_chain()))) for _ in range(lookups)]
-        lookup_times[f"where{suffix}_us"] = _time_us(index.where, blocks)
-        lookup_times[f"route{suffix}_us"] = _time_us(index.route, sample)
-        lookup_times[f"locate{suffix}_us"] = _time_us(
-            lambda c: index.locate(c, requester=names[0], node_id="node0", block_bytes=1 << 20), sample)
-    result = {
-        "blocks": len(index),
-        "applied_events": index.counters["events"],
-        "shards": num_shards,
-        "events_per_s": num_blocks / apply_s,
-        "memory_mb": memory / 2**20,
-        "bytes_per_block": memory / max(len(index), 1),
-        **lookup_times,
-    }
-    del index, chains, batches
+class _BuiltIndex:
+    """One index of ``num_blocks`` over ``num_shards`` simulated shards, with its lookup samples."""
+
+    def __init__(self, num_blocks: int, num_shards: int, *, lookups: int, seed: int) -> None:
+        chains = _chains(num_blocks)
+        self.index = index = GlobalIndex()
+        self.names = names = [f"kvshard:bench:node{i % 4}:sim{i}" for i in range(num_shards)]
+        seqs = dict.fromkeys(names, 0)
+        for name in names:
+            index.apply(name, name.split(":")[2], "e1", 0, [])
+            index.load_dump(name, "e1", 0, [])
+        batches = []
+        for number, chain in enumerate(chains):  # each prompt lands on one shard, as routing would place it
+            name = names[number % num_shards]
+            events = [(STORED, block, chain[i - 1] if i else None) for i, block in enumerate(chain)]
+            for start in range(0, len(events), BATCH):
+                batches.append((name, events[start : start + BATCH]))
+        started = time.perf_counter()
+        for name, events in batches:
+            index.apply(name, "node", "e1", seqs[name], events)
+            seqs[name] += len(events)
+        apply_s = time.perf_counter() - started
+        memory = _index_bytes(names, batches)
+        self.row: dict[str, Any] = {
+            "blocks": len(index), "applied_events": index.counters["events"], "shards": num_shards,
+            "events_per_s": num_blocks / apply_s, "memory_mb": memory / 2**20,
+            "bytes_per_block": memory / max(len(index), 1),
+        }
+        rng = random.Random(seed)
+        pick = {"uniform": lambda: rng.choice(chains), "zipf": _zipf_picker(chains, rng)}
+        self.samples: dict[str, tuple[list[bytes], list[list[bytes]]]] = {}
+        for label, pick_chain in pick.items():
+            suffix = "" if label == "uniform" else f"_{label}"
+            # A prompt = a cached prefix (a stored chain) followed by 8 blocks nobody has seen.
+            # Keys are fresh bytes objects, as they arrive from another process.
+            prompts = [[bytes(bytearray(block)) for block in pick_chain()] + [hashlib.sha256(b"new%d:%d" % (n, i)).digest() for i in range(8)]
+                       for n in range(lookups)]
+            blocks = [bytes(bytearray(rng.choice(pick_chain()))) for _ in range(lookups)]
+            self.samples[suffix] = (blocks, prompts)
+
+    def time_pass(self) -> dict[str, float]:
+        """One timed pass of every lookup over its samples (microseconds per lookup)."""
+        index, requester = self.index, self.names[0]
+        times = {}
+        for suffix, (blocks, prompts) in self.samples.items():
+            times[f"where{suffix}_us"] = _time_us(index.where, blocks)
+            times[f"route{suffix}_us"] = _time_us(index.route, prompts)
+            times[f"locate{suffix}_us"] = _time_us(
+                lambda c: index.locate(c, requester=requester, node_id="node0", block_bytes=1 << 20), prompts)
+        return times
+
+
+def measure_shard_count(num_shards: int, sizes: Sequence[int], *, lookups: int = 2000, seed: int = 0,
+                        repeats: int = REPEATS) -> list[dict[str, Any]]:
+    """Rows for each index size at ``num_shards`` shards, the sizes' timing passes interleaved.
+
+    All sizes are built first, then timed in rounds (one pass of each size per
+    round, best pass kept), so a slow spell of a shared machine lands on every
+    size alike instead of skewing the growth ratio.
+    """
+    built = [_BuiltIndex(size, num_shards, lookups=lookups, seed=seed) for size in sizes]
+    best: list[dict[str, float]] = [{} for _ in built]
+    for _ in range(repeats):
+        for number, item in enumerate(built):
+            for key, value in item.time_pass().items():
+                best[number][key] = min(value, best[number].get(key, float("inf")))
+    rows = [{**item.row, **times} for item, times in zip(built, best)]
+    del built
     gc.collect()
-    return result
+    return rows
+
+
+def measure_index(num_blocks: int, num_shards: int, *, lookups: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """One row: a single index size (see `measure_shard_count`)."""
+    return measure_shard_count(num_shards, [num_blocks], lookups=lookups, seed=seed)[0]
 
 
 def measure_actor_events(num_senders: int, *, batches: int = 200) -> dict[str, Any]:
@@ -214,11 +241,12 @@ def coordinator_command(
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
 ) -> None:
     """Events/s, memory and lookup time of the coordinator's index at 1e4..1e6 blocks and 1..64 shards."""
+    sizes = [b for b in BLOCKS if b <= max_blocks]
     rows = []
-    for num_blocks in (b for b in BLOCKS if b <= max_blocks):
-        for num_shards in SHARDS:
-            with console.status(f"{num_blocks} blocks, {num_shards} shards"):
-                rows.append(measure_index(num_blocks, num_shards))
+    for num_shards in SHARDS:
+        with console.status(f"{num_shards} shards: {', '.join(map(str, sizes))} blocks"):
+            rows.extend(measure_shard_count(num_shards, sizes))
+    rows.sort(key=lambda r: (r["blocks"], r["shards"]))
     print_table(
         "Coordinator index, uniform lookups (worst case)",
         ["blocks", "shards", "events/s", "MiB", "B/block", "where us", "route us (40)", "locate us (40)"],

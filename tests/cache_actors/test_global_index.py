@@ -134,8 +134,9 @@ def test_route_by_bisection_equals_a_linear_scan():
     assert index.route([]) == []
 
 
-def _random_index(rng, num_shards: int, chain_len: int):
-    """Shards holding random prefixes of one chain on two nodes, Redis holding random blocks of it."""
+def _random_index(rng, num_shards: int, chain_len: int, *, redis_interval: bool = False):
+    """Shards holding random prefixes of one chain on two nodes, Redis holding random blocks of it
+    (or, with ``redis_interval``, one random contiguous run of it: the tail a shard demoted)."""
     index = GlobalIndex()
     names = [f"s{i}" for i in range(num_shards)]
     for number, name in enumerate(names):
@@ -143,7 +144,11 @@ def _random_index(rng, num_shards: int, chain_len: int):
     held = {name: rng.randint(0, chain_len) for name in names}
     for name, count in held.items():
         index.apply(name, "n", "e1", 0, stored(*range(1, count + 1)))
-    redis = {i for i in range(1, chain_len + 1) if rng.random() < 0.3}
+    if redis_interval:
+        first = rng.randint(1, chain_len)
+        redis = set(range(first, rng.randint(first, chain_len) + 1))
+    else:
+        redis = {i for i in range(1, chain_len + 1) if rng.random() < 0.3}
     index.apply(names[0], "n", "e1", held[names[0]], [(DEMOTED, h(i), REDIS) for i in sorted(redis)])
     return index, names, held, redis
 
@@ -185,14 +190,54 @@ def _locate_reference(index, hashes, requester, node_id, block_bytes):
     return runs
 
 
-def test_locate_matches_its_definition_on_random_holdings():
+def test_locate_matches_its_definition_when_each_place_holds_one_run():
     import random
 
     rng = random.Random(5)
-    for _ in range(60):
-        index, names, _, _ = _random_index(rng, rng.choice([1, 3, 6]), 20)
+    for _ in range(80):
+        index, names, _, _ = _random_index(rng, rng.choice([1, 3, 6]), 20, redis_interval=True)
         query = [h(i) for i in range(rng.randint(1, 5), rng.randint(6, 24))]
         requester = rng.choice(names + [None])
         for block_bytes in (1, 1 << 20):
             assert index.locate(query, requester=requester, node_id="n0", block_bytes=block_bytes) == \
                 _locate_reference(index, query, requester, "n0", block_bytes)
+
+
+def test_locate_advice_stays_sound_over_holes():
+    """Scattered tier blocks: runs may span a hole (the fetcher stops there), but each run's
+    source holds its first and last block and the runs follow the chain from its start."""
+    import random
+
+    rng = random.Random(9)
+    for _ in range(80):
+        index, names, _, _ = _random_index(rng, rng.choice([1, 3, 6]), 20)
+        query = [h(i) for i in range(rng.randint(1, 5), rng.randint(6, 24))]
+        requester = rng.choice(names + [None])
+        runs = index.locate(query, requester=requester, node_id="n0", block_bytes=1 << 20)
+        assert [block for _, run in runs for block in run] == query[: sum(len(run) for _, run in runs)]
+        for source, run in runs:
+            assert source != requester and source in index.where(run[0]) and source in index.where(run[-1])
+        if not runs:
+            assert not _locate_reference(index, query, requester, "n0", 1 << 20)
+
+
+class _CountingDict(dict):
+    probes = 0
+
+    def get(self, key, default=None):
+        type(self).probes += 1
+        return super().get(key, default)
+
+
+def test_location_pieces_probe_a_long_chain_logarithmically():
+    from cache_actors.prefix_route import location_pieces
+
+    chain = [h(i) for i in range(1, 2001)]
+    locations = _CountingDict({block: 0b100 for block in chain[:1500]})  # a shard holds 1500 blocks
+    locations.update({block: locations.get(block, 0) | 0b1 for block in chain[1200:1800]})  # Redis a demoted run
+    _CountingDict.probes = 0
+    pieces = location_pieces(chain, locations, usable=0b101)
+    assert pieces == [(0, 1200, 0b100), (1200, 1500, 0b101), (1500, 1800, 0b1)]
+    assert _CountingDict.probes <= 4 * 12  # ~log2(2000) per place boundary, not one per block
+    assert location_pieces(chain, locations, usable=0b10) == []
+    assert location_pieces([], locations, usable=0b101) == []
