@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         description='Services the gateway routes beyond (or instead of) the built-in ones: name -> Serve app, '
                     'e.g. GATEWAY_SERVICES=\'{"redundancy": "redundancy-canary"}\'.',
     )
+    gateway_stream_services: list[str] = Field(
+        default_factory=lambda: ["llm"],
+        description="Services whose responses the gateway streams through as they are produced (server-sent "
+                    "events); the others are answered whole. E.g. GATEWAY_STREAM_SERVICES='[\"llm\"]'.",
+    )
     max_body_bytes: PositiveInt = Field(10 * 1024 * 1024, description="Larger request bodies get 413.")
     gateway_handle_transport: Literal["grpc", "actor"] = Field(
         "grpc", description="How the gateway reaches services: Serve's gRPC by-value path or Ray actor calls."

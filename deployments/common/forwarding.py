@@ -43,7 +43,13 @@ Conventions the gateway relies on:
 - The caller (tenant, subject, scopes) arrives as a scope extension, not as
   headers, so a direct HTTP client cannot forge it: read it with
   `forwarded_caller(request)`. The request id arrives as ``X-Request-ID``.
-- The whole response is collected before it is returned (no streaming).
+- ``handle_request`` collects the whole response before returning it.
+  ``handle_request_stream`` (same arguments, a generator: call it with
+  ``.options(stream=True)``) yields the head first (a `ForwardedResponse`
+  with an empty body) and then the body chunks as the app sends them; the
+  gateway uses it for the services it streams (``GATEWAY_STREAM_SERVICES``),
+  so server-sent events arrive as they are produced. Closing the stream
+  early tells the app the client went away (``http.disconnect``).
 
 Pitfall: do not put ``from __future__ import annotations`` in a module whose
 routes are methods of the ingress class (``@app.post`` inside the class):
@@ -57,7 +63,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -114,24 +120,20 @@ def forwarded_caller(conn: HTTPConnection) -> Caller | None:
     return Caller.from_dict(data) if data else None
 
 
-async def call_asgi(
-    app: ASGIApp,
+def _asgi_scope(
     *,
     method: str,
     path: str,
-    body: bytes = b"",
-    query: Iterable[tuple[str, str]] | None = None,
-    headers: Mapping[str, str] | None = None,
-    caller: Mapping[str, Any] | None = None,
-) -> ForwardedResponse:
-    """Run one HTTP request through `app` in process and collect its response.
-
-    A request the app fails on before answering becomes a 500 with the uniform body.
-    """
+    body: bytes,
+    query: Iterable[tuple[str, str]] | None,
+    headers: Mapping[str, str] | None,
+    caller: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The HTTP scope of one forwarded request."""
     raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     if body and not any(k == b"content-length" for k, _ in raw_headers):
         raw_headers.append((b"content-length", str(len(body)).encode()))
-    scope: dict[str, Any] = {
+    return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
@@ -147,6 +149,37 @@ async def call_asgi(
         "extensions": {CALLER_SCOPE_KEY: dict(caller)} if caller else {},
         "state": {},
     }
+
+
+def _failed_before_answering(method: str, path: str, headers: Mapping[str, str] | None,
+                             exc: BaseException | None) -> ForwardedResponse:
+    """The 500 for an app that raised (or ended) before sending its status line."""
+    logger.error("Forwarded %s %s failed inside the service", method, path, exc_info=exc)
+    request_id = (headers or {}).get("x-request-id")
+    payload = json.dumps(error_body("internal_error", "The service failed on this request", request_id))
+    return ForwardedResponse(500, [("content-type", "application/json")], payload.encode())
+
+
+def _head(message: Message) -> ForwardedResponse:
+    return ForwardedResponse(int(message["status"]),
+                             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())])
+
+
+async def call_asgi(
+    app: ASGIApp,
+    *,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    query: Iterable[tuple[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    caller: Mapping[str, Any] | None = None,
+) -> ForwardedResponse:
+    """Run one HTTP request through `app` in process and collect its response.
+
+    A request the app fails on before answering becomes a 500 with the uniform body.
+    """
+    scope = _asgi_scope(method=method, path=path, body=body, query=query, headers=headers, caller=caller)
     request_sent = False
     response = ForwardedResponse(status_code=500)
     chunks: list[bytes] = []
@@ -165,11 +198,10 @@ async def call_asgi(
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
-        nonlocal started
+        nonlocal started, response
         if message["type"] == "http.response.start":
             started = True
-            response.status_code = int(message["status"])
-            response.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())]
+            response = _head(message)
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -177,18 +209,86 @@ async def call_asgi(
 
     try:
         await app(scope, receive, send)
-    except Exception:  # noqa: BLE001 - answered below; the traceback is logged
+    except Exception as exc:  # noqa: BLE001 - answered below; the traceback is logged
         if not started:
-            # The app's error handlers did not answer: answer for it.
-            logger.exception("Forwarded %s %s failed inside the service", method, path)
-            request_id = (headers or {}).get("x-request-id")
-            payload = json.dumps(error_body("internal_error", "The service failed on this request", request_id))
-            return ForwardedResponse(500, [("content-type", "application/json")], payload.encode())
+            return _failed_before_answering(method, path, headers, exc)
         # NOTE: Starlette's ServerErrorMiddleware re-raises after sending its 500
         # so that servers can log it; the response is complete, so return it.
         logger.debug("Forwarded %s %s raised after answering %d", method, path, response.status_code)
     response.body = b"".join(chunks)
     return response
+
+
+#: How long a stream closed early waits for the app to wind down after the disconnect.
+DISCONNECT_GRACE_S = 2.0
+
+
+async def stream_asgi(
+    app: ASGIApp,
+    *,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    query: Iterable[tuple[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    caller: Mapping[str, Any] | None = None,
+) -> AsyncIterator[ForwardedResponse | bytes]:
+    """Run one HTTP request through `app` in process; yield its head, then its body chunks as sent.
+
+    The app runs in its own task. When the consumer stops early (the client
+    went away), the app receives ``http.disconnect``, which ends a streaming
+    response and lets it release what it holds; an app that does not wind
+    down within `DISCONNECT_GRACE_S` is cancelled.
+    """
+    scope = _asgi_scope(method=method, path=path, body=body, query=query, headers=headers, caller=caller)
+    messages: asyncio.Queue[Message | BaseException | None] = asyncio.Queue()
+    disconnected = asyncio.Event()
+    request_sent = False
+
+    async def receive() -> Message:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        messages.put_nowait(message)
+
+    async def run() -> None:
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer below
+            messages.put_nowait(exc)
+        finally:
+            messages.put_nowait(None)
+
+    task = asyncio.create_task(run())
+    started = False
+    try:
+        while True:
+            item = await messages.get()
+            if item is None or isinstance(item, BaseException):
+                if not started:
+                    failed = _failed_before_answering(method, path, headers, item)
+                    yield ForwardedResponse(failed.status_code, failed.headers)
+                    yield failed.body
+                return  # after the status line, an error just ends the body (Starlette logged it)
+            if item["type"] == "http.response.start":
+                started = True
+                yield _head(item)
+            elif item["type"] == "http.response.body":
+                if item.get("body"):
+                    yield item["body"]
+                if not item.get("more_body", False):
+                    return
+    finally:
+        disconnected.set()
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_GRACE_S)
+            if not done:
+                task.cancel()
 
 
 class ServiceIngress:
@@ -210,3 +310,17 @@ class ServiceIngress:
         """Serve one request forwarded by the gateway (see the module docstring)."""
         return await call_asgi(self.app, method=method, path=path, body=body, query=query, headers=headers,
                                caller=caller)
+
+    async def handle_request_stream(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        query: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        caller: dict[str, Any] | None = None,
+    ) -> AsyncIterator[ForwardedResponse | bytes]:
+        """Serve one forwarded request as a stream: the head, then body chunks (see the module docstring)."""
+        async for item in stream_asgi(self.app, method=method, path=path, body=body, query=query, headers=headers,
+                                      caller=caller):
+            yield item

@@ -3,12 +3,15 @@
 Shared by ``/api/v1/<service>/...`` and the original generic route: scope
 check (403), rate limit per tenant and service (429), the call through the
 service client (503/504 on failure), and the uniform error body for any
-error response a service sends in another shape.
+error response a service sends in another shape. `forward_stream` does the
+same for the services the gateway streams: an event stream comes back as an
+iterator of chunks, anything else is collected as `forward` would.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
@@ -26,6 +29,17 @@ _HOP_HEADERS = {"content-length", "connection", "keep-alive", "transfer-encoding
                 "x-request-id"}
 
 
+async def _admit(state: GatewayState, request: Request, principal: Principal, service: str) -> tuple[Caller, RateLimitDecision]:
+    """Scope check (403) and rate limit (429); the caller the service will see."""
+    require_scope(principal, service)
+    decision = await enforce_rate_limit(state, request, key=f"{principal.tenant}:{service}",
+                                        limit=state.settings.rate_limit_for(service),
+                                        what=f"service {service!r} (tenant {principal.tenant!r})")
+    caller = Caller(tenant=principal.tenant, subject=principal.subject, scopes=tuple(sorted(principal.scopes)),
+                    request_id=get_request_id(request))
+    return caller, decision
+
+
 async def forward(
     state: GatewayState,
     request: Request,
@@ -39,18 +53,40 @@ async def forward(
     headers: dict[str, str],
 ) -> tuple[ForwardedResponse, RateLimitDecision]:
     """Authorise, rate-limit and forward; return the (normalised) response and the limit decision."""
-    require_scope(principal, service)
-    decision = await enforce_rate_limit(state, request, key=f"{principal.tenant}:{service}",
-                                        limit=state.settings.rate_limit_for(service),
-                                        what=f"service {service!r} (tenant {principal.tenant!r})")
-    request_id = get_request_id(request)
-    caller = Caller(tenant=principal.tenant, subject=principal.subject, scopes=tuple(sorted(principal.scopes)),
-                    request_id=request_id)
+    caller, decision = await _admit(state, request, principal, service)
     response = await state.services.forward(
-        service, method=method, path=path, body=body, query=query, headers={**headers, "x-request-id": request_id},
+        service, method=method, path=path, body=body, query=query, headers={**headers, "x-request-id": caller.request_id},
         caller=caller.to_dict(), timeout_s=state.settings.gateway_request_timeout_s,
     )
-    return uniform_errors(response, request_id), decision
+    return uniform_errors(response, caller.request_id), decision
+
+
+async def forward_stream(
+    state: GatewayState,
+    request: Request,
+    principal: Principal,
+    service: str,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    query: list[tuple[str, str]],
+    headers: dict[str, str],
+) -> tuple[ForwardedResponse, AsyncIterator[bytes] | None, RateLimitDecision]:
+    """Like `forward`, through the service's stream: ``(head, chunks, decision)``.
+
+    ``chunks`` is None unless the service answered a successful
+    ``text/event-stream``; otherwise the head carries the whole (normalised) body.
+    """
+    caller, decision = await _admit(state, request, principal, service)
+    head, chunks = await state.services.forward_stream(
+        service, method=method, path=path, body=body, query=query, headers={**headers, "x-request-id": caller.request_id},
+        caller=caller.to_dict(), timeout_s=state.settings.gateway_request_timeout_s,
+    )
+    if head.status_code < 400 and "text/event-stream" in (head.header("content-type") or ""):
+        return head, chunks, decision
+    head.body = b"".join([chunk async for chunk in chunks])
+    return uniform_errors(head, caller.request_id), None, decision
 
 
 def pass_through_headers(response: ForwardedResponse) -> list[tuple[str, str]]:

@@ -10,7 +10,9 @@ applications' status from the controller at most once per
 ``status_ttl_s`` so a service that is not deployed, failed or unhealthy is
 answered 503 at once instead of waiting for replicas that will not come.
 Every forwarded call is bounded by a timeout and cancelled on timeout or
-client disconnect.
+client disconnect. `forward_stream` is the streaming variant (the service's
+``handle_request_stream``): the head within the timeout, then each chunk
+within the same budget of silence.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,6 +91,10 @@ class ServiceClient(Protocol):
     async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
                       headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse: ...
 
+    async def forward_stream(self, service: str, *, method: str, path: str, body: bytes,
+                             query: list[tuple[str, str]], headers: dict[str, str], caller: dict[str, Any] | None,
+                             timeout_s: float) -> tuple[ForwardedResponse, AsyncIterator[bytes]]: ...
+
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -127,6 +133,7 @@ class ServeServiceClient:
         self._status_ttl_s = status_ttl_s
         self._controller_timeout_s = controller_timeout_s
         self._handles: dict[str, Any] = {}
+        self._stream_handles: dict[str, Any] = {}
         self._states: dict[str, AppState] = {}
         self._states_at = float("-inf")
         self._refresh: asyncio.Task[dict[str, AppState]] | None = None
@@ -168,21 +175,36 @@ class ServeServiceClient:
             self._handles[app] = handle
         return handle
 
-    async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
-                      headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse:
-        import ray.exceptions
+    async def _routable_handle(self, service: str, *, stream: bool) -> tuple[str, Any]:
+        """The app of `service` and a handle to it, or `ServiceUnavailable` when it cannot take requests."""
         from ray.serve.exceptions import RayServeException
 
         app = self.registry.app_for(service)
         state = (await self.app_states()).get(app)
-        if state is None:
+        if state is None and self._states_at > float("-inf"):
             raise ServiceUnavailable(service, "not deployed")
-        if state.status not in _ROUTABLE:
+        # NOTE: with no view of Serve yet (the first serve.status() of a process can take
+        # longer than its budget on a busy node), try the handle: it fails fast if the app is absent.
+        if state is not None and state.status not in _ROUTABLE:
             raise ServiceUnavailable(service, f"application is {state.status}", retry_after_s=5)
         try:
             handle = await self._handle(app)
         except (RayServeException, TimeoutError) as exc:
             raise ServiceUnavailable(service, f"no handle ({exc})", retry_after_s=5) from exc
+        if stream:
+            handle = self._stream_handles.get(app) or self._stream_handles.setdefault(app, handle.options(stream=True))
+        return app, handle
+
+    def _forget(self, app: str) -> None:
+        self._handles.pop(app, None)
+        self._stream_handles.pop(app, None)
+
+    async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
+                      headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse:
+        import ray.exceptions
+        from ray.serve.exceptions import RayServeException
+
+        app, handle = await self._routable_handle(service, stream=False)
         response = handle.handle_request.remote(method, path, body, query, headers, caller)
         try:
             result = await asyncio.wait_for(response, timeout=timeout_s)
@@ -193,11 +215,64 @@ class ServeServiceClient:
             response.cancel()
             raise
         except (ray.exceptions.RayError, RayServeException) as exc:
-            self._handles.pop(app, None)
+            self._forget(app)
             raise ServiceUnavailable(service, _short(exc), retry_after_s=5) from exc
         if not isinstance(result, ForwardedResponse):
             raise ServiceUnavailable(service, "its handle_request does not follow the forwarding protocol")
         return result
+
+    async def forward_stream(self, service: str, *, method: str, path: str, body: bytes,
+                             query: list[tuple[str, str]], headers: dict[str, str], caller: dict[str, Any] | None,
+                             timeout_s: float) -> tuple[ForwardedResponse, AsyncIterator[bytes]]:
+        import ray.exceptions
+        from ray.serve.exceptions import RayServeException
+
+        app, handle = await self._routable_handle(service, stream=True)
+        stream = handle.handle_request_stream.remote(method, path, body, query, headers, caller)
+        try:
+            head = await asyncio.wait_for(stream.__anext__(), timeout=timeout_s)
+        except TimeoutError as exc:
+            stream.cancel()
+            raise ServiceTimeout(service, f"no answer within {timeout_s:g} s") from exc
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        except StopAsyncIteration:
+            raise ServiceUnavailable(service, "its stream ended before a response") from None
+        except (ray.exceptions.RayError, RayServeException) as exc:
+            self._forget(app)
+            raise ServiceUnavailable(service, _short(exc), retry_after_s=5) from exc
+        if not isinstance(head, ForwardedResponse):
+            stream.cancel()
+            raise ServiceUnavailable(service, "its handle_request_stream does not follow the forwarding protocol")
+        return head, _chunks(service, stream, timeout_s)
+
+
+async def _chunks(service: str, stream: Any, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The body chunks of a streamed response; a silent, failed or abandoned stream is cancelled.
+
+    The status line is already sent when a chunk fails, so a failure can only
+    end the body early (logged); the service's own error events, if it sends
+    them, arrive like any other chunk.
+    """
+    import ray.exceptions
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), timeout=idle_timeout_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                logger.warning("Stream from %r silent for %g s; ending it", service, idle_timeout_s)
+                return
+            except (ray.exceptions.RayError, RayServeException) as exc:
+                logger.warning("Stream from %r failed: %s", service, _short(exc))
+                return
+            yield chunk
+    finally:
+        stream.cancel()
 
 
 def _short(exc: BaseException) -> str:

@@ -17,10 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 from business_modules.settings import load_settings
 from deployments.common.errors import install_error_handlers
-from deployments.common.forwarding import ForwardedResponse, call_asgi
+from deployments.common.forwarding import ForwardedResponse, call_asgi, stream_asgi
 from deployments.gateway.app import create_app
 from deployments.gateway.services import AppState, ServiceRegistry, ServiceUnavailable
 from deployments.gateway.state import GatewayState
@@ -39,6 +40,13 @@ def make_service() -> FastAPI:
     @app.post("/echo")
     async def echo(payload: dict) -> dict:
         return payload
+
+    @app.get("/events")
+    async def events(count: int = 3) -> StreamingResponse:
+        async def body():
+            for index in range(count):
+                yield f"data: {index}\n\n".encode()
+        return StreamingResponse(body(), media_type="text/event-stream")
 
     return app
 
@@ -60,6 +68,14 @@ class InProcessServices:
             raise ServiceUnavailable(service, "not deployed")
         return await call_asgi(app, method=method, path=path, body=body, query=query, headers=headers,
                                caller=caller)
+
+    async def forward_stream(self, service: str, *, method: str, path: str, body: bytes, query, headers, caller,
+                             timeout_s: float) -> tuple[ForwardedResponse, AsyncIterator[bytes]]:
+        app = self._apps.get(self.registry.app_for(service))
+        if app is None:
+            raise ServiceUnavailable(service, "not deployed")
+        stream = stream_asgi(app, method=method, path=path, body=body, query=query, headers=headers, caller=caller)
+        return await stream.__anext__(), stream
 
 
 def closed_port() -> int:
@@ -164,3 +180,24 @@ async def test_slow_serve_status_reports_unknown_not_undeployed(gateway) -> None
     assert report["status"] == "degraded"
     assert report["services"]["echo"]["status"] == "unknown"
     assert report["cache"]["status"] == "unknown"
+
+
+async def test_streamed_service_passes_events_and_normalises_the_rest(tmp_path: Path) -> None:
+    state, client = await open_gateway(tmp_path, gateway_stream_services=["echo"])
+    try:
+        key = (await state.auth.create_api_key(username="ann", name="t")).secret
+        events = await client.get("/api/v1/echo/events", params={"count": 4}, headers={"X-API-Key": key})
+        assert events.status_code == 200 and events.headers["content-type"].startswith("text/event-stream")
+        assert events.text == "".join(f"data: {i}\n\n" for i in range(4))
+        assert events.headers["x-ratelimit-limit"] == "100" and "content-length" not in events.headers
+        echoed = await client.post("/api/v1/echo/echo", json={"a": 1}, headers={"X-API-Key": key})
+        assert echoed.status_code == 200 and echoed.json() == {"a": 1}  # not an event stream: answered whole
+        assert echoed.headers["content-length"] == str(len(echoed.content))
+        invalid = await client.post("/api/v1/echo/echo", content=b"not json", headers={"X-API-Key": key,
+                                                                                        "content-type": "application/json"})
+        assert invalid.status_code == 400 and invalid.json()["error"]["request_id"] == invalid.headers["x-request-id"]
+        missing = await client.get("/api/v1/echo/nope", headers={"X-API-Key": key})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    finally:
+        await client.aclose()
+        await state.close()

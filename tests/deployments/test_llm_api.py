@@ -266,3 +266,44 @@ def test_gateway_forwards_with_tenant_isolated_cache(gateway: tuple[str, dict[st
     # Same prompt, other tenant: its keys are salted apart, so nothing is shared (or probeable by timing).
     assert other.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert other.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+
+
+def test_gateway_streams_events_as_they_are_produced(gateway: tuple[str, dict[str, str]]) -> None:
+    url, keys = gateway
+    body = {"messages": [{"role": "user", "content": "Write a short product update."}], "max_tokens": 24,
+            "temperature": 0, "stream": True}
+    reads: list[bytes] = []
+    with httpx.stream("POST", f"{url}/api/v1/llm/chat/completions", json=body, headers={"X-API-Key": keys["acme"]},
+                      timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-request-id"] and "x-ratelimit-limit" in response.headers
+        reads = [chunk for chunk in response.iter_raw() if chunk]
+    events = [line for line in b"".join(reads).decode().split("\n") if line]
+    assert events[-1] == "data: [DONE]"
+    # Buffered, a few hundred bytes of events arrive in one read; streamed, they come event by event.
+    assert len(reads) > 2, reads
+    streamed = "".join(json.loads(e.removeprefix("data: "))["choices"][0]["delta"].get("content", "")
+                       for e in events[:-1])
+    whole = httpx.post(f"{url}/api/v1/llm/chat/completions", json=body | {"stream": False},
+                       headers={"X-API-Key": keys["acme"]}, timeout=120)
+    assert whole.status_code == 200 and whole.json()["choices"][0]["message"]["content"] == streamed
+
+
+def test_gateway_stream_errors_and_disconnects(gateway: tuple[str, dict[str, str]]) -> None:
+    url, keys = gateway
+    bad = httpx.post(f"{url}/api/v1/llm/chat/completions", headers={"X-API-Key": keys["acme"]}, timeout=60,
+                     json={"messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": -1})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
+    assert bad.json()["error"]["request_id"] == bad.headers["x-request-id"]
+    server = serve.get_deployment_handle("LLMServer", app_name="llm")
+    body = {"prompt": "Tell me a very long story.", "max_tokens": 256, "stream": True}
+    with httpx.stream("POST", f"{url}/api/v1/llm/completions", json=body, headers={"X-API-Key": keys["globex"]},
+                      timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # one event, then hang up
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.get_stats.remote().result()["running"]:
+        time.sleep(0.2)
+    assert server.get_stats.remote().result()["running"] == 0

@@ -1,13 +1,19 @@
-"""``/api/v1/<service>/<path>``: any method, forwarded to the service's own route ``/<path>``."""
+"""``/api/v1/<service>/<path>``: any method, forwarded to the service's own route ``/<path>``.
+
+For the services in ``GATEWAY_STREAM_SERVICES`` (the LLM by default) the call
+goes through the service's stream, so server-sent events reach the client as
+they are produced instead of when the response is complete.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from starlette.responses import StreamingResponse
 
 from deployments.common.forwarding import FORWARDED_HEADERS
 from deployments.gateway.deps import PrincipalDep, ServiceDep, StateDep
 from deployments.gateway.errors import rate_limit_headers
-from deployments.gateway.forward import forward, pass_through_headers
+from deployments.gateway.forward import forward, forward_stream, pass_through_headers
 
 router = APIRouter(tags=["services"])
 
@@ -17,11 +23,18 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 async def _proxy(service: str, path: str, request: Request, principal, state) -> Response:
     body = await request.body()
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
-    result, decision = await forward(
-        state, request, principal, service, method=request.method, path="/" + path, body=body,
-        query=list(request.query_params.multi_items()), headers=headers,
-    )
-    response = Response(content=result.body, status_code=result.status_code)
+    call = dict(method=request.method, path="/" + path, body=body, query=list(request.query_params.multi_items()),
+                headers=headers)
+    chunks = None
+    if service in state.settings.gateway_stream_services:
+        result, chunks, decision = await forward_stream(state, request, principal, service, **call)
+    else:
+        result, decision = await forward(state, request, principal, service, **call)
+    response: Response
+    if chunks is not None:  # server-sent events: passed on as the service produces them
+        response = StreamingResponse(chunks, status_code=result.status_code)
+    else:
+        response = Response(content=result.body, status_code=result.status_code)
     for name, value in pass_through_headers(result):
         response.headers.append(name, value)
     response.headers.update(rate_limit_headers(decision))
