@@ -15,11 +15,13 @@ from starlette.exceptions import HTTPException
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from business_modules.auth import MissingCredentials, Principal
+from business_modules.auth.api_keys import parse_key_id
 from business_modules.ratelimit import RateLimitDecision
 from deployments.gateway.errors import RateLimited
 from deployments.gateway.state import GatewayState
 
-bearer_scheme = HTTPBearer(auto_error=False, description="Access token from POST /api/v1/auth/login.")
+bearer_scheme = HTTPBearer(auto_error=False, description="Access token from POST /api/v1/auth/login, or an API key "
+                                                       "(as OpenAI clients send theirs).")
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="API key from `blatam keys create` (scopes per service).")
 
@@ -36,8 +38,15 @@ async def get_principal(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> Principal:
-    """The authenticated caller; a bearer token wins when both credentials are sent."""
+    """The authenticated caller; a bearer credential wins when both are sent.
+
+    The bearer credential may be an access token or an API key: OpenAI
+    clients send their ``api_key`` as ``Authorization: Bearer``, so
+    ``OpenAI(base_url=".../api/v1/llm", api_key=KEY)`` works through the gateway.
+    """
     if bearer is not None and bearer.credentials:
+        if parse_key_id(bearer.credentials) is not None:
+            return await state.auth.authenticate_api_key(bearer.credentials)
         return state.auth.verify_token(bearer.credentials)
     if api_key:
         return await state.auth.authenticate_api_key(api_key)
@@ -52,7 +61,7 @@ RESERVED_PREFIXES = frozenset({"auth", "gateway"})
 
 
 def get_service(service: str, request: Request, state: StateDep) -> str:
-    """The ``{service}`` path parameter, checked against the known services.
+    """The ``{service}`` path parameter, checked against the known services (aliases resolved).
 
     A gateway route called with the wrong method (``GET /api/v1/auth/login``)
     also lands on the catch-all proxy route: answer 405 with ``Allow`` (or 404)
@@ -64,6 +73,7 @@ def get_service(service: str, request: Request, state: StateDep) -> str:
         if allowed:
             raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
         raise HTTPException(404)
+    service = state.services.registry.canonical(service)
     state.services.registry.app_for(service)
     return service
 

@@ -39,6 +39,10 @@ SERVICES: dict[str, str] = {
 }
 """URL/scope name -> Serve application name."""
 
+SERVICE_ALIASES: dict[str, str] = {"exports": "export"}
+"""Other URL names of a service (the original root README's ``POST /api/v1/exports/generate``);
+an alias is the service itself: same scope, same rate limit, same routes."""
+
 CACHE_APP = "llm"
 """The application that holds the KV cache; reported as ``cache`` on /health."""
 
@@ -107,6 +111,10 @@ class ServiceRegistry:
         if bad:
             raise ValueError(f"Service names must match {_SERVICE_NAME.pattern}: {bad}")
         self._apps = {**SERVICES, **(extra or {})}
+
+    def canonical(self, service: str) -> str:
+        """The service a URL name means (`SERVICE_ALIASES`), unless a configured service has that name."""
+        return service if service in self._apps else SERVICE_ALIASES.get(service, service)
 
     def app_for(self, service: str) -> str:
         """The Serve application of `service` (`UnknownService` when there is none)."""

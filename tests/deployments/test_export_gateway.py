@@ -93,3 +93,14 @@ def test_original_api_through_the_gateway(env) -> None:
         assert http.get(f"/api/v1/export/{task_id}/status").status_code == 401
         bad = http.post("/api/v1/export", content=b"{", headers={**ann, "content-type": "application/json"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "malformed_json"
+
+
+def test_original_root_readme_path_is_an_alias_of_export(env) -> None:
+    """``POST /api/v1/exports/generate`` (the original root README) is the export service itself."""
+    base_url, keys = env
+    with httpx.Client(base_url=base_url, timeout=60.0) as http:
+        generated = http.post("/api/v1/exports/generate", json=structured_payload(fmt="markdown"),
+                              headers={"X-API-Key": keys["ann"]})  # a key scoped "export"
+        assert generated.status_code == 200, generated.text
+        assert "Quarterly report" in generated.content.decode()
+        assert http.post("/api/v1/exports/generate", json=structured_payload(fmt="markdown")).status_code == 401

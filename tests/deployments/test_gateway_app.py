@@ -201,3 +201,11 @@ async def test_streamed_service_passes_events_and_normalises_the_rest(tmp_path: 
     finally:
         await client.aclose()
         await state.close()
+
+
+async def test_api_key_is_accepted_as_a_bearer_credential(gateway) -> None:
+    _, client, key = gateway
+    as_bearer = await client.post("/api/v1/echo/echo", json={"a": 2}, headers={"Authorization": f"Bearer {key}"})
+    assert as_bearer.status_code == 200 and as_bearer.json() == {"a": 2}
+    wrong = await client.post("/api/v1/echo/echo", json={"a": 2}, headers={"Authorization": f"Bearer {key[:-1]}x"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"]

@@ -307,3 +307,20 @@ def test_gateway_stream_errors_and_disconnects(gateway: tuple[str, dict[str, str
     while time.monotonic() < deadline and server.get_stats.remote().result()["running"]:
         time.sleep(0.2)
     assert server.get_stats.remote().result()["running"] == 0
+
+
+def test_openai_client_through_the_gateway_with_an_api_key(gateway: tuple[str, dict[str, str]]) -> None:
+    """An OpenAI client sends its api_key as a bearer credential; streams arrive through the gateway."""
+    import openai
+
+    url, keys = gateway
+    client = openai.OpenAI(base_url=f"{url}/api/v1/llm", api_key=keys["acme"], max_retries=0, timeout=120)
+    model = client.models.list().data[0].id
+    messages = [{"role": "user", "content": "Name three colours."}]
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0, stream=True)
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    whole = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0)
+    assert streamed == whole.choices[0].message.content
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/api/v1/llm", api_key="blt_000000000000_" + "x" * 43,
+                      max_retries=0).models.list()
