@@ -175,46 +175,19 @@ async def call_asgi(
     headers: Mapping[str, str] | None = None,
     caller: Mapping[str, Any] | None = None,
 ) -> ForwardedResponse:
-    """Run one HTTP request through `app` in process and collect its response.
+    """Run one HTTP request through `app` in process and collect its response (`stream_asgi`, whole).
 
     A request the app fails on before answering becomes a 500 with the uniform body.
     """
-    scope = _asgi_scope(method=method, path=path, body=body, query=query, headers=headers, caller=caller)
-    request_sent = False
-    response = ForwardedResponse(status_code=500)
+    response: ForwardedResponse | None = None
     chunks: list[bytes] = []
-    started = False
-    # The "client" stays connected until the whole response is sent: reporting a
-    # disconnect earlier makes Starlette cancel streamed responses (FileResponse,
-    # StreamingResponse) and the gateway would get an empty body.
-    response_done = asyncio.Event()
-
-    async def receive() -> Message:
-        nonlocal request_sent
-        if not request_sent:
-            request_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await response_done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        nonlocal started, response
-        if message["type"] == "http.response.start":
-            started = True
-            response = _head(message)
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                response_done.set()
-
-    try:
-        await app(scope, receive, send)
-    except Exception as exc:  # noqa: BLE001 - answered below; the traceback is logged
-        if not started:
-            return _failed_before_answering(method, path, headers, exc)
-        # NOTE: Starlette's ServerErrorMiddleware re-raises after sending its 500
-        # so that servers can log it; the response is complete, so return it.
-        logger.debug("Forwarded %s %s raised after answering %d", method, path, response.status_code)
+    async for item in stream_asgi(app, method=method, path=path, body=body, query=query, headers=headers,
+                                  caller=caller):
+        if isinstance(item, ForwardedResponse):
+            response = item
+        else:
+            chunks.append(item)
+    assert response is not None  # stream_asgi always yields a head first
     response.body = b"".join(chunks)
     return response
 
@@ -235,10 +208,15 @@ async def stream_asgi(
 ) -> AsyncIterator[ForwardedResponse | bytes]:
     """Run one HTTP request through `app` in process; yield its head, then its body chunks as sent.
 
-    The app runs in its own task. When the consumer stops early (the client
-    went away), the app receives ``http.disconnect``, which ends a streaming
-    response and lets it release what it holds; an app that does not wind
-    down within `DISCONNECT_GRACE_S` is cancelled.
+    The app runs in its own task. The "client" stays connected until the
+    consumer is done: reporting a disconnect earlier makes Starlette cancel
+    streamed responses (FileResponse, StreamingResponse). When the consumer
+    stops early (the client went away), the app receives ``http.disconnect``,
+    which ends a streaming response and lets it release what it holds; an app
+    that does not wind down within `DISCONNECT_GRACE_S` is cancelled. An
+    error after the status line only ends the body (Starlette's
+    ServerErrorMiddleware re-raises after sending its 500, so that servers
+    can log it).
     """
     scope = _asgi_scope(method=method, path=path, body=body, query=query, headers=headers, caller=caller)
     messages: asyncio.Queue[Message | BaseException | None] = asyncio.Queue()

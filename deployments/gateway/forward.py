@@ -3,9 +3,9 @@
 Shared by ``/api/v1/<service>/...`` and the original generic route: scope
 check (403), rate limit per tenant and service (429), the call through the
 service client (503/504 on failure), and the uniform error body for any
-error response a service sends in another shape. `forward_stream` does the
-same for the services the gateway streams: an event stream comes back as an
-iterator of chunks, anything else is collected as `forward` would.
+error response a service sends in another shape. For the services the
+gateway streams, an event stream comes back as an iterator of chunks;
+anything else is collected as it would be without streaming.
 """
 
 from __future__ import annotations
@@ -51,38 +51,21 @@ async def forward(
     body: bytes,
     query: list[tuple[str, str]],
     headers: dict[str, str],
-) -> tuple[ForwardedResponse, RateLimitDecision]:
-    """Authorise, rate-limit and forward; return the (normalised) response and the limit decision."""
-    caller, decision = await _admit(state, request, principal, service)
-    response = await state.services.forward(
-        service, method=method, path=path, body=body, query=query, headers={**headers, "x-request-id": caller.request_id},
-        caller=caller.to_dict(), timeout_s=state.settings.gateway_request_timeout_s,
-    )
-    return uniform_errors(response, caller.request_id), decision
-
-
-async def forward_stream(
-    state: GatewayState,
-    request: Request,
-    principal: Principal,
-    service: str,
-    *,
-    method: str,
-    path: str,
-    body: bytes,
-    query: list[tuple[str, str]],
-    headers: dict[str, str],
+    stream: bool = False,
 ) -> tuple[ForwardedResponse, AsyncIterator[bytes] | None, RateLimitDecision]:
-    """Like `forward`, through the service's stream: ``(head, chunks, decision)``.
+    """Authorise, rate-limit and forward: ``(response, chunks, decision)``.
 
-    ``chunks`` is None unless the service answered a successful
-    ``text/event-stream``; otherwise the head carries the whole (normalised) body.
+    With ``stream`` the call goes through the service's stream; ``chunks`` is
+    then the body of a successful ``text/event-stream`` (the response carries
+    only the head). In every other case ``chunks`` is None and the response
+    carries the whole (normalised) body.
     """
     caller, decision = await _admit(state, request, principal, service)
-    head, chunks = await state.services.forward_stream(
-        service, method=method, path=path, body=body, query=query, headers={**headers, "x-request-id": caller.request_id},
-        caller=caller.to_dict(), timeout_s=state.settings.gateway_request_timeout_s,
-    )
+    call = dict(method=method, path=path, body=body, query=query, headers={**headers, "x-request-id": caller.request_id},
+                caller=caller.to_dict(), timeout_s=state.settings.gateway_request_timeout_s)
+    if not stream:
+        return uniform_errors(await state.services.forward(service, **call), caller.request_id), None, decision
+    head, chunks = await state.services.forward_stream(service, **call)
     if head.status_code < 400 and "text/event-stream" in (head.header("content-type") or ""):
         return head, chunks, decision
     head.body = b"".join([chunk async for chunk in chunks])

@@ -207,24 +207,30 @@ class ServeServiceClient:
         self._handles.pop(app, None)
         self._stream_handles.pop(app, None)
 
-    async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
-                      headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse:
+    async def _answer(self, service: str, app: str, call: Any, awaitable: Any, timeout_s: float) -> Any:
+        """What ``awaitable`` (the call's result or first item) gives within ``timeout_s``; failures as 503/504."""
         import ray.exceptions
         from ray.serve.exceptions import RayServeException
 
-        app, handle = await self._routable_handle(service, stream=False)
-        response = handle.handle_request.remote(method, path, body, query, headers, caller)
         try:
-            result = await asyncio.wait_for(response, timeout=timeout_s)
+            return await asyncio.wait_for(awaitable, timeout=timeout_s)
         except TimeoutError as exc:
-            response.cancel()
+            call.cancel()
             raise ServiceTimeout(service, f"no answer within {timeout_s:g} s") from exc
         except asyncio.CancelledError:
-            response.cancel()
+            call.cancel()
             raise
+        except StopAsyncIteration:
+            raise ServiceUnavailable(service, "its stream ended before a response") from None
         except (ray.exceptions.RayError, RayServeException) as exc:
             self._forget(app)
             raise ServiceUnavailable(service, _short(exc), retry_after_s=5) from exc
+
+    async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
+                      headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse:
+        app, handle = await self._routable_handle(service, stream=False)
+        response = handle.handle_request.remote(method, path, body, query, headers, caller)
+        result = await self._answer(service, app, response, response, timeout_s)
         if not isinstance(result, ForwardedResponse):
             raise ServiceUnavailable(service, "its handle_request does not follow the forwarding protocol")
         return result
@@ -232,24 +238,9 @@ class ServeServiceClient:
     async def forward_stream(self, service: str, *, method: str, path: str, body: bytes,
                              query: list[tuple[str, str]], headers: dict[str, str], caller: dict[str, Any] | None,
                              timeout_s: float) -> tuple[ForwardedResponse, AsyncIterator[bytes]]:
-        import ray.exceptions
-        from ray.serve.exceptions import RayServeException
-
         app, handle = await self._routable_handle(service, stream=True)
         stream = handle.handle_request_stream.remote(method, path, body, query, headers, caller)
-        try:
-            head = await asyncio.wait_for(stream.__anext__(), timeout=timeout_s)
-        except TimeoutError as exc:
-            stream.cancel()
-            raise ServiceTimeout(service, f"no answer within {timeout_s:g} s") from exc
-        except asyncio.CancelledError:
-            stream.cancel()
-            raise
-        except StopAsyncIteration:
-            raise ServiceUnavailable(service, "its stream ended before a response") from None
-        except (ray.exceptions.RayError, RayServeException) as exc:
-            self._forget(app)
-            raise ServiceUnavailable(service, _short(exc), retry_after_s=5) from exc
+        head = await self._answer(service, app, stream, stream.__anext__(), timeout_s)
         if not isinstance(head, ForwardedResponse):
             stream.cancel()
             raise ServiceUnavailable(service, "its handle_request_stream does not follow the forwarding protocol")

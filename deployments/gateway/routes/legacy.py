@@ -107,8 +107,8 @@ async def route(body: RouteIn, request: Request, principal: PrincipalDep, state:
         else:
             payload = json.dumps(body.data).encode()
             headers["content-type"] = "application/json"
-    result, decision = await forward(state, request, principal, service, method=body.method, path=path,
-                                     body=payload, query=query, headers=headers)
+    result, _, decision = await forward(state, request, principal, service, method=body.method, path=path,
+                                        body=payload, query=query, headers=headers)
     out = RouteOut(
         request_id=get_request_id(request), target_system=body.target_system, endpoint=body.endpoint,
         method=body.method, status_code=result.status_code, response=_decode(result),

@@ -13,7 +13,7 @@ from starlette.responses import StreamingResponse
 from deployments.common.forwarding import FORWARDED_HEADERS
 from deployments.gateway.deps import PrincipalDep, ServiceDep, StateDep
 from deployments.gateway.errors import rate_limit_headers
-from deployments.gateway.forward import forward, forward_stream, pass_through_headers
+from deployments.gateway.forward import forward, pass_through_headers
 
 router = APIRouter(tags=["services"])
 
@@ -23,13 +23,11 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 async def _proxy(service: str, path: str, request: Request, principal, state) -> Response:
     body = await request.body()
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
-    call = dict(method=request.method, path="/" + path, body=body, query=list(request.query_params.multi_items()),
-                headers=headers)
-    chunks = None
-    if service in state.settings.gateway_stream_services:
-        result, chunks, decision = await forward_stream(state, request, principal, service, **call)
-    else:
-        result, decision = await forward(state, request, principal, service, **call)
+    result, chunks, decision = await forward(
+        state, request, principal, service, method=request.method, path="/" + path, body=body,
+        query=list(request.query_params.multi_items()), headers=headers,
+        stream=service in state.settings.gateway_stream_services,
+    )
     response: Response
     if chunks is not None:  # server-sent events: passed on as the service produces them
         response = StreamingResponse(chunks, status_code=result.status_code)
