@@ -4,12 +4,13 @@ One worker thread owns the model and the batch (model calls release the GIL,
 so the replica's event loop stays responsive). Each loop iteration:
 
 1. drops sequences whose client went away (their row is freed at once);
-2. admits waiting sequences while rows are free, up to ``max_prefill_tokens``
-   of uncached prompt per iteration (at least one request) so a burst of
-   long prompts cannot stall everyone's decoding for long: each is prefilled
-   alone, on top of its cached prefix, straight into its row of the batch
-   buffer, and its prompt blocks are stored at once so a concurrent request
-   with the same prefix already hits;
+2. prefills at most ``max_prefill_tokens`` of uncached prompt, so neither a
+   burst of prompts nor one long prompt stalls everyone's decoding for long:
+   first the next chunk of a prompt too long for one iteration (one at a
+   time, see `chunked_prefill`), then waiting sequences while rows are free.
+   Each is prefilled on top of its cached prefix, straight into its row of
+   the batch buffer, and its prompt blocks are stored at once so a concurrent
+   request with the same prefix already hits;
 3. runs one decode step for every running sequence and retires the finished
    ones, storing the blocks their generated tokens filled.
 
@@ -29,6 +30,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 
 import torch
 
+from cache_actors.batching.chunked_prefill import ChunkedPrefill
 from cache_actors.batching.detokenizer import IncrementalText
 from cache_actors.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.batching.sequence import Sequence, SequenceRequest, TokenConstraint
@@ -47,7 +49,7 @@ class BatcherConfig:
 
     max_batch_size: int = 16
     max_model_len: int | None = None  # None: the model's context, capped at 4096
-    max_prefill_tokens: int = 2048
+    max_prefill_tokens: int = 2048  # per iteration; a longer prompt is prefilled in chunks
     max_waiting: int = 1024
 
 
@@ -103,10 +105,13 @@ class ContinuousBatcher:
         self._stop_ids = frozenset(self.runner.eos_token_ids)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []  # index == row in self.kv
+        self._partial: ChunkedPrefill | None = None  # a long prompt being prefilled chunk by chunk
+        self._scratch: torch.Tensor | None = None  # its KV until it joins the batch (allocated on first use)
         self._wake = threading.Condition()
         self._closed = False
         self.steps = 0
         self.step_rows = 0  # sum of batch sizes over steps (mean batch = step_rows / steps)
+        self.steps_during_chunked_prefill = 0  # decode steps that ran while a long prompt was half prefilled
         self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
         self._thread.start()
 
@@ -193,7 +198,7 @@ class ContinuousBatcher:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self._running:
+                while not self._closed and not self._waiting and not self._running and self._partial is None:
                     self._wake.wait()
                 if self._closed:
                     break
@@ -201,11 +206,12 @@ class ContinuousBatcher:
                 self._drop_cancelled()
                 self._admit()
                 if self._running:
+                    self.steps_during_chunked_prefill += self._partial is not None
                     self._step()
             except Exception as exc:  # a bug must fail the requests in flight, not hang them
                 logger.exception("continuous batcher step failed")
                 self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
-        for seq in [*self._running, *self._waiting]:
+        for seq in [*self._running, *self._waiting, *([self._partial.seq] if self._partial else [])]:
             seq.emit({"type": "error", "message": "the server is shutting down"})
 
     def _drop_cancelled(self) -> None:
@@ -215,55 +221,107 @@ class ContinuousBatcher:
         for row in range(len(self._running) - 1, -1, -1):
             if self._running[row].cancelled:
                 self._retire(row, store=False)
+        if self._partial is not None and self._partial.seq.cancelled:
+            self._partial = None
+
+    def _free_rows(self) -> int:
+        """Rows a new sequence may take (the half-prefilled prompt has one promised)."""
+        return self.kv.max_rows - self.kv.active - (self._partial is not None)
 
     def _admit(self) -> None:
         budget = self.config.max_prefill_tokens
-        admitted = 0
-        while self.kv.active < self.kv.max_rows:
+        if self._partial is not None:
+            budget -= self._guard(self._partial.seq, "prefill", lambda: self._continue_partial(budget))
+        while budget > 0 and self._free_rows() > 0:
             with self._wake:
                 if not self._waiting:
-                    return
-                if admitted and budget <= 0:
                     return
                 seq = self._waiting.popleft()
             if seq.cancelled:
                 continue
-            try:
-                budget -= self._prefill(seq)
-            except Exception as exc:
-                logger.exception("prefill failed")
-                seq.finish_reason = "error"
-                seq.emit({"type": "error", "message": f"prefill failed: {type(exc).__name__}: {exc}"})
-                continue
-            admitted += 1
+            if self._partial is not None and len(seq.prompt_ids) > budget:
+                with self._wake:  # may not fit now: it waits for the long prompt to finish
+                    self._waiting.appendleft(seq)
+                return
+            budget -= self._guard(seq, "prefill", lambda: self._prefill(seq, budget))
+
+    def _guard(self, seq: Sequence, what: str, work: Callable[[], int]) -> int:
+        """Run ``work`` for ``seq``; a failure fails that sequence only. Returns the tokens computed."""
+        try:
+            return work()
+        except Exception as exc:
+            logger.exception("%s failed", what)
+            if self._partial is not None and self._partial.seq is seq:
+                self._partial = None
+            seq.finish_reason = "error"
+            seq.emit({"type": "error", "message": f"{what} failed: {type(exc).__name__}: {exc}"})
+            return 0
 
     @torch.inference_mode()
-    def _prefill(self, seq: Sequence) -> int:
-        """Prefill ``seq`` into a new row on top of its cached prefix; returns the tokens computed."""
+    def _prefill(self, seq: Sequence, budget: int) -> int:
+        """Prefill ``seq`` on top of its cached prefix, whole into a new row or, over ``budget``, a first chunk.
+
+        Returns the tokens computed.
+        """
         ids = seq.prompt_ids
         bs = self.block_size
         hashes, hit = self.engine.match_prefix(ids, seq.request.tenant_id)
+        cached = hit.num_blocks * bs
+        if len(ids) - cached > budget and self._partial is None:
+            try:
+                if self._scratch is None:
+                    row_shape = self.kv.row_view(0).shape
+                    self._scratch = torch.zeros(row_shape, dtype=self.kv.buffer.dtype, device=self.kv.buffer.device)
+                if hit.num_blocks:
+                    self.cache.read_blocks(hit, block_views(self._scratch, bs)[: hit.num_blocks])
+            finally:
+                self.cache.release(hit)
+            self._partial = ChunkedPrefill(seq, hashes, cached, self._scratch)
+            return self._continue_partial(budget)
         row = self.kv.add_row()
         try:
-            cached = hit.num_blocks * bs
             if hit.num_blocks:
                 self.cache.read_blocks(hit, block_views(self.kv.row_view(row), bs)[: hit.num_blocks])
             logits, kv = self.runner.prefill(ids, self.kv.row_cache(row, cached))
             self.kv.set_length(row, len(ids))
-            if self.runner.supports_prefix_reuse and len(hashes) > hit.num_blocks:
-                self.cache.store(hashes, hit.num_blocks, lambda first, count: blocks_from_cache(kv, first, count, bs))
+            self._store_prompt(hashes, hit.num_blocks, kv)
         except BaseException:
             self.kv.remove(row)
             raise
         finally:
             self.cache.release(hit)
+        self._start(seq, hashes, cached, logits)
+        return len(ids) - cached
+
+    @torch.inference_mode()
+    def _continue_partial(self, budget: int) -> int:
+        """The next chunk of the long prompt; when it is complete, the sequence joins the batch."""
+        partial = self._partial
+        assert partial is not None
+        before = partial.done
+        logits = partial.advance(self.runner, budget)
+        if logits is None:
+            return partial.done - before
+        self._partial = None
+        row = self.kv.add_row()
+        partial.copy_into(self.kv.row_view(row))
+        self.kv.set_length(row, partial.done)
+        self._store_prompt(partial.hashes, partial.cached_tokens // self.block_size, partial.cache)
+        self._start(partial.seq, partial.hashes, partial.cached_tokens, logits)
+        return partial.done - before
+
+    def _store_prompt(self, hashes: list, known_blocks: int, kv: Any) -> None:
+        if self.runner.supports_prefix_reuse and len(hashes) > known_blocks:
+            self.cache.store(hashes, known_blocks, lambda first, count: blocks_from_cache(kv, first, count, self.block_size))
+
+    def _start(self, seq: Sequence, hashes: list, cached: int, logits: torch.Tensor) -> None:
+        """``seq`` holds the last row, prefilled: it runs from its first token on."""
         seq.cached_tokens = cached
         seq.prompt_hashes = hashes
         self._running.append(seq)
         seq.append(seq.choose(logits))
         if seq.finished:
             self._retire(len(self._running) - 1, store=False)
-        return len(ids) - cached
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -316,6 +374,10 @@ class ContinuousBatcher:
             logger.exception("storing generated blocks failed")
 
     def _fail_running(self, message: str) -> None:
+        if self._partial is not None:
+            self._partial.seq.finish_reason = "error"
+            self._partial.seq.emit({"type": "error", "message": message})
+            self._partial = None
         for seq in self._running:
             seq.finish_reason = "error"
             seq.emit({"type": "error", "message": message})

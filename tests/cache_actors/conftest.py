@@ -26,3 +26,20 @@ def make_engine(tiny_runner: ModelRunner):
         return UltraAdaptiveKVCacheEngine(KVCacheConfig(**settings), runner=tiny_runner, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def batcher(make_engine):
+    """Makes `ContinuousBatcher`s over a fresh engine (or the one given); closes them after the test."""
+    from cache_actors.batching import BatcherConfig, ContinuousBatcher
+
+    made = []
+
+    def make(engine=None, **config):
+        b = ContinuousBatcher(engine or make_engine(), BatcherConfig(**{"max_model_len": 512, **config}))
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()

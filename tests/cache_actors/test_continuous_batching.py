@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cache_actors.batching import BatcherConfig, ContinuousBatcher, SequenceRequest
+from cache_actors.batching import SequenceRequest
 from cache_actors.batching.detokenizer import IncrementalText
 from cache_actors.requests import GenerationRequest
 from cache_actors.sampling import SamplingParams
@@ -28,20 +28,6 @@ def _reference(engine, text: str, **sampling) -> dict:
     """One request at a time, through the engine's single-sequence path."""
     request = GenerationRequest(text=text, sampling=SamplingParams(**{"max_new_tokens": 24, **sampling}))
     return engine.generate_ids(request, engine.runner.encode(text))
-
-
-@pytest.fixture
-def batcher(make_engine):
-    made = []
-
-    def make(engine=None, **config):
-        b = ContinuousBatcher(engine or make_engine(), BatcherConfig(**{"max_model_len": 512, **config}))
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.close()
 
 
 def test_concurrent_greedy_equals_one_at_a_time(make_engine, batcher):
