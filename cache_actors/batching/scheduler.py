@@ -49,7 +49,7 @@ class BatcherConfig:
 
     max_batch_size: int = 16
     max_model_len: int | None = None  # None: the model's context, capped at 4096
-    max_prefill_tokens: int = 2048  # per iteration; a longer prompt is prefilled in chunks
+    max_prefill_tokens: int = 512  # per iteration; a longer prompt is prefilled in chunks
     max_waiting: int = 1024
 
 

@@ -25,7 +25,9 @@ class LLMSettings(BaseSettings):
     served_model_name: str | None = Field(None, description="Name in /v1/models and responses (default: the model id).")
     max_batch_size: int = Field(16, ge=1, le=256, description="Sequences decoded together per replica.")
     max_model_len: int = Field(2048, ge=16, description="Context per sequence (capped at the model's).")
-    max_prefill_tokens: int = Field(2048, ge=1, description="Uncached prompt tokens prefilled between two decode steps.")
+    max_prefill_tokens: int = Field(
+        512, ge=1, description="Uncached prompt tokens prefilled between two decode steps; a longer prompt is "
+                               "prefilled in chunks (bounds the decode stall; `blatam bench prefill`).")
     max_waiting: int = Field(1024, ge=1, description="Queued requests per replica before 503.")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")

@@ -18,3 +18,4 @@ from scripts.bench import gateway as _gateway  # noqa: E402,F401
 from scripts.bench import dataplane as _dataplane  # noqa: E402,F401
 from scripts.bench import coordinator as _coordinator  # noqa: E402,F401
 from scripts.bench import serve as _serve  # noqa: E402,F401
+from scripts.bench import prefill_stall as _prefill_stall  # noqa: E402,F401
