@@ -46,6 +46,7 @@ async def _trial(batcher: ContinuousBatcher, *, decoders: int, long_ids: list[in
                  decode_tokens: int) -> dict[str, float]:
     """One long prompt arriving among ``decoders`` decoding sequences: their gaps and its TTFT."""
     arrivals: list[list[float]] = [[] for _ in range(decoders)]
+    finished = [False] * decoders
     started = asyncio.Event()
 
     async def decode(index: int) -> None:
@@ -54,8 +55,11 @@ async def _trial(batcher: ContinuousBatcher, *, decoders: int, long_ids: list[in
         async for event in batcher.stream(request):
             if event["type"] == "delta":
                 arrivals[index].append(time.perf_counter())
-                if all(len(times) >= 4 for times in arrivals):
-                    started.set()
+            if all(len(times) >= 4 or done for times, done in zip(arrivals, finished)):
+                started.set()
+        finished[index] = True  # (an early end of sequence: it just stops contributing gaps)
+        if all(len(times) >= 4 or done for times, done in zip(arrivals, finished)):
+            started.set()
 
     tasks = [asyncio.ensure_future(decode(i)) for i in range(decoders)]
     await asyncio.wait_for(started.wait(), timeout=300)
@@ -66,7 +70,8 @@ async def _trial(batcher: ContinuousBatcher, *, decoders: int, long_ids: list[in
             break
     first_token = time.perf_counter()
     deadline = first_token + 30  # the gap that spans the prefill ends at each decoder's next token
-    while time.perf_counter() < deadline and not all(times and times[-1] > first_token for times in arrivals):
+    while time.perf_counter() < deadline and not all(
+            done or (times and times[-1] > first_token) for times, done in zip(arrivals, finished)):
         await asyncio.sleep(0.001)
     for task in tasks:
         task.cancel()
@@ -113,7 +118,7 @@ def measure_prefill_stall(*, long_tokens: int = 1536, chunk: int = 256, decoders
     return {
         "long_tokens": long_tokens, "chunk_tokens": chunk, "decoders": decoders, "trials": trials,
         "settings": rows, "samples": samples,
-        "stall_ratio": rows["chunked"]["max_gap_ms"] / rows["whole"]["max_gap_ms"],
+        "stall_ratio": rows["chunked"]["max_gap_ms"] / rows["whole"]["max_gap_ms"] if rows["whole"]["max_gap_ms"] else None,
         "ttft_ratio": rows["chunked"]["ttft_ms"] / rows["whole"]["ttft_ms"],
     }
 
@@ -136,6 +141,6 @@ def prefill_command(
         [(name, long_tokens + 64 if name == "whole" else chunk, row["max_gap_ms"], row["p99_gap_ms"], row["ttft_ms"])
          for name, row in result["settings"].items()],
     )
-    console.print(f"stall_ratio (chunked/whole max gap) {result['stall_ratio']:.2f}x, "
-                  f"ttft_ratio (chunked/whole) {result['ttft_ratio']:.2f}x")
+    stall = f"{result['stall_ratio']:.2f}x" if result["stall_ratio"] is not None else "n/a (no decoder was running)"
+    console.print(f"stall_ratio (chunked/whole max gap) {stall}, ttft_ratio (chunked/whole) {result['ttft_ratio']:.2f}x")
     write_json(json_out, result)
