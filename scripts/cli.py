@@ -11,6 +11,7 @@ import typer
 from scripts.admin import keys_app, users_app
 from scripts.bench import bench_app
 from scripts.cache_cli import cache_app
+from scripts.observability.cli import dashboards_app
 from scripts.up import up
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(cache_app, name="cache")
+app.add_typer(dashboards_app, name="dashboards")
 app.command("up")(up)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
