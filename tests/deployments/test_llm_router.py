@@ -362,8 +362,11 @@ def test_router_sticks_prefixes_spreads_tenants_and_yields_to_load(probe):
 
     # Skewed load: three slow alpha requests pile on alpha's replica (up to the bound of 2 over
     # the idle one); further alpha requests must go to the other replica until they finish.
-    held = [handle.generate.remote({"prompt": _prefix("alpha") + f" slow {i}", "tenant_id": "alpha", "hold_s": 4.0}) for i in range(3)]
-    time.sleep(0.5)
+    # Each is assigned to a replica before the next is sent, so every decision sees the ones before it.
+    held = []
+    for i in range(3):
+        held.append(handle.generate.remote({"prompt": _prefix("alpha") + f" slow {i}", "tenant_id": "alpha", "hold_s": 4.0}))
+        held[-1]._to_object_ref_sync(_timeout_s=30)
     during = [_send(handle, "alpha", f" while busy {i}") for i in range(3)]
     assert [r.result(timeout_s=30) for r in held] == [home["alpha"]] * 3
     assert during == [home["beta"]] * 3
