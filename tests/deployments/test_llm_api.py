@@ -281,8 +281,8 @@ def test_gateway_streams_events_as_they_are_produced(gateway: tuple[str, dict[st
         reads = [chunk for chunk in response.iter_raw() if chunk]
     events = [line for line in b"".join(reads).decode().split("\n") if line]
     assert events[-1] == "data: [DONE]"
-    # Buffered, a few hundred bytes of events arrive in one read; streamed, they come event by event.
-    assert len(reads) > 2, reads
+    # Buffered, the events arrive in one write (one read); streamed, they come event by event.
+    assert len(reads) >= 2, reads
     streamed = "".join(json.loads(e.removeprefix("data: "))["choices"][0]["delta"].get("content", "")
                        for e in events[:-1])
     whole = httpx.post(f"{url}/api/v1/llm/chat/completions", json=body | {"stream": False},
