@@ -11,6 +11,7 @@ import typer
 from scripts.admin import keys_app, users_app
 from scripts.bench import bench_app
 from scripts.cache_cli import cache_app
+from scripts.health import health
 from scripts.observability.cli import dashboards_app
 from scripts.up import up
 
@@ -24,6 +25,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(cache_app, name="cache")
 app.add_typer(dashboards_app, name="dashboards")
 app.command("up")(up)
+app.command("health")(health)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 

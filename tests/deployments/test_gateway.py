@@ -9,6 +9,7 @@ business services: the gateway routes the services ``echo``, ``limited`` and
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 
 import httpx
@@ -119,6 +120,27 @@ def test_health_reports_each_component(http: httpx.Client) -> None:
     assert report["database"] == {**report["database"], "status": "healthy", "backend": "postgresql"}
     assert report["redis"]["status"] == "healthy" and report["redis"]["rate_limits"] == "redis"
     assert http.get("/ready").json() == {"status": "ready"}
+
+
+def test_blatam_health_reads_the_report(gateway: Env) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from scripts.cli import app
+
+    runner = CliRunner()
+    table = runner.invoke(app, ["health", "--url", gateway.base_url], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output  # healthy
+    for component in ("service echo", "cache", "database", "redis", "postgresql", "not_deployed"):
+        assert component in table.output, component
+    raw = runner.invoke(app, ["health", "--url", gateway.base_url, "--json"])
+    assert raw.exit_code == 0 and json.loads(raw.output)["database"]["backend"] == "postgresql"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    down = runner.invoke(app, ["health", "--url", f"http://127.0.0.1:{closed}", "--timeout", "2"])
+    assert down.exit_code == 2 and "unreachable" in down.output
 
 
 def test_docs_and_openapi_need_no_credentials(http: httpx.Client) -> None:
