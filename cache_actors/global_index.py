@@ -132,6 +132,11 @@ class GlobalIndex:
             self._set_mask(block_hash, self._loc.get(block_hash, 0) & clear)
         info.blocks = set()
 
+    def _set_resyncing(self, info: ShardInfo, resyncing: bool) -> None:
+        """Every change of a shard's ``resyncing`` goes here: it changes what `locate` may use."""
+        info.resyncing = resyncing
+        self._usable.clear()
+
     def purge(self, name: str) -> int:
         """Forget a dead shard and every location it held. Returns blocks it held."""
         info = self.shards.pop(name, None)
@@ -164,8 +169,7 @@ class GlobalIndex:
         if first_seq > info.next_seq:
             self.counters["gaps"] += 1
             self.counters["resyncs"] += 1
-            info.resyncing = True
-            self._usable.clear()
+            self._set_resyncing(info, True)
             info.buffer = [(first_seq, list(events))]
             return ApplyResult(True, [])
         self._apply_events(info, events[info.next_seq - first_seq :])
@@ -197,15 +201,13 @@ class GlobalIndex:
         for block_hash, tier in tiers:
             self._loc[block_hash] = self._loc.get(block_hash, 0) | (1 << _TIER_BITS[tier])
         info.next_seq = seq
-        info.resyncing = False
-        self._usable.clear()
+        self._set_resyncing(info, False)
         buffered, info.buffer = sorted(info.buffer, key=lambda batch: batch[0]), []
         for first_seq, events in buffered:
             if first_seq + len(events) <= info.next_seq:
                 continue
             if first_seq > info.next_seq:
-                info.resyncing = True
-                self._usable.clear()
+                self._set_resyncing(info, True)
                 self.counters["gaps"] += 1
                 return False
             self._apply_events(info, events[info.next_seq - first_seq :])

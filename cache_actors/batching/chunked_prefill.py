@@ -28,7 +28,6 @@ class ChunkedPrefill:
         self.cached_tokens = cached_tokens
         self.scratch = scratch
         self.done = cached_tokens
-        self.chunks = 0
         self.cache: DynamicCache | None = None  # the model's cache after the last chunk
 
     @property
@@ -40,7 +39,6 @@ class ChunkedPrefill:
         end = min(len(self.seq.prompt_ids), self.done + max(1, max_tokens))
         logits, self.cache = runner.prefill(self.seq.prompt_ids[:end], cache_from_buffer(self.scratch, self.done))
         self.done = end
-        self.chunks += 1
         return logits if self.remaining == 0 else None
 
     def copy_into(self, row_view: torch.Tensor) -> None:

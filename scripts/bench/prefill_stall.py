@@ -33,13 +33,9 @@ from cache_actors.batching import BatcherConfig, ContinuousBatcher, SequenceRequ
 from cache_actors.sampling import SamplingParams
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
+from scripts.bench.ttft import random_ids
 
 SETTINGS = ("whole", "chunked")
-
-
-def _random_ids(generator: torch.Generator, count: int, vocab: int) -> list[int]:
-    """Random tokens: nothing is cached, every token is prefilled."""
-    return torch.randint(3, vocab, (count,), generator=generator).tolist()
 
 
 async def _trial(batcher: ContinuousBatcher, *, decoders: int, long_ids: list[int], short_ids: list[list[int]],
@@ -104,8 +100,8 @@ def measure_prefill_stall(*, long_tokens: int = 1536, chunk: int = 256, decoders
     try:
         for _ in range(trials):
             for name in SETTINGS:  # alternate, so drift on a shared machine hits both
-                short = [_random_ids(generator, 16, vocab) for _ in range(decoders)]
-                result = asyncio.run(_trial(batchers[name], decoders=decoders, long_ids=_random_ids(generator, long_tokens, vocab),
+                short = [random_ids(generator, 16, vocab) for _ in range(decoders)]
+                result = asyncio.run(_trial(batchers[name], decoders=decoders, long_ids=random_ids(generator, long_tokens, vocab),
                                             short_ids=short, decode_tokens=decode_tokens))
                 samples[name].append(result)
                 if progress is not None and task is not None:

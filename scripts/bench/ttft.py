@@ -29,7 +29,8 @@ from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
 
 
-def _random_ids(generator: torch.Generator, count: int, vocab: int, low: int = 3) -> list[int]:
+def random_ids(generator: torch.Generator, count: int, vocab: int, low: int = 3) -> list[int]:
+    """Random token ids (never the special ids below ``low``): nothing of them is cached."""
     return torch.randint(low, vocab, (count,), generator=generator).tolist()
 
 
@@ -78,15 +79,15 @@ def measure_ttft(
     cached_tokens: list[int] = []
     task = progress.add_task("ttft runs", total=runs + 1) if progress else None
     for run in range(runs + 1):  # run 0 warms up allocators and kernels; not recorded
-        fresh = bos + _random_ids(generator, prompt_tokens - 1, vocab)
+        fresh = bos + random_ids(generator, prompt_tokens - 1, vocab)
         uncached, _ = _engine_ttft_ms(engine, fresh)
-        prefix = bos + _random_ids(generator, shared - 1, vocab)
-        _engine_ttft_ms(engine, prefix + _random_ids(generator, new_tokens, vocab))
-        suffix = _random_ids(generator, new_tokens, vocab)
+        prefix = bos + random_ids(generator, shared - 1, vocab)
+        _engine_ttft_ms(engine, prefix + random_ids(generator, new_tokens, vocab))
+        suffix = random_ids(generator, new_tokens, vocab)
         cached, hit = _engine_ttft_ms(engine, prefix + suffix)
         ideal = _ideal_ttft_ms(engine, prefix, suffix)
         if actor_engine is not None:
-            _engine_ttft_ms(actor_engine, prefix + _random_ids(generator, new_tokens, vocab))
+            _engine_ttft_ms(actor_engine, prefix + random_ids(generator, new_tokens, vocab))
             actor, actor_hit = _engine_ttft_ms(actor_engine, prefix + suffix)
             if run:
                 samples["actor"].append(actor)
