@@ -108,7 +108,7 @@ class Section(BaseModel):
     """One section of a structured document: a heading, Markdown content and
     optional subsections (nested at most `constants.MAX_SECTION_DEPTH` deep)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     heading: CleanStr = Field(
         validation_alias=AliasChoices("heading", "title"), min_length=1, max_length=C.MAX_HEADING_CHARS
@@ -134,7 +134,7 @@ class Section(BaseModel):
 class StructuredContent(BaseModel):
     """``{title, sections[]}``: the original module's document shape."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     title: CleanStr = Field(min_length=1, max_length=C.MAX_TITLE_CHARS)
     sections: list[Section] = Field(min_length=1, max_length=C.MAX_SECTIONS)
@@ -173,7 +173,7 @@ class DocumentMetadata(BaseModel):
     """Metadata written into every format (PDF info, DOCX/PPTX core
     properties, HTML ``<meta>``). ``title`` defaults to the document's title."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     title: CleanStr | None = Field(None, max_length=C.MAX_TITLE_CHARS)
     author: CleanStr | None = Field(None, max_length=C.MAX_AUTHOR_CHARS)
@@ -230,9 +230,13 @@ Content = Annotated[
 
 
 class ExportRequest(BaseModel):
-    """One export: content plus how to render it."""
+    """One export: content plus how to render it.
 
-    model_config = ConfigDict(extra="ignore")
+    Unknown fields are refused here and in every nested model: a typo such as
+    ``formatt`` was accepted and rendered the default PDF without a word.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     content: Content
     format: ExportFormat = ExportFormat.PDF

@@ -26,38 +26,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.common.error_codes import code_for_status
 from deployments.common.request_id import get_request_id
 
 logger = logging.getLogger(__name__)
-
-_CODES_BY_STATUS = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "rate_limited",
-    500: "internal_error",
-    502: "bad_gateway",
-    503: "service_unavailable",
-    504: "gateway_timeout",
-}
-
-
-def code_for_status(status: int) -> str:
-    """A snake_case error code for an HTTP status."""
-    if status in _CODES_BY_STATUS:
-        return _CODES_BY_STATUS[status]
-    try:
-        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    except ValueError:
-        return "error"
-
 
 def error_body(code: str, message: str, request_id: str | None, **extra: Any) -> dict[str, Any]:
     """The uniform error body (`extra` adds fields next to code/message/request_id)."""

@@ -21,9 +21,10 @@ from ray.serve import Application
 from deployments.common import ServiceIngress
 from deployments.export.app import create_app
 from deployments.export.runtime import ExportAppConfig
+from deployments.common.grpc_limits import GRPC_ENV
 
 
-@serve.deployment(name="Export", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
+@serve.deployment(name="Export", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": GRPC_ENV}}, max_ongoing_requests=32)
 @serve.ingress()
 class ExportIngress(ServiceIngress):
     """Ingress of the export application."""

@@ -36,7 +36,8 @@ class ExportAppConfig(BaseModel):
     database_schema: str | None = Field(None, description="PostgreSQL schema (tests use a private one)")
     data_dir: Path | None = Field(None, description="default: BLATAM_DATA_DIR (result files go to <data_dir>/exports)")
     settings: dict[str, Any] = Field(default_factory=dict, description="ExportSettings overrides (else EXPORT_*)")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description=(
+        "Larger request bodies get 413 (MAX_CONTENT_CHARS of content, escaped, fits well within)."))
 
 
 class Runtime:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from deployments.common.forwarding import ForwardedResponse
+from deployments.common.grpc_limits import GRPC_REQUEST_MAX_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,6 @@ SERVICES: dict[str, str] = {
 SERVICE_ALIASES: dict[str, str] = {"exports": "export"}
 """Other URL names of a service (the original root README's ``POST /api/v1/exports/generate``);
 an alias is the service itself: same scope, same rate limit, same routes."""
-
-CACHE_APP = "llm"
-"""The application that holds the KV cache; reported as ``cache`` on /health."""
 
 LEGACY_TARGETS: dict[str, str] = {
     "content_redundancy": "redundancy",
@@ -91,6 +89,10 @@ class ServiceClient(Protocol):
     registry: ServiceRegistry
 
     async def app_states(self) -> dict[str, AppState]: ...
+
+    def known_app_states(self) -> dict[str, AppState]:
+        """The last view `app_states` read, without asking Serve (empty before the first read)."""
+        ...
 
     async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
                       headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse: ...
@@ -140,8 +142,7 @@ class ServeServiceClient:
         self._transport = transport
         self._status_ttl_s = status_ttl_s
         self._controller_timeout_s = controller_timeout_s
-        self._handles: dict[str, Any] = {}
-        self._stream_handles: dict[str, Any] = {}
+        self._handles: dict[tuple[str, str, bool], Any] = {}  # (app, transport, stream) -> handle
         self._states: dict[str, AppState] = {}
         self._states_at = float("-inf")
         self._refresh: asyncio.Task[dict[str, AppState]] | None = None
@@ -153,6 +154,10 @@ class ServeServiceClient:
         if self._refresh is None or self._refresh.done():
             self._refresh = asyncio.ensure_future(self._load_states())
         return await asyncio.shield(self._refresh)
+
+    def known_app_states(self) -> dict[str, AppState]:
+        """The last view read from the controller (what to go by while it does not answer)."""
+        return self._states
 
     async def _load_states(self) -> dict[str, AppState]:
         from ray import serve
@@ -168,22 +173,33 @@ class ServeServiceClient:
         self._states_at = time.monotonic()
         return self._states
 
-    async def _handle(self, app: str) -> Any:
-        handle = self._handles.get(app)
+    def transport_for(self, body: bytes) -> str:
+        """The configured transport, or Ray actor calls for a body too large for a replica's gRPC server.
+
+        A replica's gRPC server refuses messages over `GRPC_REQUEST_MAX_BYTES` (Serve's default, kept by
+        services that do not raise it), while the body limit allows more: such a body goes by reference.
+        """
+        return "actor" if len(body) > GRPC_REQUEST_MAX_BYTES else self._transport
+
+    async def _handle(self, app: str, transport: str, stream: bool) -> Any:
+        key = (app, transport, stream)
+        handle = self._handles.get(key)
         if handle is None:
             from ray import serve
 
             handle = await asyncio.wait_for(asyncio.to_thread(serve.get_app_handle, app),
                                             timeout=self._controller_timeout_s)
-            if self._transport == "grpc":
+            if transport == "grpc":
                 # NOTE: by value over the replicas' gRPC servers with plain pickle: measured
                 # ~1-1.5 ms less per call than Ray actor calls (scripts/bench/gateway.py).
                 handle = handle.options(_by_reference=False, request_serialization="pickle",
                                         response_serialization="pickle")
-            self._handles[app] = handle
+            if stream:
+                handle = handle.options(stream=True)
+            self._handles[key] = handle
         return handle
 
-    async def _routable_handle(self, service: str, *, stream: bool) -> tuple[str, Any]:
+    async def _routable_handle(self, service: str, *, stream: bool, body: bytes) -> tuple[str, Any]:
         """The app of `service` and a handle to it, or `ServiceUnavailable` when it cannot take requests."""
         from ray.serve.exceptions import RayServeException
 
@@ -196,16 +212,14 @@ class ServeServiceClient:
         if state is not None and state.status not in _ROUTABLE:
             raise ServiceUnavailable(service, f"application is {state.status}", retry_after_s=5)
         try:
-            handle = await self._handle(app)
+            handle = await self._handle(app, self.transport_for(body), stream)
         except (RayServeException, TimeoutError) as exc:
             raise ServiceUnavailable(service, f"no handle ({exc})", retry_after_s=5) from exc
-        if stream:
-            handle = self._stream_handles.get(app) or self._stream_handles.setdefault(app, handle.options(stream=True))
         return app, handle
 
     def _forget(self, app: str) -> None:
-        self._handles.pop(app, None)
-        self._stream_handles.pop(app, None)
+        for key in [k for k in self._handles if k[0] == app]:
+            del self._handles[key]
 
     async def _answer(self, service: str, app: str, call: Any, awaitable: Any, timeout_s: float) -> Any:
         """What ``awaitable`` (the call's result or first item) gives within ``timeout_s``; failures as 503/504."""
@@ -228,7 +242,7 @@ class ServeServiceClient:
 
     async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
                       headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse:
-        app, handle = await self._routable_handle(service, stream=False)
+        app, handle = await self._routable_handle(service, stream=False, body=body)
         response = handle.handle_request.remote(method, path, body, query, headers, caller)
         result = await self._answer(service, app, response, response, timeout_s)
         if not isinstance(result, ForwardedResponse):
@@ -238,7 +252,7 @@ class ServeServiceClient:
     async def forward_stream(self, service: str, *, method: str, path: str, body: bytes,
                              query: list[tuple[str, str]], headers: dict[str, str], caller: dict[str, Any] | None,
                              timeout_s: float) -> tuple[ForwardedResponse, AsyncIterator[bytes]]:
-        app, handle = await self._routable_handle(service, stream=True)
+        app, handle = await self._routable_handle(service, stream=True, body=body)
         stream = handle.handle_request_stream.remote(method, path, body, query, headers, caller)
         head = await self._answer(service, app, stream, stream.__anext__(), timeout_s)
         if not isinstance(head, ForwardedResponse):

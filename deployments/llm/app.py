@@ -27,16 +27,18 @@ from ray.serve.handle import DeploymentHandle
 from cache_actors.batching.scheduler import BatcherOverloaded
 from cache_actors.model_runner import model_identity
 from deployments.common import ServiceIngress
+from deployments.common.serve_calls import call_as_own_request
 from deployments.llm.openai_api import build_openai_app
 from deployments.llm.server import LLMServer
 from deployments.llm.settings import LLMSettings
+from deployments.common.grpc_limits import GRPC_ENV
 
 APP_NAME = "llm"
 SERVER_DEPLOYMENT = "LLMServer"
 CACHE_AWARE_ROUTER = "deployments.llm.router:CacheAwareRouter"
 
 
-@serve.deployment(name="LLMIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
+@serve.deployment(name="LLMIngress", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": GRPC_ENV}}, max_ongoing_requests=1024)
 @serve.ingress()
 class LLMIngress(ServiceIngress):
     """HTTP front of the LLM: validates, fans out ``n``, streams server-sent events."""
@@ -50,7 +52,8 @@ class LLMIngress(ServiceIngress):
         model_id, context = model_identity(settings.model_path)
         streaming = self._server.options(stream=True)
         return build_openai_app(
-            lambda request: streaming.generate_stream.remote(request),
+            # Each choice of an ``n > 1`` request is its own call (see deployments.common.serve_calls).
+            lambda request: call_as_own_request(streaming.generate_stream.remote, request),
             model_id=settings.served_model_name or model_id,
             max_context=min(context, settings.max_model_len),
             max_tokens_limit=settings.max_tokens_limit,

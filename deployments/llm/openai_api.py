@@ -54,10 +54,19 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         data = json.loads(raw)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         raise from_validation_errors([{"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON"}]) from None
+    except RecursionError:  # nested deeper than the parser's stack allows
+        raise _too_deep() from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(include_url=False)) from None
+    except RecursionError:  # parsed, but too deep to validate
+        raise _too_deep() from None
+
+
+def _too_deep() -> OpenAIError:
+    return OpenAIError(400, "The JSON body is nested too deeply; no request of this API nests more than a few "
+                            "levels.", code="invalid_json")
 
 
 def build_openai_app(

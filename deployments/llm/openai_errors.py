@@ -53,7 +53,7 @@ def param_from_loc(loc: Sequence[str | int]) -> str | None:
 def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
     """A 400 for the first validation error (pydantic's or FastAPI's ``errors()`` list)."""
     if not errors:
-        return OpenAIError(400, "Invalid request body.")
+        return OpenAIError(400, "Invalid request body.", code="invalid_request")
     error = errors[0]
     kind = str(error.get("type", ""))
     ctx = error.get("ctx") or {}
@@ -61,9 +61,10 @@ def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
     message = str(error.get("msg", "invalid"))
     if kind == "json_invalid":
         return OpenAIError(400, "We could not parse the JSON body of your request: send a JSON object "
-                                "with Content-Type: application/json.")
+                                "with Content-Type: application/json.", code="invalid_json")
     if kind == "extra_forbidden":
-        return OpenAIError(400, f"Unrecognized request argument supplied: {param}", param=param)
+        return OpenAIError(400, f"Unrecognized request argument supplied: {param}", param=param,
+                           code="unknown_parameter")
     if kind == "missing":
         return OpenAIError(400, f"Missing required parameter: '{param}'.", param=param,
                            code="missing_required_parameter")
@@ -102,12 +103,12 @@ def from_backend_exception(exc: BaseException, *,
     cause = root_cause(exc)
     if isinstance(cause, ValueError) and not isinstance(cause, RayTaskError):
         return OpenAIError(400, str(cause) or "The model refused this request.",
-                           param=getattr(cause, "param", None), code=getattr(cause, "code", None))
+                           param=getattr(cause, "param", None), code=getattr(cause, "code", None) or "invalid_request")
     if isinstance(cause, (BackPressureError, DeploymentUnavailableError, *overloaded)):
         return OpenAIError(503, "The model server is overloaded or not ready; retry shortly.", type="server_error",
                            code="overloaded", headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
     logger.error("The LLM backend failed", exc_info=exc)
-    return OpenAIError(500, "The model server failed on this request.", type="server_error")
+    return OpenAIError(500, "The model server failed on this request.", type="server_error", code="backend_error")
 
 
 def openai_error_response(error: OpenAIError) -> JSONResponse:
@@ -136,7 +137,8 @@ def install_openai_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.error("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return openai_error_response(OpenAIError(500, "The server failed on this request.", type="server_error"))
+        return openai_error_response(OpenAIError(500, "The server failed on this request.", type="server_error",
+                                                  code="internal_error"))
 
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -23,6 +23,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from deployments.common.error_codes import code_for_status
+
 MAX_N = 8
 MAX_STOP = 4
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1 - MAX_N  # seed + i must stay a valid torch seed
@@ -41,7 +43,8 @@ class OpenAIError(Exception):
         self.status_code = status_code
         self.message = message
         self.param = param
-        self.code = code
+        # Clients branch on ``code``; one is always there, the status's when the site names none.
+        self.code = code or code_for_status(status_code)
         self.type = type
         self.headers = dict(headers or {})
 

@@ -16,9 +16,10 @@ from ray.serve import Application
 from deployments.common import ServiceIngress
 from deployments.redundancy.app import create_app
 from deployments.redundancy.runtime import RedundancyAppConfig
+from deployments.common.grpc_limits import GRPC_ENV
 
 
-@serve.deployment(name="Redundancy", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=16)
+@serve.deployment(name="Redundancy", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": GRPC_ENV}}, max_ongoing_requests=16)
 @serve.ingress()
 class RedundancyIngress(ServiceIngress):
     """Ingress of the redundancy application."""

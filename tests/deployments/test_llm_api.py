@@ -324,3 +324,84 @@ def test_openai_client_through_the_gateway_with_an_api_key(gateway: tuple[str, d
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/api/v1/llm", api_key="blt_000000000000_" + "x" * 43,
                       max_retries=0).models.list()
+
+
+def test_readme_samples_against_the_llm(base_url: str) -> None:
+    """The README's samples that talk to `/v1` of a running system, pointed at this Serve instance."""
+    import subprocess
+    import sys
+
+    from tests.readme_samples import LOCAL_SERVER, code_blocks, needs_server
+
+    origin = base_url.removesuffix("/v1")
+    python = [b for b in code_blocks("python") if needs_server(b)]
+    curl = [b for b in code_blocks("bash") if needs_server(b) and b.lstrip().startswith("curl localhost:8000/v1")]
+    assert python and curl
+    for sample in python:
+        done = subprocess.run([sys.executable, "-c", sample.replace(LOCAL_SERVER, origin)], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    for sample in curl:
+        script = "set -euo pipefail\n" + sample.replace("curl ", "curl -sS --fail-with-body -m 120 ").replace(
+            "localhost:8000", origin.removeprefix("http://"))
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "data: [DONE]" in done.stdout
+
+
+def test_n_choices_on_the_cache_aware_router(client: httpx.Client, reference: ModelRunner) -> None:
+    """n >= 2 fans out into n handle calls from one Serve request; each must be routed (it hung)."""
+    prompt = "List two benefits of a shared KV cache."
+    body = {"model": model_id(client), "max_tokens": 6, "temperature": 0, "prompt": prompt}
+    expected = greedy_reference(reference, reference.encode(prompt), 6)
+    for n in (2, 3):
+        done = client.post("/completions", json={**body, "n": n}, timeout=60)
+        assert done.status_code == 200, done.text
+        assert [c["text"] for c in done.json()["choices"]] == [expected] * n
+    streamed = client.post("/completions", json={**body, "n": 2, "stream": True}, timeout=60)
+    events = [json.loads(line.removeprefix("data: ")) for line in streamed.text.splitlines()
+              if line.startswith("data: {")]
+    texts = ["".join(e["choices"][0]["text"] for e in events if e["choices"] and e["choices"][0]["index"] == i)
+             for i in (0, 1)]
+    assert texts == [expected, expected]
+
+
+def test_deeply_nested_json_is_a_400(client: httpx.Client) -> None:
+    for deep in ('{"messages": ' + "[" * 1000 + "]" * 1000 + "}", "[" * 100_000 + "]" * 100_000):
+        response = client.post("/chat/completions", content=deep, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_gateway_n_choices_do_not_hang_or_block_other_tenants(gateway: tuple[str, dict[str, str]]) -> None:
+    import asyncio
+
+    url, keys = gateway
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+    async def ask(tenant: str, n: int) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=60) as http:
+            return await http.post(f"{url}/api/v1/llm/chat/completions", json={**body, "n": n},
+                                   headers={"X-API-Key": keys[tenant]})
+
+    async def together() -> list[httpx.Response]:
+        return await asyncio.gather(ask("acme", 2), ask("acme", 2), ask("globex", 1))
+
+    answers = asyncio.run(together())
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert [len(a.json()["choices"]) for a in answers] == [2, 2, 1]
+
+
+def test_gateway_bodies_up_to_the_limit_reach_the_llm(gateway: tuple[str, dict[str, str]]) -> None:
+    """A 5 MB prompt is within the gateway's 10 MiB body limit: the LLM itself answers (context too long)."""
+    url, keys = gateway
+    headers = {"X-API-Key": keys["acme"], "content-type": "application/json"}
+    prompt = "word " * 1_000_000
+    big = httpx.post(f"{url}/api/v1/llm/chat/completions", headers=headers, timeout=120,
+                     json={"messages": [{"role": "user", "content": prompt}], "max_tokens": 2})
+    assert big.status_code == 400, big.text[:500]
+    assert big.json()["error"]["code"] == "context_length_exceeded" or "context length" in big.json()["error"]["message"]
+    deep = httpx.post(f"{url}/api/v1/llm/chat/completions", headers=headers, timeout=60,
+                      content='{"messages": ' + "[" * 1000 + "]" * 1000 + "}")
+    assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json", deep.text[:500]
+    assert deep.json()["error"]["request_id"] == deep.headers["x-request-id"]

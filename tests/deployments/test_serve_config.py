@@ -29,3 +29,27 @@ def test_every_import_path_builds_its_application() -> None:
         assert module_name.startswith("deployments."), app.import_path
         builder = getattr(importlib.import_module(module_name), attr)
         assert isinstance(builder(app.args), Application), app.import_path
+
+
+def test_every_application_keeps_its_replica_environment() -> None:
+    """A deployment's ray_actor_options in the file replace the code's (runtime_env included), so the
+    environment the code sets must also be in the file, at the application level, where Serve merges it."""
+    from deployments.common.grpc_limits import GRPC_ENV
+    from deployments.gateway.deployment import REPLICA_ENV
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    for app in schema.applications:
+        env_vars = (app.runtime_env or {}).get("env_vars", {})
+        expected = REPLICA_ENV if app.name == "gateway" else GRPC_ENV
+        assert env_vars.items() >= expected.items(), (app.name, env_vars)
+
+
+def test_the_proxies_get_the_request_id_callback() -> None:
+    """Serve's proxy echoes X-Request-ID itself; only its callback middleware can make an unsafe one safe."""
+    from deployments.common.request_id import PROXY_ENV, proxy_middlewares
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    env_vars = schema.controller_options.runtime_env["env_vars"]
+    assert {name: env_vars.get(name) for name in PROXY_ENV} == PROXY_ENV
+    module_name, _, attr = PROXY_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"].partition(":")
+    assert getattr(importlib.import_module(module_name), attr) is proxy_middlewares
