@@ -81,6 +81,18 @@ class Settings(BaseSettings):
         description="Services whose responses the gateway streams through as they are produced (server-sent "
                     "events); the others are answered whole. E.g. GATEWAY_STREAM_SERVICES='[\"llm\"]'.",
     )
+    gateway_expected_services: list[str] | None = Field(
+        None,
+        description="Services /health reports and /docs documents. Unset (the default): the services whose Serve "
+                    "application Serve has been asked to deploy (serve_config.yaml's applications, or serve.run), "
+                    "whatever their state, so with the shipped config: redundancy, export and llm (the cache). Set, "
+                    "e.g. GATEWAY_EXPECTED_SERVICES='[\"redundancy\", \"export\", \"llm\"]': exactly those, and "
+                    "one that Serve does not have is not_deployed and degrades /health.",
+    )
+    gateway_openapi_ttl_s: PositiveFloat = Field(
+        60.0, description="How long the gateway reuses a service's OpenAPI schema (merged into its /openapi.json).")
+    gateway_openapi_timeout_s: PositiveFloat = Field(
+        2.0, description="Budget to fetch one service's OpenAPI schema; a service that misses it adds nothing.")
     max_body_bytes: PositiveInt = Field(10 * 1024 * 1024, description="Larger request bodies get 413.")
     gateway_handle_transport: Literal["grpc", "actor"] = Field(
         "grpc", description="How the gateway reaches services: Serve's gRPC by-value path or Ray actor calls."

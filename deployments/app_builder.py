@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from business_modules.settings import load_settings
+from deployments.gateway.configured import check_expected
 from deployments.gateway.deployment import Gateway
 from deployments.gateway.services import ServiceRegistry
 
@@ -30,5 +31,6 @@ class GatewayArgs(BaseModel):
 def build_gateway(args: dict[str, Any] | None = None) -> Application:
     """The ``gateway`` application (FastAPI ingress at route prefix ``/``)."""
     parsed = GatewayArgs.model_validate(args or {})
-    ServiceRegistry(load_settings(parsed.settings).gateway_services)
+    settings = load_settings(parsed.settings)
+    check_expected(ServiceRegistry(settings.gateway_services), settings.gateway_expected_services)
     return Gateway.bind(parsed.settings)

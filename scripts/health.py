@@ -1,9 +1,11 @@
 """`blatam health`: the gateway's ``/health`` report as a table and an exit code.
 
 For operators and probes (cron, a load balancer's check, CI smoke tests): the
-exit code is 0 when the system is healthy, 1 when degraded (a service, the
-cache or Redis is not healthy; requests still pass) and 2 when unhealthy or
-unreachable, so a script can tell "look at it" from "it is down".
+exit code is 0 when the system is healthy, 1 when degraded (a configured
+service, the cache or Redis is not healthy; requests still pass) and 2 when
+unhealthy or unreachable, so a script can tell "look at it" from "it is
+down". The table lists the services the gateway is configured with (by
+default, those deployed on Serve; the caption says which rule applied).
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ def health_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         if name in report:
             rows.append((name, report[name].get("status", "?"), _detail(report[name])))
     return rows
+
+
+_SERVICES_FROM = {"serve": "services: as deployed on Serve",
+                  "settings": "services: as listed in GATEWAY_EXPECTED_SERVICES"}
+
+
+def services_caption(report: dict[str, Any]) -> str | None:
+    """Which services the report covers (the gateway's ``services_from``), for the table's caption."""
+    source = report.get("services_from")
+    return _SERVICES_FROM.get(source, f"services: {source}") if source else None
 
 
 def _detail(part: dict[str, Any]) -> str:
@@ -68,7 +80,7 @@ def health(
     if as_json:
         console.print_json(json.dumps(report))
     else:
-        table = Table(title=f"{url} — {status}")
+        table = Table(title=f"{url} — {status}", caption=services_caption(report))
         for column in ("component", "status", "detail"):
             table.add_column(column)
         for component, part_status, detail in health_rows(report):

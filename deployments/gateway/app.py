@@ -12,13 +12,16 @@ from deployments.common.body_limit import BodySizeLimitMiddleware
 from deployments.common.request_id import RequestIdMiddleware
 from deployments.gateway.errors import install_gateway_errors
 from deployments.gateway.routes import auth, health, legacy, proxy
+from deployments.gateway.routes.docs import install_docs
+from deployments.gateway.service_schemas import ServiceSchemas
 from deployments.gateway.state import GatewayState
 
 DESCRIPTION = """\
 Entry point of the Blatam services. Authenticate with a bearer token from
 `POST /api/v1/auth/login` or an `X-API-Key`; call a service at
-`/api/v1/<service>/<route>` (services: redundancy, bul, gamma, agents, export,
-llm) or through the original `POST /api/v1/gateway/route`. Every error has the
+`/api/v1/<service>/<route>` or through the original `POST /api/v1/gateway/route`.
+The routes of every service that runs are listed below under their gateway
+paths (`GET /health` says which services are configured). Every error has the
 body `{"error": {"code", "message", "request_id"}}`.
 """
 
@@ -38,9 +41,13 @@ def create_app(state: GatewayState, *, echo_request_id: bool = True) -> FastAPI:
         finally:
             await state.close()
 
-    app = FastAPI(title="Blatam Gateway", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPI's own docs load Swagger UI from a CDN: routes/docs.py serves them offline instead.
+    app = FastAPI(title="Blatam Gateway", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.gateway = state
     install_gateway_errors(app)
+    install_docs(app, ServiceSchemas(state.services, ttl_s=state.settings.gateway_openapi_ttl_s,
+                                     timeout_s=state.settings.gateway_openapi_timeout_s))
     own_routes: dict[str, set[str]] = {}
     for router in (health.router, auth.router, legacy.router, proxy.router):
         app.include_router(router)

@@ -10,6 +10,7 @@ from ray import serve
 
 from business_modules.settings import load_settings
 from deployments.gateway.app import create_app
+from deployments.gateway.configured import check_expected
 from deployments.gateway.services import ServeServiceClient, ServiceRegistry
 from deployments.gateway.state import GatewayState
 
@@ -36,8 +37,9 @@ class Gateway:
 
     async def __init__(self, settings: dict[str, Any] | None = None):
         resolved = load_settings(settings)
-        client = ServeServiceClient(ServiceRegistry(resolved.gateway_services),
-                                    transport=resolved.gateway_handle_transport)
+        registry = ServiceRegistry(resolved.gateway_services)
+        check_expected(registry, resolved.gateway_expected_services)
+        client = ServeServiceClient(registry, transport=resolved.gateway_handle_transport)
         self._state = await GatewayState.open(resolved, client)
         # Read Serve's status once now: the first serve.status() of a process is slow, and the
         # first /health after start-up must not wait for it (it would report "unknown").

@@ -1,12 +1,16 @@
-"""What ``GET /health`` reports: every service, the cache, the database and Redis.
+"""What ``GET /health`` reports: the configured services, the cache, the database and Redis.
 
 Each component has its own ``status``; the overall status is ``unhealthy``
-(HTTP 503) when the gateway's database is down, ``degraded`` when a deployed
-service, the cache or a configured Redis is not healthy, else ``healthy``.
-A service that is not deployed is reported (``not_deployed``) without
-degrading the whole: not every installation runs every service. When Serve's
-status does not answer in time (a busy controller), every service is
-``unknown`` and the whole ``degraded``.
+(HTTP 503) when the gateway's database is down, ``degraded`` when a
+configured service, the cache or a configured Redis is not healthy, else
+``healthy``. Only the services this deployment is configured with are
+reported (`deployments.gateway.configured`: by default those Serve has been
+asked to deploy; ``services_from`` says which rule applied), so a configured
+service that is down always degrades the whole, and a service nobody
+deployed is not listed at all. The cache (the ``llm`` service) is
+``disabled`` when ``llm`` is not configured. When Serve's status does not
+answer in time (a busy controller), every service of the last view (and the
+cache) is ``unknown`` and the whole ``degraded``.
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from business_modules.storage import StorageError
-from deployments.gateway.services import CACHE_APP, AppState, ServiceUnavailable
+from deployments.gateway.configured import FROM_SERVE, FROM_SETTINGS, configured_services
+from deployments.gateway.services import AppState, ServiceUnavailable
 from deployments.gateway.state import GatewayState
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+
+CACHE_SERVICE = "llm"
+"""The service that holds the KV cache; reported as ``cache``, not among ``services``."""
+
+# A configured component in one of these states degrades the whole.
+_DEGRADING = {UNHEALTHY, "deploying", "unknown", "not_deployed"}
 
 
 _UNKNOWN = AppState("UNKNOWN", "Serve's status did not answer in time")
@@ -69,28 +80,35 @@ async def _redis(state: GatewayState) -> dict[str, Any]:
 
 async def collect_health(state: GatewayState) -> dict[str, Any]:
     """The health report (see the module docstring)."""
-    try:
-        app_states = await asyncio.wait_for(state.services.app_states(),
-                                            timeout=state.settings.health_probe_timeout_s * 2)
-    except TimeoutError:  # the controller is busy (e.g. deploying): say so, not "not deployed"
-        app_states = {app: _UNKNOWN for _, app in state.services.registry.items()}
-    pairs = [(name, app) for name, app in state.services.registry.items() if name != "llm"]
-    names = [name for name, _ in pairs]
-    cache_app = dict(state.services.registry.items()).get("llm", CACHE_APP)
+    configured = await configured_services(state.services, expected=state.settings.gateway_expected_services,
+                                           timeout_s=state.settings.health_probe_timeout_s * 2)
+
+    def app_state(app: str) -> AppState | None:
+        return _UNKNOWN if configured.app_states is None else configured.app_states.get(app)
+
+    pairs = [(name, app) for name, app in configured.services if name != CACHE_SERVICE]
+    cache_app = dict(configured.services).get(CACHE_SERVICE)
     results = await asyncio.gather(
-        *(_service(state, name, app, app_states.get(app)) for name, app in pairs),
-        _service(state, "llm", cache_app, app_states.get(cache_app)),
+        *(_service(state, name, app, app_state(app)) for name, app in pairs),
         _database(state),
         _redis(state),
+        *([] if cache_app is None else [_service(state, CACHE_SERVICE, cache_app, app_state(cache_app))]),
     )
-    services = dict(zip(names, results[: len(names)], strict=True))
-    cache, database, redis = results[len(names):]
+    services = dict(zip([name for name, _ in pairs], results[: len(pairs)], strict=True))
+    database, redis, *probed_cache = results[len(pairs):]
+    if probed_cache:
+        cache = probed_cache[0]
+    elif configured.app_states is None and configured.source == FROM_SERVE:  # llm may be deployed: cannot tell
+        cache = {"status": "unknown", "detail": _UNKNOWN.message}
+    else:
+        why = ("llm is not in GATEWAY_EXPECTED_SERVICES" if configured.source == FROM_SETTINGS
+               else "no Serve application of the llm service is deployed")
+        cache = {"status": "disabled", "detail": why}
     if database["status"] != HEALTHY:
         overall = UNHEALTHY
-    elif any(c["status"] in (UNHEALTHY, "deploying", "unknown") for c in (*services.values(), cache)) or \
-            redis["status"] == UNHEALTHY:
+    elif any(c["status"] in _DEGRADING for c in (*services.values(), cache)) or redis["status"] == UNHEALTHY:
         overall = DEGRADED
     else:
         overall = HEALTHY
     return {"status": overall, "services": services, "cache": cache, "database": database, "redis": redis,
-            "timestamp": datetime.now(UTC).isoformat()}
+            "services_from": configured.source, "timestamp": datetime.now(UTC).isoformat()}

@@ -5,7 +5,8 @@ signatures of class-based FastAPI routes and string annotations such as
 "Request" then resolve to query parameters.
 
 It follows the forwarding protocol through `ServiceIngress`, uses the uniform
-error handlers, and has routes that fail in each way a real service can.
+error handlers, and has routes that fail in each way a real service can;
+`sick_app` is the same service answering 503 on ``/health``.
 """
 
 
@@ -33,9 +34,14 @@ class Item(BaseModel):
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class Echo(ServiceIngress):
+    def __init__(self, healthy: bool = True):
+        self._healthy = healthy  # False: a service that runs but says it is not well
+
     @app.get("/health")
-    async def health(self) -> dict:
-        return {"status": "healthy"}
+    async def health(self) -> JSONResponse:
+        if not self._healthy:
+            return JSONResponse({"status": "unhealthy"}, status_code=503)
+        return JSONResponse({"status": "healthy"})
 
     @app.api_route("/echo", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def echo(self, request: Request) -> dict:
@@ -72,5 +78,11 @@ class Echo(ServiceIngress):
     async def binary(self) -> Response:
         return Response(content=bytes(range(256)), media_type="application/octet-stream")
 
+    @app.get("/bytes")
+    async def many_bytes(self, n: int = 1024) -> Response:
+        """An answer of `n` bytes (a large file a service sends back)."""
+        return Response(content=bytes(range(256)) * (n // 256) + bytes(n % 256), media_type="application/octet-stream")
+
 
 echo_app = Echo.bind()
+sick_app = Echo.bind(healthy=False)

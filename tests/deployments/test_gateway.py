@@ -9,8 +9,11 @@ business services: the gateway routes the services ``echo``, ``limited`` and
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import time
 import uuid
+from html.parser import HTMLParser
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ from business_modules.storage import open_database
 from deployments.app_builder import build_gateway
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.deployments.conftest import ServeInstance, run_app
+from tests.deployments.test_gateway_openapi import unresolved_refs
 from tests.storage_fixtures import drop_redis_keys, drop_schema, unique_schema
 
 pytestmark = pytest.mark.ray
@@ -72,7 +76,8 @@ def gateway(serve_instance: ServeInstance):
         "rate_limit_key_prefix": prefix,
         "rate_limit_default": "1000/minute",
         "rate_limits": {"limited": "3/minute"},
-        "gateway_services": {"echo": "test_echo", "limited": "test_echo", "redundancy": "test_echo"},
+        "gateway_services": {"echo": "test_echo", "limited": "test_echo", "redundancy": "test_echo",
+                             "sick": "test_sick"},
         "api_key_cache_ttl_s": 0,
         "gateway_request_timeout_s": 1.5,
         "max_body_bytes": 64 * 1024,
@@ -109,17 +114,52 @@ def assert_uniform(response: httpx.Response, status: int, code: str) -> dict:
 # -- health, docs ---------------------------------------------------------------
 
 
-def test_health_reports_each_component(http: httpx.Client) -> None:
+CONFIGURED = {"echo", "limited", "redundancy"}
+"""The services whose Serve application the fixture deployed (all three on test_echo)."""
+
+
+def health_report(http: httpx.Client, ok=lambda report: True, timeout_s: float = 30.0) -> dict:
+    """``GET /health`` until `ok` accepts the report (the gateway rereads Serve's status every second)."""
+    deadline = time.monotonic() + timeout_s
+    while not ok(report := http.get("/health").json()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return report
+
+
+def test_health_reports_the_configured_services_and_each_component(http: httpx.Client) -> None:
     response = http.get("/health")
     assert response.status_code == 200, response.text
     report = response.json()
-    assert report["status"] == "healthy"
-    assert report["services"]["echo"]["status"] == "healthy"
-    assert report["services"]["export"]["status"] == "not_deployed"
-    assert report["cache"]["status"] == "not_deployed"
+    assert report["status"] == "healthy", report
+    # what Serve was asked to deploy, not every name the gateway could route (bul, gamma, agents, export, sick)
+    assert report["services_from"] == "serve" and set(report["services"]) == CONFIGURED
+    assert all(report["services"][name]["status"] == "healthy" for name in CONFIGURED)
+    assert report["cache"]["status"] == "disabled"  # no llm application here
     assert report["database"] == {**report["database"], "status": "healthy", "backend": "postgresql"}
     assert report["redis"]["status"] == "healthy" and report["redis"]["rate_limits"] == "redis"
     assert http.get("/ready").json() == {"status": "ready"}
+
+
+def test_a_configured_service_that_is_down_degrades_health(http: httpx.Client, gateway: Env) -> None:
+    from ray import serve
+    from typer.testing import CliRunner
+
+    from scripts.cli import app
+    from tests.deployments.echo_service import sick_app
+
+    run_app(sick_app, name="test_sick", route_prefix="/test-sick")  # RUNNING, but its /health answers 503
+    try:
+        report = health_report(http, lambda r: "sick" in r["services"])
+        assert report["status"] == "degraded", report
+        assert report["services"]["sick"] == {"status": "unhealthy", "app": "test_sick",
+                                              "detail": "GET /health answered 503"}
+        cli = CliRunner().invoke(app, ["health", "--url", gateway.base_url], env={"COLUMNS": "200"})
+        assert cli.exit_code == 1, cli.output  # degraded
+        assert "service sick" in cli.output and "unhealthy" in cli.output
+    finally:
+        serve.delete("test_sick")
+    report = health_report(http, lambda r: "sick" not in r["services"])
+    assert set(report["services"]) == CONFIGURED and report["status"] == "healthy", report
 
 
 def test_blatam_health_reads_the_report(gateway: Env) -> None:
@@ -132,8 +172,10 @@ def test_blatam_health_reads_the_report(gateway: Env) -> None:
     runner = CliRunner()
     table = runner.invoke(app, ["health", "--url", gateway.base_url], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output  # healthy
-    for component in ("service echo", "cache", "database", "redis", "postgresql", "not_deployed"):
+    for component in ("service echo", "service redundancy", "cache", "disabled", "database", "redis", "postgresql",
+                      "as deployed on Serve"):
         assert component in table.output, component
+    assert "service bul" not in table.output and "not_deployed" not in table.output
     raw = runner.invoke(app, ["health", "--url", gateway.base_url, "--json"])
     assert raw.exit_code == 0 and json.loads(raw.output)["database"]["backend"] == "postgresql"
     with socket.socket() as sock:
@@ -143,10 +185,52 @@ def test_blatam_health_reads_the_report(gateway: Env) -> None:
     assert down.exit_code == 2 and "unreachable" in down.output
 
 
-def test_docs_and_openapi_need_no_credentials(http: httpx.Client) -> None:
-    assert http.get("/docs").status_code == 200
+class _Assets(HTMLParser):
+    """Every URL a page loads: ``src``/``href`` attributes and ReDoc's ``spec-url``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in ("src", "href", "spec-url") and value]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_everything_from_the_gateway(http: httpx.Client, page: str) -> None:
+    response = http.get(page)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert "://" not in html  # no CDN, no other host: works on a cluster without internet
+    parser = _Assets()
+    parser.feed(html)
+    urls = parser.urls + re.findall(r"url: '([^']+)'", html)  # Swagger UI's document URL is in its script
+    assert any(url.endswith(".js") for url in urls) and "/openapi.json" in urls, urls
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+        asset = http.get(url)
+        assert asset.status_code == 200 and asset.content, (url, asset.status_code)
+    if page == "/docs":
+        assert "javascript" in http.get("/docs/static/swagger-ui-bundle.js").headers["content-type"]
+
+
+def test_openapi_documents_each_service_under_its_gateway_path(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
-    assert "/api/v1/auth/login" in spec["paths"] and "/api/v1/gateway/route" in spec["paths"]
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+    assert "/api/v1/auth/login" in paths and "/api/v1/gateway/route" in paths and "/api/v1/{service}/{path}" in paths
+    schemes = sorted(spec["components"]["securitySchemes"])
+    for service in CONFIGURED:  # the echo service's real route and body, once per service that routes to it
+        items = paths[f"/api/v1/{service}/items"]["post"]
+        body = items["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{service}.Item"}
+        assert set(schemas[f"{service}.Item"]["properties"]) == {"name", "count"}
+        assert items["security"] == [{name: []} for name in schemes] and items["tags"] == [service]
+        assert f"/api/v1/{service}/echo" in paths
+    assert "Item" not in schemas and "HTTPValidationError" in schemas  # the gateway's own model stays unprefixed
+    assert not [p for p in paths if p.startswith(("/api/v1/bul/", "/api/v1/export/", "/api/v1/sick/"))]
+    ids = [op["operationId"] for item in paths.values() for op in item.values() if "operationId" in op]
+    assert len(ids) == len(set(ids))
+    assert unresolved_refs(spec) == []
 
 
 # -- authentication ---------------------------------------------------------------

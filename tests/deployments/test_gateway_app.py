@@ -59,6 +59,9 @@ class InProcessServices:
         self._apps = apps
 
     async def app_states(self) -> dict[str, AppState]:
+        return self.known_app_states()
+
+    def known_app_states(self) -> dict[str, AppState]:
         return {name: AppState("RUNNING") for name in self._apps}
 
     async def forward(self, service: str, *, method: str, path: str, body: bytes, query, headers, caller,
@@ -84,11 +87,12 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-async def open_gateway(tmp_path: Path, **overrides) -> tuple[GatewayState, httpx.AsyncClient]:
+async def open_gateway(tmp_path: Path, *, apps: dict[str, FastAPI] | None = None,
+                       **overrides) -> tuple[GatewayState, httpx.AsyncClient]:
     settings = load_settings({"blatam_env": "test", "secret_key": SECRET,
                               "database_url": f"sqlite:///{tmp_path / 'gw.db'}", "max_body_bytes": 1024,
                               **overrides})
-    state = await GatewayState.open(settings, InProcessServices({"echo": make_service()}))
+    state = await GatewayState.open(settings, InProcessServices(apps or {"echo": make_service()}))
     await state.auth.create_user(username="ann", password="a long password", scopes="*")
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(state)), base_url="http://gw")
     return state, client
@@ -167,19 +171,52 @@ async def test_login_attempts_are_rate_limited_per_address(tmp_path: Path) -> No
         await state.close()
 
 
-async def test_slow_serve_status_reports_unknown_not_undeployed(gateway) -> None:
-    state, client, _ = gateway
+async def test_slow_serve_status_reports_unknown_not_undeployed(tmp_path: Path) -> None:
+    state, client = await open_gateway(tmp_path, apps={"echo": make_service(), "llm": make_service()})
+    try:
+        assert (await client.get("/health")).json()["status"] == "healthy"
 
-    async def stuck() -> dict[str, AppState]:
-        await asyncio.sleep(60)
-        return {}
+        async def stuck() -> dict[str, AppState]:
+            await asyncio.sleep(60)
+            return {}
 
-    state.services.app_states = stuck  # a controller busy deploying answers late
-    state.settings = state.settings.model_copy(update={"health_probe_timeout_s": 0.2})
-    report = (await client.get("/health")).json()
-    assert report["status"] == "degraded"
-    assert report["services"]["echo"]["status"] == "unknown"
-    assert report["cache"]["status"] == "unknown"
+        state.services.app_states = stuck  # a controller busy deploying answers late
+        state.settings = state.settings.model_copy(update={"health_probe_timeout_s": 0.2})
+        report = (await client.get("/health")).json()
+        assert report["status"] == "degraded"
+        assert set(report["services"]) == {"echo"}  # the services of the last view, not every known name
+        assert report["services"]["echo"]["status"] == "unknown"
+        assert report["cache"]["status"] == "unknown"
+        state.services.known_app_states = dict  # and no view yet (a replica that just started)
+        report = (await client.get("/health")).json()
+        assert report["services"] == {} and report["cache"]["status"] == "unknown"
+        assert report["status"] == "degraded"
+    finally:
+        await client.aclose()
+        await state.close()
+
+
+async def test_expected_services_that_are_missing_degrade_health(tmp_path: Path) -> None:
+    state, client = await open_gateway(tmp_path, gateway_expected_services=["echo", "export"])
+    try:
+        report = (await client.get("/health")).json()
+        assert report["services_from"] == "settings"
+        assert set(report["services"]) == {"echo", "export"}  # exactly the list: not redundancy, bul, ...
+        assert report["services"]["echo"]["status"] == "healthy"
+        assert report["services"]["export"] == {"status": "not_deployed", "app": "export"}
+        assert report["cache"]["status"] == "disabled" and "GATEWAY_EXPECTED_SERVICES" in report["cache"]["detail"]
+        assert report["status"] == "degraded"
+    finally:
+        await client.aclose()
+        await state.close()
+
+
+def test_expected_services_must_be_routable() -> None:
+    from deployments.gateway.configured import check_expected
+
+    check_expected(ServiceRegistry({"echo": "test_echo"}), ["echo", "llm"])
+    with pytest.raises(ValueError, match="nosuch"):
+        check_expected(ServiceRegistry(), ["redundancy", "nosuch"])
 
 
 async def test_streamed_service_passes_events_and_normalises_the_rest(tmp_path: Path) -> None:

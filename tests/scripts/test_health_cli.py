@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scripts.health import EXIT_CODES, health_rows
+from scripts.health import EXIT_CODES, health_rows, services_caption
 
 
 def test_rows_cover_every_component_with_its_detail():
@@ -13,6 +13,7 @@ def test_rows_cover_every_component_with_its_detail():
         "cache": {"status": "unknown", "app": "llm", "detail": "Serve's status did not answer in time"},
         "database": {"status": "healthy", "backend": "sqlite", "latency_ms": 1.0},
         "redis": {"status": "disabled", "rate_limits": "memory"},
+        "services_from": "serve",
     }
     rows = health_rows(report)
     assert [row[0] for row in rows] == ["service export", "service redundancy", "cache", "database", "redis"]
@@ -20,3 +21,9 @@ def test_rows_cover_every_component_with_its_detail():
     assert rows[1][2] == "12.3 ms, app=redundancy"
     assert rows[4] == ("redis", "disabled", "rate_limits=memory")
     assert [EXIT_CODES.get(s, 2) for s in ("healthy", "degraded", "unhealthy", "whatever")] == [0, 1, 2, 2]
+
+
+def test_caption_says_which_services_the_report_covers():
+    assert services_caption({"services_from": "serve"}) == "services: as deployed on Serve"
+    assert "GATEWAY_EXPECTED_SERVICES" in services_caption({"services_from": "settings"})
+    assert services_caption({}) is None  # an older gateway's report

@@ -14,7 +14,7 @@ from deployments.gateway.health import UNHEALTHY, collect_health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Status of every service, the cache, the database and Redis")
+@router.get("/health", summary="Status of the configured services, the cache, the database and Redis")
 async def health(state: StateDep) -> JSONResponse:
     report = await collect_health(state)
     return JSONResponse(report, status_code=503 if report["status"] == UNHEALTHY else 200)
