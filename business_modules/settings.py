@@ -63,13 +63,14 @@ class Settings(BaseSettings):
     access_token_expire_minutes: PositiveInt = Field(30, description="Lifetime of an access token.")
     jwt_issuer: str = Field("blatam", min_length=1)
     jwt_audience: str = Field("blatam-api", min_length=1)
-    api_key_cache_ttl_s: float = Field(5.0, ge=0, description="How long a replica trusts a checked API key.")
 
     rate_limit_default: str = Field("100/minute", description="Limit per tenant for a service without its own.")
     rate_limits: dict[str, str] = Field(
         default_factory=dict, description='Per service, e.g. RATE_LIMITS=\'{"redundancy": "60/minute"}\'.'
     )
-    rate_limit_login: str = Field("10/minute", description="Login attempts per client address.")
+    rate_limit_login: str = Field("10/minute", description="Failed logins per user name and client address.")
+    rate_limit_login_per_address: str = Field(
+        "100/hour", description="Failed logins per client address, whatever the user names (password spraying).")
 
     gateway_services: dict[str, str] = Field(
         default_factory=dict,
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
     gateway_request_timeout_s: PositiveFloat = Field(60.0, description="Budget of one forwarded service call.")
     health_probe_timeout_s: PositiveFloat = Field(2.0, description="Budget of one health probe.")
 
-    @field_validator("rate_limit_default", "rate_limit_login")
+    @field_validator("rate_limit_default", "rate_limit_login", "rate_limit_login_per_address")
     @classmethod
     def _valid_limit(cls, value: str) -> str:
         return _check_limit(value)

@@ -118,7 +118,7 @@ def users_list(as_json: JsonOpt = False, database_url: DatabaseOpt = None) -> No
 
 @users_app.command("disable")
 def users_disable(username: str, database_url: DatabaseOpt = None) -> None:
-    """Disable a user: no login, and its API keys stop working."""
+    """Disable a user: no login, and its tokens and API keys are refused from their next request on."""
     _run(database_url, lambda auth: auth.set_user_active(username, False))
     print(f"Disabled user {username}")
 
@@ -171,6 +171,6 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, database_url: DatabaseOpt = None) -> None:
-    """Revoke an API key (replicas stop accepting it within API_KEY_CACHE_TTL_S)."""
+    """Revoke an API key (every replica refuses it from its next request on)."""
     key = _run(database_url, lambda auth: auth.revoke_api_key(key_id))
     print(f"Revoked API key {key.key_id} of {key.username}")

@@ -192,6 +192,7 @@ def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, das
             http_options=config.http_options.model_dump(),
             proxy_location=config.proxy_location,
             grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+            controller_options=config.controller_options,  # e.g. the proxies' request-id middleware
         )
         client.deploy_apps(config, _blocking=False)
         names = [app.name for app in config.applications]

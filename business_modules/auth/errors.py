@@ -21,7 +21,8 @@ class InvalidCredentials(AuthenticationError):
 
 
 class InvalidToken(AuthenticationError):
-    """A bearer token that is malformed, forged, for another audience, or expired."""
+    """A bearer token that is malformed, forged, for another audience, expired, or whose user is
+    disabled, removed or moved to another tenant. Messages are ours, never PyJWT's."""
 
 
 class TokenExpired(InvalidToken):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from business_modules.auth.errors import InvalidAuthInput
@@ -49,6 +50,20 @@ def normalize_scopes(scopes: object) -> tuple[str, ...]:
     if bad:
         raise InvalidAuthInput(f"Malformed scope(s) {bad}: use lowercase service names or '*'")
     return tuple(sorted(set(scopes)))
+
+
+def effective_scopes(granted: Iterable[str], current: Iterable[str]) -> frozenset[str]:
+    """What a credential may do now: the scopes it was `granted`, within those its user holds `current`ly.
+
+    A token or key outlives changes to its user; intersecting on every request
+    means narrowing a user's scopes narrows their tokens and keys at once.
+    """
+    granted, current = frozenset(granted), frozenset(current)
+    if ALL_SCOPES in current:
+        return granted
+    if ALL_SCOPES in granted:
+        return current
+    return granted & current
 
 
 def scopes_allow(scopes: tuple[str, ...] | frozenset[str], service: str) -> bool:

@@ -86,6 +86,15 @@ async def insert_user(
     return User(username=username, tenant=tenant, scopes=scopes, is_active=True, created_at=now)
 
 
+async def get_user(db: Database, username: str) -> User | None:
+    """The user without its hash: one primary-key lookup, run for every request with a token."""
+    row = await db.fetch_one(
+        "SELECT username, tenant, scopes, is_active, created_at FROM auth_users WHERE username = :username",
+        {"username": username},
+    )
+    return None if row is None else _user(row)
+
+
 async def get_user_with_hash(db: Database, username: str) -> tuple[User, str] | None:
     row = await db.fetch_one("SELECT * FROM auth_users WHERE username = :username", {"username": username})
     return None if row is None else (_user(row), row["password_hash"])
@@ -135,15 +144,19 @@ async def get_api_key(db: Database, key_id: str) -> ApiKey | None:
     return None if row is None else _key(row)
 
 
-async def find_usable_key_by_hash(db: Database, key_hash: str, now: float) -> ApiKey | None:
-    """The key with this hash if it is not revoked, not expired and its owner is active."""
+async def find_usable_key_by_hash(
+    db: Database, key_hash: str, now: float
+) -> tuple[ApiKey, tuple[str, ...]] | None:
+    """The key with this hash and its owner's current scopes, if the key is not revoked, not
+    expired and its owner is active (one indexed lookup, run for every request with a key)."""
     row = await db.fetch_one(
-        f"SELECT {_KEY_COLUMNS} FROM auth_api_keys k JOIN auth_users u ON u.username = k.username"
+        f"SELECT {_KEY_COLUMNS}, u.scopes AS owner_scopes FROM auth_api_keys k"
+        " JOIN auth_users u ON u.username = k.username"
         " WHERE k.key_hash = :key_hash AND k.revoked_at IS NULL AND u.is_active = 1"
         " AND (k.expires_at IS NULL OR k.expires_at > :now)",
         {"key_hash": key_hash, "now": now},
     )
-    return None if row is None else _key(row)
+    return None if row is None else (_key(row), _scopes(row["owner_scopes"]))
 
 
 async def list_api_keys(db: Database, username: str | None = None) -> list[ApiKey]:

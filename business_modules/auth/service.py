@@ -1,9 +1,15 @@
 """`AuthService`: users, logins, access tokens and API keys over one `Database`.
 
 Password hashing (argon2) runs in a worker thread so a login never blocks the
-event loop of the replica. Checked API keys are remembered for
-``api_key_cache_ttl_s`` so a busy gateway does not query the database on
-every request; a revocation made elsewhere is honoured after at most that long.
+event loop of the replica.
+
+Every request's credential is checked against the database, not a per-replica
+cache: disabling a user or revoking a key (from any replica, or the CLI) takes
+effect on the very next request everywhere. A token is one primary-key lookup
+of its user, a key one indexed lookup by hash; measured at p50 0.7-0.9 ms on
+PostgreSQL on the shared 2-core test machine, next to a gateway overhead of
+several ms. A cache with a TTL would save that but let a disabled user or a
+revoked key work on other replicas until it expires.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from business_modules.auth.errors import (
     InvalidApiKey,
     InvalidAuthInput,
     InvalidCredentials,
+    InvalidToken,
     UnknownUser,
     UserExists,
 )
@@ -33,6 +40,7 @@ from business_modules.auth.models import (
     check_password,
     check_tenant,
     check_username,
+    effective_scopes,
     normalize_scopes,
 )
 from business_modules.auth.passwords import dummy_hash, hash_password, verify_password
@@ -40,7 +48,6 @@ from business_modules.auth.tokens import issue_access_token, verify_access_token
 from business_modules.storage import Database, IntegrityError
 
 MAX_KEY_NAME_CHARS = 100
-_CACHE_MAX_ENTRIES = 10_000
 
 
 class AuthService:
@@ -54,7 +61,6 @@ class AuthService:
         token_ttl_s: int,
         issuer: str = "blatam",
         audience: str = "blatam-api",
-        api_key_cache_ttl_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ):
         self._db = db
@@ -62,9 +68,7 @@ class AuthService:
         self._token_ttl_s = token_ttl_s
         self._issuer = issuer
         self._audience = audience
-        self._cache_ttl_s = api_key_cache_ttl_s
         self._clock = clock
-        self._key_cache: dict[str, tuple[float, Principal]] = {}
 
     # -- users ----------------------------------------------------------------
 
@@ -94,10 +98,10 @@ class AuthService:
         return await repo.list_users(self._db)
 
     async def set_user_active(self, username: str, active: bool) -> None:
-        """Enable or disable a user (a disabled user cannot log in; its keys stop working)."""
+        """Enable or disable a user (a disabled user cannot log in; its tokens and keys stop working
+        on their next request)."""
         if await repo.set_user_active(self._db, username, active) == 0:
             raise UnknownUser(f"No user {username!r}")
-        self._key_cache.clear()
 
     # -- tokens ---------------------------------------------------------------
 
@@ -122,10 +126,33 @@ class AuthService:
         )
 
     def verify_token(self, token: str) -> Principal:
-        """The principal of a valid bearer token (`InvalidToken` / `TokenExpired` otherwise)."""
+        """The principal a token's signed claims name (`InvalidToken` / `TokenExpired` otherwise).
+
+        Claims only: the user may have been disabled since. Requests go through
+        `authenticate_token`.
+        """
         return verify_access_token(
             token, secret=self._secret, issuer=self._issuer, audience=self._audience, now=self._clock()
         )
+
+    async def authenticate_token(self, token: str) -> Principal:
+        """The principal of a valid token whose user still exists and is enabled.
+
+        Tenant and scopes are the user's current ones (scopes never wider than
+        the token's), so a change to the user holds from the next request on.
+
+        Raises:
+            TokenExpired: past ``exp``.
+            InvalidToken: bad token, or its user is gone, disabled or moved to another tenant.
+        """
+        claimed = self.verify_token(token)
+        user = await repo.get_user(self._db, claimed.subject)
+        if user is None or not user.is_active:
+            raise InvalidToken("Access token is no longer valid: its user is disabled or was removed")
+        if user.tenant != claimed.tenant:
+            raise InvalidToken("Access token is no longer valid: its user moved to another tenant; log in again")
+        return Principal(subject=user.username, tenant=user.tenant,
+                         scopes=effective_scopes(claimed.scopes, user.scopes), method="jwt")
 
     # -- API keys -------------------------------------------------------------
 
@@ -181,32 +208,22 @@ class AuthService:
         key = await repo.get_api_key(self._db, key_id)
         if key is None:
             raise ApiKeyNotFound(f"No API key {key_id!r}")
-        self._key_cache = {h: entry for h, entry in self._key_cache.items() if entry[1].key_id != key_id}
         return key
 
     async def authenticate_api_key(self, key: str) -> Principal:
-        """The principal of a usable key (`InvalidApiKey` otherwise)."""
+        """The principal of a usable key (`InvalidApiKey` otherwise), checked in the database each call.
+
+        Its scopes are the key's, within its owner's current ones.
+        """
         if not isinstance(key, str) or parse_key_id(key) is None:
             raise InvalidApiKey("Malformed API key")
-        key_hash = hash_api_key(key)
-        now = self._clock()
-        cached = self._key_cache.get(key_hash)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        found = await repo.find_usable_key_by_hash(self._db, key_hash, now)
+        found = await repo.find_usable_key_by_hash(self._db, hash_api_key(key), self._clock())
         if found is None:
-            self._key_cache.pop(key_hash, None)
             raise InvalidApiKey("Unknown, revoked or expired API key")
-        principal = Principal(subject=found.username, tenant=found.tenant, scopes=frozenset(found.scopes),
-                              method="api_key", key_id=found.key_id)
-        if self._cache_ttl_s > 0:
-            if len(self._key_cache) >= _CACHE_MAX_ENTRIES:
-                self._key_cache.clear()
-            expires = now + self._cache_ttl_s
-            if found.expires_at is not None:
-                expires = min(expires, found.expires_at)
-            self._key_cache[key_hash] = (expires, principal)
-        return principal
+        api_key, owner_scopes = found
+        return Principal(subject=api_key.username, tenant=api_key.tenant,
+                         scopes=effective_scopes(api_key.scopes, owner_scopes), method="api_key",
+                         key_id=api_key.key_id)
 
 
 def require_scope(principal: Principal, service: str) -> None:

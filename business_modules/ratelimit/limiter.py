@@ -23,6 +23,7 @@ import limits
 import redis.exceptions
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.util import WindowStats
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +91,21 @@ class RateLimiter:
 
     async def hit(self, key: str, limit: str) -> RateLimitDecision:
         """Count one hit of `key` and say whether it is within `limit`."""
-        item = parse_limit(limit)
+        return await self._apply(parse_limit(limit), key, count=True)
+
+    async def peek(self, key: str, limit: str) -> RateLimitDecision:
+        """Whether one more hit of `key` would be within `limit`, without counting one.
+
+        For budgets only some outcomes spend (failed logins): `peek` before the
+        attempt, `hit` after a failure.
+        """
+        return await self._apply(parse_limit(limit), key, count=False)
+
+    async def _apply(self, item: limits.RateLimitItem, key: str, *, count: bool) -> RateLimitDecision:
         if self._redis is not None and self._clock() >= self._redis_down_until:
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    allowed = await self._redis.hit(item, key)
-                    stats = await self._redis.get_window_stats(item, key)
+                    allowed, stats = await self._count_or_read(self._redis, item, key, count=count)
             except _REDIS_FAILURES as exc:
                 self._on_redis_failure(exc)
             else:
@@ -103,9 +113,17 @@ class RateLimiter:
                     logger.warning("Redis is back: rate limits are shared across replicas again")
                     self._redis_failing = False
                 return self._decision(item, allowed, stats, "redis")
-        allowed = await self._memory.hit(item, key)
-        stats = await self._memory.get_window_stats(item, key)
+        allowed, stats = await self._count_or_read(self._memory, item, key, count=count)
         return self._decision(item, allowed, stats, self.backend)
+
+    @staticmethod
+    async def _count_or_read(strategy: MovingWindowRateLimiter, item: limits.RateLimitItem, key: str, *,
+                             count: bool) -> tuple[bool, WindowStats]:
+        if count:
+            allowed = await strategy.hit(item, key)
+            return allowed, await strategy.get_window_stats(item, key)
+        stats = await strategy.get_window_stats(item, key)
+        return stats.remaining > 0, stats
 
     def _on_redis_failure(self, exc: BaseException) -> None:
         self._redis_down_until = self._clock() + self._retry_after_s
@@ -117,7 +135,7 @@ class RateLimiter:
         self._redis_failing = True
 
     @staticmethod
-    def _decision(item: limits.RateLimitItem, allowed: bool, stats, backend: str) -> RateLimitDecision:
+    def _decision(item: limits.RateLimitItem, allowed: bool, stats: WindowStats, backend: str) -> RateLimitDecision:
         retry = 0 if allowed else max(1, math.ceil(stats.reset_time - time.time()))
         return RateLimitDecision(
             allowed=allowed, limit=item.amount, remaining=max(0, stats.remaining), reset_at=stats.reset_time,

@@ -1,15 +1,29 @@
 """Request ids: one per request, honouring a sane incoming ``X-Request-ID``.
 
+A sane id is 1-128 characters of ``A-Z a-z 0-9 . _ : @ / + = -``: bounded, and
+harmless in a header, a log line or an HTML page. Anything else (5,000
+characters, ``<script>``, spaces) is replaced by a fresh uuid.
+
 `RequestIdMiddleware` stores the id in ``request.state.request_id`` (read it
 with `get_request_id`) and, when ``echo_header`` is true, sets
 ``X-Request-ID`` on the response. Behind Ray Serve's HTTP proxy leave
-``echo_header`` false: the proxy already echoes the request's id on every
-response (it generates a uuid when the client sent none), and a second header
-would be appended, not replace it.
+``echo_header`` false: the proxy itself echoes the request's id on every
+response, and a second header would be appended, not replace it.
 
-NOTE: the proxy echoes whatever the client sent, even an id this middleware
-refuses as insane (too long, odd characters); the body and logs then carry a
-fresh id. Only the direct (non-Serve) path can fix the header.
+NOTE: Serve 2.60's proxy wraps its ASGI app in its own ``RequestIdMiddleware``
+(``ray/serve/_private/http_util.py``): it reads ``x-request-id`` from the
+request as the client sent it (or adds a uuid when absent), passes it to the
+replica in the request's headers and *appends* it to the response headers, in
+the proxy process, after the replica answered. A replica therefore cannot
+correct that header. What can: a middleware that runs in the proxy before
+Serve's, which Serve installs from the callback named by
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` (read by the proxy at start-up).
+`proxy_middlewares` is that callback: `ProxyRequestIdMiddleware` replaces an
+insane incoming id in the request itself, so Serve's proxy echoes the safe id,
+replicas see the same one, and error bodies and logs agree with the header.
+`PROXY_ENV` is the variable to give the Serve controller (``controller_options``
+in serve_config.yaml, `blatam up` and the test Serve instance do so); its proxies
+inherit it.
 """
 
 from __future__ import annotations
@@ -18,11 +32,17 @@ import re
 import uuid
 
 from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "x-request-id"
-_SANE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+MAX_REQUEST_ID_CHARS = 128
+_SANE = re.compile(rf"^[A-Za-z0-9._:@/+=-]{{1,{MAX_REQUEST_ID_CHARS}}}$")
+
+PROXY_CALLBACK = "deployments.common.request_id:proxy_middlewares"
+PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": PROXY_CALLBACK}
+"""Environment of the Serve controller (inherited by its proxies) that installs `proxy_middlewares`."""
 
 
 def new_request_id() -> str:
@@ -32,6 +52,13 @@ def new_request_id() -> str:
 def sane_request_id(value: str | None) -> str | None:
     """`value` when it is a reasonable id (1-128 safe characters), else None."""
     return value if value is not None and _SANE.match(value) else None
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            return value.decode("latin-1")
+    return None
 
 
 def get_request_id(conn: HTTPConnection) -> str | None:
@@ -50,12 +77,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = None
-        for name, value in scope.get("headers", ()):
-            if name == b"x-request-id":
-                incoming = value.decode("latin-1")
-                break
-        request_id = sane_request_id(incoming) or new_request_id()
+        request_id = sane_request_id(_incoming_request_id(scope)) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         if not self.echo_header:
             await self.app(scope, receive, send)
@@ -67,3 +89,29 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class ProxyRequestIdMiddleware:
+    """Pure ASGI middleware for Serve's proxy: leave the request exactly one sane ``x-request-id``.
+
+    A sane incoming id stays; an insane one (or several headers) becomes one
+    header with a fresh id, before Serve's own request-id middleware reads it.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = scope.get("headers", ())
+            found = [value for name, value in headers if name == b"x-request-id"]
+            if found:
+                request_id = sane_request_id(found[0].decode("latin-1")) or new_request_id()
+                scope["headers"] = [(name, value) for name, value in headers if name != b"x-request-id"]
+                scope["headers"].append((b"x-request-id", request_id.encode("latin-1")))
+        await self.app(scope, receive, send)
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, see `PROXY_ENV`)."""
+    return [Middleware(ProxyRequestIdMiddleware)]

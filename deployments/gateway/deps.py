@@ -43,11 +43,13 @@ async def get_principal(
     The bearer credential may be an access token or an API key: OpenAI
     clients send their ``api_key`` as ``Authorization: Bearer``, so
     ``OpenAI(base_url=".../api/v1/llm", api_key=KEY)`` works through the gateway.
+    Either is checked against the user's current state in the database (a
+    disabled user or a revoked key fails on its next request).
     """
     if bearer is not None and bearer.credentials:
         if parse_key_id(bearer.credentials) is not None:
             return await state.auth.authenticate_api_key(bearer.credentials)
-        return state.auth.verify_token(bearer.credentials)
+        return await state.auth.authenticate_token(bearer.credentials)
     if api_key:
         return await state.auth.authenticate_api_key(api_key)
     raise MissingCredentials("Send a bearer token (Authorization: Bearer ...) or an API key (X-API-Key)")

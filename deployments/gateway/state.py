@@ -1,4 +1,4 @@
-"""Everything one gateway replica holds: settings, database, auth, limiter, services."""
+"""Everything one gateway replica holds: settings, database, auth, limiters, services."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from business_modules.auth import AuthService
 from business_modules.auth import repository as _auth_repository  # noqa: F401  (registers auth migrations)
-from business_modules.ratelimit import RateLimiter
+from business_modules.ratelimit import LoginThrottle, RateLimiter
 from business_modules.settings import Settings
 from business_modules.storage import Database, open_database
 from deployments.gateway.services import ServiceClient
@@ -23,6 +23,7 @@ class GatewayState:
     db: Database
     auth: AuthService
     limiter: RateLimiter
+    login_throttle: LoginThrottle
     services: ServiceClient
 
     @classmethod
@@ -42,7 +43,6 @@ class GatewayState:
             token_ttl_s=settings.access_token_ttl_s,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
-            api_key_cache_ttl_s=settings.api_key_cache_ttl_s,
         )
         limiter = RateLimiter(
             redis_url=settings.redis_url,
@@ -50,8 +50,11 @@ class GatewayState:
             retry_after_s=settings.redis_retry_after_s,
             key_prefix=settings.rate_limit_key_prefix,
         )
+        login_throttle = LoginThrottle(limiter, per_name_and_address=settings.rate_limit_login,
+                                       per_address=settings.rate_limit_login_per_address)
         logger.info("Gateway ready: database %s, rate limits in %s", db.dialect, limiter.backend)
-        return cls(settings=settings, db=db, auth=auth, limiter=limiter, services=services)
+        return cls(settings=settings, db=db, auth=auth, limiter=limiter, login_throttle=login_throttle,
+                   services=services)
 
     async def close(self) -> None:
         await self.limiter.close()

@@ -42,7 +42,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def auth(database: Database, clock: Clock) -> AuthService:
-    return AuthService(database, secret_key=SECRET, token_ttl_s=1800, api_key_cache_ttl_s=5.0, clock=clock)
+    return AuthService(database, secret_key=SECRET, token_ttl_s=1800, clock=clock)
 
 
 async def test_login_issues_a_token_that_names_user_tenant_and_scopes(auth: AuthService) -> None:
@@ -166,11 +166,10 @@ async def test_expired_key_and_revocation_by_another_replica(auth: AuthService, 
     with pytest.raises(InvalidApiKey):
         await auth.authenticate_api_key(short.secret)
 
-    await auth.authenticate_api_key(long.secret)  # cached in this "replica"
+    await auth.authenticate_api_key(long.secret)  # checked once by this "replica"
     other_replica = AuthService(database, secret_key=SECRET, token_ttl_s=1800, clock=clock)
     await other_replica.revoke_api_key(long.key.key_id)
-    clock.now += 6  # past the cache TTL
-    with pytest.raises(InvalidApiKey):
+    with pytest.raises(InvalidApiKey):  # the very next check, no clock moved
         await auth.authenticate_api_key(long.secret)
 
 
@@ -178,3 +177,102 @@ async def test_expired_key_and_revocation_by_another_replica(auth: AuthService, 
 async def test_malformed_or_unknown_keys_are_refused(auth: AuthService, key: str) -> None:
     with pytest.raises(InvalidApiKey):
         await auth.authenticate_api_key(key)
+
+
+async def test_disabling_a_user_stops_its_token_and_keys_on_the_next_check(auth: AuthService,
+                                                                          database: Database,
+                                                                          clock: Clock) -> None:
+    await auth.create_user(username="judy", password="correct horse", scopes="*", tenant="acme")
+    token = (await auth.login(username="judy", password="correct horse")).access_token
+    key = (await auth.create_api_key(username="judy", name="ci")).secret
+    assert (await auth.authenticate_token(token)).subject == "judy"
+    assert (await auth.authenticate_api_key(key)).subject == "judy"
+
+    other_replica = AuthService(database, secret_key=SECRET, token_ttl_s=1800, clock=clock)
+    await other_replica.set_user_active("judy", False)
+    with pytest.raises(InvalidToken, match="disabled or was removed"):
+        await auth.authenticate_token(token)
+    with pytest.raises(InvalidApiKey):
+        await auth.authenticate_api_key(key)
+    assert auth.verify_token(token).subject == "judy"  # the signature alone still checks out
+
+    await other_replica.set_user_active("judy", True)
+    assert (await auth.authenticate_token(token)).tenant == "acme"
+    await database.execute("DELETE FROM auth_users WHERE username = :u", {"u": "judy"})
+    with pytest.raises(InvalidToken, match="disabled or was removed"):
+        await auth.authenticate_token(token)
+
+
+async def test_tokens_and_keys_follow_the_users_current_scopes_and_tenant(auth: AuthService,
+                                                                          database: Database) -> None:
+    await auth.create_user(username="kim", password="correct horse", scopes="redundancy export", tenant="acme")
+    token = (await auth.login(username="kim", password="correct horse")).access_token
+    key = (await auth.create_api_key(username="kim", name="ci", scopes="redundancy export")).secret
+
+    await database.execute("UPDATE auth_users SET scopes = 'export' WHERE username = 'kim'")
+    for principal in (await auth.authenticate_token(token), await auth.authenticate_api_key(key)):
+        assert principal.scopes == frozenset({"export"})
+        with pytest.raises(InsufficientScope):
+            require_scope(principal, "redundancy")
+
+    await database.execute("UPDATE auth_users SET scopes = '*' WHERE username = 'kim'")
+    assert (await auth.authenticate_token(token)).scopes == frozenset({"redundancy", "export"})  # never wider
+
+    await database.execute("UPDATE auth_users SET tenant = 'globex' WHERE username = 'kim'")
+    with pytest.raises(InvalidToken, match="another tenant"):
+        await auth.authenticate_token(token)
+    assert (await auth.authenticate_api_key(key)).tenant == "globex"  # a key acts for its user as they are now
+
+
+def _segments(*parts: object) -> str:
+    import base64
+    import json
+
+    return ".".join(base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=").decode() for p in parts)
+
+
+@pytest.mark.parametrize("token", [
+    "",
+    "not-a-token",
+    "a.b",
+    "a.b.c",
+    "é.é.é",
+    _segments({"alg": "HS256"}, [1]) + ".sig",
+    _segments({"alg": "HS256", "typ": "JWT"}, {"sub": "x"}) + ".AAAA",
+    jwt.encode({"sub": "x", "iat": 1, "exp": 2, "iss": "blatam", "aud": "blatam-api"}, "wrong-key-" + "x" * 32,
+               algorithm="HS256"),
+    jwt.encode({"sub": "x", "iat": 1, "exp": 2, "iss": "blatam", "aud": "blatam-api"}, SECRET * 2, algorithm="HS512"),
+    jwt.encode({"sub": "x", "iat": 1, "exp": 2, "iss": "blatam"}, SECRET, algorithm="HS256"),
+    jwt.encode({"sub": "x", "iat": 1, "iss": "blatam", "aud": "blatam-api"}, SECRET, algorithm="HS256"),
+    jwt.encode({"sub": "x", "iat": 1, "exp": "soon", "iss": "blatam", "aud": "blatam-api"}, SECRET,
+               algorithm="HS256"),
+])
+async def test_token_errors_are_ours_never_pyjwts(auth: AuthService, token: str) -> None:
+    with pytest.raises(InvalidToken) as raised:
+        await auth.authenticate_token(token)
+    message = str(raised.value)
+    assert message.startswith("Access token"), message
+    for library_text in ("segments", "padding", "Signature verification failed", "Invalid header string",
+                         "Invalid payload", "not supported", "Token is missing", "Invalid audience"):
+        assert library_text not in message, message
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "1e400", "true"])
+def test_non_finite_expiry_is_refused(exp: str) -> None:
+    """NaN and 1e400 pass PyJWT's JSON parsing: as floats they never expire, or overflow (a 500)."""
+    import base64
+    import hashlib
+    import hmac
+
+    from business_modules.auth.tokens import verify_access_token
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    payload = b64(f'{{"sub":"x","tenant":"x","scopes":[],"iat":1,"exp":{exp},"iss":"blatam","aud":"blatam-api"}}'
+                  .encode())
+    signature = b64(hmac.new(SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest())
+    with pytest.raises(InvalidToken, match="finite numbers"):
+        verify_access_token(f"{header}.{payload}.{signature}", secret=SECRET, issuer="blatam",
+                            audience="blatam-api", now=2.0)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis.asyncio
 
-from business_modules.ratelimit import RateLimiter, parse_limit
+from business_modules.ratelimit import LoginThrottle, RateLimiter, parse_limit
 from tests.conftest import TEST_REDIS_URL
 
 
@@ -72,3 +72,49 @@ def test_nonsense_limits_are_refused() -> None:
     assert parse_limit("10 per second").amount == 10
     with pytest.raises(ValueError):
         parse_limit("lots")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
+async def test_peek_reads_the_budget_without_spending_it(prefix: str, shared: bool) -> None:
+    limiter = RateLimiter(redis_url=TEST_REDIS_URL if shared else None, key_prefix=prefix, timeout_s=2.0)
+    try:
+        for _ in range(3):
+            assert (await limiter.peek("k", "2/minute")).remaining == 2
+        await limiter.hit("k", "2/minute")
+        await limiter.hit("k", "2/minute")
+        peeked = await limiter.peek("k", "2/minute")
+        assert not peeked.allowed and peeked.remaining == 0 and peeked.retry_after_s >= 1
+        assert peeked.backend == ("redis" if shared else "memory")
+    finally:
+        await limiter.close()
+
+
+async def test_login_throttle_counts_failures_per_name_and_address_across_replicas(prefix: str) -> None:
+    replicas = [RateLimiter(redis_url=TEST_REDIS_URL, key_prefix=prefix, timeout_s=2.0) for _ in range(2)]
+    throttles = [LoginThrottle(limiter, per_name_and_address="3/minute", per_address="5/minute")
+                 for limiter in replicas]
+    try:
+        for attempt in range(3):  # alternate replicas: the budget is shared through Redis
+            assert (await throttles[attempt % 2].check(username="alice", address="10.0.0.1")).decision.allowed
+            await throttles[attempt % 2].record_failure(username="alice", address="10.0.0.1")
+        locked = await throttles[1].check(username="alice", address="10.0.0.1")
+        assert not locked.decision.allowed and "user name" in locked.what
+        # Other names from that address, and the same name elsewhere, still have their own budget.
+        assert (await throttles[0].check(username="bob", address="10.0.0.1")).decision.allowed
+        assert (await throttles[0].check(username="alice", address="10.0.0.2")).decision.allowed
+        # Spraying: failures over many names spend the per-address budget (5) and then every name is refused.
+        for name in ("bob", "carol"):
+            await throttles[0].record_failure(username=name, address="10.0.0.1")
+        sprayed = await throttles[0].check(username="dave", address="10.0.0.1")
+        assert not sprayed.decision.allowed and sprayed.what == "failed logins from this address"
+        assert (await throttles[0].check(username="dave", address="10.0.0.2")).decision.allowed
+    finally:
+        for limiter in replicas:
+            await limiter.close()
+
+
+async def test_login_throttle_keys_of_ipv6_addresses_do_not_collide() -> None:
+    throttle = LoginThrottle(RateLimiter(redis_url=None), per_name_and_address="1/minute", per_address="100/minute")
+    await throttle.record_failure(username="a:u", address="::1")
+    assert not (await throttle.check(username="a:u", address="::1")).decision.allowed
+    assert (await throttle.check(username="u", address="::1:a")).decision.allowed

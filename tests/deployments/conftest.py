@@ -92,14 +92,21 @@ def wait_http(url: str, *, timeout_s: float = 60.0, ok=lambda r: r.status_code <
 
 @pytest.fixture(scope="session")
 def serve_instance() -> Iterator[ServeInstance]:
-    """A local Ray cluster (2 CPUs, no dashboard) with Serve's proxy on a free port."""
+    """A local Ray cluster (2 CPUs, no dashboard) with Serve's proxy on a free port.
+
+    The controller gets serve_config.yaml's ``controller_options`` (its proxies
+    install `deployments.common.request_id.proxy_middlewares`), as in production.
+    """
     import ray
     from ray import serve
+
+    from deployments.common.request_id import PROXY_ENV
 
     # address="local": always a private cluster, never one a `ray start` left on this host.
     ray.init(address="local", num_cpus=SERVE_NUM_CPUS, include_dashboard=False, log_to_driver=False)
     instance = ServeInstance(host="127.0.0.1", port=free_port())
-    serve.start(http_options={"host": instance.host, "port": instance.port})
+    serve.start(http_options={"host": instance.host, "port": instance.port},
+                controller_options={"runtime_env": {"env_vars": PROXY_ENV}})
     try:
         yield instance
     finally:

@@ -43,7 +43,6 @@ def env(serve_instance: ServeInstance, tmp_path_factory: pytest.TempPathFactory)
         "redis_url": TEST_REDIS_URL,
         "rate_limit_key_prefix": prefix,
         "rate_limit_default": "1000/minute",
-        "api_key_cache_ttl_s": 0,
         "gateway_request_timeout_s": 60,
     }
     run_app(build_export({"database_url": TEST_DATABASE_URL, "database_schema": schema,

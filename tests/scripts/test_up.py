@@ -94,6 +94,9 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         me = httpx.get(f"{base}/api/v1/auth/me", timeout=30,
                        headers={"Authorization": f"Bearer {login.json()['access_token']}"})
         assert me.json()["scopes"] == ["redundancy"]
+        unsafe = httpx.get(f"{base}/no/such/route", timeout=30, headers={"X-Request-ID": "<script>" + "x" * 5000})
+        assert unsafe.headers.get_list("x-request-id") == [unsafe.json()["error"]["request_id"]]  # one, fresh
+        assert len(unsafe.headers["x-request-id"]) <= 128 and "<" not in unsafe.headers["x-request-id"]
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=STOP_TIMEOUT_S) == 0, output.text[-4000:]

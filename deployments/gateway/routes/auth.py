@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.gateway.deps import PrincipalDep, StateDep, client_address, enforce_rate_limit
-from deployments.gateway.errors import rate_limit_headers
+from business_modules.auth import InvalidCredentials
+from deployments.gateway.deps import PrincipalDep, StateDep, client_address
+from deployments.gateway.errors import RateLimited, rate_limit_headers
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -32,12 +33,22 @@ class MeOut(BaseModel):
     key_id: str | None = None
 
 
-@router.post("/login", response_model=TokenOut, summary="Exchange username and password for an access token")
+@router.post("/login", response_model=TokenOut, summary="Exchange username and password for an access token",
+             description="Failed logins are limited per user name and client address (RATE_LIMIT_LOGIN) and, "
+                         "more loosely, per client address (RATE_LIMIT_LOGIN_PER_ADDRESS); over either: 429. "
+                         "The X-RateLimit-* headers count failures left for this user name.")
 async def login(body: LoginIn, request: Request, response: Response, state: StateDep) -> TokenOut:
-    decision = await enforce_rate_limit(state, request, key=f"login:{client_address(request)}",
-                                        limit=state.settings.rate_limit_login, what="login attempts")
-    response.headers.update(rate_limit_headers(decision))
-    token = await state.auth.login(username=body.username, password=body.password)
+    address = client_address(request)
+    budget = await state.login_throttle.check(username=body.username, address=address)
+    request.state.rate_limit = budget.decision
+    if not budget.decision.allowed:
+        raise RateLimited(budget.decision, budget.what)
+    response.headers.update(rate_limit_headers(budget.decision))
+    try:
+        token = await state.auth.login(username=body.username, password=body.password)
+    except InvalidCredentials:
+        await state.login_throttle.record_failure(username=body.username, address=address)
+        raise
     return TokenOut(access_token=token.access_token, token_type=token.token_type, expires_in=token.expires_in)
 
 
