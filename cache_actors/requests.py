@@ -88,14 +88,30 @@ def parse_sampling(payload: Mapping[str, Any], *, default_max_new_tokens: int) -
     return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stops, seed=seed)
 
 
+class ContextLengthExceeded(ValueError):
+    """The request does not fit the model's context.
+
+    A ValueError like every refusal; its ``code`` is the one OpenAI clients
+    branch on, and ``param`` names the budget that overflowed (None when the
+    prompt alone is too long). Both survive pickling across a Serve handle.
+    """
+
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def check_context(prompt_tokens: int, max_new_tokens: int, limit: int, *, max_name: str = "max_new_tokens") -> None:
-    """ValueError unless the prompt leaves at least one token of context and the whole request fits.
+    """`ContextLengthExceeded` unless the prompt leaves at least one token of context and the whole request fits.
 
     ``max_name`` is what the caller calls the new-token budget (``max_tokens`` in the OpenAI API).
     """
     if prompt_tokens >= limit:
-        raise ValueError(f"the prompt has {prompt_tokens} tokens; this model's context is {limit}")
+        raise ContextLengthExceeded(f"the prompt has {prompt_tokens} tokens; this model's context is {limit}")
     if prompt_tokens + max_new_tokens > limit:
-        raise ValueError(
-            f"the prompt ({prompt_tokens} tokens) + {max_name} ({max_new_tokens}) exceeds this model's context of {limit} tokens"
+        raise ContextLengthExceeded(
+            f"the prompt ({prompt_tokens} tokens) + {max_name} ({max_new_tokens}) exceeds this model's context of {limit} tokens",
+            param=max_name,
         )
