@@ -9,6 +9,7 @@ from typing import Any
 from ray import serve
 
 from business_modules.settings import load_settings
+from deployments.common.grpc_limits import GRPC_ENV
 from deployments.gateway.app import create_app
 from deployments.gateway.configured import check_expected
 from deployments.gateway.services import ServeServiceClient, ServiceRegistry
@@ -18,7 +19,9 @@ from deployments.gateway.state import GatewayState
 # NOTE: the gateway's code is all async (hashing and SQLite run in threads), so its
 # replicas run user code and the handle router on the replica's own event loop:
 # two thread hops fewer per request (measured with `blatam bench gateway`).
-REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# It also receives services' answers over gRPC, larger than Serve's default cap (deployments.common.grpc_limits).
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+               **GRPC_ENV}
 
 
 @serve.deployment(
