@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 from ray.exceptions import RayActorError, RayError
@@ -43,7 +43,10 @@ _NICENESS = 5
 
 
 class KVCacheCoordinator:
-    def __init__(self, spec: ShardSpec) -> None:
+    def __init__(self, spec: ShardSpec, place_shards: Callable[[Sequence[ShardSpec]], int] | None = None) -> None:
+        """``place_shards(specs)`` creates the shards live nodes lack and returns how many
+        (`placement.place_missing_shards`, handed in so this module need not import the shard's)."""
+        self._place = place_shards
         # Off the data path: on a shared node, model compute goes first.
         os.nice(_NICENESS)
         self.spec = spec
@@ -203,14 +206,8 @@ class KVCacheCoordinator:
         logger.info("coordinator: purged shard %s (%d blocks)", name, held)
 
     def _place_shards(self) -> None:
-        from cache_actors.actors.placement import ensure_node_shards, existing_actor_names  # placement imports this module
-
-        existing = existing_actor_names()
-        for node in ray.nodes():
-            if not node.get("Alive"):
-                continue
-            for spec in self.specs.values():
-                self.counters["shards_created"] += ensure_node_shards(spec, node, existing=existing)
+        if self._place is not None:
+            self.counters["shards_created"] += self._place(list(self.specs.values()))
 
     async def snapshot(self) -> bool:
         if self.redis is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any
+from typing import Any, Sequence
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -54,6 +54,12 @@ def _shard_options(spec: ShardSpec, name: str, node_id: str, resources: dict[str
     }
 
 
+def _shard(spec: ShardSpec, name: str, node_id: str, device: str, resources: dict[str, Any]) -> Any:
+    """The named shard's handle, created if missing (the one place a shard is made)."""
+    return ShardActor.options(**_shard_options(spec, name, node_id, resources)).remote(
+        spec, name, device, get_or_create_coordinator)
+
+
 def existing_actor_names() -> set[str]:
     return {e["name"] for e in ray.util.list_named_actors(all_namespaces=True) if e.get("namespace") == NAMESPACE}
 
@@ -70,9 +76,16 @@ def ensure_node_shards(spec: ShardSpec, node: dict[str, Any], *, existing: set[s
         name = spec.shard_name(node["NodeID"], device)
         if name in existing:
             continue
-        ShardActor.options(**_shard_options(spec, name, node["NodeID"], resources)).remote(spec, name, device)
+        _shard(spec, name, node["NodeID"], device, resources)
         created += 1
     return created
+
+
+def place_missing_shards(specs: Sequence[ShardSpec]) -> int:
+    """Create every shard of ``specs`` that a live node lacks (the coordinator's periodic sweep)."""
+    existing = existing_actor_names()
+    return sum(ensure_node_shards(spec, node, existing=existing)
+               for node in ray.nodes() if node.get("Alive") for spec in specs)
 
 
 def node_shards(spec: ShardSpec, node_id: str) -> list[tuple[str, Any]]:
@@ -83,7 +96,7 @@ def node_shards(spec: ShardSpec, node_id: str) -> list[tuple[str, Any]]:
     out = []
     for device, resources in node_devices(spec, node):
         name = spec.shard_name(node_id, device)
-        out.append((name, ShardActor.options(**_shard_options(spec, name, node_id, resources)).remote(spec, name, device)))
+        out.append((name, _shard(spec, name, node_id, device, resources)))
     return out
 
 
@@ -112,4 +125,4 @@ def get_or_create_coordinator(spec: ShardSpec) -> Any:
         max_task_retries=0,
         max_concurrency=1000,
         num_cpus=0,
-    ).remote(spec)
+    ).remote(spec, place_missing_shards)

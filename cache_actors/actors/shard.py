@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
@@ -82,8 +82,13 @@ class ReserveReply:
 class KVCacheShard:
     """One device's block store, its lower tiers and its link to the coordinator."""
 
-    def __init__(self, spec: ShardSpec, name: str, device: str) -> None:
+    def __init__(self, spec: ShardSpec, name: str, device: str,
+                 find_coordinator: Callable[[ShardSpec], Any] | None = None) -> None:
+        """``find_coordinator(spec)`` returns the coordinator's handle, creating it if it is gone
+        (`placement.get_or_create_coordinator`, handed in so this module need not import the
+        coordinator's); None: this shard works alone."""
         self.spec = spec
+        self._find_coordinator = find_coordinator
         self.name = name
         self.device = device
         self.epoch = uuid.uuid4().hex[:12]
@@ -213,10 +218,10 @@ class KVCacheShard:
         if time.monotonic() < self._coordinator_down_until:
             return None
         if self._coordinator is None:
-            from cache_actors.actors.placement import get_or_create_coordinator  # placement imports this module
-
+            if self._find_coordinator is None:
+                return None
             try:
-                self._coordinator = get_or_create_coordinator(self.spec)
+                self._coordinator = self._find_coordinator(self.spec)
             except (RayError, ValueError) as exc:
                 self._coordinator_failed(exc)
                 return None
