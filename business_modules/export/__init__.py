@@ -22,16 +22,8 @@ from business_modules.export.errors import (
     RenderTimeoutError,
     ResultGoneError,
 )
-from business_modules.export.models import (
-    DocumentMetadata,
-    DocumentType,
-    ExportFormat,
-    ExportRequest,
-    JobStatus,
-    QualityLevel,
-    Section,
-    StructuredContent,
-)
+from business_modules.export.kinds import DocumentType, ExportFormat, JobStatus, QualityLevel
+from business_modules.export.models import DocumentMetadata, ExportRequest, Section, StructuredContent
 from business_modules.export.renderer import DocumentPreview, RenderedDocument, preview_document, render_document
 from business_modules.export.repository import ExportJob
 from business_modules.export.results import ResultStore

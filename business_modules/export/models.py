@@ -7,7 +7,6 @@ The shapes keep the original Export IA names (``content{title, sections[]}``,
 
 from __future__ import annotations
 
-import enum
 import re
 from datetime import datetime, timezone
 from typing import Annotated, Any
@@ -26,6 +25,8 @@ from pydantic import (
 )
 
 from business_modules.export import constants as C
+from business_modules.export.kinds import DocumentType, ExportFormat, QualityLevel
+from business_modules.export.themes import THEMES
 
 # C0 controls (other than tab/newline/CR) and DEL are not valid in XML 1.0,
 # so python-docx and python-pptx would raise on them; they carry no text.
@@ -39,69 +40,7 @@ def _strip_controls(value: str) -> str:
 CleanStr = Annotated[str, AfterValidator(_strip_controls)]
 
 
-class ExportFormat(str, enum.Enum):
-    """Output formats; the value is also the API name."""
-
-    PDF = "pdf"
-    DOCX = "docx"
-    PPTX = "pptx"
-    HTML = "html"
-    MARKDOWN = "markdown"
-
-    @property
-    def extension(self) -> str:
-        return "md" if self is ExportFormat.MARKDOWN else self.value
-
-    @property
-    def media_type(self) -> str:
-        return _MEDIA_TYPES[self]
-
-
-_MEDIA_TYPES = {
-    ExportFormat.PDF: "application/pdf",
-    ExportFormat.DOCX: "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    ExportFormat.PPTX: "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-    ExportFormat.HTML: "text/html; charset=utf-8",
-    ExportFormat.MARKDOWN: "text/markdown; charset=utf-8",
-}
-
 _FORMAT_ALIASES = {"md": "markdown", "htm": "html", "word": "docx", "powerpoint": "pptx"}
-
-
-class DocumentType(str, enum.Enum):
-    """Kind of document; recorded as the category in the file's metadata."""
-
-    REPORT = "report"
-    PROPOSAL = "proposal"
-    MANUAL = "manual"
-    PRESENTATION = "presentation"
-    LETTER = "letter"
-    MEMO = "memo"
-    ARTICLE = "article"
-    NEWSLETTER = "newsletter"
-    OTHER = "other"
-
-
-class QualityLevel(str, enum.Enum):
-    """Finish of the output. ``draft`` leaves out the table of contents and
-    marks pages as a draft; the others differ only in the default theme."""
-
-    DRAFT = "draft"
-    STANDARD = "standard"
-    PROFESSIONAL = "professional"
-    PREMIUM = "premium"
-    ENTERPRISE = "enterprise"
-
-
-class JobStatus(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
 
 
 class Section(BaseModel):
@@ -272,8 +211,6 @@ class ExportRequest(BaseModel):
     @field_validator("theme")
     @classmethod
     def _known_theme(cls, value: str | None) -> str | None:
-        from business_modules.export.themes import THEMES  # local: themes imports nothing from here
-
         if value is None:
             return None
         name = value.strip().lower()

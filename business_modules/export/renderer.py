@@ -10,7 +10,8 @@ from business_modules.export.docx_render import render_docx
 from business_modules.export.errors import RenderError
 from business_modules.export.html_render import render_html
 from business_modules.export.markdown import ParsedDocument, parse_document
-from business_modules.export.models import ExportFormat, ExportRequest
+from business_modules.export.kinds import ExportFormat
+from business_modules.export.models import ExportRequest
 from business_modules.export.pdf_render import render_pdf
 from business_modules.export.pptx_render import render_pptx
 from business_modules.export.quality import QualityReport, assess

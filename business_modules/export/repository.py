@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from business_modules.export.models import JobStatus
+from business_modules.export.kinds import JobStatus
 from business_modules.storage import Database, Migration, register_migrations
 
 register_migrations(

@@ -40,7 +40,8 @@ from business_modules.export.errors import (
     RenderTimeoutError,
     ResultGoneError,
 )
-from business_modules.export.models import ExportRequest, JobStatus
+from business_modules.export.kinds import JobStatus
+from business_modules.export.models import ExportRequest
 from business_modules.export.renderer import RenderedDocument, render_document
 from business_modules.export.repository import ExportJob
 from business_modules.export.results import ResultStore

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from business_modules.export.models import QualityLevel
+from business_modules.export.kinds import QualityLevel
 
 
 @dataclass(frozen=True, slots=True)
