@@ -40,19 +40,29 @@ def _check_limit(value: str) -> str:
     return value
 
 
-class Settings(BaseSettings):
-    """Settings of the gateway and the services (see the module docstring)."""
+class StorageSettings(BaseSettings):
+    """Where the data lives: ``BLATAM_DATA_DIR``, ``DATABASE_URL`` and the database budgets.
+
+    Its own class so that storage and the services' runtimes read them without the whole
+    tree (whose secret-key check concerns the gateway); `Settings` extends it.
+    """
 
     model_config = SettingsConfigDict(extra="ignore", validate_default=True, case_sensitive=False)
 
-    blatam_env: Environment = Field("development", description="development, test, staging or production.")
     blatam_data_dir: Path = Field(Path("data"), description="Embedded database and other local files.")
-
     database_url: str | None = Field(None, description="postgresql://... or sqlite:///path; unset: embedded SQLite.")
     database_schema: str | None = Field(None, description="PostgreSQL schema for all tables (default: search_path).")
     db_command_timeout_s: PositiveFloat = Field(10.0, description="Budget of one SQL statement.")
     db_acquire_timeout_s: PositiveFloat = Field(5.0, description="Budget to get a pooled connection.")
     db_pool_max_size: PositiveInt = Field(10, description="PostgreSQL connections per process.")
+
+
+class Settings(StorageSettings):
+    """Settings of the gateway and the services (see the module docstring); storage's are inherited."""
+
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True, case_sensitive=False)
+
+    blatam_env: Environment = Field("development", description="development, test, staging or production.")
 
     redis_url: str | None = Field(None, description="redis://host:port/db; unset: per-process rate limits.")
     redis_timeout_s: PositiveFloat = Field(0.25, description="Budget of one Redis call before falling back.")

@@ -15,10 +15,6 @@ from cache_actors.codecs import Codec
 from cache_actors.hashing import BlockHash
 
 
-class PrefixHitLike(Protocol):
-    num_blocks: int
-
-
 class KVCacheBackend(Protocol):
     codec: Codec
     block_size: int

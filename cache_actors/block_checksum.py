@@ -17,9 +17,6 @@ import numpy as np
 import torch
 import xxhash
 
-CHECKSUM_BYTES = 16
-
-
 def _row_bytes(part: torch.Tensor | np.ndarray, row: int) -> memoryview:
     if isinstance(part, np.ndarray):
         return memoryview(np.ascontiguousarray(part[row])).cast("B")

@@ -3,10 +3,10 @@
 Domain modules declare their tables as versioned migrations under their own
 component name and use named ``:param`` SQL that runs on both backends::
 
-    from business_modules.storage import Database, Migration, open_database, register_migrations
+    from business_modules.storage import Database, Migration, StorageSettings, open_database, register_migrations
 
     register_migrations("redundancy", [Migration(1, "corpora", "CREATE TABLE ...")])
-    db = await open_database(os.environ.get("DATABASE_URL"))
+    db = await open_database(StorageSettings().database_url)
     rows = await db.fetch_all("SELECT * FROM redundancy_corpora WHERE tenant = :tenant", {"tenant": t})
     async with db.transaction():
         ...
@@ -25,6 +25,7 @@ from business_modules.storage.errors import (
     StorageUnavailableError,
 )
 from business_modules.storage.factory import default_sqlite_path, open_database
+from business_modules.settings import StorageSettings
 from business_modules.storage.migrations import Migration, MigrationRegistry, register_migrations, registered
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "StorageError",
     "StorageTimeoutError",
     "StorageUnavailableError",
+    "StorageSettings",
     "default_sqlite_path",
     "open_database",
     "register_migrations",

@@ -10,6 +10,7 @@ from pathlib import Path
 from business_modules.storage.base import Database
 from business_modules.storage.migrations import MigrationRegistry
 from business_modules.storage.postgres import PostgresDatabase
+from business_modules.settings import StorageSettings
 from business_modules.storage.sqlite import SQLiteDatabase
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ DEFAULT_SQLITE_FILE = "blatam.db"
 
 def default_sqlite_path(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """``<data_dir or $BLATAM_DATA_DIR or ./data>/blatam.db``."""
-    base = data_dir if data_dir is not None else os.environ.get("BLATAM_DATA_DIR") or "data"
+    base = data_dir if data_dir is not None else StorageSettings().blatam_data_dir
     return Path(base).expanduser() / DEFAULT_SQLITE_FILE
 
 

@@ -72,13 +72,14 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message
 
 from deployments.common.errors import error_body
+from deployments.common.request_id import REQUEST_ID_HEADER
 
 logger = logging.getLogger(__name__)
 
 CALLER_SCOPE_KEY = "blatam.caller"
 """Key in ``scope["extensions"]`` under which forwarded calls carry the caller."""
 
-FORWARDED_HEADERS = ("content-type", "accept", "accept-language", "x-request-id")
+FORWARDED_HEADERS = ("content-type", "accept", "accept-language", REQUEST_ID_HEADER)
 """Request headers the gateway passes on (credentials never leave the gateway)."""
 
 
@@ -155,7 +156,7 @@ def _failed_before_answering(method: str, path: str, headers: Mapping[str, str] 
                              exc: BaseException | None) -> ForwardedResponse:
     """The 500 for an app that raised (or ended) before sending its status line."""
     logger.error("Forwarded %s %s failed inside the service", method, path, exc_info=exc)
-    request_id = (headers or {}).get("x-request-id")
+    request_id = (headers or {}).get(REQUEST_ID_HEADER)
     payload = json.dumps(error_body("internal_error", "The service failed on this request", request_id))
     return ForwardedResponse(500, [("content-type", "application/json")], payload.encode())
 

@@ -37,6 +37,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "x-request-id"
+_HEADER_BYTES = REQUEST_ID_HEADER.encode()
 MAX_REQUEST_ID_CHARS = 128
 _SANE = re.compile(rf"^[A-Za-z0-9._:@/+=-]{{1,{MAX_REQUEST_ID_CHARS}}}$")
 
@@ -56,7 +57,7 @@ def sane_request_id(value: str | None) -> str | None:
 
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
-        if name == b"x-request-id":
+        if name == _HEADER_BYTES:
             return value.decode("latin-1")
     return None
 
@@ -85,7 +86,7 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -104,11 +105,11 @@ class ProxyRequestIdMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             headers = scope.get("headers", ())
-            found = [value for name, value in headers if name == b"x-request-id"]
+            found = [value for name, value in headers if name == _HEADER_BYTES]
             if found:
                 request_id = sane_request_id(found[0].decode("latin-1")) or new_request_id()
-                scope["headers"] = [(name, value) for name, value in headers if name != b"x-request-id"]
-                scope["headers"].append((b"x-request-id", request_id.encode("latin-1")))
+                scope["headers"] = [(name, value) for name, value in headers if name != _HEADER_BYTES]
+                scope["headers"].append((_HEADER_BYTES, request_id.encode("latin-1")))
         await self.app(scope, receive, send)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ class Runtime:
         self.settings = ExportSettings(**config.settings)
         shared = load_settings({})
         self.data_dir = Path(config.data_dir or shared.blatam_data_dir)
-        self.database_url = config.database_url or shared.database_url or os.environ.get("DATABASE_URL")
+        self.database_url = config.database_url or shared.database_url
         self._shared = shared
         self._db: Database | None = None
         self._service: ExportService | None = None

@@ -20,13 +20,13 @@ from business_modules.auth import Principal, require_scope
 from business_modules.ratelimit import RateLimitDecision
 from deployments.common.errors import code_for_status, error_body
 from deployments.common.forwarding import Caller, ForwardedResponse
-from deployments.common.request_id import get_request_id
+from deployments.common.request_id import REQUEST_ID_HEADER, get_request_id
 from deployments.gateway.deps import enforce_rate_limit
 from deployments.gateway.state import GatewayState
 
 # Response headers that describe the hop, not the content: the gateway sets its own.
 _HOP_HEADERS = {"content-length", "connection", "keep-alive", "transfer-encoding", "server", "date",
-                "x-request-id"}
+                REQUEST_ID_HEADER}
 
 
 async def _admit(state: GatewayState, request: Request, principal: Principal, service: str) -> tuple[Caller, RateLimitDecision]:
@@ -61,7 +61,7 @@ async def forward(
     carries the whole (normalised) body.
     """
     caller, decision = await _admit(state, request, principal, service)
-    call = dict(method=method, path=path, body=body, query=query, headers={**headers, "x-request-id": caller.request_id},
+    call = dict(method=method, path=path, body=body, query=query, headers={**headers, REQUEST_ID_HEADER: caller.request_id},
                 caller=caller.to_dict(), timeout_s=state.settings.gateway_request_timeout_s)
     if not stream:
         return uniform_errors(await state.services.forward(service, **call), caller.request_id), None, decision

@@ -33,8 +33,6 @@ from deployments.llm.server import LLMServer
 from deployments.llm.settings import LLMSettings
 from deployments.common.grpc_limits import GRPC_ENV
 
-APP_NAME = "llm"
-SERVER_DEPLOYMENT = "LLMServer"
 CACHE_AWARE_ROUTER = "deployments.llm.router:CacheAwareRouter"
 
 

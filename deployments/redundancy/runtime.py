@@ -9,7 +9,6 @@ detector on the first semantic request, once per replica.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 from typing import Any
 
@@ -19,6 +18,7 @@ from business_modules.redundancy import Detector, RedundancySettings
 from business_modules.redundancy.embeddings import shared_encoder
 from business_modules.redundancy.repository import CorpusRepository
 from business_modules.redundancy.service import RedundancyService
+from business_modules.settings import StorageSettings
 from business_modules.storage import Database, open_database
 
 DB_OPEN_TIMEOUT_S = 15.0
@@ -52,7 +52,7 @@ class Runtime:
         if self._service is None:
             async with self._lock:
                 if self._service is None:
-                    url = self.config.database_url or os.environ.get("DATABASE_URL")
+                    url = self.config.database_url or StorageSettings().database_url
                     kwargs: dict[str, Any] = {"components": ["redundancy"]}
                     if self.config.database_schema:
                         kwargs["schema"] = self.config.database_schema
