@@ -3,6 +3,9 @@
 They work on the same database as the services (DATABASE_URL, or the
 embedded SQLite file under BLATAM_DATA_DIR), so they can run while `blatam up`
 is serving. An API key is printed once, at creation; only its sha256 is stored.
+
+The business modules (settings, storage drivers) are imported when a command
+runs, not when the CLI loads, so `blatam --help` stays fast.
 """
 
 from __future__ import annotations
@@ -12,21 +15,12 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from business_modules.auth import (
-    ApiKeyNotFound,
-    AuthError,
-    AuthService,
-    InvalidAuthInput,
-    UnknownUser,
-    UserExists,
-)
-from business_modules.auth import repository as _auth_repository  # noqa: F401  (registers auth migrations)
-from business_modules.settings import load_settings
-from business_modules.storage import StorageError, open_database
+if TYPE_CHECKING:
+    from business_modules.auth import AuthService
 
 T = TypeVar("T")
 
@@ -39,6 +33,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 def _run(database_url: str | None, action: Callable[[AuthService], Awaitable[T]]) -> T:
     """Open the database, run `action` with an AuthService, close; map errors to exit codes."""
+    from business_modules.auth import (
+        ApiKeyNotFound,
+        AuthError,
+        AuthService,
+        InvalidAuthInput,
+        UnknownUser,
+        UserExists,
+    )
+    from business_modules.auth import repository as _auth_repository  # noqa: F401  (registers auth migrations)
+    from business_modules.settings import load_settings
+    from business_modules.storage import StorageError, open_database
 
     async def main() -> T:
         settings = load_settings({"database_url": database_url} if database_url else None)
@@ -64,7 +69,7 @@ def _run(database_url: str | None, action: Callable[[AuthService], Awaitable[T]]
     raise AssertionError("unreachable")
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
@@ -83,9 +88,21 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
 
 
-def _read_password(password_stdin: bool) -> str:
+def read_password(password_stdin: bool) -> str:
+    """The password: the first line of stdin with ``--password-stdin``, else asked twice on the terminal.
+
+    Without a terminal, `getpass` would read the piped text anyway, after a
+    GetPassWarning that it may echo it; a script must say ``--password-stdin``
+    instead, so this fails (exit 2) and tells it so.
+    """
     if password_stdin:
-        return sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            _fail("--password-stdin: stdin is empty; send the password as its first line", 2)
+        return password
+    if not sys.stdin.isatty():
+        _fail("stdin is not a terminal, so the password cannot be asked for; pipe it in and add --password-stdin "
+              "(e.g. printf '%s\\n' \"$PASSWORD\" | blatam users create NAME --scopes ... --password-stdin)", 2)
     return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
@@ -94,11 +111,12 @@ def users_create(
     username: Annotated[str, typer.Argument(help="Login name.")],
     scopes: Annotated[str, typer.Option(help="Services this user may call, comma separated, or '*'.")],
     tenant: Annotated[str | None, typer.Option(help="Tenant (default: the username).")] = None,
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from the first line of stdin (for scripts; no prompt).")] = False,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Create a user (the password is prompted for, or read from stdin)."""
-    password = _read_password(password_stdin)
+    """Create a user (the password is asked for on the terminal, or read from stdin with --password-stdin)."""
+    password = read_password(password_stdin)
     user = _run(database_url, lambda auth: auth.create_user(username=username, password=password, scopes=scopes,
                                                             tenant=tenant))
     print(f"Created user {user.username} (tenant {user.tenant}, scopes {' '.join(user.scopes)})")

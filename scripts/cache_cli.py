@@ -10,6 +10,8 @@ import typer
 import yaml
 from rich.console import Console
 
+# Every command imports `cache_actors` (torch, transformers: seconds) inside itself, under a spinner,
+# so that `blatam --help` and the other commands never pay for it.
 cache_app = typer.Typer(help="The KV cache engine in this process: try it, check a config, export the demo model.",
                         no_args_is_help=True)
 console = Console()
@@ -29,7 +31,7 @@ def test_command(
     config_file: Path = typer.Option(None, "--config", exists=True, dir_okay=False, help="YAML KVCacheConfig."),
 ) -> None:
     """Send the same request twice: the second must hit the cache."""
-    with console.status("loading model"):
+    with console.status("importing torch and the cache engine, loading the model"):
         engine = _engine(config_file)
     for attempt in ("cold", "warm"):
         result = asyncio.run(engine.process_request({"text": text, "max_new_tokens": max_new_tokens}))
@@ -43,7 +45,7 @@ def validate_command(
     config_file: Path = typer.Option(None, "--config", exists=True, dir_okay=False, help="YAML KVCacheConfig."),
 ) -> None:
     """Check a configuration (environment variables apply too); exit 1 if it is invalid."""
-    with console.status("loading model"):
+    with console.status("importing torch and the cache engine, loading the model"):
         report = _engine(config_file).validate_configuration()
     console.print_json(json.dumps(report))
     raise typer.Exit(0 if report["valid"] else 1)
@@ -52,7 +54,8 @@ def validate_command(
 @cache_app.command("config")
 def config_command() -> None:
     """Print the effective configuration (defaults + KV_CACHE_* variables) as YAML."""
-    from cache_actors import KVCacheConfig
+    with console.status("importing the cache engine (torch)"):
+        from cache_actors import KVCacheConfig
 
     data = json.loads(KVCacheConfig().model_dump_json())
     console.print(yaml.safe_dump({"kv_cache": data}, sort_keys=False), end="")
@@ -61,7 +64,8 @@ def config_command() -> None:
 @cache_app.command("export-demo")
 def export_demo_command(path: Path = typer.Argument(..., help="Folder to write.")) -> None:
     """Write the demo model as a Hugging Face folder (for MODEL_PATH or a peer server)."""
-    from cache_actors.demo_model import export_demo_model
+    with console.status("importing torch and transformers, writing the demo model"):
+        from cache_actors.demo_model import export_demo_model
 
-    out = export_demo_model(path)
+        out = export_demo_model(path)
     console.print(f"wrote {out}")

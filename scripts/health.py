@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -57,6 +56,8 @@ def _detail(part: dict[str, Any]) -> str:
 
 def fetch_health(url: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
     """``(HTTP status, report)`` of ``GET {url}/health``; raises `httpx.HTTPError` or ValueError."""
+    import httpx  # here, not at the top: `blatam --help` and the other commands need not load it
+
     response = httpx.get(url.rstrip("/") + "/health", timeout=timeout_s)
     report = response.json()
     if not isinstance(report, dict) or "status" not in report:
@@ -70,6 +71,8 @@ def health(
     as_json: bool = typer.Option(False, "--json", help="Print the raw report instead of a table."),
 ) -> None:
     """Check the running system through the gateway's /health (exit 0 healthy, 1 degraded, 2 down)."""
+    import httpx
+
     console = Console()
     try:
         _, report = fetch_health(url, timeout_s)

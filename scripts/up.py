@@ -12,8 +12,14 @@ process. Both are said in the output.
 Ray 2.60 turns token authentication on for clusters started by ``ray.init``
 (token in ``~/.ray/auth_token``). This command talks to its cluster in
 process, so it needs nothing; the ``serve``/``ray`` CLIs and the dashboard
-need the token (``RAY_AUTH_MODE=token serve status -a http://127.0.0.1:8265``).
-Set ``RAY_AUTH_MODE=disabled`` before ``blatam up`` to turn it off.
+need the address and the token, so it prints an ``export RAY_ADDRESS=...
+RAY_AUTH_MODE=token`` line to paste (see `scripts.ray_access`). Set
+``RAY_AUTH_MODE=disabled`` before ``blatam up`` to turn it off.
+
+Ctrl-C stops Serve first and waits (up to ``SERVE_STOP_TIMEOUT_S``) until its
+controller has exited, then stops Ray (see `scripts.serve_stop` for why it
+does not call ``serve.shutdown()``). Slow steps (importing Ray, starting it,
+deploying) show a spinner on a terminal.
 """
 
 from __future__ import annotations
@@ -24,11 +30,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.console import Console
+
+from scripts.ray_access import cli_env, export_line, token_auth_enabled, token_location
+from scripts.serve_stop import SERVE_STOP_TIMEOUT_S, stop_serve
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "serve_config.yaml"
@@ -114,8 +125,9 @@ def app_states() -> dict[str, tuple[str, str]]:
             for name, app in serve.status().applications.items()}
 
 
-def wait_until_running(names: list[str], *, timeout_s: float, stop: threading.Event) -> None:
-    """Block until every application in `names` is RUNNING.
+def wait_until_running(names: list[str], *, timeout_s: float, stop: threading.Event,
+                       on_states: Callable[[dict[str, str]], None] | None = None) -> None:
+    """Block until every application in `names` is RUNNING; `on_states` sees each poll's statuses.
 
     Raises:
         UpError: an application failed to deploy, or `timeout_s` passed.
@@ -127,6 +139,8 @@ def wait_until_running(names: list[str], *, timeout_s: float, stop: threading.Ev
         if failed:
             details = "\n".join(f"  {name}: {status}\n{message}" for name, (status, message) in failed.items())
             raise UpError(f"Application(s) failed to deploy:\n{details}")
+        if on_states is not None:
+            on_states({n: states.get(n, ("NOT_STARTED",))[0] for n in names})
         if all(states.get(n, ("",))[0] == "RUNNING" for n in names):
             return
         if time.monotonic() > deadline:
@@ -135,7 +149,9 @@ def wait_until_running(names: list[str], *, timeout_s: float, stop: threading.Ev
         stop.wait(STATUS_POLL_S)
 
 
-def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None, notes: list[str]) -> None:
+def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None, gcs_address: str,
+                notes: list[str]) -> None:
+    """Where everything is: the services' URLs, the dashboard, and the line that lets Ray's CLI in."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
     lines = [
@@ -147,8 +163,14 @@ def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None,
     ]
     for app in config.applications:
         lines.append(f"  app {app.name:<12} {base}{app.route_prefix}")
+    token = f"token auth: token in {token_location()}" if token_auth_enabled() else "no token auth"
     if dashboard_url:
-        lines.append(f"  Ray dashboard:   {dashboard_url}  (token auth: token in ~/.ray/auth_token)")
+        lines.append(f"  Ray dashboard:   {dashboard_url}  ({token})")
+    lines += [
+        f"  Ray address:     {gcs_address}  ({token})",
+        "  Ray CLI:         paste this line in another shell, then `ray status`, `ray list actors`, `serve status`:",
+        f"    {export_line(cli_env(gcs_address, dashboard_url))}",
+    ]
     lines += [f"  {note}" for note in notes]
     lines += [
         "  Create a user:   blatam users create alice --scopes '*'   (then POST /api/v1/auth/login)",
@@ -160,51 +182,61 @@ def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None,
 
 def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, dashboard: bool,
            dashboard_port: int, data_dir: Path | None, deploy_timeout_s: float) -> int:
-    """Start, deploy, block until a signal, shut down; return the exit code."""
+    """Start, deploy, block until a signal, shut down; return the exit code (1 when Serve did not stop in time)."""
     config = load_config(config_path, host=host, port=port)
     notes = prepare_environment(data_dir)
     for note in notes:
         logger.info("%s", note)
+    console = Console(stderr=True)  # spinners only; on a pipe they print nothing
 
-    import ray
-    from ray.serve._private import api as serve_api
-    from ray.serve.config import gRPCOptions
+    with console.status("Importing Ray ..."):
+        import ray
+        from ray.serve._private import api as serve_api
+        from ray.serve.config import gRPCOptions
 
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         if stop.is_set():
             return
-        print(f"\nReceived {signal.Signals(signum).name}: shutting down Serve and Ray ...", flush=True)
+        print(f"\nReceived {signal.Signals(signum).name}: shutting down Serve, then Ray ...", flush=True)
         stop.set()
 
-    context = ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        namespace="blatam",
-    )
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        client = serve_api.serve_start(
-            http_options=config.http_options.model_dump(),
-            proxy_location=config.proxy_location,
-            grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
-            controller_options=config.controller_options,  # e.g. the proxies' request-id middleware
+    with console.status("Starting a local Ray cluster ..."):
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port,
+            namespace="blatam",
         )
-        client.deploy_apps(config, _blocking=False)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    serve_stopped: bool | None = None  # None: not shut down yet
+    try:
         names = [app.name for app in config.applications]
-        print(f"Deploying {', '.join(names)} from {config_path} ...", flush=True)
-        wait_until_running(names, timeout_s=deploy_timeout_s, stop=stop)
+        with console.status("Starting Serve's HTTP proxy ...") as status:
+            client = serve_api.serve_start(
+                http_options=config.http_options.model_dump(),
+                proxy_location=config.proxy_location,
+                grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+                controller_options=config.controller_options,  # e.g. the proxies' request-id middleware
+            )
+            client.deploy_apps(config, _blocking=False)
+            print(f"Deploying {', '.join(names)} from {config_path} ...", flush=True)
+            status.update("Deploying ...")
+            wait_until_running(names, timeout_s=deploy_timeout_s, stop=stop, on_states=lambda states: status.update(
+                "Deploying: " + ", ".join(f"{name} {state}" for name, state in states.items())))
         if not stop.is_set():
             dashboard_url = f"http://{context.dashboard_url}" if getattr(context, "dashboard_url", None) else None
-            print_ready(config, host=host, port=port, dashboard_url=dashboard_url, notes=notes)
+            print_ready(config, host=host, port=port, dashboard_url=dashboard_url,
+                        gcs_address=context.address_info["gcs_address"], notes=notes)
             monitor(names, stop)
-        return 0
+        serve_stopped = shutdown(console)
+        return 0 if serve_stopped else 1
     finally:
-        shutdown()
+        if serve_stopped is None:  # an error above: still stop what was started
+            shutdown(console)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -225,17 +257,23 @@ def monitor(names: list[str], stop: threading.Event) -> None:
                 last[name] = status
 
 
-def shutdown() -> None:
-    """Serve first (replicas close their pools), then Ray."""
+def shutdown(console: Console | None = None) -> bool:
+    """Serve first (replicas close their pools, the proxy frees its port), then Ray; True when Serve stopped in time."""
     import ray
-    from ray import serve
 
+    console = console or Console(stderr=True)
+    serve_stopped = True
     if ray.is_initialized():
         try:
-            serve.shutdown()
+            with console.status("Stopping Serve (deleting the apps) ..."):
+                serve_stopped = stop_serve()
+            if not serve_stopped:
+                print(f"Serve did not stop within {SERVE_STOP_TIMEOUT_S:g} s; stopping Ray anyway.", flush=True)
         finally:
-            ray.shutdown()
-    print("Stopped.", flush=True)
+            with console.status("Stopping Ray ..."):
+                ray.shutdown()
+    print("Stopped." if serve_stopped else "Stopped (Serve was cut short).", flush=True)
+    return serve_stopped
 
 
 def up(

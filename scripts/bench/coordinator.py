@@ -39,8 +39,6 @@ from typing import Any, Sequence
 
 import typer
 
-from cache_actors.global_index import GlobalIndex
-from cache_actors.shard_store import STORED
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
 
@@ -67,6 +65,8 @@ def _chains(num_blocks: int, chain_len: int = 32) -> list[list[bytes]]:
 
 def _index_bytes(names: list[str], batches: list[tuple[str, list]]) -> int:
     """Bytes a freshly built index holds (traced allocations + the 32-byte hash keys it owns)."""
+    from cache_actors.global_index import GlobalIndex
+
     gc.collect()
     tracemalloc.start()
     index = GlobalIndex()
@@ -104,6 +104,10 @@ class _BuiltIndex:
     """One index of ``num_blocks`` over ``num_shards`` simulated shards, with its lookup samples."""
 
     def __init__(self, num_blocks: int, num_shards: int, *, lookups: int, seed: int) -> None:
+        # `cache_actors` imports torch (seconds): only when a benchmark runs, never for `blatam --help`.
+        from cache_actors.global_index import GlobalIndex
+        from cache_actors.shard_store import STORED
+
         chains = _chains(num_blocks)
         self.index = index = GlobalIndex()
         self.names = names = [f"kvshard:bench:node{i % 4}:sim{i}" for i in range(num_shards)]
@@ -210,6 +214,8 @@ def measure_actor_events(num_senders: int, *, batches: int = 200) -> dict[str, A
             return True
 
         def send(self, coordinator: Any, batches: int, salt: int) -> tuple[int, float]:
+            from cache_actors.shard_store import STORED
+
             sent = 0
             started = time.perf_counter()
             for number in range(batches):
@@ -243,6 +249,8 @@ def coordinator_command(
     """Events/s, memory and lookup time of the coordinator's index at 1e4..1e6 blocks and 1..64 shards."""
     sizes = [b for b in BLOCKS if b <= max_blocks]
     rows = []
+    with console.status("importing the cache engine (torch)"):
+        import cache_actors.global_index  # noqa: F401  (seconds; the rows below then start at once)
     for num_shards in SHARDS:
         with console.status(f"{num_shards} shards: {', '.join(map(str, sizes))} blocks"):
             rows.extend(measure_shard_count(num_shards, sizes))
@@ -271,7 +279,8 @@ def coordinator_command(
     result: dict[str, Any] = {"index": rows, "lookup_growth": uniform, "lookup_growth_zipf": zipf, "zipf_exponent": ZIPF_S,
                               "timing": f"best of {REPEATS} passes", "batch_events": BATCH}
     if actor:
-        result["actor"] = [measure_actor_events(n) for n in (1, 8)]
+        with console.status("starting Ray and a coordinator actor, sending events"):
+            result["actor"] = [measure_actor_events(n) for n in (1, 8)]
         print_table("Coordinator actor", ["senders", "events", "events/s"],
                     [(r["senders"], r["events"], r["events_per_s"]) for r in result["actor"]])
     write_json(json_out, result)

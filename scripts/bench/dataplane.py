@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 
 from scripts.bench import bench_app
@@ -47,6 +46,7 @@ def measure_dataplane(
     memory-bound; one thread keeps a shared machine's noise out of them).
     """
     import ray
+    import torch
 
     from cache_actors.actors.client import DistributedKVCache
     from cache_actors.actors.spec import ShardSpec
@@ -108,7 +108,7 @@ def dataplane_command(
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
 ) -> None:
     """Get/put of 1, 16, 128 blocks through a shard vs a local memory copy."""
-    with console.status("starting a shard"):
+    with console.status("importing torch and Ray, starting a shard, measuring"):
         result = measure_dataplane(repeats=repeats, object_store=object_store, threads=threads)
     print_table(
         "KV data plane: client <-> shard",

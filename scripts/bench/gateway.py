@@ -29,16 +29,19 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
+from scripts.serve_stop import stop_serve
+
+if TYPE_CHECKING:
+    import httpx
 
 GOAL_MS = 5.0
 TEXT = ("Ray Serve routes each request to a replica. The gateway checks the caller, counts the request "
@@ -130,8 +133,10 @@ def local_services(redis_url: str | None) -> Iterator[tuple[str, str, str]]:
                       name="gateway_actor", route_prefix="/gw-actor")
             yield f"http://127.0.0.1:{port}", api_key, "redis" if redis_url else "memory"
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            try:
+                stop_serve()  # not serve.shutdown(): see scripts.serve_stop
+            finally:
+                ray.shutdown()
 
 
 @bench_app.command("gateway")
@@ -143,11 +148,16 @@ def gateway_bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
 ) -> None:
     """Median latency of redundancy /analyze through the gateway vs directly; overhead_ms."""
+    import httpx
+
     sentence_words = TEXT.split()
     content = " ".join(sentence_words[i % len(sentence_words)] for i in range(words))
     body = {"content": content, "threshold": 0.8}
     console.print(f"Starting Ray + Serve (gateway, redundancy); {warmup} + {requests} rounds ...")
-    with local_services(redis_url) as (base, api_key, limiter), httpx.Client(base_url=base, timeout=60) as http:
+    with ExitStack() as stack:
+        with console.status("starting Ray + Serve (gateway, redundancy)"):
+            base, api_key, limiter = stack.enter_context(local_services(redis_url))
+        http = stack.enter_context(httpx.Client(base_url=base, timeout=60))
         key = {"X-API-Key": api_key}
         calls = {
             "direct": lambda: http.post("/redundancy/analyze", json=body),

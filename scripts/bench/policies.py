@@ -14,26 +14,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cache_actors.policy_sim import (
-    BELADY,
-    DEFAULT_BLOCK_TOKENS,
-    PreparedTrace,
-    SweepCell,
-    TraceError,
-    load_trace,
-    prepare_trace,
-    sweep,
-)
-from cache_actors.policies import POLICY_REGISTRY
 from scripts.bench import bench_app
-from scripts.bench.traces import DEFAULT_REQUESTS, WORKLOADS, generate
+from scripts.bench.traces import DEFAULT_BLOCK_TOKENS, DEFAULT_REQUESTS, WORKLOADS, generate
+
+if TYPE_CHECKING:  # `cache_actors` imports torch (seconds): it loads inside the command, not for `--help`
+    from cache_actors.policy_sim import PreparedTrace, SweepCell
 
 DEFAULT_CAPACITIES = "0.01,0.05,0.1,0.25"
 DEFAULT_POLICIES = "lru,lfu,adaptive"
@@ -52,6 +43,9 @@ def parse_capacities(text: str) -> list[float]:
 
 def parse_policies(text: str) -> list[str]:
     """Registry names; ``belady`` (the ceiling) is always added last."""
+    from cache_actors.policies import POLICY_REGISTRY
+    from cache_actors.policy_sim import BELADY
+
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [n for n in names if n != BELADY and n not in POLICY_REGISTRY]
     if unknown or not names:
@@ -110,6 +104,8 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from cache_actors.policy_sim import BELADY
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r["policy"] for r in doc["results"]):
         points = sorted((r["capacity_fraction"], r["saved_fraction"]) for r in doc["results"] if r["policy"] == name)
@@ -138,7 +134,10 @@ def policies_command(
     policies: str = typer.Option(DEFAULT_POLICIES, "--policies", help="Registered policies to compare (belady is always added)."),
 ) -> None:
     """Replay a request trace through each eviction policy at several cache sizes."""
+    console = Console()
     caps = parse_capacities(capacities)
+    with console.status("importing the cache engine (torch)"):
+        from cache_actors.policy_sim import TraceError, load_trace, prepare_trace, sweep
     names = parse_policies(policies)
     if (trace is None) == (workload is None):
         raise typer.BadParameter("give exactly one of --trace or --workload", param_hint="--trace")
@@ -153,7 +152,8 @@ def policies_command(
     except TraceError as exc:
         raise typer.BadParameter(str(exc), param_hint="--trace") from None
 
-    console = Console()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     started = time.perf_counter()
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

@@ -22,18 +22,19 @@ import asyncio
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
-from rich.progress import Progress
 
-from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-from cache_actors.batching import BatcherConfig, ContinuousBatcher, SequenceRequest
-from cache_actors.sampling import SamplingParams
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
 from scripts.bench.ttft import random_ids
+
+if TYPE_CHECKING:  # torch and the engine load inside the command, not for `blatam --help`
+    from rich.progress import Progress
+
+    from cache_actors import UltraAdaptiveKVCacheEngine
+    from cache_actors.batching import ContinuousBatcher
 
 SETTINGS = ("whole", "chunked")
 
@@ -41,6 +42,9 @@ SETTINGS = ("whole", "chunked")
 async def _trial(batcher: ContinuousBatcher, *, decoders: int, long_ids: list[int], short_ids: list[list[int]],
                  decode_tokens: int) -> dict[str, float]:
     """One long prompt arriving among ``decoders`` decoding sequences: their gaps and its TTFT."""
+    from cache_actors.batching import SequenceRequest
+    from cache_actors.sampling import SamplingParams
+
     arrivals: list[list[float]] = [[] for _ in range(decoders)]
     finished = [False] * decoders
     started = asyncio.Event()
@@ -83,11 +87,22 @@ async def _trial(batcher: ContinuousBatcher, *, decoders: int, long_ids: list[in
     }
 
 
+def demo_engine() -> UltraAdaptiveKVCacheEngine:
+    """The demo model with 16-token blocks and room for every trial's prompts (imports torch: seconds)."""
+    from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
+
+    return UltraAdaptiveKVCacheEngine(KVCacheConfig(block_size=16, max_tokens=65536))
+
+
 def measure_prefill_stall(*, long_tokens: int = 1536, chunk: int = 256, decoders: int = 4, trials: int = 3,
                           decode_tokens: int = 400, seed: int = 0, engine: UltraAdaptiveKVCacheEngine | None = None,
                           progress: Progress | None = None) -> dict[str, Any]:
     """Per setting: median max/p99 decoder gap and long-prompt TTFT; ``stall_ratio`` and ``ttft_ratio``."""
-    engine = engine or UltraAdaptiveKVCacheEngine(KVCacheConfig(block_size=16, max_tokens=65536))
+    import torch
+
+    from cache_actors.batching import BatcherConfig, ContinuousBatcher
+
+    engine = engine or demo_engine()
     vocab = engine.runner.vocab_size
     model_len = long_tokens + 64
     budgets = {"whole": long_tokens + 64, "chunked": chunk}
@@ -128,9 +143,13 @@ def prefill_command(
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
 ) -> None:
     """Decode stall caused by one long prompt: prefilled at once vs in chunks (demo model, in process)."""
+    with console.status("importing torch and the cache engine, loading the demo model"):
+        engine = demo_engine()
+    from rich.progress import Progress
+
     with Progress(console=console, transient=True) as progress:
         result = measure_prefill_stall(long_tokens=long_tokens, chunk=chunk, decoders=decoders, trials=trials,
-                                       progress=progress)
+                                       engine=engine, progress=progress)
     print_table(
         f"One {long_tokens}-token prompt arriving among {decoders} decoding sequences (medians of {trials})",
         ["setting", "max_prefill_tokens", "decoders' max gap ms", "p99 gap ms", "long prompt TTFT ms"],

@@ -17,18 +17,18 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from business_modules.redundancy import Detector, Method, RedundancySettings
-from business_modules.redundancy.calibration import CALIBRATED_THRESHOLDS, calibrate, f1_at
-from business_modules.redundancy.embeddings import shared_encoder
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "clough"
 REUSED = ("cut", "light", "heavy")
+
+if TYPE_CHECKING:  # numpy, the embedding model: loaded inside the command, not for `blatam --help`
+    from business_modules.redundancy import Detector, Method
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,8 @@ def evaluate(
     detector: Detector, sources: dict[str, str], answers: list[Answer], method: Method, threshold: float
 ) -> dict[str, Any]:
     """Scores of one method at one threshold on the labelled answers."""
+    from business_modules.redundancy.calibration import f1_at
+
     index = detector.new_index()
     for seq, (task, text) in enumerate(sources.items()):
         index.add(detector.indexed(doc_id=task, seq=seq, text=text, name=f"orig_task{task}"))
@@ -112,12 +114,17 @@ def bench_redundancy(
     recalibrate: bool = typer.Option(False, "--calibrate", help="recompute thresholds on the synthetic set"),
 ) -> None:
     """Precision/recall/F1 of each duplicate method for "reused vs not"."""
+    with console.status("importing the redundancy detector"):
+        from business_modules.redundancy import Detector, Method, RedundancySettings
+        from business_modules.redundancy.calibration import CALIBRATED_THRESHOLDS, calibrate
+        from business_modules.redundancy.embeddings import shared_encoder
     try:
         chosen = [Method(m.strip()) for m in methods.split(",") if m.strip()]
     except ValueError as exc:
         raise typer.BadParameter(f"{exc}; choose from {', '.join(m.value for m in Method)}") from exc
     sources, answers = load_corpus(data)
-    detector = Detector(RedundancySettings(), shared_encoder() if Method.SEMANTIC in chosen else None)
+    with console.status("loading the embedding model" if Method.SEMANTIC in chosen else "building the detector"):
+        detector = Detector(RedundancySettings(), shared_encoder() if Method.SEMANTIC in chosen else None)
     if recalibrate:
         console.print("[dim]calibrating thresholds on the synthetic set...[/dim]")
         thresholds, source = calibrate(detector, chosen), "synthetic set, calibrated in this run"

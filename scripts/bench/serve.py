@@ -40,17 +40,20 @@ import asyncio
 import collections
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
 from scripts.bench.serve_driver import deploy, drive, local_serve, replica_stats, router_decisions, teardown, warm_up
 from scripts.bench.serve_workloads import WORKLOADS, RequestRecord, Session, make_workload, summarize, unique_prompts
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 ROUTINGS = ("affinity", "pow2")
 GOALS = {"hit_rate_ratio_min": 2.0, "ttft_p50_ratio_max": 0.5, "load_max_over_mean_max": 1.3, "batching_ratio_min": 4.0}
@@ -335,8 +338,13 @@ def serve_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console.print(f"Starting Ray + Serve; {workload} x {config.requests} requests per routing ({', '.join(routings)}) ...")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with local_serve(), Progress(*columns, console=console, transient=True) as progress:
+    with ExitStack() as stack:
+        with console.status("starting Ray + Serve"):
+            stack.enter_context(local_serve())
+        progress = stack.enter_context(Progress(*columns, console=console, transient=True))
         result = run_benchmark(config, routings, progress)
     print_report(result)
     write_json(json_out, result)

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from scripts.bench.serve_workloads import RequestRecord, Session, messages_for, unique_prompts
+from scripts.serve_stop import stop_serve
 
 REQUEST_TIMEOUT_S = 300.0
 SERVER = "LLMServer"
@@ -46,8 +47,10 @@ def local_serve(num_cpus: int | None = None) -> Iterator[None]:
         serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
         yield
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        try:
+            stop_serve()  # not serve.shutdown(): see scripts.serve_stop
+        finally:
+            ray.shutdown()
 
 
 def deploy(args: dict[str, Any], app_name: str, *, timeout_s: float = 300.0) -> Any:

@@ -27,16 +27,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import numpy as np
 import typer
 from rich.console import Console
 
-from cache_actors.policy_sim import DEFAULT_BLOCK_TOKENS, TraceRequest, write_trace
 from scripts.bench import bench_app
 
+if TYPE_CHECKING:  # numpy and `cache_actors` (torch: seconds) load when a trace is built, not for `--help`
+    import numpy as np
+
+    from cache_actors.policy_sim import TraceRequest
+
 DEFAULT_REQUESTS = 4000
+DEFAULT_BLOCK_TOKENS = 512
+"""Mooncake's block: the value of `cache_actors.policy_sim.DEFAULT_BLOCK_TOKENS` (a test keeps them equal),
+repeated here so that the options' defaults need no import of the cache engine."""
 
 
 class _Ids:
@@ -88,9 +94,13 @@ class _Gen:
     block_tokens: int
 
     def lognormal_int(self, median: float, sigma: float, lo: int, hi: int) -> int:
+        import numpy as np
+
         return int(np.clip(self.rng.lognormal(np.log(median), sigma), lo, hi))
 
     def zipf_sampler(self, n: int, alpha: float) -> Callable[[], int]:
+        import numpy as np
+
         weights = 1.0 / np.arange(1, n + 1) ** alpha
         cdf = np.cumsum(weights / weights.sum())
         perm = self.rng.permutation(n)  # popularity rank is unrelated to creation order
@@ -198,6 +208,10 @@ def generate(
     block_tokens: int = DEFAULT_BLOCK_TOKENS,
 ) -> list[TraceRequest]:
     """Requests of ``workload`` in arrival order (same seed, same trace)."""
+    import numpy as np
+
+    from cache_actors.policy_sim import TraceRequest
+
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}; supported: {list(WORKLOADS)}")
     if num_requests < 1:
@@ -224,6 +238,8 @@ def gen_trace(
     """Write a synthetic request trace of one workload."""
     if workload not in WORKLOADS:
         raise typer.BadParameter(f"unknown workload {workload!r}; supported: {', '.join(WORKLOADS)}", param_hint="--workload")
+    from cache_actors.policy_sim import write_trace
+
     reqs = generate(workload, requests, seed=seed, block_tokens=block_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_trace(out, reqs)

@@ -15,43 +15,51 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
-from rich.progress import Progress
-from transformers import DynamicCache
 
-from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-from cache_actors.requests import GenerationRequest
-from cache_actors.sampling import SamplingParams
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
+
+if TYPE_CHECKING:  # torch, transformers and the engine load inside the command, not for `blatam --help`
+    import torch
+    from rich.progress import Progress
+
+    from cache_actors import UltraAdaptiveKVCacheEngine
 
 
 def random_ids(generator: torch.Generator, count: int, vocab: int, low: int = 3) -> list[int]:
     """Random token ids (never the special ids below ``low``): nothing of them is cached."""
+    import torch
+
     return torch.randint(low, vocab, (count,), generator=generator).tolist()
 
 
 def _engine_ttft_ms(engine: UltraAdaptiveKVCacheEngine, ids: list[int]) -> tuple[float, int]:
+    from cache_actors.requests import GenerationRequest
+    from cache_actors.sampling import SamplingParams
+
     request = GenerationRequest(text="<token ids>", sampling=SamplingParams(max_new_tokens=1))
     result = engine.generate_ids(request, ids)
     return result["ttft_ms"], result["cached_tokens"]
 
 
-@torch.inference_mode()
 def _ideal_ttft_ms(engine: UltraAdaptiveKVCacheEngine, prefix: list[int], suffix: list[int]) -> float:
     """Reuse the model's own cache object: the best any external cache can do."""
-    runner = engine.runner
-    _, full = runner.prefill(prefix)
-    copy = DynamicCache()
-    for index, layer in enumerate(full.layers):
-        copy.update(layer.keys.clone(), layer.values.clone(), index)
-    started = time.perf_counter()
-    logits, _ = runner.prefill(prefix + suffix, copy)
-    int(torch.argmax(logits).item())
-    return (time.perf_counter() - started) * 1000
+    import torch
+    from transformers import DynamicCache
+
+    with torch.inference_mode():
+        runner = engine.runner
+        _, full = runner.prefill(prefix)
+        copy = DynamicCache()
+        for index, layer in enumerate(full.layers):
+            copy.update(layer.keys.clone(), layer.values.clone(), index)
+        started = time.perf_counter()
+        logits, _ = runner.prefill(prefix + suffix, copy)
+        int(torch.argmax(logits).item())
+        return (time.perf_counter() - started) * 1000
 
 
 def measure_ttft(
@@ -64,6 +72,8 @@ def measure_ttft(
     run also times the cached request through the shard actor: ``actor_ms``
     and ``actor_overhead`` (actor path / in-process ideal) join the result.
     """
+    import torch
+
     if not 0 < new_tokens < prompt_tokens:
         raise ValueError("need 0 < new_tokens < prompt_tokens")
     if prompt_tokens + 1 > engine.runner.max_context:
@@ -133,17 +143,21 @@ def ttft_command(
     distributed: bool = typer.Option(False, "--distributed", help="Also time the cache through Ray shard actors."),
 ) -> None:
     """Time to first token: uncached vs the engine's cache vs the in-process ideal."""
-    config = KVCacheConfig(
-        model_path=model, block_size=block_size, num_threads=threads,
-        max_tokens=max(4 * prompt_tokens, 8 * block_size), cache_strategy="lru",
-    )
-    with console.status("loading model"):
+    with console.status("importing torch and the cache engine, loading the model"):
+        from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
+
+        config = KVCacheConfig(
+            model_path=model, block_size=block_size, num_threads=threads,
+            max_tokens=max(4 * prompt_tokens, 8 * block_size), cache_strategy="lru",
+        )
         engine = UltraAdaptiveKVCacheEngine(config)
     actor_engine = None
     if distributed:
         with console.status("starting the distributed cache (Ray, shard, coordinator)"):
             actor_config = config.model_copy(update={"enable_distributed": True, "redis_url": None})
             actor_engine = UltraAdaptiveKVCacheEngine(actor_config, runner=engine.runner)
+    from rich.progress import Progress
+
     with Progress(console=console, transient=True) as progress:
         result = measure_ttft(engine, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, progress=progress,
                               actor_engine=actor_engine)

@@ -9,17 +9,12 @@ updated by name. Every call has a timeout; every failure becomes one
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
-
-from grafana_client import GrafanaApi
-from grafana_client.client import (
-    GrafanaClientError,
-    GrafanaException,
-    GrafanaTimeoutError,
-    GrafanaUnauthorizedError,
-)
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from scripts.observability.catalog import load_dashboards
+
+if TYPE_CHECKING:  # grafana_client loads on the first call, so `blatam --help` does not pay for it
+    from grafana_client import GrafanaApi
 
 DEFAULT_FOLDER = "Blatam"
 DEFAULT_DATASOURCE = "Prometheus"
@@ -43,11 +38,15 @@ def connect(url: str, token: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -
     """A client for ``url`` (``http://host:3000``, optionally with ``user:pass@``) with a bearer token."""
     if not url.startswith(("http://", "https://")):
         raise GrafanaPushError(f"Grafana URL must start with http:// or https://, got {url!r}")
+    from grafana_client import GrafanaApi
+
     return GrafanaApi.from_url(url, credential=token or None, timeout=timeout_s)
 
 
 def _call(what: str, url: str, call: Callable[[], T]) -> T:
     """Run one API call, turning every failure into a one-line `GrafanaPushError`."""
+    from grafana_client.client import GrafanaException
+
     try:
         return call()
     except (GrafanaException, OSError) as exc:
@@ -56,6 +55,8 @@ def _call(what: str, url: str, call: Callable[[], T]) -> T:
 
 def _failure(what: str, url: str, exc: Exception) -> GrafanaPushError:
     """The operator's message for a failed call (no traceback, one line)."""
+    from grafana_client.client import GrafanaException, GrafanaTimeoutError, GrafanaUnauthorizedError
+
     if isinstance(exc, GrafanaUnauthorizedError):
         return GrafanaPushError(f"Grafana at {url} refused the credentials (401) while trying to {what}: check --token")
     if isinstance(exc, GrafanaTimeoutError):
@@ -94,6 +95,8 @@ def upsert_prometheus_datasource(api: GrafanaApi, url: str, prometheus_url: str,
     """Create the Prometheus datasource ``name`` or point the existing one at ``prometheus_url``."""
     if not prometheus_url.startswith(("http://", "https://")):
         raise GrafanaPushError(f"Prometheus URL must start with http:// or https://, got {prometheus_url!r}")
+    from grafana_client.client import GrafanaClientError, GrafanaException
+
     body = {"name": name, "type": "prometheus", "access": "proxy", "url": prometheus_url,
             "jsonData": {"httpMethod": "POST"}}
     try:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cache_actors import policy_sim
 from cache_actors.policy_sim import TraceRequest, load_trace, prepare_trace, write_trace
+from scripts.bench import traces
 from scripts.bench.traces import WORKLOADS, generate
 from scripts.cli import app
 
@@ -17,6 +19,11 @@ runner = CliRunner()
 
 def run(*args: str):
     return runner.invoke(app, ["bench", *args], catch_exceptions=False)
+
+
+def test_cli_block_default_is_the_simulators() -> None:
+    # repeated in scripts.bench.traces so that `blatam --help` need not import the cache engine (torch)
+    assert traces.DEFAULT_BLOCK_TOKENS == policy_sim.DEFAULT_BLOCK_TOKENS
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
