@@ -39,6 +39,10 @@ if TYPE_CHECKING:  # torch and the engine load inside the command, not for `blat
 SETTINGS = ("whole", "chunked")
 
 
+_SHORT_PROMPT_TOKENS = 16
+"""Prompt length of each decoding sequence."""
+
+
 async def _trial(batcher: ContinuousBatcher, *, decoders: int, long_ids: list[int], short_ids: list[list[int]],
                  decode_tokens: int) -> dict[str, float]:
     """One long prompt arriving among ``decoders`` decoding sequences: their gaps and its TTFT."""
@@ -104,8 +108,10 @@ def measure_prefill_stall(*, long_tokens: int = 1536, chunk: int = 256, decoders
 
     engine = engine or demo_engine()
     vocab = engine.runner.vocab_size
-    model_len = long_tokens + 64
-    budgets = {"whole": long_tokens + 64, "chunked": chunk}
+    # Room for the long prompt and for every decoder's prompt plus its decode budget (a decoder that does
+    # not fit was refused, and the trial waited for tokens that never came).
+    model_len = max(long_tokens, _SHORT_PROMPT_TOKENS + decode_tokens) + 64
+    budgets = {"whole": model_len, "chunked": chunk}
     batchers = {name: ContinuousBatcher(engine, BatcherConfig(max_batch_size=decoders + 1, max_model_len=model_len,
                                                               max_prefill_tokens=budget))
                 for name, budget in budgets.items()}
@@ -115,7 +121,7 @@ def measure_prefill_stall(*, long_tokens: int = 1536, chunk: int = 256, decoders
     try:
         for _ in range(trials):
             for name in SETTINGS:  # alternate, so drift on a shared machine hits both
-                short = [random_ids(generator, 16, vocab) for _ in range(decoders)]
+                short = [random_ids(generator, _SHORT_PROMPT_TOKENS, vocab) for _ in range(decoders)]
                 result = asyncio.run(_trial(batchers[name], decoders=decoders, long_ids=random_ids(generator, long_tokens, vocab),
                                             short_ids=short, decode_tokens=decode_tokens))
                 samples[name].append(result)
@@ -128,7 +134,7 @@ def measure_prefill_stall(*, long_tokens: int = 1536, chunk: int = 256, decoders
             for name in SETTINGS}
     return {
         "long_tokens": long_tokens, "chunk_tokens": chunk, "decoders": decoders, "trials": trials,
-        "settings": rows, "samples": samples,
+        "budgets": budgets, "settings": rows, "samples": samples,
         "stall_ratio": rows["chunked"]["max_gap_ms"] / rows["whole"]["max_gap_ms"] if rows["whole"]["max_gap_ms"] else None,
         "ttft_ratio": rows["chunked"]["ttft_ms"] / rows["whole"]["ttft_ms"],
     }
@@ -153,7 +159,7 @@ def prefill_command(
     print_table(
         f"One {long_tokens}-token prompt arriving among {decoders} decoding sequences (medians of {trials})",
         ["setting", "max_prefill_tokens", "decoders' max gap ms", "p99 gap ms", "long prompt TTFT ms"],
-        [(name, long_tokens + 64 if name == "whole" else chunk, row["max_gap_ms"], row["p99_gap_ms"], row["ttft_ms"])
+        [(name, result["budgets"][name], row["max_gap_ms"], row["p99_gap_ms"], row["ttft_ms"])
          for name, row in result["settings"].items()],
     )
     stall = f"{result['stall_ratio']:.2f}x" if result["stall_ratio"] is not None else "n/a (no decoder was running)"
