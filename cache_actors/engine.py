@@ -1,9 +1,11 @@
 """`UltraAdaptiveKVCacheEngine`: the facade users of the original engine know.
 
-It tokenizes a request, reuses the longest cached prefix of full blocks,
-prefills the rest, decodes, and stores the new full blocks. The parts (model
-runner, block cache) come through the constructor so tests and the Ray
-actors can supply their own.
+It owns the model runner, the block cache and the cache keys, and converts
+the seed's request dict at the edge; generation (prefix reuse, prefill,
+decode, stop strings, storing the new full blocks) runs through the same
+`ContinuousBatcher` as the LLM deployment, so each of those exists once. The
+parts (model runner, block cache) come through the constructor so tests and
+the Ray actors can supply their own.
 """
 
 from __future__ import annotations
@@ -16,20 +18,19 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers import DynamicCache
 
 from cache_actors.backend import KVCacheBackend
+from cache_actors.batching.scheduler import BatcherConfig, CompileFormat, ContinuousBatcher, collect
+from cache_actors.batching.sequence import SequenceRequest
 from cache_actors.codecs import KVShape, make_codec
 from cache_actors.config import KVCacheConfig
 from cache_actors.hashing import BlockHash, CacheNamespace, check_test_vector, hash_prompt_blocks
-from cache_actors.kv_cache import BaseKVCache, PrefixHit
-from cache_actors.kv_layout import block_views, blocks_from_cache, cache_from_buffer, new_prefix_buffer
+from cache_actors.kv_cache import BaseKVCache
 from cache_actors.model_runner import ModelRunner
 from cache_actors.persistence import load_cache, save_cache
 from cache_actors.policies import make_policy
 from cache_actors.pool import blocks_for_budget
-from cache_actors.requests import GenerationRequest, check_context, parse_request
-from cache_actors.sampling import find_stop, make_generator, sample_next
+from cache_actors.requests import LLMRequest, check_context, parse_request
 from cache_actors.stats import RequestStats
 from cache_actors.validation import validate_configuration
 
@@ -89,8 +90,9 @@ class UltraAdaptiveKVCacheEngine:
             kv_layout=geometry.layout,
         )
         self._roots: dict[str, BlockHash] = {}
-        self._compute = threading.Lock()  # one model computation at a time per engine
-        self._scratch: torch.Tensor | None = None  # the request's KV buffer, see _prefix_cache
+        self._compute = threading.Lock()  # the batcher's iterations, or one persist/load/clear: never both
+        self._batcher: ContinuousBatcher | None = None
+        self._batcher_guard = threading.Lock()
         self.stats = RequestStats()
         if self.config.enable_persistence and self.config.persistence_path and Path(self.config.persistence_path).exists():
             loaded = self.load(self.config.persistence_path)
@@ -124,15 +126,34 @@ class UltraAdaptiveKVCacheEngine:
         return hashes, self.cache.match(hashes, limit=reusable)
 
     # --- requests ---------------------------------------------------------------------------
+    def start_batcher(self, config: BatcherConfig | None = None, *, compile_format: CompileFormat | None = None) -> ContinuousBatcher:
+        """Start this engine's one `ContinuousBatcher` (the LLM replica passes its limits and structured output).
+
+        The default serves ``process_request``: the model's whole context, and
+        a prompt prefilled at once (nobody else's decoding to keep going).
+        """
+        with self._batcher_guard:
+            if self._batcher is not None:
+                raise RuntimeError("this engine's batcher is already running")
+            context = self.runner.max_context
+            config = config or BatcherConfig(max_batch_size=4, max_model_len=context, max_prefill_tokens=context)
+            self._batcher = ContinuousBatcher(self, config, compile_format=compile_format, lock=self._compute)
+            return self._batcher
+
+    @property
+    def batcher(self) -> ContinuousBatcher:
+        """The batcher every generation runs through (started with the defaults on first use)."""
+        with self._batcher_guard:
+            batcher = self._batcher
+        return batcher if batcher is not None else self.start_batcher()
+
     async def process_request(self, request: dict[str, Any]) -> dict[str, Any]:
         """Generate for one request; see `requests.parse_request` for the fields.
 
         Raises ValueError for bad input (before any model work).
         """
-        parsed = parse_request(request, default_max_new_tokens=self.config.max_new_tokens)
-        token_ids = self.runner.encode(parsed.text)
-        self._check_context(len(token_ids), parsed.sampling.max_new_tokens)
-        return await asyncio.to_thread(self._generate_locked, parsed, token_ids)
+        parsed, token_ids = self._prepare(request)
+        return await self.generate(parsed, token_ids)
 
     async def process_batch(self, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run several requests in order, so later ones reuse earlier prefixes.
@@ -145,101 +166,44 @@ class UltraAdaptiveKVCacheEngine:
         prepared = []
         for position, request in enumerate(requests):
             try:
-                parsed = parse_request(request, default_max_new_tokens=self.config.max_new_tokens)
-                token_ids = self.runner.encode(parsed.text)
-                self._check_context(len(token_ids), parsed.sampling.max_new_tokens)
+                prepared.append(self._prepare(request))
             except ValueError as exc:
                 raise ValueError(f"request {position}: {exc}") from None
-            prepared.append((parsed, token_ids))
-        return [await asyncio.to_thread(self._generate_locked, p, ids) for p, ids in prepared]
+        return [await self.generate(parsed, ids) for parsed, ids in prepared]
 
-    def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        check_context(prompt_tokens, max_new_tokens, self.runner.max_context)
+    def _prepare(self, request: Any) -> tuple[LLMRequest, list[int]]:
+        """The seed dict converted at the edge (``text`` is the prompt as is, no chat template), tokenized, checked."""
+        parsed = parse_request(request, default_max_new_tokens=self.config.max_new_tokens)
+        token_ids = parsed.encode(self.runner)
+        check_context(len(token_ids), parsed.sampling.max_new_tokens or self.config.max_new_tokens, self.runner.max_context)
+        return parsed, token_ids
 
-    def _generate_locked(self, request: GenerationRequest, token_ids: list[int]) -> dict[str, Any]:
-        with self._compute:
-            return self.generate_ids(request, token_ids)
-
-    def generate_ids(self, request: GenerationRequest, token_ids: list[int]) -> dict[str, Any]:
-        """Generate for a tokenized, validated request (synchronous)."""
-        started = time.perf_counter()
-        params = request.sampling
-        block_size = self.config.block_size
-        hashes, hit = self.match_prefix(token_ids, request.tenant_id)
-        try:
-            prefix = self._prefix_cache(hit, len(token_ids) + params.max_new_tokens)
-            logits, kv = self.runner.prefill(token_ids, prefix)
-            generated, finish_reason, text, first_token_at = self._decode(logits, kv, params)
-            ttft_ms = (first_token_at - started) * 1000
-            # KV exists for the prompt and every generated token fed back (all but the last).
-            fed = (token_ids + generated)[: kv.get_seq_length()]
-            if self.runner.supports_prefix_reuse:
-                chain = self.extend_hashes(hashes, fed, request.tenant_id)
-                self.cache.store(chain, hit.num_blocks, lambda first, count: blocks_from_cache(kv, first, count, block_size))
-        finally:
-            self.cache.release(hit)
-        cached_tokens = hit.num_blocks * block_size
-        latency_ms = (time.perf_counter() - started) * 1000
-        self.stats.record(
-            prompt_tokens=len(token_ids), cached_tokens=cached_tokens, completion_tokens=len(generated),
-            latency_ms=latency_ms, ttft_ms=ttft_ms,
-        )
+    async def generate(self, request: LLMRequest, token_ids: list[int]) -> dict[str, Any]:
+        """Generate for a tokenized, validated request through the batcher; the engine's result dict."""
+        sequence = SequenceRequest.from_request(request, token_ids, default_max_new_tokens=self.config.max_new_tokens)
+        done = await collect(self.batcher.stream(sequence))
+        cached_tokens = done["cached_tokens"]
         return {
-            "result": text,
+            "result": done["text"],
             "cache_hit": cached_tokens > 0,
             "cached_tokens": cached_tokens,
-            "prompt_tokens": len(token_ids),
-            "completion_tokens": len(generated),
-            "finish_reason": finish_reason,
-            "latency_ms": latency_ms,
-            "ttft_ms": ttft_ms,
+            "prompt_tokens": done["prompt_tokens"],
+            "completion_tokens": done["completion_tokens"],
+            "finish_reason": done["finish_reason"],
+            "latency_ms": done["latency_ms"],
+            "ttft_ms": done["ttft_ms"] or done["latency_ms"],
             "session_id": request.session_id,
-            "token_ids": generated,
-            "metadata": {"model": self.runner.model_id, "block_size": block_size, "blocks_reused": hit.num_blocks},
+            "token_ids": done["token_ids"],
+            "metadata": {
+                "model": self.runner.model_id,
+                "block_size": self.config.block_size,
+                "blocks_reused": cached_tokens // self.config.block_size,
+            },
         }
 
-    def _prefix_cache(self, hit: PrefixHit, capacity_tokens: int) -> DynamicCache:
-        """The request's model cache: the hit's blocks, then room for the rest.
-
-        NOTE: the buffer is one scratch area reused by every request: the
-        compute lock keeps two requests from sharing it, and a request is done
-        with it (its new blocks stored, by copy) before the lock is released.
-        Room for the whole request means no token's KV is ever copied again.
-        """
-        geometry = self.runner.geometry
-        block_size = self.config.block_size
-        capacity = -(-max(capacity_tokens, 1) // block_size) * block_size  # whole blocks, for block_views
-        shape = (geometry.num_layers, 2, geometry.num_kv_heads, capacity, geometry.head_dim)
-        numel = shape[0] * shape[1] * shape[2] * shape[3] * shape[4]
-        if self._scratch is None or self._scratch.numel() < numel:
-            self._scratch = new_prefix_buffer(
-                geometry.num_layers, geometry.num_kv_heads, capacity, geometry.head_dim, geometry.dtype, self.runner.device
-            ).view(-1)
-        buffer = self._scratch[:numel].view(shape)
-        if hit.num_blocks:
-            self.cache.read_blocks(hit, block_views(buffer, block_size)[: hit.num_blocks])
-        return cache_from_buffer(buffer, hit.num_blocks * block_size)
-
-    def _decode(self, logits: torch.Tensor, kv: Any, params: Any) -> tuple[list[int], str, str, float]:
-        """Sample until a stop; returns tokens, finish reason, text and when the first token was known."""
-        generator = make_generator(params)
-        stop_ids = set(self.runner.eos_token_ids) | set(params.stop_token_ids)
-        generated: list[int] = []
-        first_token_at = 0.0
-        while True:
-            token = sample_next(logits, params, generator)
-            first_token_at = first_token_at or time.perf_counter()
-            if token in stop_ids:
-                return generated, "stop", self.runner.decode(generated), first_token_at
-            generated.append(token)
-            if params.stop:
-                text = self.runner.decode(generated)
-                cut = find_stop(text, params.stop)
-                if cut is not None:
-                    return generated, "stop", text[:cut], first_token_at
-            if len(generated) >= params.max_new_tokens:
-                return generated, "length", self.runner.decode(generated), first_token_at
-            logits = self.runner.step(token, kv)
+    def generate_ids(self, request: LLMRequest, token_ids: list[int]) -> dict[str, Any]:
+        """`generate` for synchronous callers (benchmarks, actors); not from inside a running event loop."""
+        return asyncio.run(self.generate(request, token_ids))
 
     # --- stats, config, persistence ---------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:
@@ -291,6 +255,10 @@ class UltraAdaptiveKVCacheEngine:
             self.cache.clear()
 
     def close(self) -> None:
-        """Persist on shutdown when persistence is enabled."""
+        """Stop the batcher (its requests in flight fail), then persist when persistence is enabled."""
+        with self._batcher_guard:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
         if self.config.enable_persistence and self.config.persistence_path:
             self.persist(self.config.persistence_path)

@@ -1,7 +1,7 @@
 """Choosing the next token, and deciding when to stop.
 
-Kept apart from the model runner so the same rules serve one-request decoding
-here and batched decoding in the LLM deployment.
+Kept apart from the model runner: the continuous batcher (the one decode path,
+for the engine and the LLM deployment alike) applies these rules per sequence.
 """
 
 from __future__ import annotations

@@ -132,28 +132,36 @@ class KVCacheCoordinator:
             self._prefetching.discard(name)
 
     # --- specs and placement --------------------------------------------------------------------------
-    def register_spec(self, spec: ShardSpec) -> str:
-        """A client serves this cache: keep its shards on every node from now on.
+    async def register_spec(self, spec: ShardSpec) -> str:
+        """A client (or a shard) serves this cache: keep its shards on every node from now on.
 
-        The coordinator is created by whichever client comes first; a later
-        one that brings Redis when the first had none turns snapshots on
-        (cluster-wide settings otherwise stay the first client's).
+        The coordinator is created by whichever client or shard comes first; a
+        later one that brings Redis when the first had none turns snapshots on
+        and restores the last one (cluster-wide settings otherwise stay the
+        first one's). Shards register on every (re)connection, so a coordinator
+        re-created by a shard of a cache without Redis still gets its tier
+        locations back.
         """
         self.specs[spec.fingerprint()] = spec
         if self.redis is None and spec.redis_url:
             self.redis = RedisTier(spec.redis_url, key_prefix="blatam:kv", timeout_s=spec.timeouts.tier_op_s)
             logger.info("coordinator: Redis snapshots on (brought by a client of cache %s)", spec.fingerprint())
+            await self._restore_snapshot()
         return spec.fingerprint()
 
     # --- lifecycle ---------------------------------------------------------------------------------------
+    async def _restore_snapshot(self) -> None:
+        """Merge the last snapshot in Redis into the index (tier locations and hit counts)."""
+        blob = await self.redis.get_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}")
+        if blob:
+            try:
+                self.counters["restored_blocks"] += self.index.restore(blob)
+            except ValueError as exc:
+                logger.warning("coordinator: ignoring snapshot (%s)", exc)
+
     async def _startup(self) -> None:
         if self.redis is not None:
-            blob = await self.redis.get_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}")
-            if blob:
-                try:
-                    self.counters["restored_blocks"] = self.index.restore(blob)
-                except ValueError as exc:
-                    logger.warning("coordinator: ignoring snapshot (%s)", exc)
+            await self._restore_snapshot()
         for entry in ray.util.list_named_actors(all_namespaces=True):
             if entry.get("namespace") == NAMESPACE and parse_shard_name(entry["name"]):
                 self._schedule_resync(entry["name"])

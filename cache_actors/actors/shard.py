@@ -222,6 +222,8 @@ class KVCacheShard:
                 return None
             try:
                 self._coordinator = self._find_coordinator(self.spec)
+                # A coordinator that another cache's shard re-created does not know ours (nor our Redis).
+                self._coordinator.register_spec.remote(self.spec)
             except (RayError, ValueError) as exc:
                 self._coordinator_failed(exc)
                 return None

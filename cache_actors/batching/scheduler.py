@@ -87,6 +87,7 @@ class ContinuousBatcher:
         config: BatcherConfig = BatcherConfig(),
         *,
         compile_format: CompileFormat | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.engine = engine
         self.runner = engine.runner
@@ -102,6 +103,8 @@ class ContinuousBatcher:
             max_rows=config.max_batch_size, max_len=rounded, dtype=geometry.dtype, device=self.runner.device,
         )
         self._compile_format = compile_format
+        # Held for each iteration's model and cache work, so the engine's persist/load/clear run between iterations.
+        self._lock = lock or threading.Lock()
         self._stop_ids = frozenset(self.runner.eos_token_ids)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []  # index == row in self.kv
@@ -203,11 +206,12 @@ class ContinuousBatcher:
                 if self._closed:
                     break
             try:
-                self._drop_cancelled()
-                self._admit()
-                if self._running:
-                    self.steps_during_chunked_prefill += self._partial is not None
-                    self._step()
+                with self._lock:
+                    self._drop_cancelled()
+                    self._admit()
+                    if self._running:
+                        self.steps_during_chunked_prefill += self._partial is not None
+                        self._step()
             except Exception as exc:  # a bug must fail the requests in flight, not hang them
                 logger.exception("continuous batcher step failed")
                 self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")

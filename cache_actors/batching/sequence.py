@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import torch
 
 from cache_actors.batching.detokenizer import IncrementalText
 from cache_actors.sampling import SamplingParams, make_generator, sample_next
+
+if TYPE_CHECKING:
+    from cache_actors.requests import LLMRequest
 
 _ids = itertools.count()
 
@@ -34,6 +37,17 @@ class SequenceRequest:
     tenant_id: str | None = None
     response_format: Mapping[str, Any] | None = None
     request_id: str = ""
+
+    @classmethod
+    def from_request(cls, request: LLMRequest, token_ids: list[int], *, default_max_new_tokens: int) -> SequenceRequest:
+        """The batcher's view of a validated `LLMRequest` whose prompt is ``token_ids``."""
+        return cls(
+            token_ids=token_ids,
+            sampling=request.sampling.params(default_max_new_tokens=default_max_new_tokens),
+            tenant_id=request.tenant_id,
+            response_format=request.response_format,
+            request_id=request.request_id,
+        )
 
 
 @dataclass(eq=False)

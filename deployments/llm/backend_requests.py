@@ -1,15 +1,15 @@
 """From a validated OpenAI request to the engine's backend requests: limits, defaults, fan-out.
 
-The backend (``LLMServer.generate_stream``) takes one plain, picklable dict
-per choice (`BackendRequest`); ``n > 1`` becomes n of them with seeds
-``seed + i``, merged back into one response by the ingress.
+The backend (``LLMServer.generate_stream``) takes one `LLMRequest` per
+choice (the one request type, picklable); ``n > 1`` becomes n of them with
+seeds ``seed + i``, merged back into one response by the ingress.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
 
+from cache_actors.requests import LLMRequest
 from deployments.llm.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /completions
@@ -23,27 +23,6 @@ class ServingLimits:
     max_tokens_limit: int
     max_context: int | None = None
     default_completion_max_tokens: int = DEFAULT_COMPLETION_MAX_TOKENS
-
-
-class Sampling(TypedDict):
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: list[str]
-    seed: int | None
-
-
-class BackendRequest(TypedDict):
-    """One backend ``generate_stream`` call (plain and picklable): one choice."""
-
-    request_id: str
-    prompt: str | None
-    messages: list[dict[str, str]] | None
-    tenant_id: str | None
-    sampling: Sampling
-    response_format: dict[str, Any] | None
-    n: Literal[1]
-    clamp_max_tokens: bool
 
 
 def requested_max_tokens(request: CompletionRequest | ChatCompletionRequest) -> tuple[str, int | None]:
@@ -76,7 +55,7 @@ def _check_max_tokens(name: str, value: int, limits: ServingLimits) -> None:
 
 
 def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, request_id: str,
-                        tenant_id: str | None, limits: ServingLimits) -> list[BackendRequest]:
+                        tenant_id: str | None, limits: ServingLimits) -> list[LLMRequest]:
     """One backend request per choice; seeded choices get seeds ``seed + i`` so they differ reproducibly.
 
     When the client left max tokens out, ``max_new_tokens`` is this server's
@@ -91,22 +70,21 @@ def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, r
     else:
         max_new_tokens = limits.max_tokens_limit
     is_chat = isinstance(request, ChatCompletionRequest)
-    out: list[BackendRequest] = []
+    out: list[LLMRequest] = []
     for i in range(request.choices):
-        out.append(BackendRequest(
-            request_id=request_id if request.choices == 1 else f"{request_id}-{i}",
-            prompt=None if is_chat else request.prompt,
-            messages=[dict(m) for m in request.messages] if is_chat else None,
-            tenant_id=tenant_id,
-            sampling=Sampling(
-                max_new_tokens=max_new_tokens,
-                temperature=1.0 if request.temperature is None else request.temperature,
-                top_p=1.0 if request.top_p is None else request.top_p,
-                stop=list(request.stop),
-                seed=None if request.seed is None else request.seed + i,
-            ),
-            response_format=request.response_format,
-            n=1,
-            clamp_max_tokens=explicit is None,
-        ))
+        out.append(LLMRequest.parse({
+            "request_id": request_id if request.choices == 1 else f"{request_id}-{i}",
+            "prompt": None if is_chat else request.prompt,
+            "messages": [dict(m) for m in request.messages] if is_chat else None,
+            "tenant_id": tenant_id,
+            "sampling": {
+                "max_new_tokens": max_new_tokens,
+                "temperature": 1.0 if request.temperature is None else request.temperature,
+                "top_p": 1.0 if request.top_p is None else request.top_p,
+                "stop": list(request.stop),
+                "seed": None if request.seed is None else request.seed + i,
+            },
+            "response_format": request.response_format,
+            "clamp_max_tokens": explicit is None,
+        }))
     return out

@@ -9,7 +9,7 @@ Routes (inside the app; Serve mounts it under ``/v1``):
 - ``GET /health``.
 
 The app does no generation itself: ``stream_fn(request)`` starts one backend
-request (a `deployments.llm.protocol.BackendRequest` dict) and returns its
+request (a `cache_actors.requests.LLMRequest`) and returns its
 async iterator of events; in Serve that is
 ``handle.options(stream=True).generate_stream.remote``. ``n > 1`` becomes n
 backend requests merged into one response. Every error answers with OpenAI's
@@ -129,9 +129,9 @@ def build_openai_app(
         check_limits(body, limits)
         response_id = ID_PREFIX[kind] + uuid.uuid4().hex
         caller = forwarded_caller(request)
-        backend_requests = to_backend_requests(body, request_id=response_id,
-                                               tenant_id=caller.tenant if caller else None, limits=limits)
-        try:
+        try:  # a request the backend model refuses (e.g. an over-long tenant id) is a 400 like the backend's own
+            backend_requests = to_backend_requests(body, request_id=response_id,
+                                                   tenant_id=caller.tenant if caller else None, limits=limits)
             streams = await open_choices(stream_fn, backend_requests)
         except Exception as exc:  # noqa: BLE001 - mapped to the client's error in one place
             raise from_backend_exception(exc, overloaded=overloaded_errors) from None

@@ -3,7 +3,7 @@
 Pure (pydantic only): the FastAPI routes in `deployments.llm.openai_api` parse
 a body with `CompletionRequest` / `ChatCompletionRequest`; then
 `deployments.llm.backend_requests` checks it against the served model and
-fans it out into the plain dicts the engine's ``generate_stream`` takes.
+fans it out into the `LLMRequest`s the engine's ``generate_stream`` takes.
 
 Why so strict: a client that sends a feature we do not implement (logprobs,
 tools, penalties, ...) must hear so with a 400 that names the parameter; a

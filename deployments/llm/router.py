@@ -64,6 +64,7 @@ from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, R
 from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE
 from cache_actors.hashing import BlockHash
 from cache_actors.prompt_encoder import PromptEncoder
+from cache_actors.requests import LLMRequest
 from deployments.llm.routing_policy import (
     DECISION_KINDS,
     FALLBACK,
@@ -87,14 +88,21 @@ _MAX_TRACKED_REQUESTS = 100_000
 _ENCODER_RETRY_S = 30.0
 
 
-def request_dict(pending_request: Optional[PendingRequest]) -> Optional[Mapping[str, Any]]:
-    """The LLM request dict: first positional argument, or the ``request`` keyword."""
+def request_of(pending_request: Optional[PendingRequest]) -> Optional[LLMRequest]:
+    """The LLM request: first positional argument, or the ``request`` keyword (a plain dict is validated).
+
+    None when there is none or it is invalid: the replica answers the 4xx, the router only falls back.
+    """
     if pending_request is None:
         return None
-    if pending_request.args and isinstance(pending_request.args[0], Mapping):
-        return pending_request.args[0]
-    request = (pending_request.kwargs or {}).get("request")
-    return request if isinstance(request, Mapping) else None
+    request = pending_request.args[0] if pending_request.args else (pending_request.kwargs or {}).get("request")
+    if not isinstance(request, (LLMRequest, Mapping)):
+        return None
+    try:
+        return LLMRequest.parse(request)
+    except ValueError as exc:
+        logger.debug("cache-aware router: invalid request (%s)", exc)
+        return None
 
 
 @dataclass
@@ -244,7 +252,7 @@ class CacheAwareRouter(RequestRouter):
         self, replicas: list[RunningReplica], pending_request: Optional[PendingRequest]
     ) -> tuple[Decision, Optional[_Tracked]]:
         layouts = {r.replica_id.unique_id: parse_layout(r.routing_stats or {}, self._model_path) for r in replicas}
-        request = request_dict(pending_request)
+        request = request_of(pending_request)
         known = {layout.model_path for layout in layouts.values() if layout is not None}
         if request is None or not known:
             return self._pow2(replicas, FALLBACK), None
@@ -285,7 +293,7 @@ class CacheAwareRouter(RequestRouter):
         return float(max(self._own_load.get(replica_id, 0), cached or 0))
 
     # --- prompt -> block hashes -------------------------------------------------------------------
-    def _build_tracked(self, request: Mapping[str, Any], layouts: Mapping[str, Optional[ReplicaLayout]]) -> Optional[_Tracked]:
+    def _build_tracked(self, request: LLMRequest, layouts: Mapping[str, Optional[ReplicaLayout]]) -> Optional[_Tracked]:
         try:
             hashed = prompt_hashes(request, layouts, self._encoders.loaded)
         except (ValueError, TypeError, KeyError) as exc:  # the replica will answer the 4xx
@@ -296,7 +304,7 @@ class CacheAwareRouter(RequestRouter):
         return _Tracked(prompt_tokens=hashed.prompt_tokens, hashes=hashed.hashes, chosen_at=time.monotonic())
 
     def _track_sync(self, pending_request: PendingRequest) -> Optional[_Tracked]:
-        request = request_dict(pending_request)
+        request = request_of(pending_request)
         if request is None:
             return None
         layouts = {r.replica_id.unique_id: parse_layout(r.routing_stats or {}, self._model_path) for r in self._replicas_list}

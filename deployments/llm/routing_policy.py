@@ -47,9 +47,10 @@ import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from cache_actors.hashing import BlockHash, CacheNamespace, hash_prompt_blocks
+from cache_actors.requests import LLMRequest, TextEncoder
 
 #: Kinds of decision, also the values of the router's decision metric tag.
 AFFINITY = "affinity"  # the chosen replica holds a useful prefix
@@ -332,10 +333,6 @@ def parse_layout(stats: Mapping[str, Any], model_path_override: Optional[str] = 
     )
 
 
-class RequestEncoder(Protocol):
-    def encode_request(self, request: Mapping[str, Any]) -> list[int]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class PromptHashes:
     prompt_tokens: int
@@ -343,9 +340,9 @@ class PromptHashes:
 
 
 def prompt_hashes(
-    request: Mapping[str, Any],
+    request: LLMRequest,
     layouts: Mapping[str, Optional[ReplicaLayout]],
-    encoders: Mapping[Optional[str], RequestEncoder],
+    encoders: Mapping[Optional[str], TextEncoder],
 ) -> Optional[PromptHashes]:
     """Block hashes of the request's prompt in each replica's layout, as that replica computes them.
 
@@ -356,12 +353,12 @@ def prompt_hashes(
     ids_by_path: dict[Optional[str], list[int]] = {}
     by_key: dict[tuple, list[BlockHash]] = {}
     hashes: dict[str, list[BlockHash]] = {}
-    tenant_id = str(request.get("tenant_id") or "")
+    tenant_id = request.tenant_id or ""
     for replica_id, layout in layouts.items():
         if layout is None or layout.model_path not in encoders:
             continue
         if layout.model_path not in ids_by_path:
-            ids_by_path[layout.model_path] = encoders[layout.model_path].encode_request(request)
+            ids_by_path[layout.model_path] = request.encode(encoders[layout.model_path])
         tenant = tenant_id if layout.tenant_isolation else ""
         key = (layout.model_path, layout.namespace, tenant)
         if key not in by_key:

@@ -11,7 +11,8 @@ request through one `ContinuousBatcher`. Handle methods:
   and frees its batch slot.
 - ``generate(request)``: the whole result as one dict.
 
-The request dict is described in `deployments.llm.requests`. A request that
+The request is a `cache_actors.requests.LLMRequest`, or a plain dict of its
+fields (see `deployments.llm.requests`). A request that
 can never run raises ValueError before any event (the ingress answers 400).
 ``record_routing_stats`` tells the cache-aware router which shard this replica
 uses, the cache namespace (so the router hashes prompts the same way) and its load.
@@ -19,7 +20,6 @@ uses, the cache namespace (so the router hashes prompts the same way) and its lo
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Mapping
@@ -28,12 +28,13 @@ import ray
 from ray import serve
 
 from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-from cache_actors.batching import BatcherConfig, ContinuousBatcher
+from cache_actors.batching import BatcherConfig
 from cache_actors.batching.scheduler import CompileFormat, collect
 from cache_actors.demo_model import DEMO_MODEL_ID
 from cache_actors.structured import RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS, TokenizerGrammar, compile_response_format
 from deployments.llm.metrics import LLMMetrics
-from deployments.llm.requests import parse_llm_request
+from cache_actors.requests import LLMRequest
+from deployments.llm.requests import sequence_request
 from deployments.llm.settings import LLMSettings
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ class LLMServer:
         config = KVCacheConfig(model_path=self.settings.model_path, num_threads=self.settings.num_threads, **cache)
         self.engine = UltraAdaptiveKVCacheEngine(config)
         runner = self.engine.runner
-        self.batcher = ContinuousBatcher(
-            self.engine,
+        self.batcher = self.engine.start_batcher(
             BatcherConfig(
                 max_batch_size=self.settings.max_batch_size,
                 max_model_len=self.settings.max_model_len,
@@ -103,13 +103,10 @@ class LLMServer:
         self.metrics = LLMMetrics(self.model_id)
         logger.info("LLM replica ready: model %s, shard %s, batch %d", self.model_id, self.shard, self.settings.max_batch_size)
 
-    async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def generate_stream(self, request: LLMRequest | Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Events of one request (see the module docstring)."""
-        seq = parse_llm_request(request, self.engine.runner.prompts, default_max_tokens=self.settings.default_max_tokens)
-        room = self.batcher.max_model_len - len(seq.token_ids)
-        if request.get("clamp_max_tokens") and 0 < room < seq.sampling.max_new_tokens:
-            # The client set no max_tokens: generate up to the end of the context rather than refuse.
-            seq.sampling = dataclasses.replace(seq.sampling, max_new_tokens=room)
+        seq = sequence_request(request, self.engine.runner.prompts, default_max_tokens=self.settings.default_max_tokens,
+                               max_model_len=self.batcher.max_model_len)
         async for event in self.batcher.stream(seq):
             if event["type"] == "done":
                 self.metrics.finished(event)
@@ -119,7 +116,7 @@ class LLMServer:
                 raise RuntimeError(event["message"])
             yield event
 
-    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def generate(self, request: LLMRequest | Mapping[str, Any]) -> dict[str, Any]:
         """``{"text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", ...}``."""
         return {"model": self.model_id, **await collect(self.generate_stream(request))}
 

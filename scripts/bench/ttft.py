@@ -37,10 +37,9 @@ def random_ids(generator: torch.Generator, count: int, vocab: int, low: int = 3)
 
 
 def _engine_ttft_ms(engine: UltraAdaptiveKVCacheEngine, ids: list[int]) -> tuple[float, int]:
-    from cache_actors.requests import GenerationRequest
-    from cache_actors.sampling import SamplingParams
+    from cache_actors.requests import LLMRequest
 
-    request = GenerationRequest(text="<token ids>", sampling=SamplingParams(max_new_tokens=1))
+    request = LLMRequest(prompt_token_ids=ids, sampling={"max_new_tokens": 1})
     result = engine.generate_ids(request, ids)
     return result["ttft_ms"], result["cached_tokens"]
 

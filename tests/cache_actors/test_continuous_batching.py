@@ -8,7 +8,6 @@ import pytest
 
 from cache_actors.batching import SequenceRequest
 from cache_actors.batching.detokenizer import IncrementalText
-from cache_actors.requests import GenerationRequest
 from cache_actors.sampling import SamplingParams
 
 PROMPTS = [
@@ -24,10 +23,21 @@ def _request(runner, text: str, **sampling) -> SequenceRequest:
     return SequenceRequest(token_ids=runner.encode(text), sampling=SamplingParams(**{"max_new_tokens": 24, **sampling}))
 
 
-def _reference(engine, text: str, **sampling) -> dict:
-    """One request at a time, through the engine's single-sequence path."""
-    request = GenerationRequest(text=text, sampling=SamplingParams(**{"max_new_tokens": 24, **sampling}))
-    return engine.generate_ids(request, engine.runner.encode(text))
+def _reference(engine, text: str, max_new_tokens: int = 24) -> dict:
+    """Greedy tokens recomputed by the runner alone, one token at a time (no batch, no cache)."""
+    runner = engine.runner
+    logits, kv = runner.prefill(runner.encode(text))
+    tokens: list[int] = []
+    finish = "length"
+    while len(tokens) < max_new_tokens:
+        token = int(logits.argmax())
+        if token in runner.eos_token_ids:
+            finish = "stop"
+            break
+        tokens.append(token)
+        if len(tokens) < max_new_tokens:
+            logits = runner.step(token, kv)
+    return {"token_ids": tokens, "result": runner.decode(tokens), "finish_reason": finish}
 
 
 def test_concurrent_greedy_equals_one_at_a_time(make_engine, batcher):

@@ -45,7 +45,7 @@ def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, interval_s
 def run(engine: UltraAdaptiveKVCacheEngine, text: str) -> dict[str, Any]:
     """One request, synchronously (as the engine's worker thread runs it)."""
     parsed = parse_request({"text": text}, default_max_new_tokens=engine.config.max_new_tokens)
-    return engine._generate_locked(parsed, engine.runner.encode(text))
+    return engine.generate_ids(parsed, engine.runner.encode(text))
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,10 @@ def test_restarted_coordinator_restores_tier_locations_from_its_redis_snapshot(r
     engine, _ = redis_engines
     spec = engine.cache.spec
     ray.kill(get_or_create_coordinator(spec))
-    coordinator = get_or_create_coordinator(spec)  # created with this spec: snapshots go to its Redis
+    coordinator = get_or_create_coordinator(spec)
+    # A shard of the module's other cache (no Redis) may have re-created it first; this cache's client
+    # registers its spec on connecting, as the engine does, which turns snapshots to its Redis on.
+    ray.get(coordinator.register_spec.remote(spec))
     demoted = [h for h in engine.block_hashes(engine.runner.encode(HOT + "Z"))[:4]]
     wait_until(lambda: all("redis" in ray.get(coordinator.where.remote(h)) for h in demoted[:1]), timeout_s=30)
     assert ray.get(coordinator.snapshot.remote())
@@ -244,8 +247,14 @@ def test_restarted_coordinator_restores_tier_locations_from_its_redis_snapshot(r
 def test_a_later_client_with_redis_turns_snapshots_on(redis_engines):
     engine, _ = redis_engines
     spec = engine.cache.spec
-    ray.kill(get_or_create_coordinator(spec))
+    before = get_or_create_coordinator(spec)
+    ray.get(before.register_spec.remote(spec))
+    wait_until(lambda: ray.get(before.stats.remote())["tier_blocks"]["redis"] > 0, timeout_s=30)
+    assert ray.get(before.snapshot.remote())  # a snapshot with tier locations is in Redis
+    ray.kill(before)
     coordinator = get_or_create_coordinator(dataclasses.replace(spec, redis_url=None))  # the first client had no Redis
-    assert not ray.get(coordinator.snapshot.remote())
+    # This cache's client registers (its shards do too, on reconnecting): Redis comes on late, and with it
+    # the last snapshot's tier locations, which a coordinator created without Redis had no way to read.
     ray.get(coordinator.register_spec.remote(spec))
+    wait_until(lambda: ray.get(coordinator.stats.remote())["restored_blocks"] > 0, timeout_s=30)
     assert ray.get(coordinator.snapshot.remote())

@@ -35,7 +35,7 @@ class EngineHost:
         from cache_actors.requests import parse_request
 
         parsed = parse_request({"text": text}, default_max_new_tokens=self.engine.config.max_new_tokens)
-        result = self.engine._generate_locked(parsed, self.engine.runner.encode(text))
+        result = self.engine.generate_ids(parsed, self.engine.runner.encode(text))
         return {"tokens": result["token_ids"], "cached": result["cached_tokens"], "tiers": dict(self.engine.cache.tier_blocks)}
 
     def info(self) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import torch
 
-from cache_actors.requests import GenerationRequest
-from cache_actors.sampling import SamplingParams
+from cache_actors.kv_layout import block_views, cache_from_buffer, new_prefix_buffer
+from cache_actors.requests import LLMRequest
 
 
 def run(coro):
@@ -21,7 +21,16 @@ def ids_of(engine, length: int, seed: int) -> list[int]:
 
 
 def greedy(engine, ids: list[int], new: int = 12) -> dict:
-    return engine.generate_ids(GenerationRequest(text="-", sampling=SamplingParams(max_new_tokens=new)), ids)
+    return engine.generate_ids(LLMRequest(prompt_token_ids=ids, sampling={"max_new_tokens": new}), ids)
+
+
+def prefix_cache(engine, hit, tokens: int):
+    """A model cache holding ``hit``'s blocks, with room for ``tokens``."""
+    g = engine.runner.geometry
+    capacity = -(-tokens // 16) * 16
+    buffer = new_prefix_buffer(g.num_layers, g.num_kv_heads, capacity, g.head_dim, g.dtype, engine.runner.device)
+    engine.cache.read_blocks(hit, block_views(buffer, 16)[: hit.num_blocks])
+    return cache_from_buffer(buffer, hit.num_blocks * 16)
 
 
 # prompt lengths around block boundaries (block 16): exact multiples, +1, and partial last blocks
@@ -36,7 +45,7 @@ def test_logits_and_greedy_tokens_equal_with_and_without_reuse(make_engine, shar
     hit = engine.cache.match(hashes[:reusable])
     assert hit.num_blocks == min(shared // 16, reusable)
     try:
-        prefix = engine._prefix_cache(hit, len(base))
+        prefix = prefix_cache(engine, hit, len(base))
         cached_logits, _ = engine.runner.prefill(base, prefix)
     finally:
         engine.cache.release(hit)

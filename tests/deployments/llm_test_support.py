@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from cache_actors.model_runner import ModelRunner
+from cache_actors.requests import LLMRequest
 from cache_actors.sampling import SamplingParams, find_stop, make_generator, sample_next
 from deployments.llm.openai_api import build_openai_app
 from deployments.llm.protocol import RequestRefused
@@ -34,27 +35,28 @@ class TinyBackend:
         self.completion_tokens: dict[str, int] = {}
         self.closed_early: list[str] = []  # request ids closed before their done event
 
-    def prompt_ids(self, request: dict[str, Any]) -> list[int]:
-        if request["prompt"] is not None:
-            return self.runner.encode(request["prompt"])
-        return self.runner.encode_chat(request["messages"])
+    def prompt_ids(self, request: LLMRequest) -> list[int]:
+        if request.prompt is not None:
+            return self.runner.encode(request.prompt)
+        return self.runner.encode_chat(request.messages)
 
-    async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def generate_stream(self, request: LLMRequest) -> AsyncIterator[dict[str, Any]]:
+        assert isinstance(request, LLMRequest), f"the ingress sends LLMRequest, not {type(request).__name__}"
         self.requests.append(request)
         runner = self.runner
-        if request["response_format"] not in (None, {"type": "text"}):
+        if request.response_format not in (None, {"type": "text"}):
             raise RequestRefused("This backend cannot constrain output to a JSON format.", param="response_format")
         ids = self.prompt_ids(request)
-        sampling = request["sampling"]
-        max_new = sampling["max_new_tokens"]
+        sampling = request.sampling
+        max_new = sampling.max_new_tokens
         room = runner.max_context - len(ids)
         if max_new > room:
-            if not request.get("clamp_max_tokens") or room < 1:
+            if not request.clamp_max_tokens or room < 1:
                 raise ValueError(f"This model's maximum context length is {runner.max_context} tokens; the prompt "
                                  f"has {len(ids)} tokens and max_tokens is {max_new}.")
             max_new = room
-        params = SamplingParams(max_new_tokens=max_new, temperature=sampling["temperature"], top_p=sampling["top_p"],
-                                stop=tuple(sampling["stop"]), seed=sampling["seed"])
+        params = SamplingParams(max_new_tokens=max_new, temperature=sampling.temperature, top_p=sampling.top_p,
+                                stop=sampling.stop, seed=sampling.seed)
         generator = make_generator(params)
         hold = max((len(s) for s in params.stop), default=1) - 1  # a stop string may still be forming
         logits, cache = runner.prefill(ids)
@@ -84,14 +86,14 @@ class TinyBackend:
             assert text.startswith(emitted), "streamed text must be a prefix of the final text"
             if len(text) > len(emitted):
                 yield {"type": "delta", "text": text[len(emitted):], "token_ids": []}
-            self.outputs[request["request_id"]] = text
-            self.completion_tokens[request["request_id"]] = len(generated)
+            self.outputs[request.request_id] = text
+            self.completion_tokens[request.request_id] = len(generated)
             done = True
             yield {"type": "done", "finish_reason": finish, "prompt_tokens": len(ids),
                    "completion_tokens": len(generated), "cached_tokens": 0}
         finally:
             if not done:
-                self.closed_early.append(request["request_id"])
+                self.closed_early.append(request.request_id)
 
 
 class HandleLikeStream:

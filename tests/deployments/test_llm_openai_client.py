@@ -95,7 +95,7 @@ def test_hanging_up_mid_stream_stops_generation(served):
     with httpx.Client(timeout=10) as http, http.stream("POST", f"{url}/completions", json=body) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
-        request_id = backend.requests[-1]["request_id"]
+        request_id = backend.requests[-1].request_id
     deadline = time.monotonic() + 5
     while request_id not in backend.closed_early:
         assert time.monotonic() < deadline, "the backend stream was not closed after the client left"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from ray.serve.exceptions import BackPressureError
 
 from cache_actors.demo_model import TINY_SPEC
 from cache_actors.model_runner import ModelRunner
+from cache_actors.requests import Sampling
 from deployments.common.forwarding import call_asgi
 from tests.deployments.llm_test_support import (
     MAX_TOKENS_LIMIT,
@@ -98,8 +100,8 @@ async def test_completion_response_shape(client: httpx.AsyncClient, backend: Tin
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
     [sent] = backend.requests
-    assert sent["prompt"] == prompt and sent["messages"] is None and sent["n"] == 1
-    assert sent["sampling"] == {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "stop": [], "seed": None}
+    assert sent.prompt == prompt and sent.messages is None and pickle.loads(pickle.dumps(sent)) == sent
+    assert sent.sampling == Sampling(max_new_tokens=12, temperature=0.0, top_p=1.0, stop=(), seed=None)
 
 
 async def test_chat_response_shape_and_message_conversion(client, backend: TinyBackend, runner: ModelRunner):
@@ -111,7 +113,7 @@ async def test_chat_response_shape_and_message_conversion(client, backend: TinyB
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"] == backend.outputs[got["id"]]
     assert choice["logprobs"] is None and choice["index"] == 0
     converted = [{"role": "system", "content": "Be brief.\nOk"}, {"role": "user", "content": "Hi"}]
-    assert backend.requests[0]["messages"] == converted and backend.requests[0]["prompt"] is None
+    assert backend.requests[0].messages == converted and backend.requests[0].prompt is None
     assert got["usage"]["prompt_tokens"] == len(runner.encode_chat(converted))
 
 
@@ -149,8 +151,8 @@ async def test_streamed_chat_chunks(client: httpx.AsyncClient):
 async def test_n_choices_fan_out_with_seeds(client: httpx.AsyncClient, backend: TinyBackend, stream: bool):
     body = {"prompt": "Abc", "max_tokens": 10, "n": 2, "seed": 7, "temperature": 1.0, "stream": stream}
     response = await client.post(COMPLETIONS, json=body)
-    assert sorted(r["sampling"]["seed"] for r in backend.requests) == [7, 8]
-    ids = sorted(r["request_id"] for r in backend.requests)
+    assert sorted(r.sampling.seed for r in backend.requests) == [7, 8]
+    ids = sorted(r.request_id for r in backend.requests)
     if stream:
         chunks = sse_payloads(response.text)[:-1]
         texts = {i: "".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == i) for i in (0, 1)}
@@ -267,15 +269,15 @@ async def test_backend_refusals_are_400(client, backend, runner, stream):
     schema = {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object"}, "strict": True}}
     response = await client.post(CHAT, json={**CHAT_BODY, "response_format": schema, "stream": stream})
     assert_openai_error(response, 400, "response_format")
-    assert backend.requests[-1]["response_format"] == schema  # passed through as sent
+    assert backend.requests[-1].response_format == schema  # passed through as sent
 
 
 async def test_omitted_max_tokens_is_clamped_to_the_context(client, backend, runner):
     prompt = "y" * (runner.max_context - 60)  # the chat template adds ~25 tokens
     got = (await client.post(COMPLETIONS, json={"prompt": "Hi"})).json()
-    assert backend.requests[-1]["sampling"]["max_new_tokens"] == 16 and got["usage"]["completion_tokens"] <= 16
+    assert backend.requests[-1].sampling.max_new_tokens == 16 and got["usage"]["completion_tokens"] <= 16
     got = (await client.post(CHAT, json={"messages": [{"role": "user", "content": prompt}], "temperature": 0})).json()
-    assert backend.requests[-1]["clamp_max_tokens"] is True
+    assert backend.requests[-1].clamp_max_tokens is True
     assert got["usage"]["prompt_tokens"] + got["usage"]["completion_tokens"] <= runner.max_context
 
 
@@ -344,7 +346,7 @@ async def test_client_leaving_closes_the_backend_streams(runner, how, n):
     body = {"messages": USER_MESSAGES, "max_tokens": 300, "temperature": 0, "n": n, "stream": True}
     received = await post_then_leave(app, "/chat/completions", body, after_events=n + 2, how=how)
     assert len(received) >= n + 2
-    assert sorted(backend.closed_early) == sorted(r["request_id"] for r in backend.requests) and len(backend.requests) == n
+    assert sorted(backend.closed_early) == sorted(r.request_id for r in backend.requests) and len(backend.requests) == n
     assert backend.outputs == {}
 
 
@@ -369,4 +371,4 @@ async def test_routable_through_the_gateway_with_the_caller_tenant(backend, runn
     response = await call_asgi(app, method="POST", path="/chat/completions", body=body,
                                headers={"content-type": "application/json"}, caller={"tenant": "acme", "subject": "u"})
     assert response.status_code == 200 and sse_payloads(response.body.decode())[-1] == "[DONE]"
-    assert backend.requests[0]["tenant_id"] == "acme"
+    assert backend.requests[0].tenant_id == "acme"

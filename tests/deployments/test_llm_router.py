@@ -22,7 +22,8 @@ from ray.serve.config import RequestRouterConfig
 
 from cache_actors.hashing import CacheNamespace, hash_prompt_blocks
 from cache_actors.prompt_encoder import PromptEncoder
-from deployments.llm.router import CacheAwareRouter, request_dict
+from cache_actors.requests import LLMRequest
+from deployments.llm.router import CacheAwareRouter, request_of
 from deployments.llm.routing_policy import (
     AFFINITY,
     BALANCED,
@@ -208,9 +209,12 @@ def test_stats_and_request_parsing():
     # LLMServer reports its CacheNamespace.to_dict(), tenant field included: ignored, the request's counts.
     assert parse_layout({"namespace": {**stats["namespace"], "tenant": ""}}, None).namespace == ("m", "float32", 16, "L2H2D8")
     request = {"prompt": "hi", "tenant_id": "t"}
-    assert request_dict(SimpleNamespace(args=[request], kwargs={})) is request
-    assert request_dict(SimpleNamespace(args=[], kwargs={"request": request})) is request
-    assert request_dict(SimpleNamespace(args=["text"], kwargs={})) is None
+    parsed = LLMRequest.parse(request)
+    assert request_of(SimpleNamespace(args=[request], kwargs={})) == parsed
+    assert request_of(SimpleNamespace(args=[parsed], kwargs={})) is parsed
+    assert request_of(SimpleNamespace(args=[], kwargs={"request": request})) == parsed
+    assert request_of(SimpleNamespace(args=["text"], kwargs={})) is None
+    assert request_of(SimpleNamespace(args=[{"prompt": ""}], kwargs={})) is None  # the replica answers the 400
 
 
 def test_prompt_hashes_are_the_replicas_keys_per_tenant_and_layout():
@@ -218,20 +222,18 @@ def test_prompt_hashes_are_the_replicas_keys_per_tenant_and_layout():
     isolated = parse_layout({"namespace": namespace, "tenant_isolation": True})
     shared = parse_layout({"namespace": namespace, "tenant_isolation": False})
     encoders = {None: PromptEncoder.load(None)}
-    request = {"prompt": "hello world, same prefix", "tenant_id": "acme"}
+    request = LLMRequest.parse({"prompt": "hello world, same prefix", "tenant_id": "acme"})
     got = prompt_hashes(request, {"iso": isolated, "shared": shared, "nostats": None}, encoders)
-    ids = encoders[None].encode_request(request)
+    ids = encoders[None].encode_request({"prompt": request.prompt})
     assert got.prompt_tokens == len(ids) and set(got.hashes) == {"iso", "shared"}
     assert got.hashes["iso"] == hash_prompt_blocks(CacheNamespace(**namespace, tenant="acme").root_hash(), ids, 4)
     assert got.hashes["shared"] == hash_prompt_blocks(CacheNamespace(**namespace).root_hash(), ids, 4)
-    other = prompt_hashes({**request, "tenant_id": "globex"}, {"iso": isolated, "shared": shared}, encoders)
+    other = prompt_hashes(request.model_copy(update={"tenant_id": "globex"}), {"iso": isolated, "shared": shared}, encoders)
     assert other.hashes["iso"] != got.hashes["iso"] and other.hashes["shared"] == got.hashes["shared"]
     chat = {"messages": [{"role": "user", "content": "hi there, how are you today?"}]}
-    assert prompt_hashes(chat, {"r": shared}, encoders).hashes["r"] == hash_prompt_blocks(
+    assert prompt_hashes(LLMRequest.parse(chat), {"r": shared}, encoders).hashes["r"] == hash_prompt_blocks(
         CacheNamespace(**namespace).root_hash(), encoders[None].encode_request(chat), 4
     )
-    with pytest.raises(ValueError):
-        prompt_hashes({"prompt": ""}, {"r": shared}, encoders)
     assert prompt_hashes(request, {"r": None}, encoders) is None
     assert prompt_hashes(request, {"r": parse_layout({"namespace": namespace, "model_path": "/elsewhere"})}, encoders) is None
 

@@ -203,7 +203,7 @@ def traffic(ray_metrics_port) -> Iterator[None]:
     for i in range(6):
         text = SYSTEM + f"Question {i}: what is covered?"
         parsed = parse_request({"text": text}, default_max_new_tokens=4)
-        cached += engine._generate_locked(parsed, engine.runner.encode(text))["cached_tokens"]
+        cached += engine.generate_ids(parsed, engine.runner.encode(text))["cached_tokens"]
     assert cached > 0  # the traffic hit the cache, so hit counters exist
     recorder = _record_the_rest()
     yield
