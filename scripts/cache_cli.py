@@ -65,7 +65,7 @@ def config_command() -> None:
 def export_demo_command(path: Path = typer.Argument(..., help="Folder to write.")) -> None:
     """Write the demo model as a Hugging Face folder (for MODEL_PATH or a peer server)."""
     with console.status("importing torch and transformers, writing the demo model"):
-        from cache_actors.demo_model import export_demo_model
+        from cache_actors.engine.demo_model import export_demo_model
 
         out = export_demo_model(path)
     console.print(f"wrote {out}")

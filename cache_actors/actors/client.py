@@ -43,16 +43,16 @@ from cache_actors.actors.metrics import metrics
 from cache_actors.actors.placement import get_or_create_coordinator, node_shards, pick_local_shard
 from cache_actors.actors.shard import MatchReply, ReserveReply
 from cache_actors.actors.spec import ShardSpec, Timeouts
-from cache_actors.block_checksum import block_checksum, block_checksums
-from cache_actors.hashing import BlockHash
-from cache_actors.kv_cache import _slot_runs
-from cache_actors.kv_layout import block_views
-from cache_actors.part_arrays import parts_from_numpy, parts_to_numpy
-from cache_actors.shm_pool import SharedBlockPool
+from cache_actors.core.block_checksum import block_checksum, block_checksums
+from cache_actors.core.hashing import BlockHash
+from cache_actors.core.kv_cache import _slot_runs
+from cache_actors.core.kv_layout import block_views
+from cache_actors.cluster.part_arrays import parts_from_numpy, parts_to_numpy
+from cache_actors.cluster.shm_pool import SharedBlockPool
 
 if TYPE_CHECKING:
-    from cache_actors.config import KVCacheConfig
-    from cache_actors.model_runner import ModelRunner
+    from cache_actors.engine.config import KVCacheConfig
+    from cache_actors.engine.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 

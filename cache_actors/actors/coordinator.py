@@ -30,8 +30,8 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from cache_actors.actors.spec import NAMESPACE, ShardSpec, parse_shard_name
-from cache_actors.global_index import GlobalIndex
-from cache_actors.hashing import BlockHash
+from cache_actors.cluster.global_index import GlobalIndex
+from cache_actors.core.hashing import BlockHash
 from cache_actors.tiers import RedisTier
 
 logger = logging.getLogger(__name__)

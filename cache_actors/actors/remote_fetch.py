@@ -22,10 +22,10 @@ from ray.exceptions import RayError
 
 from cache_actors.actors.metrics import metrics
 from cache_actors.actors.spec import NAMESPACE, ShardSpec
-from cache_actors.global_index import TIER_TAGS
-from cache_actors.hashing import BlockHash
-from cache_actors.part_arrays import parts_from_numpy
-from cache_actors.shard_store import Entry, ShardStore
+from cache_actors.cluster.global_index import TIER_TAGS
+from cache_actors.core.hashing import BlockHash
+from cache_actors.cluster.part_arrays import parts_from_numpy
+from cache_actors.cluster.shard_store import Entry, ShardStore
 from cache_actors.tiers import BlockTier, WireError, decode_block
 
 

@@ -39,11 +39,11 @@ from ray.exceptions import RayError
 from cache_actors.actors.metrics import metrics
 from cache_actors.actors.remote_fetch import RemoteFetcher
 from cache_actors.actors.spec import ShardSpec
-from cache_actors.hashing import BlockHash
-from cache_actors.part_arrays import parts_from_numpy
+from cache_actors.core.hashing import BlockHash
+from cache_actors.cluster.part_arrays import parts_from_numpy
 from cache_actors.policies import make_policy
-from cache_actors.shard_store import Entry, ShardStore
-from cache_actors.shm_pool import PoolHandle, SharedBlockPool
+from cache_actors.cluster.shard_store import Entry, ShardStore
+from cache_actors.cluster.shm_pool import PoolHandle, SharedBlockPool
 from cache_actors.tiers import BlockTier, DiskTier, RedisTier, encode_block
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import lz4.frame
 import numpy as np
 import zstandard
 
-from cache_actors.block_checksum import bytes_checksum
+from cache_actors.core.block_checksum import bytes_checksum
 
 MAGIC = b"BKV1"
 COMPRESSIONS = ("none", "lz4", "zstd")

@@ -11,7 +11,7 @@ out to the same deployment, make each call with `call_as_own_request`.
 
 The price: Serve cancels a parent's children by that shared id, so children
 made this way are not cancelled with their parent automatically. Callers
-cancel them themselves (`deployments.llm.choice_streams` closes every stream
+cancel them themselves (`deployments.llm.openai.choice_streams` closes every stream
 on every path out).
 """
 

@@ -5,7 +5,7 @@ Two deployments, because Serve routes a request to a replica of the
 arguments, not prompts):
 
 - ``LLMIngress`` (route prefix ``/v1``): the FastAPI app of
-  `deployments.llm.openai_api`; it also serves the gateway
+  `deployments.llm.openai.routes`; it also serves the gateway
   (``/api/v1/llm/...``) through `ServiceIngress`.
 - ``LLMServer``: the model replicas (continuous batching, KV shard of their
   device), routed by `deployments.llm.router.CacheAwareRouter` when
@@ -24,11 +24,11 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
-from cache_actors.batching.scheduler import BatcherOverloaded
-from cache_actors.model_runner import model_identity
+from cache_actors.engine.batching.scheduler import BatcherOverloaded
+from cache_actors.engine.model_runner import model_identity
 from deployments.common import ServiceIngress
 from deployments.common.serve_calls import call_as_own_request
-from deployments.llm.openai_api import build_openai_app
+from deployments.llm.openai.routes import build_openai_app
 from deployments.llm.server import LLMServer
 from deployments.llm.settings import LLMSettings
 from deployments.common.grpc_limits import GRPC_ENV

@@ -1,6 +1,6 @@
 """The request of `LLMServer.generate` / `generate_stream`, tokenized for the batcher.
 
-The request itself is `cache_actors.requests.LLMRequest` (the ingress, the
+The request itself is `cache_actors.engine.requests.LLMRequest` (the ingress, the
 router and the engine share it); handle callers such as business services may
 send the same fields as a plain dict, validated by that same model:
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from cache_actors.batching import SequenceRequest
-from cache_actors.prompt_encoder import PromptEncoder
-from cache_actors.requests import LLMRequest
+from cache_actors.engine.batching import SequenceRequest
+from cache_actors.engine.prompt_encoder import PromptEncoder
+from cache_actors.engine.requests import LLMRequest
 
 
 def sequence_request(

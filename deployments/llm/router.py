@@ -62,9 +62,9 @@ import ray
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
 
 from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE
-from cache_actors.hashing import BlockHash
-from cache_actors.prompt_encoder import PromptEncoder
-from cache_actors.requests import LLMRequest
+from cache_actors.core.hashing import BlockHash
+from cache_actors.engine.prompt_encoder import PromptEncoder
+from cache_actors.engine.requests import LLMRequest
 from deployments.llm.routing_policy import (
     DECISION_KINDS,
     FALLBACK,

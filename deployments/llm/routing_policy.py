@@ -49,8 +49,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from cache_actors.hashing import BlockHash, CacheNamespace, hash_prompt_blocks
-from cache_actors.requests import LLMRequest, TextEncoder
+from cache_actors.core.hashing import BlockHash, CacheNamespace, hash_prompt_blocks
+from cache_actors.engine.requests import LLMRequest, TextEncoder
 
 #: Kinds of decision, also the values of the router's decision metric tag.
 AFFINITY = "affinity"  # the chosen replica holds a useful prefix

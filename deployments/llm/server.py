@@ -11,7 +11,7 @@ request through one `ContinuousBatcher`. Handle methods:
   and frees its batch slot.
 - ``generate(request)``: the whole result as one dict.
 
-The request is a `cache_actors.requests.LLMRequest`, or a plain dict of its
+The request is a `cache_actors.engine.requests.LLMRequest`, or a plain dict of its
 fields (see `deployments.llm.requests`). A request that
 can never run raises ValueError before any event (the ingress answers 400).
 ``record_routing_stats`` tells the cache-aware router which shard this replica
@@ -28,12 +28,12 @@ import ray
 from ray import serve
 
 from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-from cache_actors.batching import BatcherConfig
-from cache_actors.batching.scheduler import CompileFormat, collect
-from cache_actors.demo_model import DEMO_MODEL_ID
-from cache_actors.structured import RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS, TokenizerGrammar, compile_response_format
+from cache_actors.engine.batching import BatcherConfig
+from cache_actors.engine.batching.scheduler import CompileFormat, collect
+from cache_actors.engine.demo_model import DEMO_MODEL_ID
+from cache_actors.engine.structured import RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS, TokenizerGrammar, compile_response_format
 from deployments.llm.metrics import LLMMetrics
-from cache_actors.requests import LLMRequest
+from cache_actors.engine.requests import LLMRequest
 from deployments.llm.requests import sequence_request
 from deployments.llm.settings import LLMSettings
 

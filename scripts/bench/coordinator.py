@@ -65,7 +65,7 @@ def _chains(num_blocks: int, chain_len: int = 32) -> list[list[bytes]]:
 
 def _index_bytes(names: list[str], batches: list[tuple[str, list]]) -> int:
     """Bytes a freshly built index holds (traced allocations + the 32-byte hash keys it owns)."""
-    from cache_actors.global_index import GlobalIndex
+    from cache_actors.cluster.global_index import GlobalIndex
 
     gc.collect()
     tracemalloc.start()
@@ -105,8 +105,8 @@ class _BuiltIndex:
 
     def __init__(self, num_blocks: int, num_shards: int, *, lookups: int, seed: int) -> None:
         # `cache_actors` imports torch (seconds): only when a benchmark runs, never for `blatam --help`.
-        from cache_actors.global_index import GlobalIndex
-        from cache_actors.shard_store import STORED
+        from cache_actors.cluster.global_index import GlobalIndex
+        from cache_actors.cluster.shard_store import STORED
 
         chains = _chains(num_blocks)
         self.index = index = GlobalIndex()
@@ -214,7 +214,7 @@ def measure_actor_events(num_senders: int, *, batches: int = 200) -> dict[str, A
             return True
 
         def send(self, coordinator: Any, batches: int, salt: int) -> tuple[int, float]:
-            from cache_actors.shard_store import STORED
+            from cache_actors.cluster.shard_store import STORED
 
             sent = 0
             started = time.perf_counter()
@@ -250,7 +250,7 @@ def coordinator_command(
     sizes = [b for b in BLOCKS if b <= max_blocks]
     rows = []
     with console.status("importing the cache engine (torch)"):
-        import cache_actors.global_index  # noqa: F401  (seconds; the rows below then start at once)
+        import cache_actors.cluster.global_index  # noqa: F401  (seconds; the rows below then start at once)
     for num_shards in SHARDS:
         with console.status(f"{num_shards} shards: {', '.join(map(str, sizes))} blocks"):
             rows.extend(measure_shard_count(num_shards, sizes))

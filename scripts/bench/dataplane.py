@@ -50,7 +50,7 @@ def measure_dataplane(
 
     from cache_actors.actors.client import DistributedKVCache
     from cache_actors.actors.spec import ShardSpec
-    from cache_actors.hashing import CacheNamespace, hash_prompt_blocks
+    from cache_actors.core.hashing import CacheNamespace, hash_prompt_blocks
 
     if threads:
         torch.set_num_threads(threads)

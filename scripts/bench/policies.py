@@ -2,7 +2,7 @@
 
 Replays a Mooncake-format trace (``--trace``, or one generated on the fly with
 ``--workload``) through the production `BlockIndex` and policy classes (see
-`cache_actors.policy_sim` for the exact semantics) at several capacities, and
+`cache_actors.policies.simulator` for the exact semantics) at several capacities, and
 reports per policy and capacity the block hit rate and the prefill tokens
 saved, with the offline optimum ``belady`` as the ceiling. Prints a table,
 writes JSON (``--json OUT``) and a plot of tokens saved vs capacity next to it
@@ -24,7 +24,7 @@ from scripts.bench import bench_app
 from scripts.bench.traces import DEFAULT_BLOCK_TOKENS, DEFAULT_REQUESTS, WORKLOADS, generate
 
 if TYPE_CHECKING:  # `cache_actors` imports torch (seconds): it loads inside the command, not for `--help`
-    from cache_actors.policy_sim import PreparedTrace, SweepCell
+    from cache_actors.policies.simulator import PreparedTrace, SweepCell
 
 DEFAULT_CAPACITIES = "0.01,0.05,0.1,0.25"
 DEFAULT_POLICIES = "lru,lfu,adaptive"
@@ -44,7 +44,7 @@ def parse_capacities(text: str) -> list[float]:
 def parse_policies(text: str) -> list[str]:
     """Registry names; ``belady`` (the ceiling) is always added last."""
     from cache_actors.policies import POLICY_REGISTRY
-    from cache_actors.policy_sim import BELADY
+    from cache_actors.policies.simulator import BELADY
 
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [n for n in names if n != BELADY and n not in POLICY_REGISTRY]
@@ -104,7 +104,7 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cache_actors.policy_sim import BELADY
+    from cache_actors.policies.simulator import BELADY
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r["policy"] for r in doc["results"]):
@@ -137,7 +137,7 @@ def policies_command(
     console = Console()
     caps = parse_capacities(capacities)
     with console.status("importing the cache engine (torch)"):
-        from cache_actors.policy_sim import TraceError, load_trace, prepare_trace, sweep
+        from cache_actors.policies.simulator import TraceError, load_trace, prepare_trace, sweep
     names = parse_policies(policies)
     if (trace is None) == (workload is None):
         raise typer.BadParameter("give exactly one of --trace or --workload", param_hint="--trace")

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # torch and the engine load inside the command, not for `blat
     from rich.progress import Progress
 
     from cache_actors import UltraAdaptiveKVCacheEngine
-    from cache_actors.batching import ContinuousBatcher
+    from cache_actors.engine.batching import ContinuousBatcher
 
 SETTINGS = ("whole", "chunked")
 
@@ -46,8 +46,8 @@ _SHORT_PROMPT_TOKENS = 16
 async def _trial(batcher: ContinuousBatcher, *, decoders: int, long_ids: list[int], short_ids: list[list[int]],
                  decode_tokens: int) -> dict[str, float]:
     """One long prompt arriving among ``decoders`` decoding sequences: their gaps and its TTFT."""
-    from cache_actors.batching import SequenceRequest
-    from cache_actors.sampling import SamplingParams
+    from cache_actors.engine.batching import SequenceRequest
+    from cache_actors.engine.sampling import SamplingParams
 
     arrivals: list[list[float]] = [[] for _ in range(decoders)]
     finished = [False] * decoders
@@ -104,7 +104,7 @@ def measure_prefill_stall(*, long_tokens: int = 1536, chunk: int = 256, decoders
     """Per setting: median max/p99 decoder gap and long-prompt TTFT; ``stall_ratio`` and ``ttft_ratio``."""
     import torch
 
-    from cache_actors.batching import BatcherConfig, ContinuousBatcher
+    from cache_actors.engine.batching import BatcherConfig, ContinuousBatcher
 
     engine = engine or demo_engine()
     vocab = engine.runner.vocab_size

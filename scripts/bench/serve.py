@@ -215,7 +215,7 @@ def run_batching(config: ServeBenchConfig, progress: Progress | None = None) -> 
 
 def system_prompt_tokens(sessions: list[Session], model: str | None) -> int:
     """Tokens of the workload's distinct system prompts, as the model renders them (the sharable prefixes)."""
-    from cache_actors.prompt_encoder import PromptEncoder
+    from cache_actors.engine.prompt_encoder import PromptEncoder
 
     encoder = PromptEncoder.load(model)
     return sum(len(encoder.encode_chat([{"role": "system", "content": s}])) for s in {s.system for s in sessions})

@@ -37,11 +37,11 @@ from scripts.bench import bench_app
 if TYPE_CHECKING:  # numpy and `cache_actors` (torch: seconds) load when a trace is built, not for `--help`
     import numpy as np
 
-    from cache_actors.policy_sim import TraceRequest
+    from cache_actors.policies.simulator import TraceRequest
 
 DEFAULT_REQUESTS = 4000
 DEFAULT_BLOCK_TOKENS = 512
-"""Mooncake's block: the value of `cache_actors.policy_sim.DEFAULT_BLOCK_TOKENS` (a test keeps them equal),
+"""Mooncake's block: the value of `cache_actors.policies.simulator.DEFAULT_BLOCK_TOKENS` (a test keeps them equal),
 repeated here so that the options' defaults need no import of the cache engine."""
 
 
@@ -210,7 +210,7 @@ def generate(
     """Requests of ``workload`` in arrival order (same seed, same trace)."""
     import numpy as np
 
-    from cache_actors.policy_sim import TraceRequest
+    from cache_actors.policies.simulator import TraceRequest
 
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}; supported: {list(WORKLOADS)}")
@@ -238,7 +238,7 @@ def gen_trace(
     """Write a synthetic request trace of one workload."""
     if workload not in WORKLOADS:
         raise typer.BadParameter(f"unknown workload {workload!r}; supported: {', '.join(WORKLOADS)}", param_hint="--workload")
-    from cache_actors.policy_sim import write_trace
+    from cache_actors.policies.simulator import write_trace
 
     reqs = generate(workload, requests, seed=seed, block_tokens=block_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)

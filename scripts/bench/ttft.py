@@ -37,7 +37,7 @@ def random_ids(generator: torch.Generator, count: int, vocab: int, low: int = 3)
 
 
 def _engine_ttft_ms(engine: UltraAdaptiveKVCacheEngine, ids: list[int]) -> tuple[float, int]:
-    from cache_actors.requests import LLMRequest
+    from cache_actors.engine.requests import LLMRequest
 
     request = LLMRequest(prompt_token_ids=ids, sampling={"max_new_tokens": 1})
     result = engine.generate_ids(request, ids)

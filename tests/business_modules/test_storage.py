@@ -14,6 +14,7 @@ from business_modules.storage import (
     Migration,
     MigrationError,
     MigrationRegistry,
+    StorageError,
     StorageTimeoutError,
     StorageUnavailableError,
     open_database,
@@ -205,7 +206,7 @@ async def test_failed_migration_leaves_nothing_behind(url_and_schema) -> None:
         await db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT, version INTEGER,"
                          " name TEXT, applied_at DOUBLE PRECISION)")
         assert await db.fetch_all("SELECT * FROM schema_migrations") == []
-        with pytest.raises(Exception):
+        with pytest.raises(StorageError):  # the table of the failed run was rolled back too
             await db.fetch_all("SELECT * FROM st_items")
     finally:
         await db.close()

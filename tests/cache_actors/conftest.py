@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-from cache_actors.demo_model import TINY_SPEC
-from cache_actors.model_runner import ModelRunner
+from cache_actors.engine.demo_model import TINY_SPEC
+from cache_actors.engine.model_runner import ModelRunner
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def make_engine(tiny_runner: ModelRunner):
 @pytest.fixture
 def batcher(make_engine):
     """Makes `ContinuousBatcher`s over a fresh engine (or the one given); closes them after the test."""
-    from cache_actors.batching import BatcherConfig, ContinuousBatcher
+    from cache_actors.engine.batching import BatcherConfig, ContinuousBatcher
 
     made = []
 

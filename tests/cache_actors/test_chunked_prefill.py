@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from cache_actors.batching import SequenceRequest
-from cache_actors.sampling import SamplingParams
+from cache_actors.engine.batching import SequenceRequest
+from cache_actors.engine.sampling import SamplingParams
 from tests.cache_actors.test_continuous_batching import _reference, _request
 
 LONG = "The board asked for a detailed review of every regional office and its budget. " * 5

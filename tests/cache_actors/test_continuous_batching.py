@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from cache_actors.batching import SequenceRequest
-from cache_actors.batching.detokenizer import IncrementalText
-from cache_actors.sampling import SamplingParams
+from cache_actors.engine.batching import SequenceRequest
+from cache_actors.engine.batching.detokenizer import IncrementalText
+from cache_actors.engine.sampling import SamplingParams
 
 PROMPTS = [
     "The quarterly report shows that revenue grew",

@@ -18,8 +18,8 @@ ray = pytest.importorskip("ray")
 
 from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine  # noqa: E402
 from cache_actors.actors.placement import get_or_create_coordinator  # noqa: E402
-from cache_actors.requests import parse_request  # noqa: E402
-from cache_actors.shm_pool import SharedBlockPool  # noqa: E402
+from cache_actors.engine.requests import parse_request  # noqa: E402
+from cache_actors.cluster.shm_pool import SharedBlockPool  # noqa: E402
 from tests.cache_actors.redis_server import PrivateRedis, free_port  # noqa: E402
 
 pytestmark = pytest.mark.ray

@@ -26,13 +26,13 @@ class EngineHost:
 
     def __init__(self, config: dict[str, Any]) -> None:
         from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-        from cache_actors.demo_model import TINY_SPEC
-        from cache_actors.model_runner import ModelRunner
+        from cache_actors.engine.demo_model import TINY_SPEC
+        from cache_actors.engine.model_runner import ModelRunner
 
         self.engine = UltraAdaptiveKVCacheEngine(KVCacheConfig(**config), runner=ModelRunner.load(None, demo_spec=TINY_SPEC))
 
     def run(self, text: str) -> dict[str, Any]:
-        from cache_actors.requests import parse_request
+        from cache_actors.engine.requests import parse_request
 
         parsed = parse_request({"text": text}, default_max_new_tokens=self.engine.config.max_new_tokens)
         result = self.engine.generate_ids(parsed, self.engine.runner.encode(text))

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import torch
 
-from cache_actors.kv_layout import block_views, cache_from_buffer, new_prefix_buffer
-from cache_actors.requests import LLMRequest
+from cache_actors.core.kv_layout import block_views, cache_from_buffer, new_prefix_buffer
+from cache_actors.engine.requests import LLMRequest
 
 
 def run(coro):

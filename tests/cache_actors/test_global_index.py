@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cache_actors.global_index import REDIS, GlobalIndex
-from cache_actors.shard_store import DEMOTED, EVICTED, STORED, TIER_MISS, TOUCHED
+from cache_actors.cluster.global_index import REDIS, GlobalIndex
+from cache_actors.cluster.shard_store import DEMOTED, EVICTED, STORED, TIER_MISS, TOUCHED
 
 
 def h(i: int) -> bytes:
@@ -230,7 +230,7 @@ class _CountingDict(dict):
 
 
 def test_location_pieces_probe_a_long_chain_logarithmically():
-    from cache_actors.prefix_route import location_pieces
+    from cache_actors.cluster.prefix_route import location_pieces
 
     chain = [h(i) for i in range(1, 2001)]
     locations = _CountingDict({block: 0b100 for block in chain[:1500]})  # a shard holds 1500 blocks

@@ -4,7 +4,7 @@ import struct
 import subprocess
 import sys
 
-from cache_actors.hashing import (
+from cache_actors.core.hashing import (
     HASH_SCHEME_VERSION,
     TEST_VECTOR_HEX,
     CacheNamespace,
@@ -60,7 +60,7 @@ def test_every_namespace_field_changes_the_root():
 
 def test_keys_are_equal_in_another_process():
     code = (
-        "from cache_actors.hashing import CacheNamespace, hash_prompt_blocks;"
+        "from cache_actors.core.hashing import CacheNamespace, hash_prompt_blocks;"
         "r=CacheNamespace('m','float32',4,'L').root_hash();"
         "print(hash_prompt_blocks(r, list(range(12)), 4)[-1].hex())"
     )

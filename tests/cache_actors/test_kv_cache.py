@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import pytest
 import torch
 
 from cache_actors.codecs import KVShape, make_codec
-from cache_actors.hashing import BlockHash, CacheNamespace, hash_prompt_blocks
-from cache_actors.kv_cache import BaseKVCache
+from cache_actors.core.hashing import BlockHash, CacheNamespace, hash_prompt_blocks
+from cache_actors.core.kv_cache import BaseKVCache
 from cache_actors.policies import make_policy
-from cache_actors.pool import blocks_for_budget
+from cache_actors.core.pool import blocks_for_budget
 
 SHAPE = KVShape(num_layers=2, num_kv_heads=2, head_dim=4, block_size=4)
 ROOT = CacheNamespace("test", "float32", 4, "L2H2D4").root_hash()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cache_actors.kv_layout import cache_from_buffer, new_prefix_buffer
+from cache_actors.core.kv_layout import cache_from_buffer, new_prefix_buffer
 
 
 def test_preallocated_cache_matches_dynamic_cache_through_prefill_and_decode(tiny_runner):

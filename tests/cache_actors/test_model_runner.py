@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cache_actors.demo_model import TINY_SPEC, build_demo_tokenizer, export_demo_model
-from cache_actors.model_runner import ModelRunner
-from cache_actors.sampling import SamplingParams, find_stop, make_generator, sample_next
+from cache_actors.engine.demo_model import TINY_SPEC, build_demo_tokenizer, export_demo_model
+from cache_actors.engine.model_runner import ModelRunner
+from cache_actors.engine.sampling import SamplingParams, find_stop, make_generator, sample_next
 
 
 def test_byte_tokenizer_round_trips_any_text():

@@ -11,9 +11,9 @@ import pytest
 from safetensors.torch import save_file
 
 from cache_actors import KVCacheConfig, PersistenceError, UltraAdaptiveKVCacheEngine
-from cache_actors.demo_model import TINY_SPEC
-from cache_actors.model_runner import ModelRunner
-from cache_actors.persistence import MANIFEST, TENSORS
+from cache_actors.engine.demo_model import TINY_SPEC
+from cache_actors.engine.model_runner import ModelRunner
+from cache_actors.core.persistence import MANIFEST, TENSORS
 
 PROMPTS = [f"Customer {i} asks about invoices, refunds and delivery times. " * 3 for i in range(3)]
 
@@ -127,7 +127,7 @@ def test_other_model_is_refused(saved, tmp_path):
 
 
 def test_other_dtype_is_refused(saved, tiny_runner):
-    from cache_actors.demo_model import build_demo_model, build_demo_tokenizer
+    from cache_actors.engine.demo_model import build_demo_model, build_demo_tokenizer
     import torch
 
     runner = ModelRunner(build_demo_model(TINY_SPEC, torch.bfloat16), build_demo_tokenizer(), model_id=tiny_runner.model_id)

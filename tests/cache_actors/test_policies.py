@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_actors.adaptive_policy import AdaptivePolicy
-from cache_actors.block_index import BlockIndex, BlockNode
-from cache_actors.lrfu_policy import CrfTable, LrfuPolicy
+from cache_actors.policies.adaptive import AdaptivePolicy
+from cache_actors.core.block_index import BlockIndex, BlockNode
+from cache_actors.policies.lrfu import CrfTable, LrfuPolicy
 from cache_actors.policies import POLICY_REGISTRY, LFUPolicy, LRUPolicy, PriorityPolicy, make_policy
-from cache_actors.replay import replay_request
+from cache_actors.policies.replay import replay_request
 
 ALL_POLICIES = sorted(POLICY_REGISTRY) + ["lrfu"]
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache_actors.policies import make_policy
-from cache_actors.policy_sim import (
+from cache_actors.policies.simulator import (
     TraceError,
     TraceRequest,
     load_trace,

@@ -7,12 +7,12 @@ import multiprocessing
 import pytest
 import torch
 
-from cache_actors.block_checksum import block_checksums
+from cache_actors.core.block_checksum import block_checksums
 from cache_actors.codecs import KVShape, make_codec
-from cache_actors.hashing import CacheNamespace, hash_prompt_blocks
+from cache_actors.core.hashing import CacheNamespace, hash_prompt_blocks
 from cache_actors.policies import make_policy
-from cache_actors.shard_store import EVICTED, STORED, TOUCHED, ShardStore
-from cache_actors.shm_pool import SharedBlockPool
+from cache_actors.cluster.shard_store import EVICTED, STORED, TOUCHED, ShardStore
+from cache_actors.cluster.shm_pool import SharedBlockPool
 
 SHAPE = KVShape(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4)
 ROOT = CacheNamespace("m", "float32", 4, "L2H2D8").root_hash()

@@ -11,15 +11,15 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
-from cache_actors.model_runner import ModelRunner
-from cache_actors.structured import (
+from cache_actors.engine.model_runner import ModelRunner
+from cache_actors.engine.structured import (
     RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS,
     GrammarSpec,
     TokenConstraint,
     TokenizerGrammar,
     compile_response_format,
 )
-from cache_actors.structured import tokenizer_grammar
+from cache_actors.engine.structured import tokenizer_grammar
 
 MAX_TOKENS = 200
 

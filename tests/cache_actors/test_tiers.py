@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from cache_actors.block_checksum import block_checksum
+from cache_actors.core.block_checksum import block_checksum
 from cache_actors.tiers import DiskTier, RedisTier, WireError, decode_block, encode_block
 from tests.cache_actors.redis_server import PrivateRedis
 

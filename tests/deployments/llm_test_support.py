@@ -3,7 +3,7 @@ built over it, and a client that hangs up mid-stream.
 
 It speaks the engine's ``generate_stream`` protocol (delta events, then one
 done event; ValueError before the first event for a refused request) by
-decoding with `ModelRunner` and `cache_actors.sampling`, one token per event.
+decoding with `ModelRunner` and `cache_actors.engine.sampling`, one token per event.
 It records what it was asked and which streams were closed before ``done``,
 so tests can check that the HTTP layer stops generation when a client leaves.
 """
@@ -17,11 +17,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from cache_actors.model_runner import ModelRunner
-from cache_actors.requests import LLMRequest
-from cache_actors.sampling import SamplingParams, find_stop, make_generator, sample_next
-from deployments.llm.openai_api import build_openai_app
-from deployments.llm.protocol import RequestRefused
+from cache_actors.engine.model_runner import ModelRunner
+from cache_actors.engine.requests import LLMRequest
+from cache_actors.engine.sampling import SamplingParams, find_stop, make_generator, sample_next
+from deployments.llm.openai.routes import build_openai_app
+from deployments.llm.openai.protocol import RequestRefused
 
 MAX_TOKENS_LIMIT = 512
 

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from ray import serve
 
-from cache_actors.model_runner import ModelRunner
+from cache_actors.engine.model_runner import ModelRunner
 from deployments.llm import build_llm
 from tests.deployments.conftest import run_app
 

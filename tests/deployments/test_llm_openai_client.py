@@ -15,8 +15,8 @@ import openai
 import pytest
 import uvicorn
 
-from cache_actors.demo_model import TINY_SPEC
-from cache_actors.model_runner import ModelRunner
+from cache_actors.engine.demo_model import TINY_SPEC
+from cache_actors.engine.model_runner import ModelRunner
 from tests.deployments.conftest import free_port
 from tests.deployments.llm_test_support import TinyBackend, make_app, mounted
 

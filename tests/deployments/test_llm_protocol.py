@@ -19,9 +19,9 @@ from fastapi import FastAPI
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from cache_actors.demo_model import TINY_SPEC
-from cache_actors.model_runner import ModelRunner
-from cache_actors.requests import Sampling
+from cache_actors.engine.demo_model import TINY_SPEC
+from cache_actors.engine.model_runner import ModelRunner
+from cache_actors.engine.requests import Sampling
 from deployments.common.forwarding import call_asgi
 from tests.deployments.llm_test_support import (
     MAX_TOKENS_LIMIT,

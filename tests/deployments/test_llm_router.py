@@ -20,9 +20,9 @@ import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from cache_actors.hashing import CacheNamespace, hash_prompt_blocks
-from cache_actors.prompt_encoder import PromptEncoder
-from cache_actors.requests import LLMRequest
+from cache_actors.core.hashing import CacheNamespace, hash_prompt_blocks
+from cache_actors.engine.prompt_encoder import PromptEncoder
+from cache_actors.engine.requests import LLMRequest
 from deployments.llm.router import CacheAwareRouter, request_of
 from deployments.llm.routing_policy import (
     AFFINITY,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cache_actors import policy_sim
-from cache_actors.policy_sim import TraceRequest, load_trace, prepare_trace, write_trace
+from cache_actors.policies import simulator as policy_sim
+from cache_actors.policies.simulator import TraceRequest, load_trace, prepare_trace, write_trace
 from scripts.bench import traces
 from scripts.bench.traces import WORKLOADS, generate
 from scripts.cli import app

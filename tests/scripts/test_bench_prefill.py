@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-from cache_actors.demo_model import TINY_SPEC
-from cache_actors.model_runner import ModelRunner
+from cache_actors.engine.demo_model import TINY_SPEC
+from cache_actors.engine.model_runner import ModelRunner
 from scripts.bench.prefill_stall import measure_prefill_stall
 
 

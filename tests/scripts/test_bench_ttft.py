@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-from cache_actors.demo_model import TINY_SPEC
-from cache_actors.model_runner import ModelRunner
+from cache_actors.engine.demo_model import TINY_SPEC
+from cache_actors.engine.model_runner import ModelRunner
 from scripts.bench.ttft import measure_ttft
 
 

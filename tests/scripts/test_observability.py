@@ -190,9 +190,9 @@ def traffic(ray_metrics_port) -> Iterator[None]:
     import ray
 
     from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-    from cache_actors.demo_model import TINY_SPEC
-    from cache_actors.model_runner import ModelRunner
-    from cache_actors.requests import parse_request
+    from cache_actors.engine.demo_model import TINY_SPEC
+    from cache_actors.engine.model_runner import ModelRunner
+    from cache_actors.engine.requests import parse_request
 
     engine = UltraAdaptiveKVCacheEngine(
         KVCacheConfig(block_size=16, max_tokens=256, cache_strategy="lru", max_new_tokens=4,

@@ -1,0 +1,389 @@
+"""The continuous batcher: requests join and leave a shared decode batch between steps.
+
+One worker thread owns the model and the batch (model calls release the GIL,
+so the replica's event loop stays responsive). Each loop iteration:
+
+1. drops sequences whose client went away (their row is freed at once);
+2. prefills at most ``max_prefill_tokens`` of uncached prompt, so neither a
+   burst of prompts nor one long prompt stalls everyone's decoding for long:
+   first the next chunk of a prompt too long for one iteration (one at a
+   time, see `chunked_prefill`), then waiting sequences while rows are free.
+   Each is prefilled on top of its cached prefix, straight into its row of
+   the batch buffer, and its prompt blocks are stored at once so a concurrent
+   request with the same prefix already hits;
+3. runs one decode step for every running sequence and retires the finished
+   ones, storing the blocks their generated tokens filled.
+
+The caller side is asyncio: `stream` yields event dicts (``delta`` then one
+``done``), and closing the iterator cancels the sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Mapping
+
+import torch
+
+from cache_actors.engine.batching.chunked_prefill import ChunkedPrefill
+from cache_actors.engine.batching.detokenizer import IncrementalText
+from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
+from cache_actors.engine.batching.sequence import Sequence, SequenceRequest, TokenConstraint
+from cache_actors.core.kv_layout import block_views, blocks_from_cache
+from cache_actors.engine.requests import check_context
+
+logger = logging.getLogger(__name__)
+
+#: Compiles a response_format into a factory of per-sequence constraints (None: unconstrained).
+CompileFormat = Callable[[Mapping[str, Any]], Callable[[], TokenConstraint] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherConfig:
+    """Limits of one replica's batch."""
+
+    max_batch_size: int = 16
+    max_model_len: int | None = None  # None: the model's context, capped at 4096
+    max_prefill_tokens: int = 512  # per iteration; a longer prompt is prefilled in chunks
+    max_waiting: int = 1024
+
+
+async def collect(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """A stream of events as one result: ``{"text", "token_ids", **done event}`` (RuntimeError on an error event)."""
+    parts: list[str] = []
+    token_ids: list[int] = []
+    async for event in events:
+        if event["type"] == "delta":
+            parts.append(event["text"])
+            token_ids.extend(event["token_ids"])
+        elif event["type"] == "error":
+            raise RuntimeError(event["message"])
+        else:
+            return {"text": "".join(parts), "token_ids": token_ids, **event}
+    raise RuntimeError("the stream ended without a result")
+
+
+def _merge(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
+    if pending is None:
+        return event
+    return {"type": "delta", "text": pending["text"] + event["text"], "token_ids": pending["token_ids"] + event["token_ids"]}
+
+
+class BatcherOverloaded(RuntimeError):
+    """The waiting queue is full; the caller should retry later (HTTP 503)."""
+
+
+class ContinuousBatcher:
+    """Serves generation requests for one engine (its runner and KV cache) with continuous batching."""
+
+    def __init__(
+        self,
+        engine: Any,
+        config: BatcherConfig = BatcherConfig(),
+        *,
+        compile_format: CompileFormat | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        self.engine = engine
+        self.runner = engine.runner
+        self.cache = engine.cache
+        self.config = config
+        self.block_size = engine.config.block_size
+        model_len = config.max_model_len or min(self.runner.max_context, 4096)
+        self.max_model_len = min(model_len, self.runner.max_context)
+        geometry = self.runner.geometry
+        rounded = -(-self.max_model_len // self.block_size) * self.block_size
+        self.kv = RaggedKVBuffer(
+            num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads, head_dim=geometry.head_dim,
+            max_rows=config.max_batch_size, max_len=rounded, dtype=geometry.dtype, device=self.runner.device,
+        )
+        self._compile_format = compile_format
+        # Held for each iteration's model and cache work, so the engine's persist/load/clear run between iterations.
+        self._lock = lock or threading.Lock()
+        self._stop_ids = frozenset(self.runner.eos_token_ids)
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []  # index == row in self.kv
+        self._partial: ChunkedPrefill | None = None  # a long prompt being prefilled chunk by chunk
+        self._scratch: torch.Tensor | None = None  # its KV until it joins the batch (allocated on first use)
+        self._wake = threading.Condition()
+        self._closed = False
+        self.steps = 0
+        self.step_rows = 0  # sum of batch sizes over steps (mean batch = step_rows / steps)
+        self.steps_during_chunked_prefill = 0  # decode steps that ran while a long prompt was half prefilled
+        self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
+        self._thread.start()
+
+    # --- caller side -----------------------------------------------------------------
+    def check(self, request: SequenceRequest) -> Callable[[], TokenConstraint] | None:
+        """Refuse what can never run (ValueError); returns the request's constraint factory."""
+        if not request.token_ids:
+            raise ValueError("the prompt has no tokens")
+        check_context(len(request.token_ids), request.sampling.max_new_tokens, self.max_model_len, max_name="max_tokens")
+        if self._compile_format is not None and request.response_format is not None:
+            return self._compile_format(request.response_format)
+        if request.response_format not in (None, {"type": "text"}):
+            raise ValueError("structured output is not available on this server")
+        return None
+
+    async def stream(self, request: SequenceRequest) -> AsyncIterator[dict[str, Any]]:
+        """Events for one request: ``{"type": "delta", "text", "token_ids"}``..., then ``{"type": "done", ...}``.
+
+        Raises ValueError (bad request) or `BatcherOverloaded` before the first event.
+        Closing the iterator early cancels the request and frees its batch row.
+        """
+        factory = await asyncio.to_thread(self.check, request)  # compiling a schema can take a while
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def emit(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        seq = Sequence(
+            request=request,
+            emit=emit,
+            text=IncrementalText(self.runner.decode, request.sampling.stop),
+            constraint=factory() if factory else None,
+            stop_ids=self._stop_ids | frozenset(request.sampling.stop_token_ids),
+        )
+        with self._wake:
+            if self._closed:
+                raise BatcherOverloaded("the batcher is shut down")
+            if len(self._waiting) >= self.config.max_waiting:
+                raise BatcherOverloaded(f"{len(self._waiting)} requests are waiting; retry later")
+            self._waiting.append(seq)
+            self._wake.notify()
+        try:
+            while True:
+                event = await queue.get()
+                # A consumer slower than the decode steps (a Serve stream costs ~1 ms per item) gets the
+                # tokens that piled up as one delta, so streaming overhead never throttles the batch.
+                pending: dict[str, Any] | None = None
+                while event["type"] == "delta" and not queue.empty():
+                    pending = _merge(pending, event)
+                    event = queue.get_nowait()
+                if event["type"] == "delta":
+                    yield _merge(pending, event)
+                    continue
+                if pending is not None:
+                    yield pending
+                yield event
+                return
+        finally:
+            if not seq.finished:
+                seq.cancelled = True
+                with self._wake:
+                    self._wake.notify()
+
+    async def generate(self, request: SequenceRequest) -> dict[str, Any]:
+        """The whole result at once: ``{"text", "token_ids", **done event}``."""
+        return await collect(self.stream(request))
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (a replica whose batcher died must be restarted)."""
+        return self._thread.is_alive()
+
+    def load(self) -> dict[str, int]:
+        return {"running": len(self._running), "waiting": len(self._waiting), "max_batch_size": self.config.max_batch_size}
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    # --- worker side -------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._running and self._partial is None:
+                    self._wake.wait()
+                if self._closed:
+                    break
+            try:
+                with self._lock:
+                    self._drop_cancelled()
+                    self._admit()
+                    if self._running:
+                        self.steps_during_chunked_prefill += self._partial is not None
+                        self._step()
+            except Exception as exc:  # a bug must fail the requests in flight, not hang them
+                logger.exception("continuous batcher step failed")
+                self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
+        for seq in [*self._running, *self._waiting, *([self._partial.seq] if self._partial else [])]:
+            seq.emit({"type": "error", "message": "the server is shutting down"})
+
+    def _drop_cancelled(self) -> None:
+        with self._wake:
+            if any(s.cancelled for s in self._waiting):
+                self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
+        for row in range(len(self._running) - 1, -1, -1):
+            if self._running[row].cancelled:
+                self._retire(row, store=False)
+        if self._partial is not None and self._partial.seq.cancelled:
+            self._partial = None
+
+    def _free_rows(self) -> int:
+        """Rows a new sequence may take (the half-prefilled prompt has one promised)."""
+        return self.kv.max_rows - self.kv.active - (self._partial is not None)
+
+    def _admit(self) -> None:
+        budget = self.config.max_prefill_tokens
+        if self._partial is not None:
+            budget -= self._guard(self._partial.seq, "prefill", lambda: self._continue_partial(budget))
+        while budget > 0 and self._free_rows() > 0:
+            with self._wake:
+                if not self._waiting:
+                    return
+                seq = self._waiting.popleft()
+            if seq.cancelled:
+                continue
+            if self._partial is not None and len(seq.prompt_ids) > budget:
+                with self._wake:  # may not fit now: it waits for the long prompt to finish
+                    self._waiting.appendleft(seq)
+                return
+            budget -= self._guard(seq, "prefill", lambda: self._prefill(seq, budget))
+
+    def _guard(self, seq: Sequence, what: str, work: Callable[[], int]) -> int:
+        """Run ``work`` for ``seq``; a failure fails that sequence only. Returns the tokens computed."""
+        try:
+            return work()
+        except Exception as exc:
+            logger.exception("%s failed", what)
+            if self._partial is not None and self._partial.seq is seq:
+                self._partial = None
+            seq.finish_reason = "error"
+            seq.emit({"type": "error", "message": f"{what} failed: {type(exc).__name__}: {exc}"})
+            return 0
+
+    @torch.inference_mode()
+    def _prefill(self, seq: Sequence, budget: int) -> int:
+        """Prefill ``seq`` on top of its cached prefix, whole into a new row or, over ``budget``, a first chunk.
+
+        Returns the tokens computed.
+        """
+        ids = seq.prompt_ids
+        bs = self.block_size
+        hashes, hit = self.engine.match_prefix(ids, seq.request.tenant_id)
+        cached = hit.num_blocks * bs
+        if len(ids) - cached > budget and self._partial is None:
+            try:
+                if self._scratch is None:
+                    row_shape = self.kv.row_view(0).shape
+                    self._scratch = torch.zeros(row_shape, dtype=self.kv.buffer.dtype, device=self.kv.buffer.device)
+                if hit.num_blocks:
+                    self.cache.read_blocks(hit, block_views(self._scratch, bs)[: hit.num_blocks])
+            finally:
+                self.cache.release(hit)
+            self._partial = ChunkedPrefill(seq, hashes, cached, self._scratch)
+            return self._continue_partial(budget)
+        row = self.kv.add_row()
+        try:
+            if hit.num_blocks:
+                self.cache.read_blocks(hit, block_views(self.kv.row_view(row), bs)[: hit.num_blocks])
+            logits, kv = self.runner.prefill(ids, self.kv.row_cache(row, cached))
+            self.kv.set_length(row, len(ids))
+            self._store_prompt(hashes, hit.num_blocks, kv)
+        except BaseException:
+            self.kv.remove(row)
+            raise
+        finally:
+            self.cache.release(hit)
+        self._start(seq, hashes, cached, logits)
+        return len(ids) - cached
+
+    @torch.inference_mode()
+    def _continue_partial(self, budget: int) -> int:
+        """The next chunk of the long prompt; when it is complete, the sequence joins the batch."""
+        partial = self._partial
+        assert partial is not None
+        before = partial.done
+        logits = partial.advance(self.runner, budget)
+        if logits is None:
+            return partial.done - before
+        self._partial = None
+        row = self.kv.add_row()
+        partial.copy_into(self.kv.row_view(row))
+        self.kv.set_length(row, partial.done)
+        self._store_prompt(partial.hashes, partial.cached_tokens // self.block_size, partial.cache)
+        self._start(partial.seq, partial.hashes, partial.cached_tokens, logits)
+        return partial.done - before
+
+    def _store_prompt(self, hashes: list, known_blocks: int, kv: Any) -> None:
+        if self.runner.supports_prefix_reuse and len(hashes) > known_blocks:
+            self.cache.store(hashes, known_blocks, lambda first, count: blocks_from_cache(kv, first, count, self.block_size))
+
+    def _start(self, seq: Sequence, hashes: list, cached: int, logits: torch.Tensor) -> None:
+        """``seq`` holds the last row, prefilled: it runs from its first token on."""
+        seq.cached_tokens = cached
+        seq.prompt_hashes = hashes
+        self._running.append(seq)
+        seq.append(seq.choose(logits))
+        if seq.finished:
+            self._retire(len(self._running) - 1, store=False)
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        rows = len(self._running)
+        last = torch.tensor([[s.generated[-1]] for s in self._running], dtype=torch.long, device=self.runner.device)
+        cache, positions, mask = self.kv.decode_inputs()
+        out = self.runner.model(
+            input_ids=last, cache=cache, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1
+        )
+        self.kv.advance()
+        self.steps += 1
+        self.step_rows += rows
+        logits = out.logits[:, -1]
+        for row, seq in enumerate(self._running):
+            if not seq.cancelled:
+                seq.append(seq.choose(logits[row]))
+        for row in range(rows - 1, -1, -1):
+            seq = self._running[row]
+            if seq.finished or seq.cancelled:
+                self._retire(row, store=seq.finished)
+
+    def _retire(self, row: int, *, store: bool) -> None:
+        """Free ``row``; a finished sequence stores the blocks its output filled and gets its done event."""
+        seq = self._running[row]
+        if store and self.runner.supports_prefix_reuse:
+            self._store_generated(row, seq)
+        moved = self.kv.remove(row)
+        if moved is not None:
+            self._running[row] = self._running[moved]
+        self._running.pop()
+        if seq.finished:
+            done = seq.done_event()
+            self.engine.stats.record(
+                prompt_tokens=done["prompt_tokens"], cached_tokens=seq.cached_tokens,
+                completion_tokens=done["completion_tokens"], latency_ms=done["latency_ms"],
+                ttft_ms=done["ttft_ms"] or done["latency_ms"],
+            )
+            seq.emit(done)
+
+    def _store_generated(self, row: int, seq: Sequence) -> None:
+        fed = seq.fed_ids()[: self.kv.lengths[row]]
+        known = len(seq.prompt_hashes)
+        if len(fed) // self.block_size <= known:
+            return
+        try:
+            chain = self.engine.extend_hashes(seq.prompt_hashes, fed, seq.request.tenant_id)
+            kv = self.kv.row_cache(row, self.kv.lengths[row])
+            self.cache.store(chain, known, lambda first, count: blocks_from_cache(kv, first, count, self.block_size))
+        except Exception:  # caching is an optimisation: the answer is already complete
+            logger.exception("storing generated blocks failed")
+
+    def _fail_running(self, message: str) -> None:
+        if self._partial is not None:
+            self._partial.seq.finish_reason = "error"
+            self._partial.seq.emit({"type": "error", "message": message})
+            self._partial = None
+        for seq in self._running:
+            seq.finish_reason = "error"
+            seq.emit({"type": "error", "message": message})
+        while self._running:
+            self.kv.remove(len(self._running) - 1)
+            self._running.pop()

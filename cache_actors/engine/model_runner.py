@@ -1,0 +1,148 @@
+"""Runs a causal LM: prefill on top of a reused prefix, then one token at a time.
+
+The runner knows nothing about blocks or policies; it takes a prefix as a
+`DynamicCache` and returns the model's cache after the prefill so the caller
+can store what is new. Any Hugging Face causal LM whose cache is all
+full-attention layers works; sliding-window/hybrid models run without reuse.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from cache_actors.engine.demo_model import DEMO_MODEL_ID, DemoModelSpec, build_demo_model, build_demo_tokenizer
+from cache_actors.engine.prompt_encoder import PromptEncoder, hf_model_folder, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True, slots=True)
+class KVGeometry:
+    """Shape of the model's KV per token (what a block must hold)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def layout(self) -> str:
+        return f"L{self.num_layers}H{self.num_kv_heads}D{self.head_dim}"
+
+    def bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+
+
+def model_id_for(model_path: str | None, demo_spec: DemoModelSpec | None = None) -> str:
+    """The model's id: the demo model's sizes and seed, or the Hugging Face folder's name."""
+    if model_path is None:
+        spec = demo_spec or DemoModelSpec()
+        return f"{DEMO_MODEL_ID}-s{spec.seed}-{spec.hidden_size}x{spec.num_hidden_layers}"
+    return hf_model_folder(model_path).resolve().name
+
+
+def model_identity(model_path: str | None, demo_spec: DemoModelSpec | None = None) -> tuple[str, int]:
+    """``(model id, context length)`` of a model without loading its weights.
+
+    The LLM ingress answers ``/v1/models`` and checks context lengths with
+    this; it must name the model exactly as the runner of a replica does.
+    """
+    if model_path is None:
+        return model_id_for(None, demo_spec), (demo_spec or DemoModelSpec()).max_position_embeddings
+    config = AutoConfig.from_pretrained(hf_model_folder(model_path), local_files_only=True).get_text_config(decoder=True)
+    return model_id_for(model_path), int(getattr(config, "max_position_embeddings", 2048))
+
+
+class ModelRunner:
+    """A loaded model and tokenizer, with prefix-aware prefill."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, *, model_id: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompts = PromptEncoder(tokenizer)
+        self.model_id = model_id
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        config = model.config.get_text_config(decoder=True)
+        self.max_context = int(getattr(config, "max_position_embeddings", 2048))
+        self.vocab_size = int(config.vocab_size)
+        eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_token_ids: tuple[int, ...] = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        self.geometry, self.supports_prefix_reuse = self._probe_cache()
+
+    # --- construction ---------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model_path: str | None,
+        *,
+        dtype: str = "float32",
+        demo_spec: DemoModelSpec | None = None,
+        device: str = "cpu",
+    ) -> "ModelRunner":
+        """The model in ``model_path`` (a local Hugging Face folder), or the demo model."""
+        torch_dtype = _DTYPES[dtype]
+        if model_path is None:
+            spec = demo_spec or DemoModelSpec()
+            model = build_demo_model(spec, torch_dtype).to(device)
+            return cls(model, build_demo_tokenizer(), model_id=model_id_for(None, spec))
+        path = hf_model_folder(model_path)
+        tokenizer = load_tokenizer(model_path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device)
+        model.eval()
+        model.requires_grad_(False)
+        return cls(model, tokenizer, model_id=model_id_for(model_path))
+
+    @torch.inference_mode()
+    def _probe_cache(self) -> tuple[KVGeometry, bool]:
+        """Run one token to learn the KV geometry and whether prefixes can be reused."""
+        bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0
+        out = self.model(input_ids=torch.tensor([[bos]], device=self.device), cache=DynamicCache(), use_cache=True)
+        layers = out.cache.layers
+        keys = layers[0].keys
+        geometry = KVGeometry(len(layers), int(keys.shape[1]), int(keys.shape[3]), keys.dtype)
+        plain = all(type(layer) is DynamicLayer for layer in layers) and all(
+            layer.keys.shape == keys.shape for layer in layers
+        )
+        if not plain:
+            logger.warning("model %s has sliding-window or heterogeneous KV layers: prefix reuse is off", self.model_id)
+        return geometry, plain
+
+    # --- text ----------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt, with the model's special tokens (BOS)."""
+        return self.prompts.encode(text)
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a chat rendered with the tokenizer's own template."""
+        return self.prompts.encode_chat(messages)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.prompts.decode(token_ids)
+
+    # --- compute ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, token_ids: Sequence[int], prefix: DynamicCache | None = None) -> tuple[torch.Tensor, DynamicCache]:
+        """Run the tokens after ``prefix`` and return the last logits and the full cache."""
+        cache = prefix if prefix is not None else DynamicCache()
+        done = cache.get_seq_length()
+        if done >= len(token_ids):
+            raise ValueError("prefill needs at least one token after the cached prefix")
+        input_ids = torch.tensor([list(token_ids[done:])], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1], out.cache
+
+    @torch.inference_mode()
+    def step(self, token_id: int, cache: DynamicCache) -> torch.Tensor:
+        """Feed one generated token; return the next logits (the cache grows in place)."""
+        input_ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1]

@@ -1,0 +1,76 @@
+"""Prompt text to token ids, without the model.
+
+The model runner, the LLM ingress and the cache-aware router must all turn a
+prompt (or a chat) into the same token ids: the router hashes them to find
+which replica holds the prefix, so a different rendering there would make
+every affinity decision wrong. Keeping it apart from the runner lets the
+router load only a tokenizer (milliseconds, no weights).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from transformers import AutoTokenizer
+
+from cache_actors.engine.demo_model import build_demo_tokenizer
+
+
+def hf_model_folder(model_path: str) -> Path:
+    """``model_path`` as a local Hugging Face model folder; ValueError if it is not one."""
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def load_tokenizer(model_path: str | None) -> Any:
+    """The tokenizer of the model in ``model_path`` (a local Hugging Face folder), or the demo one."""
+    if model_path is None:
+        return build_demo_tokenizer()
+    return AutoTokenizer.from_pretrained(hf_model_folder(model_path), local_files_only=True)
+
+
+class PromptEncoder:
+    """Renders and tokenizes prompts and chats the way the model expects."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, model_path: str | None) -> "PromptEncoder":
+        return cls(load_tokenizer(model_path))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt, with the model's special tokens (BOS)."""
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """The chat as text through the tokenizer's own template (ValueError if it has none)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("this model's tokenizer has no chat template; use a completion prompt instead")
+        return self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+        )
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Token ids of a chat; BOS is added only if the template did not write it."""
+        rendered = self.render_chat(messages)
+        bos = self.tokenizer.bos_token or "\0"
+        return list(self.tokenizer(rendered, add_special_tokens=not rendered.startswith(bos))["input_ids"])
+
+    def encode_request(self, request: Mapping[str, Any]) -> list[int]:
+        """Ids of an LLM request dict: ``prompt_token_ids``, else ``messages``, else ``prompt``."""
+        ids = request.get("prompt_token_ids")
+        if ids is not None:
+            return list(ids)
+        if request.get("messages") is not None:
+            return self.encode_chat(request["messages"])
+        prompt = request.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError("a request needs a non-empty 'prompt' or 'messages'")
+        return self.encode(prompt)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)

@@ -1,0 +1,90 @@
+"""From a validated OpenAI request to the engine's backend requests: limits, defaults, fan-out.
+
+The backend (``LLMServer.generate_stream``) takes one `LLMRequest` per
+choice (the one request type, picklable); ``n > 1`` becomes n of them with
+seeds ``seed + i``, merged back into one response by the ingress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cache_actors.engine.requests import LLMRequest
+from deployments.llm.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /completions
+
+
+@dataclass(frozen=True, slots=True)
+class ServingLimits:
+    """What the served model accepts; checked at the ingress before any backend call."""
+
+    model_id: str
+    max_tokens_limit: int
+    max_context: int | None = None
+    default_completion_max_tokens: int = DEFAULT_COMPLETION_MAX_TOKENS
+
+
+def requested_max_tokens(request: CompletionRequest | ChatCompletionRequest) -> tuple[str, int | None]:
+    """The max-tokens parameter the client set (chat: ``max_completion_tokens`` wins) and its value."""
+    if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None:
+        return "max_completion_tokens", request.max_completion_tokens
+    return "max_tokens", request.max_tokens
+
+
+def check_limits(request: CompletionRequest | ChatCompletionRequest, limits: ServingLimits) -> None:
+    """Refuse a model we do not serve (404) and max tokens the server does not allow (400)."""
+    if request.model is not None and request.model != limits.model_id:
+        raise OpenAIError(404, f"The model `{request.model}` does not exist. This server serves `{limits.model_id}`.",
+                          param="model", code="model_not_found")
+    if isinstance(request, ChatCompletionRequest) and request.max_tokens is not None:
+        _check_max_tokens("max_tokens", request.max_tokens, limits)
+    name, value = requested_max_tokens(request)
+    if value is not None:
+        _check_max_tokens(name, value, limits)
+
+
+def _check_max_tokens(name: str, value: int, limits: ServingLimits) -> None:
+    if value > limits.max_tokens_limit:
+        raise OpenAIError(400, f"Invalid '{name}': {value}; this server generates at most "
+                               f"{limits.max_tokens_limit} tokens per request.", param=name, code="invalid_value")
+    if limits.max_context is not None and value >= limits.max_context:
+        raise OpenAIError(400, f"This model's maximum context length is {limits.max_context} tokens; "
+                               f"{name}={value} leaves no room for the prompt.", param=name,
+                          code="context_length_exceeded")
+
+
+def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, request_id: str,
+                        tenant_id: str | None, limits: ServingLimits) -> list[LLMRequest]:
+    """One backend request per choice; seeded choices get seeds ``seed + i`` so they differ reproducibly.
+
+    When the client left max tokens out, ``max_new_tokens`` is this server's
+    default and ``clamp_max_tokens`` tells the backend to lower it to what fits
+    in the context instead of refusing the request.
+    """
+    _, explicit = requested_max_tokens(request)
+    if explicit is not None:
+        max_new_tokens = explicit
+    elif isinstance(request, CompletionRequest):
+        max_new_tokens = min(limits.default_completion_max_tokens, limits.max_tokens_limit)
+    else:
+        max_new_tokens = limits.max_tokens_limit
+    is_chat = isinstance(request, ChatCompletionRequest)
+    out: list[LLMRequest] = []
+    for i in range(request.choices):
+        out.append(LLMRequest.parse({
+            "request_id": request_id if request.choices == 1 else f"{request_id}-{i}",
+            "prompt": None if is_chat else request.prompt,
+            "messages": [dict(m) for m in request.messages] if is_chat else None,
+            "tenant_id": tenant_id,
+            "sampling": {
+                "max_new_tokens": max_new_tokens,
+                "temperature": 1.0 if request.temperature is None else request.temperature,
+                "top_p": 1.0 if request.top_p is None else request.top_p,
+                "stop": list(request.stop),
+                "seed": None if request.seed is None else request.seed + i,
+            },
+            "response_format": request.response_format,
+            "clamp_max_tokens": explicit is None,
+        }))
+    return out

@@ -1,0 +1,394 @@
+"""OpenAI's completions and chat request bodies: validation, and conversion to backend requests.
+
+Pure (pydantic only): the FastAPI routes in `deployments.llm.openai.routes` parse
+a body with `CompletionRequest` / `ChatCompletionRequest`; then
+`deployments.llm.openai.backend_requests` checks it against the served model and
+fans it out into the `LLMRequest`s the engine's ``generate_stream`` takes.
+
+Why so strict: a client that sends a feature we do not implement (logprobs,
+tools, penalties, ...) must hear so with a 400 that names the parameter; a
+silently ignored parameter returns plausible but wrong answers. Unknown fields
+are refused like OpenAI does ("Unrecognized request argument supplied").
+Validators raise `PydanticCustomError` whose *type* becomes the OpenAI error
+``code`` and whose ``ctx["param"]``, when present, the error's ``param``
+(`deployments.llm.openai.errors.from_validation_errors`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from deployments.common.error_codes import code_for_status
+
+MAX_N = 8
+MAX_STOP = 4
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1 - MAX_N  # seed + i must stay a valid torch seed
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+"""Accepted roles and what they become (chat templates rarely know ``developer``)."""
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class OpenAIError(Exception):
+    """An error answered with OpenAI's body ``{"error": {message, type, param, code}}``."""
+
+    def __init__(self, status_code: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.param = param
+        # Clients branch on ``code``; one is always there, the status's when the site names none.
+        self.code = code or code_for_status(status_code)
+        self.type = type
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class RequestRefused(ValueError):
+    """What a backend may raise (instead of a bare ValueError) to name the refused parameter.
+
+    Picklable, so it crosses a Serve handle; the ingress answers 400 with
+    ``param`` and ``code`` (a bare ValueError gives ``param: null``).
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_refused, (str(self), self.param, self.code))
+
+
+def _rebuild_refused(message: str, param: str | None, code: str | None) -> RequestRefused:
+    return RequestRefused(message, param=param, code=code)
+
+
+def _invalid(message: str, *, param: str | None = None, code: str = "invalid_value") -> PydanticCustomError:
+    return PydanticCustomError(code, message, {"param": param} if param else None)
+
+
+def _unsupported(param: str, what: str) -> PydanticCustomError:
+    return PydanticCustomError("unsupported_parameter", f"'{param}' is not supported by this server: {what}",
+                               {"param": param})
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = (low < value if low_open else low <= value) and value <= high and not math.isnan(value)
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise _invalid(f"Invalid '{name}': {value!r}; expected a value in {bracket}{low:g}, {high:g}].", param=name)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # the SDK may send it; there is nothing to obfuscate here
+
+
+class _Common(BaseModel):
+    """Fields shared by both endpoints (after validation: normalized, defaults still None)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stop: Any = ()
+    seed: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    response_format: Any = None
+    user: str | None = None
+    store: bool | None = None
+    logit_bias: dict[str, Any] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _positive_max_tokens(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise _invalid(f"Invalid 'max_tokens': {value}; it must be at least 1.", param="max_tokens")
+        return value
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float | None) -> float | None:
+        if value is not None:
+            _check_range("temperature", value, 0.0, 2.0)
+        return value
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, value: float | None) -> float | None:
+        if value is not None:
+            _check_range("top_p", value, 0.0, 1.0, low_open=True)
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_N:
+            raise _invalid(f"Invalid 'n': {value}; this server generates 1 to {MAX_N} choices per request.",
+                           param="n")
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        if value is not None and not MIN_SEED <= value <= MAX_SEED:
+            raise _invalid(f"Invalid 'seed': {value}; expected a 64-bit signed integer.", param="seed")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise _invalid("Invalid 'stop': expected a string or a list of strings.", param="stop", code="invalid_type")
+        if len(stops) > MAX_STOP:
+            raise _invalid(f"Invalid 'stop': {len(stops)} sequences; at most {MAX_STOP} are allowed.", param="stop")
+        if any(s == "" for s in stops):
+            raise _invalid("Invalid 'stop': stop sequences must not be empty strings.", param="stop")
+        return tuple(stops)
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, value: Any) -> dict[str, Any] | None:
+        return None if value is None else check_response_format(value)
+
+    @field_validator("store")
+    @classmethod
+    def _no_store(cls, value: bool | None) -> bool | None:
+        if value:
+            raise _unsupported("store", "completions are not stored")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value:
+            raise _unsupported("logit_bias", "token biases are not applied")
+        return value
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalties(cls, value: float | None, info: Any) -> float | None:
+        if value is not None and value != 0:
+            raise _unsupported(info.field_name, "only 0 is accepted")
+        return value
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> _Common:
+        if self.stream_options is not None and not self.stream:
+            raise _invalid("The 'stream_options' parameter is only allowed when 'stream' is true.",
+                           param="stream_options")
+        return self
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+def check_response_format(value: Any) -> dict[str, Any]:
+    """Shape-check OpenAI's ``response_format`` and return it unchanged (the backend compiles schemas)."""
+    param = "response_format"
+    if not isinstance(value, dict):
+        raise _invalid("Invalid 'response_format': expected an object.", param=param, code="invalid_type")
+    kind = value.get("type")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        raise _invalid(f"Invalid 'response_format.type': {kind!r}; expected one of {', '.join(RESPONSE_FORMAT_TYPES)}.",
+                       param="response_format.type")
+    allowed = {"type", "json_schema"} if kind == "json_schema" else {"type"}
+    extra = sorted(set(value) - allowed)
+    if extra:
+        raise _invalid(f"Unrecognized argument in 'response_format': {extra[0]}", param=f"response_format.{extra[0]}")
+    if kind != "json_schema":
+        return value
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise _invalid("'response_format.json_schema' is required (an object with 'name' and 'schema') "
+                       "when type is 'json_schema'.", param="response_format.json_schema")
+    extra = sorted(set(spec) - {"name", "schema", "strict", "description"})
+    if extra:
+        raise _invalid(f"Unrecognized argument in 'response_format.json_schema': {extra[0]}",
+                       param=f"response_format.json_schema.{extra[0]}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+        raise _invalid("Invalid 'response_format.json_schema.name': 1-64 letters, digits, '_' or '-'.",
+                       param="response_format.json_schema.name")
+    if "schema" in spec and not isinstance(spec["schema"], dict):
+        raise _invalid("Invalid 'response_format.json_schema.schema': expected a JSON Schema object.",
+                       param="response_format.json_schema.schema", code="invalid_type")
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise _invalid("Invalid 'response_format.json_schema.strict': expected a boolean.",
+                       param="response_format.json_schema.strict", code="invalid_type")
+    return value
+
+
+class CompletionRequest(_Common):
+    """``POST /v1/completions``; ``prompt`` ends up a single string."""
+
+    prompt: Any
+    logprobs: int | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: Any) -> str:
+        if isinstance(value, list):
+            if len(value) != 1 or not isinstance(value[0], str):
+                raise _invalid("Invalid 'prompt': this server takes one prompt string per request "
+                               "(a list must hold exactly one string; token ids are not accepted).", param="prompt")
+            value = value[0]
+        if not isinstance(value, str):
+            raise _invalid("Invalid 'prompt': expected a string.", param="prompt", code="invalid_type")
+        if not value:
+            raise _invalid("Invalid 'prompt': the prompt is empty.", param="prompt")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise _unsupported("logprobs", "log probabilities are not returned")
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool | None) -> bool | None:
+        if value:
+            raise _unsupported("echo", "the prompt is not echoed")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise _unsupported("suffix", "insertion after a suffix is not implemented")
+        return value
+
+    @model_validator(mode="after")
+    def _best_of_is_n(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.choices:
+            raise _unsupported("best_of", f"only best_of == n ({self.choices}) is accepted")
+        return self
+
+
+class ChatCompletionRequest(_Common):
+    """``POST /v1/chat/completions``; ``messages`` ends up ``[{"role", "content"}]`` with string content."""
+
+    messages: Any
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, value: Any) -> list[dict[str, str]]:
+        if not isinstance(value, list):
+            raise _invalid("Invalid 'messages': expected an array of messages.", param="messages", code="invalid_type")
+        if not value:
+            raise _invalid("Invalid 'messages': empty array. Expected at least one message.", param="messages")
+        return [_message(i, m) for i, m in enumerate(value)]
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _positive_max_completion_tokens(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise _invalid(f"Invalid 'max_completion_tokens': {value}; it must be at least 1.",
+                           param="max_completion_tokens")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise _unsupported("logprobs", "log probabilities are not returned")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise _unsupported("top_logprobs", "log probabilities are not returned")
+        return value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None, info: Any) -> list[Any] | None:
+        if value:
+            raise _unsupported(info.field_name, "tool and function calling is not implemented")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: Any, info: Any) -> Any:
+        if value not in (None, "none"):
+            raise _unsupported(info.field_name, "tool and function calling is not implemented")
+        return value
+
+
+def _message(index: int, message: Any) -> dict[str, str]:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise _invalid(f"Invalid '{where}': expected an object.", param=where, code="invalid_type")
+    role = message.get("role")
+    if role in ("tool", "function"):
+        raise _unsupported(f"{where}.role", f"role '{role}' needs tool calling, which is not implemented")
+    if role not in CHAT_ROLES:
+        raise _invalid(f"Invalid '{where}.role': {role!r}; expected one of {', '.join(CHAT_ROLES)}.",
+                       param=f"{where}.role")
+    if message.get("tool_calls") or message.get("function_call"):
+        raise _unsupported(f"{where}.tool_calls", "tool and function calling is not implemented")
+    extra = sorted(set(message) - {"role", "content", "name", "tool_calls", "function_call", "refusal"})
+    if extra:
+        raise _invalid(f"Unrecognized argument in '{where}': {extra[0]}", param=f"{where}.{extra[0]}")
+    if "name" in message and not isinstance(message["name"], str):
+        raise _invalid(f"Invalid '{where}.name': expected a string.", param=f"{where}.name", code="invalid_type")
+    return {"role": CHAT_ROLES[role], "content": _content(where, message.get("content"))}
+
+
+def _content(where: str, content: Any) -> str:
+    """String content, or the text of ``[{"type": "text", "text": ...}]`` parts joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        raise _invalid(f"Invalid '{where}.content': expected a string or a non-empty array of text parts.",
+                       param=f"{where}.content", code="invalid_type")
+    texts = []
+    for j, part in enumerate(content):
+        part_where = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            raise _unsupported(f"{part_where}.type", f"content part type {kind!r}; only 'text' parts are accepted")
+        if not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
+            raise _invalid(f"Invalid '{part_where}': expected {{'type': 'text', 'text': <string>}}.", param=part_where)
+        texts.append(part["text"])
+    return "\n".join(texts)

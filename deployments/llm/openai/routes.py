@@ -1,0 +1,174 @@
+"""The OpenAI-compatible HTTP API of the LLM deployment, as a FastAPI app over a backend stream.
+
+Routes (inside the app; Serve mounts it under ``/v1``):
+
+- ``GET /models``, ``GET /models/{model}``: the one served model.
+- ``POST /completions``, ``POST /chat/completions``: OpenAI's bodies and
+  responses; ``stream: true`` answers server-sent events ending in
+  ``data: [DONE]`` (`deployments.llm.openai.sse`).
+- ``GET /health``.
+
+The app does no generation itself: ``stream_fn(request)`` starts one backend
+request (a `cache_actors.engine.requests.LLMRequest`) and returns its
+async iterator of events; in Serve that is
+``handle.options(stream=True).generate_stream.remote``. ``n > 1`` becomes n
+backend requests merged into one response. Every error answers with OpenAI's
+error body (`deployments.llm.openai.errors`). The app is builder-style, so it
+can be wrapped with ``serve.ingress(app)`` by a class that mixes in
+`deployments.common.forwarding.ServiceIngress` (gateway routing).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from deployments.common.forwarding import forwarded_caller
+from deployments.llm.openai.choice_streams import ChoiceStream, StreamFn, close_all, MergedEvents, open_choices
+from deployments.llm.openai.errors import from_backend_exception, from_validation_errors, install_openai_error_handlers
+from deployments.llm.openai.backend_requests import ServingLimits, check_limits, to_backend_requests
+from deployments.llm.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
+from deployments.llm.openai.responses import ID_PREFIX, ChoiceResult, ChunkShaper, Kind, full_response
+from deployments.llm.openai.sse import SSE_DONE, SSEResponse, sse_event
+
+OWNED_BY = "blatam"
+Body = TypeVar("Body", CompletionRequest, ChatCompletionRequest)
+
+
+async def parse_body(request: Request, model: type[Body]) -> Body:
+    """The JSON body validated as `model`; any problem is a 400 in OpenAI's shape.
+
+    Parsed by hand rather than as a FastAPI body parameter so a client that
+    forgets ``Content-Type: application/json`` (curl -d) is still understood.
+    """
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise from_validation_errors([{"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON"}]) from None
+    except RecursionError:  # nested deeper than the parser's stack allows
+        raise _too_deep() from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors(include_url=False)) from None
+    except RecursionError:  # parsed, but too deep to validate
+        raise _too_deep() from None
+
+
+def _too_deep() -> OpenAIError:
+    return OpenAIError(400, "The JSON body is nested too deeply; no request of this API nests more than a few "
+                            "levels.", code="invalid_json")
+
+
+def build_openai_app(
+    stream_fn: StreamFn,
+    *,
+    model_id: str,
+    max_context: int | None,
+    max_tokens_limit: int,
+    default_completion_max_tokens: int = 16,
+    overloaded_errors: tuple[type[BaseException], ...] = (),
+    title: str = "Blatam LLM (OpenAI-compatible)",
+) -> FastAPI:
+    """The app serving `model_id` through `stream_fn` (see the module docstring).
+
+    ``max_tokens_limit`` caps ``max_tokens`` per request (also the default for
+    chat when the client sets none); ``max_context`` (if known) refuses a
+    ``max_tokens`` that leaves no room for a prompt before calling the backend,
+    which checks prompt + max_tokens exactly after tokenizing.
+    ``overloaded_errors``: backend exception types that mean "busy, retry"
+    (503 with Retry-After), besides Serve's back pressure.
+    """
+    if max_tokens_limit < 1:
+        raise ValueError(f"max_tokens_limit must be at least 1, got {max_tokens_limit}")
+    limits = ServingLimits(model_id=model_id, max_tokens_limit=max_tokens_limit, max_context=max_context,
+                           default_completion_max_tokens=default_completion_max_tokens)
+    created = int(time.time())
+    app = FastAPI(title=title)
+    app.state.limits = limits
+    install_openai_error_handlers(app)
+
+    def model_card() -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": created, "owned_by": OWNED_BY,
+                "max_model_len": max_context}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": model_id}
+
+    @app.get("/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/models/{model:path}")
+    async def get_model(model: str) -> dict[str, Any]:
+        if model != model_id:
+            raise OpenAIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/completions")
+    async def completions(request: Request) -> Response:
+        body = await parse_body(request, CompletionRequest)
+        return await _generate(request, body, "completion")
+
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = await parse_body(request, ChatCompletionRequest)
+        return await _generate(request, body, "chat")
+
+    async def _generate(request: Request, body: CompletionRequest | ChatCompletionRequest, kind: Kind) -> Response:
+        check_limits(body, limits)
+        response_id = ID_PREFIX[kind] + uuid.uuid4().hex
+        caller = forwarded_caller(request)
+        try:  # a request the backend model refuses (e.g. an over-long tenant id) is a 400 like the backend's own
+            backend_requests = to_backend_requests(body, request_id=response_id,
+                                                   tenant_id=caller.tenant if caller else None, limits=limits)
+            streams = await open_choices(stream_fn, backend_requests)
+        except Exception as exc:  # noqa: BLE001 - mapped to the client's error in one place
+            raise from_backend_exception(exc, overloaded=overloaded_errors) from None
+        shaper = ChunkShaper(kind, response_id, int(time.time()), model_id, include_usage=body.include_usage)
+        if body.stream:
+            return SSEResponse(_stream_body(streams, shaper, overloaded_errors), cleanup=lambda: close_all(streams))
+        choices = [ChoiceResult(s.index) for s in streams]
+        try:
+            async with aclosing(MergedEvents(streams)) as events:
+                async for index, event in events:
+                    choices[index].apply(event)
+        except Exception as exc:  # noqa: BLE001 - mapped to the client's error in one place
+            raise from_backend_exception(exc, overloaded=overloaded_errors) from None
+        return JSONResponse(full_response(kind, response_id=response_id, created=shaper.created, model=model_id,
+                                          choices=choices))
+
+    return app
+
+
+async def _stream_body(streams: list[ChoiceStream], shaper: ChunkShaper,
+                       overloaded: tuple[type[BaseException], ...]) -> AsyncIterator[bytes]:
+    """The SSE events of one streamed response; an error after the start is an error event, then [DONE]."""
+    choices = [ChoiceResult(s.index) for s in streams]
+    try:
+        if shaper.kind == "chat":
+            for choice in choices:
+                yield sse_event(shaper.role(choice.index))
+        async with aclosing(MergedEvents(streams)) as events:
+            async for index, event in events:
+                choices[index].apply(event)
+                if event["type"] == "delta":
+                    if event["text"]:
+                        yield sse_event(shaper.delta(index, event["text"]))
+                else:
+                    yield sse_event(shaper.finish(index, event["finish_reason"]))
+        if shaper.include_usage:
+            yield sse_event(shaper.usage(choices))
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: report in the stream
+        yield sse_event(from_backend_exception(exc, overloaded=overloaded).body())
+    yield SSE_DONE
