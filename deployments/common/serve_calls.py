@@ -30,7 +30,7 @@ def call_as_own_request(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs)
 
     Only the internal id changes: the request id users and logs see stays the parent's.
     """
-    # NOTE: private Serve names; tests/deployments/test_serve_calls.py pins the behaviour on real Serve.
+    # NOTE: private Serve names; the n >= 2 tests of tests/deployments/test_llm_api.py pin this on real Serve.
     from ray.serve import context
     from ray.serve._private.utils import generate_request_id
 
