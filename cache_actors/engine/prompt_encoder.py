@@ -60,17 +60,5 @@ class PromptEncoder:
         bos = self.tokenizer.bos_token or "\0"
         return list(self.tokenizer(rendered, add_special_tokens=not rendered.startswith(bos))["input_ids"])
 
-    def encode_request(self, request: Mapping[str, Any]) -> list[int]:
-        """Ids of an LLM request dict: ``prompt_token_ids``, else ``messages``, else ``prompt``."""
-        ids = request.get("prompt_token_ids")
-        if ids is not None:
-            return list(ids)
-        if request.get("messages") is not None:
-            return self.encode_chat(request["messages"])
-        prompt = request.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError("a request needs a non-empty 'prompt' or 'messages'")
-        return self.encode(prompt)
-
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)

@@ -104,11 +104,10 @@ class ProxyRequestIdMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            headers = scope.get("headers", ())
-            found = [value for name, value in headers if name == _HEADER_BYTES]
-            if found:
-                request_id = sane_request_id(found[0].decode("latin-1")) or new_request_id()
-                scope["headers"] = [(name, value) for name, value in headers if name != _HEADER_BYTES]
+            incoming = _incoming_request_id(scope)
+            if incoming is not None:
+                request_id = sane_request_id(incoming) or new_request_id()
+                scope["headers"] = [(name, value) for name, value in scope["headers"] if name != _HEADER_BYTES]
                 scope["headers"].append((_HEADER_BYTES, request_id.encode("latin-1")))
         await self.app(scope, receive, send)
 

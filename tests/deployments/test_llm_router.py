@@ -224,7 +224,7 @@ def test_prompt_hashes_are_the_replicas_keys_per_tenant_and_layout():
     encoders = {None: PromptEncoder.load(None)}
     request = LLMRequest.parse({"prompt": "hello world, same prefix", "tenant_id": "acme"})
     got = prompt_hashes(request, {"iso": isolated, "shared": shared, "nostats": None}, encoders)
-    ids = encoders[None].encode_request({"prompt": request.prompt})
+    ids = encoders[None].encode(request.prompt)
     assert got.prompt_tokens == len(ids) and set(got.hashes) == {"iso", "shared"}
     assert got.hashes["iso"] == hash_prompt_blocks(CacheNamespace(**namespace, tenant="acme").root_hash(), ids, 4)
     assert got.hashes["shared"] == hash_prompt_blocks(CacheNamespace(**namespace).root_hash(), ids, 4)
@@ -232,7 +232,7 @@ def test_prompt_hashes_are_the_replicas_keys_per_tenant_and_layout():
     assert other.hashes["iso"] != got.hashes["iso"] and other.hashes["shared"] == got.hashes["shared"]
     chat = {"messages": [{"role": "user", "content": "hi there, how are you today?"}]}
     assert prompt_hashes(LLMRequest.parse(chat), {"r": shared}, encoders).hashes["r"] == hash_prompt_blocks(
-        CacheNamespace(**namespace).root_hash(), encoders[None].encode_request(chat), 4
+        CacheNamespace(**namespace).root_hash(), encoders[None].encode_chat(chat["messages"]), 4
     )
     assert prompt_hashes(request, {"r": None}, encoders) is None
     assert prompt_hashes(request, {"r": parse_layout({"namespace": namespace, "model_path": "/elsewhere"})}, encoders) is None
