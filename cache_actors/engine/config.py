@@ -41,7 +41,7 @@ class CacheStrategy(str, enum.Enum):
     QUANTIZED = "quantized"
 
 
-ModelDType = Literal["float32", "float16", "bfloat16"]
+ModelDType = Literal["auto", "float32", "float16", "bfloat16"]
 CodecName = Literal["native", "fp16", "bf16", "int8", "int4"]
 
 
@@ -67,7 +67,9 @@ class KVCacheConfig(BaseSettings):
         CacheStrategy.ADAPTIVE,
         validation_alias=AliasChoices("cache_strategy", "KV_CACHE_STRATEGY", "KV_CACHE_CACHE_STRATEGY"),
     )
-    dtype: ModelDType = Field("float32", description="Compute dtype of the model.")
+    dtype: ModelDType = Field(
+        "float32", description="Compute dtype of the model; `auto`: bf16 where the hardware runs it faster "
+                               "(CUDA with bf16, a CPU with AMX), else fp32 (fp16 on older GPUs).")
     use_compression: bool = Field(False, description="Lossless zstd for blocks written to disk or Redis.")
     use_quantization: bool = Field(False, description="Store blocks as intN (quantization_bits).")
     quantization_bits: int = Field(8, description="Bits per value of the quantized codec: 8 or 4.")

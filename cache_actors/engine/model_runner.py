@@ -41,6 +41,54 @@ class KVGeometry:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
 
+def end_token_ids(model: PreTrainedModel, tokenizer: Any) -> tuple[int, ...]:
+    """Every id that ends a turn: the config's, the generation config's and the tokenizer's EOS.
+
+    They disagree in real checkpoints (a chat model's turn ends with
+    ``<|im_end|>`` in ``generation_config.json`` while ``config.json`` names
+    ``<|endoftext|>``), and stopping on only one of them runs past the answer.
+    """
+    found: list[int] = []
+    sources = (model.config.get_text_config(decoder=True), getattr(model, "generation_config", None), tokenizer)
+    for source in sources:
+        value = getattr(source, "eos_token_id", None)
+        for token in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(token, int) and token >= 0 and token not in found:
+                found.append(token)
+    return tuple(found)
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> torch.dtype:
+    """The compute dtype; ``auto`` is bf16 only where the hardware makes it faster than fp32.
+
+    Measured on an AVX512-BF16 CPU without AMX (2 threads, SmolLM2-135M): bf16
+    prefilled 1,024 tokens 1.5x slower and decoded 1.1x slower than fp32, so
+    on CPU ``auto`` takes bf16 only with AMX tiles; on CUDA when the GPU
+    supports bf16.
+    """
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_amx() else torch.float32
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU has AMX tiles (fast bf16 matrix multiply)."""
+    try:
+        return "amx" in torch.backends.cpu.get_cpu_capability().lower() or _cpuinfo_has("amx_bf16")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _cpuinfo_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return any(line.startswith("flags") and flag in line.split() for line in info)
+    except OSError:
+        return False
+
+
 def model_id_for(model_path: str | None, demo_spec: DemoModelSpec | None = None) -> str:
     """The model's id: the demo model's sizes and seed, or the Hugging Face folder's name."""
     if model_path is None:
@@ -74,8 +122,7 @@ class ModelRunner:
         config = model.config.get_text_config(decoder=True)
         self.max_context = int(getattr(config, "max_position_embeddings", 2048))
         self.vocab_size = int(config.vocab_size)
-        eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
-        self.eos_token_ids: tuple[int, ...] = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        self.eos_token_ids = end_token_ids(model, tokenizer)
         self.geometry, self.supports_prefix_reuse = self._probe_cache()
 
     # --- construction ---------------------------------------------------------------
@@ -89,7 +136,7 @@ class ModelRunner:
         device: str = "cpu",
     ) -> "ModelRunner":
         """The model in ``model_path`` (a local Hugging Face folder), or the demo model."""
-        torch_dtype = _DTYPES[dtype]
+        torch_dtype = resolve_dtype(dtype, device)
         if model_path is None:
             spec = demo_spec or DemoModelSpec()
             model = build_demo_model(spec, torch_dtype).to(device)
@@ -99,7 +146,11 @@ class ModelRunner:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device)
         model.eval()
         model.requires_grad_(False)
-        return cls(model, tokenizer, model_id=model_id_for(model_path))
+        runner = cls(model, tokenizer, model_id=model_id_for(model_path))
+        logger.info("loaded %s from %s: %s, context %d, end tokens %s, torch threads %d", runner.model_id, path,
+                    str(runner.dtype).removeprefix("torch."), runner.max_context, list(runner.eos_token_ids),
+                    torch.get_num_threads())
+        return runner
 
     @torch.inference_mode()
     def _probe_cache(self) -> tuple[KVGeometry, bool]:

@@ -55,6 +55,10 @@ def validate_configuration(config: KVCacheConfig, runner: "ModelRunner", cache: 
         warnings.append("enable_prefetch acts only in the distributed cache (tiers); a single engine keeps every block in memory")
     if config.num_threads and config.num_threads > (os.cpu_count() or 1):
         warnings.append(f"num_threads={config.num_threads} exceeds the {os.cpu_count()} CPUs: oversubscription slows torch down")
-    if config.dtype != "float32" and runner.device.type == "cpu":
-        warnings.append(f"dtype={config.dtype} on CPU: float32 is usually faster on CPUs without native half-precision matmul")
+    import torch
+
+    from cache_actors.engine.model_runner import cpu_has_amx
+
+    if runner.dtype != torch.float32 and runner.device.type == "cpu" and not cpu_has_amx():
+        warnings.append(f"dtype={str(runner.dtype).removeprefix('torch.')} on CPU: float32 is usually faster on CPUs without native half-precision matmul")
     return {"valid": not issues, "issues": issues, "warnings": warnings}

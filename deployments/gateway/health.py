@@ -16,6 +16,7 @@ cache) is ``unknown`` and the whole ``degraded``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -54,10 +55,25 @@ async def _service(state: GatewayState, service: str, app: str, app_state: AppSt
         return {"status": UNHEALTHY, "app": app, "detail": str(exc)[:300]}
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     if probe.status_code < 400:
-        return {"status": HEALTHY, "app": app, "latency_ms": latency_ms}
+        return {"status": HEALTHY, "app": app, "latency_ms": latency_ms, **_reported_model(probe.body)}
     if probe.status_code == 404:
         return {"status": HEALTHY, "app": app, "latency_ms": latency_ms, "detail": "running; no /health route"}
     return {"status": UNHEALTHY, "app": app, "detail": f"GET /health answered {probe.status_code}"}
+
+
+_MODEL_KEYS = {"model": "model", "kind": "model_kind", "note": "model_note"}
+
+
+def _reported_model(body: bytes) -> dict[str, Any]:
+    """The model a service says it serves (the llm app's /health: id, demo or not, why), if any."""
+    try:
+        reported = json.loads(body)
+    except ValueError:
+        return {}
+    if not isinstance(reported, dict):
+        return {}
+    return {ours: str(reported[theirs])[:500] for theirs, ours in _MODEL_KEYS.items()
+            if isinstance(reported.get(theirs), str)}
 
 
 async def _database(state: GatewayState) -> dict[str, Any]:

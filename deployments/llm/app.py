@@ -56,7 +56,19 @@ class LLMIngress(ServiceIngress):
             max_context=min(context, settings.max_model_len),
             max_tokens_limit=settings.max_tokens_limit,
             overloaded_errors=(BatcherOverloaded,),
+            model_info=model_info(settings),
         )
+
+
+DEMO_NOTE = ("the built-in demo model (random weights): its answers are not readable text; "
+             "`blatam up --model smollm2` or `model_path` serves a real model")
+
+
+def model_info(settings: LLMSettings) -> dict[str, Any]:
+    """What kind of model is served and why, for /health and /v1/models."""
+    kind = "demo" if settings.model_path is None else "huggingface"
+    note = settings.model_note or (DEMO_NOTE if kind == "demo" else None)
+    return {"kind": kind, **({"note": note} if note else {})}
 
 
 def router_config(settings: LLMSettings) -> RequestRouterConfig:

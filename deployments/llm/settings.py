@@ -22,6 +22,9 @@ class LLMSettings(BaseSettings):
         validation_alias=AliasChoices("model_path", "LLM_MODEL_PATH", "MODEL_PATH"),
         description="Local Hugging Face model folder; None serves the built-in demo model.",
     )
+    model_note: str | None = Field(
+        None, description="Why this model is served (e.g. the demo model because the real one could not be pulled); "
+                          "shown by /health and /v1/models.")
     served_model_name: str | None = Field(None, description="Name in /v1/models and responses (default: the model id).")
     max_batch_size: int = Field(16, ge=1, le=256, description="Sequences decoded together per replica.")
     max_model_len: int = Field(2048, ge=16, description="Context per sequence (capped at the model's).")

@@ -61,3 +61,25 @@ def test_greedy_and_stop_helpers():
     assert sample_next(torch.tensor([0.1, 3.0, 2.0]), SamplingParams(), None) == 1
     assert find_stop("hello world", ("wor", "lo")) == 3
     assert find_stop("hello", ("x",)) is None
+
+
+def test_end_tokens_come_from_config_generation_config_and_tokenizer(tmp_path):
+    """A chat checkpoint ends its turn with a token only generation_config.json names: stop on it too."""
+    import json
+
+    from cache_actors.engine.model_runner import end_token_ids
+
+    folder = export_demo_model(tmp_path / "demo", TINY_SPEC)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 2]}))
+    runner = ModelRunner.load(str(folder))
+    assert set(runner.eos_token_ids) == {2, 7}
+    assert end_token_ids(runner.model, runner.tokenizer)[0] == runner.model.config.eos_token_id
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_runs_it_fast():
+    from cache_actors.engine.model_runner import cpu_has_amx, resolve_dtype
+
+    assert resolve_dtype("auto") == (torch.bfloat16 if cpu_has_amx() else torch.float32)
+    assert resolve_dtype("bfloat16") == torch.bfloat16 and resolve_dtype("float32") == torch.float32
+    runner = ModelRunner.load(None, demo_spec=TINY_SPEC, dtype="auto")
+    assert runner.geometry.dtype == resolve_dtype("auto")

@@ -78,6 +78,7 @@ def build_openai_app(
     default_completion_max_tokens: int = 16,
     overloaded_errors: tuple[type[BaseException], ...] = (),
     title: str = "Blatam LLM (OpenAI-compatible)",
+    model_info: dict[str, Any] | None = None,
 ) -> FastAPI:
     """The app serving `model_id` through `stream_fn` (see the module docstring).
 
@@ -87,6 +88,9 @@ def build_openai_app(
     which checks prompt + max_tokens exactly after tokenizing.
     ``overloaded_errors``: backend exception types that mean "busy, retry"
     (503 with Retry-After), besides Serve's back pressure.
+    ``model_info`` (e.g. ``{"kind": "demo", "note": ...}``) joins the model
+    card under ``blatam`` and ``/health``, so a client sees that it talks to
+    the demo model and why.
     """
     if max_tokens_limit < 1:
         raise ValueError(f"max_tokens_limit must be at least 1, got {max_tokens_limit}")
@@ -98,12 +102,13 @@ def build_openai_app(
     install_openai_error_handlers(app)
 
     def model_card() -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": created, "owned_by": OWNED_BY,
+        card = {"id": model_id, "object": "model", "created": created, "owned_by": OWNED_BY,
                 "max_model_len": max_context}
+        return {**card, "blatam": dict(model_info)} if model_info else card
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": model_id}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_id, **(model_info or {})}
 
     @app.get("/models")
     async def list_models() -> dict[str, Any]:
