@@ -85,6 +85,7 @@ def convert_gguf(gguf_path: Path, dest: Path, *, dtype: str = "float32", end_tok
     context_length = getattr(model.config, "max_position_embeddings", None)
     if context_length:  # the GGUF tokenizer says 1e30; the model's context is the real bound
         tokenizer.model_max_length = context_length
+    tokenizer.init_kwargs.pop("local_files_only", None)  # a load option, not a property of the tokenizer
     tokenizer.save_pretrained(dest)
     progress.advance(1)
     check_saved_folder(dest, eos_ids, turn_end=end_tokens[0] if end_tokens else None)
