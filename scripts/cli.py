@@ -12,6 +12,7 @@ from scripts.admin import keys_app, users_app
 from scripts.bench import bench_app
 from scripts.cache_cli import cache_app
 from scripts.health import health
+from scripts.model_cli import model_app
 from scripts.observability.cli import dashboards_app
 from scripts.up import up
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 app.add_typer(cache_app, name="cache")
 app.add_typer(dashboards_app, name="dashboards")
+app.add_typer(model_app, name="model")
 app.command("up")(up)
 app.command("health")(health)
 app.add_typer(users_app, name="users")

