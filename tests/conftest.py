@@ -12,3 +12,6 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 # `database`: a fresh migrated storage Database per test, on SQLite and PostgreSQL.
 from tests.storage_fixtures import database  # noqa: E402,F401
+
+# `tiny_index` (a package index on disk serving a tiny GGUF model) and `smollm2_path` (the real model, pulled once).
+from tests.model_fixtures import smollm2_path, tiny_index  # noqa: E402,F401
