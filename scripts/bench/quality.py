@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from scripts.bench import bench_app
-from scripts.bench.report import console, print_table, write_json
+from scripts.bench.report import console, write_json
 
 if TYPE_CHECKING:  # httpx and the prompts load inside the command, not for `blatam --help`
     import httpx
@@ -53,6 +53,7 @@ APP_NAME = "llm-quality"
 REQUEST_TIMEOUT_S = 120.0
 DEFAULT_MAX_TOKENS = 96
 PREVIEW_CHARS = 60
+TABLE_WIDTH = 150
 
 
 @dataclass(slots=True)
@@ -338,13 +339,27 @@ def _pct(value: float | None) -> str:
 
 
 def print_report(result: dict[str, Any]) -> None:
+    from rich import box
+    from rich.table import Table
+
     rows = result["results"]
-    print_table(
-        f"answer quality: {result['model']} ({len(rows)} prompts, greedy)",
-        ["prompt", "kind", "ok?", "distinct-2", "cached/prompt", "ms", "answer"],
-        [[r["id"], r["kind"], "ok" if r["ok"] else "no: " + ",".join(r["reasons"]), r["quality"]["distinct_2"],
-          f"{r['cached_tokens']}/{r['prompt_tokens']}", _ms(r["total_ms"]), _preview(r["text"])] for r in rows],
-    )
+    # NOTE: a console narrower than the table (80 columns when stdout is a file or a pipe) would drop columns and
+    # squeeze the answer out: the table then keeps its own width, printed uncropped (a terminal wraps the lines).
+    narrow = console.width < TABLE_WIDTH
+    table = Table(title=f"answer quality: {result['model']} ({len(rows)} prompts, greedy)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, width=TABLE_WIDTH if narrow else None)
+    verdicts = ["ok" if r["ok"] else "no: " + ",".join(r["reasons"]) for r in rows]
+    table.add_column("prompt", no_wrap=True, min_width=max((len(r["id"]) for r in rows), default=6))
+    table.add_column("kind", no_wrap=True, min_width=4)
+    table.add_column("ok?", no_wrap=True, min_width=max(map(len, verdicts), default=3))
+    for column in ("distinct-2", "cached/prompt", "ms"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=max(len(column), 6))
+    table.add_column("answer", no_wrap=True, overflow="ellipsis")
+    for r, verdict in zip(rows, verdicts):
+        table.add_row(r["id"], r["kind"], verdict if r["ok"] else f"[red]{verdict}[/red]",
+                      f"{r['quality']['distinct_2']:.2f}", f"{r['cached_tokens']}/{r['prompt_tokens']}",
+                      _ms(r["total_ms"]), _preview(r["text"]))
+    console.print(table, crop=False)
     console.print("[dim]ms: whole request; TTFT, tokens/s and every full answer are in the JSON[/dim]")
     s = result["summary"]
     console.print(

@@ -25,6 +25,7 @@ from scripts.bench.quality_metrics import (
     is_clean_utf8,
     json_strings,
     longest_repeat_run,
+    longest_repeated_ngram,
     text_quality,
     tokens,
 )
@@ -41,7 +42,17 @@ ENGLISH = [
     "Net 30 means the customer has 30 days from the invoice date to pay the full amount.",
     "| Month | Income | Costs |\n|---|---|---|\n| March | 28,000 | 19,000 |\nThe forecast shows a surplus in "
     "every month, so you can plan for a new oven in the summer.",
+    # SmolLM2's answer to "margins": parallel definitions repeat an 8-token clause, which is still prose.
+    "The main difference between gross margin and net margin is how they are calculated.\n\nGross margin is the "
+    "profit made by a business after all expenses are accounted for, such as cost of goods sold, labor, and other "
+    "expenses. It's calculated by subtracting the cost of goods sold from revenue.\n\nNet margin, on the other "
+    "hand, is the profit made by a business after deducting the cost of goods sold from revenue. This is also "
+    "known as the profit margin",
 ]
+# SmolLM2's answer to "refund-policy": a whole sentence said twice, the way a small greedy model loops.
+REPEATED_SENTENCE = (
+    "First, we have a few candles that are made with the finest, most rarest, and most unique ingredients. We have "
+    "a few candles that are made with the finest, most rarest, and most unique ingredients. We also have a")
 
 
 def _random_bytes_text(seed: int, size: int = 300) -> str:
@@ -93,6 +104,20 @@ def test_the_the_the_is_a_loop():
     phrase = "We bake fresh bread every morning. " + "Thank you for your order. " * 3
     assert text_quality(phrase).reasons == ("loop",)
     assert text_quality(phrase).repeat_run == RepeatRun(n=5, repeats=3, start=6)
+
+
+def test_a_sentence_said_twice_word_for_word_is_a_loop():
+    quality = text_quality(REPEATED_SENTENCE)
+    assert quality.reasons == ("loop",) and quality.longest_repeated_ngram == 18
+    assert quality.distinct_2 > 0.5 and quality.repeat_run.repeats == 1  # what the other measures miss
+    assert text_quality(ENGLISH[-1]).longest_repeated_ngram == 8
+
+
+def test_longest_repeated_ngram():
+    assert longest_repeated_ngram(tokens("a b c")) == 0
+    assert longest_repeated_ngram(tokens("a b x a b")) == 2
+    assert longest_repeated_ngram(tokens("a a a a")) == 3  # overlapping occurrences count
+    assert longest_repeated_ngram([]) == 0 and longest_repeated_ngram(["x"]) == 0
 
 
 def test_distinct_n_and_repeat_run():
@@ -234,16 +259,19 @@ def test_bench_quality_command_on_the_demo_model(tmp_path: Path):
                            "--max-tokens", "48", "--json", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "ok" in done.stdout and "JSON valid 5/5" in done.stdout
+    assert "answer quality" in done.stdout and "tokens/s" in done.stdout
     result = json.loads(out.read_text())
     assert result["benchmark"] == "quality" and result["model"].startswith("blatam-demo-llama") and result["url"] is None
     assert set(result) >= {"config", "thresholds", "systems", "schemas", "summary", "results"}
     rows = result["results"]
     assert [r["id"] for r in rows] == [p.id for p in PROMPTS]
     for row in rows:
-        assert row["error"] is None and isinstance(row["text"], str) and row["text"]
+        # The demo's random bytes often decode to nothing at all: text may be empty, never missing.
+        assert row["error"] is None and isinstance(row["text"], str) and row["finish_reason"] in ("stop", "length")
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and row["total_ms"] > 0
-        assert row["ttft_ms"] is not None and 0 < row["ttft_ms"] <= row["total_ms"]
+        assert row["ttft_ms"] is None or 0 < row["ttft_ms"] <= row["total_ms"]
+        if row["kind"] == "json":
+            assert row["json"]["valid"] and row["text"].startswith("{") and row["ttft_ms"] is not None
         assert set(row["quality"]) >= {"english", "has_sentence", "distinct_2", "distinct_3", "repeat_run", "loop", "ok"}
         if row["cache_expected"]:  # a later prompt of a shared system prompt starts from cached blocks
             assert row["cached_tokens"] > 0, row["id"]
