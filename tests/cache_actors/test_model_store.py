@@ -10,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +121,20 @@ def test_ctrl_c_during_the_conversion_leaves_nothing(tiny_index: TinyIndex, tmp_
     with pytest.raises(KeyboardInterrupt):
         pull_model("tiny", root, catalog=tiny_index.catalog, progress=RecordingProgress(interrupt_at="convert"))
     assert _left_under(root) == []
+
+
+def test_a_killed_pull_s_work_folder_is_removed_by_the_next_pull_on_its_host(tmp_path, monkeypatch):
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owners = {"dead": {"host": socket.gethostname(), "pid": int(exited.stdout)},
+              "running": {"host": socket.gethostname(), "pid": os.getpid()},
+              "other-host": {"host": "some-other-host", "pid": int(exited.stdout)}}
+    for label, owner in owners.items():
+        (tmp_path / f".pull-smollm2-{label}").mkdir()
+        (tmp_path / f".pull-smollm2-{label}" / "owner.json").write_text(json.dumps(owner))
+    use_index(monkeypatch, closed_port_index_url())
+    with pytest.raises(IndexUnreachableError):
+        pull_model("smollm2", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".pull-smollm2-other-host", ".pull-smollm2-running"]
 
 
 def test_unknown_names_and_dtypes_are_refused_before_any_download(tmp_path):

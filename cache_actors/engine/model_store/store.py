@@ -3,15 +3,13 @@
 A pull works in a private `.pull-<name>-<random>` folder under the store's
 root and renames the finished model into place as its very last act, so a
 crash, an error or Ctrl-C never leaves a half-written model where the server
-would load it; the private folder is removed whatever happens.
+would load it; the private folder is removed whatever happens (see `workdir`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +20,13 @@ from cache_actors.engine.model_store.errors import ModelPullError
 from cache_actors.engine.model_store.fetch import DOWNLOAD_TIMEOUT_S, fetch_gguf
 from cache_actors.engine.model_store.manifest import build_manifest, install_problem, read_manifest, write_manifest
 from cache_actors.engine.model_store.progress import NullProgress, PullProgress
+from cache_actors.engine.model_store.workdir import pull_workdir
 
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "BLATAM_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
 MODELS_SUBDIR = "models"
-PULL_PREFIX = ".pull-"
-"""Private work folders of running (or killed) pulls; never listed as models."""
 DEMO_MODEL = "demo"
 
 
@@ -102,9 +99,7 @@ def pull_model(name: str, root: Path, *, dtype: str = "float32", force: bool = F
         if final.exists():
             raise ModelPullError(f"{final} exists but is not a complete {name} ({dtype}) install; "
                                  f"move it away or pull with --force")
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{PULL_PREFIX}{name}-", dir=root))
-    try:
+    with pull_workdir(root, name) as work:
         fetched = fetch_gguf(entry, work, progress=progress, timeout_s=download_timeout_s)
         staged = work / final.name
         staged.mkdir()
@@ -117,10 +112,6 @@ def pull_model(name: str, root: Path, *, dtype: str = "float32", force: bool = F
                                               gguf_sha256=fetched.sha256, model=report.as_dict(),
                                               progress=progress))
         return _move_into_place(staged, final, work, name=name, dtype=dtype, force=force)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if work.exists():
-            logger.warning("could not remove the pull work folder %s; delete it by hand", work)
 
 
 def resolve_model(spec: str | None, root: Path, *, catalog: Mapping[str, CatalogEntry] = CATALOG) -> str | None:
