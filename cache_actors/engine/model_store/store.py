@@ -62,7 +62,7 @@ def installed_models(root: Path) -> list[InstalledModel]:
         if folder.name.startswith(".") or not folder.is_dir():
             continue
         manifest = read_manifest(folder)
-        if manifest is None or install_problem(folder) is not None:
+        if manifest is None or install_problem(folder) is not None:  # no manifest, or files missing
             continue
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         found.append(InstalledModel(name=str(manifest.get("name")), dtype=str(manifest.get("dtype")), path=folder,
