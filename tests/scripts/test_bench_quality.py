@@ -13,9 +13,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+import typer
 
-from scripts.bench.quality import Answer, budget, judge, read_sse, request_body, summarize
+from scripts.bench.quality import (
+    Answer,
+    ask,
+    budget,
+    judge,
+    read_sse,
+    request_body,
+    resolve_model_spec,
+    served_model,
+    summarize,
+)
 from scripts.bench.quality_metrics import (
     RepeatRun,
     check_json,
@@ -246,6 +258,48 @@ def test_judge_and_summary():
     assert summary["prompts"] == 3 and summary["ok"] == 1 and summary["json_valid"] == 1 and summary["json_prompts"] == 2
     assert summary["cached_share"] == pytest.approx(128 / 290) and summary["cached_share_shared_system"] == pytest.approx(0.64)
     assert summary["errors"] == 1 and summary["readable"] == 1
+
+
+def _fake_server(answer: str = "Net 30 means you pay within thirty days.") -> httpx.MockTransport:
+    """An OpenAI-style server: /models, streamed and plain chat completions, a 400 for an unknown model."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "fake-model"}]})
+        body = json.loads(request.content)
+        if body.get("model") != "fake-model":
+            return httpx.Response(404, json={"error": {"message": "The model `x` does not exist."}})
+        usage = {"prompt_tokens": 40, "completion_tokens": 9, "prompt_tokens_details": {"cached_tokens": 32}}
+        if not body.get("stream"):
+            return httpx.Response(200, json={"choices": [{"message": {"content": answer}, "finish_reason": "stop"}],
+                                             "usage": usage})
+        chunks = [{"choices": [{"delta": {"content": answer[:8]}, "finish_reason": None}]},
+                  {"choices": [{"delta": {"content": answer[8:]}, "finish_reason": "stop"}]},
+                  {"choices": [], "usage": usage}]
+        text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
+def test_ask_over_http(stream: bool):
+    prompt = next(p for p in PROMPTS if p.id == "net-30")
+    with httpx.Client(transport=_fake_server()) as client:
+        assert served_model(client, "http://llm/v1") == "fake-model"
+        answer = ask(client, "http://llm/v1", request_body(prompt, model="fake-model", max_tokens=96, stream=stream),
+                     timeout_s=10)
+        assert answer.error is None and answer.text == "Net 30 means you pay within thirty days."
+        assert (answer.prompt_tokens, answer.cached_tokens, answer.finish_reason) == (40, 32, "stop")
+        assert (answer.ttft_ms is not None) == stream and answer.total_ms > 0
+        refused = ask(client, "http://llm/v1", request_body(prompt, model="other", max_tokens=96, stream=stream),
+                      timeout_s=10)
+        assert refused.error == "HTTP 404: The model `x` does not exist." and refused.text == ""
+
+
+def test_model_spec():
+    assert resolve_model_spec(None) is None and resolve_model_spec("demo") is None
+    with pytest.raises(typer.BadParameter):
+        resolve_model_spec("/no/such/model/folder")
 
 
 # --- the command, end to end on the demo model -----------------------------------------------------------
