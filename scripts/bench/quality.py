@@ -79,18 +79,8 @@ def resolve_model_spec(spec: str | None) -> str | None:
     Raises `typer.BadParameter` with the store's one-line message when the
     model is not installed.
     """
-    try:
-        from cache_actors.engine.model_store import ModelPullError, models_root, resolve_model
-    except ModuleNotFoundError as exc:
-        # NOTE: the model store lands in its own change; until then the demo model and folders still work.
-        if exc.name != "cache_actors.engine.model_store":
-            raise
-        if spec in (None, "demo"):
-            return None
-        if Path(spec).is_dir():
-            return str(Path(spec).resolve())
-        raise typer.BadParameter(f"{spec!r} is not a model folder (catalogue names need the model store)",
-                                 param_hint="--model") from None
+    from cache_actors.engine.model_store import ModelPullError, models_root, resolve_model
+
     try:
         return resolve_model(spec, models_root())
     except ModelPullError as exc:
