@@ -7,7 +7,9 @@ deploys every application of ``serve_config.yaml`` exactly as ``serve
 deploy`` would (same controller call, so ``deployments:`` overrides apply).
 Embedded defaults need no server: without DATABASE_URL the services share the
 SQLite file ``<data dir>/blatam.db``; without REDIS_URL rate limits are per
-process. Both are said in the output.
+process. Both are said in the output. The llm app serves SmolLM2 (pulled into
+``<data dir>/models`` on first start) unless ``--model`` says otherwise
+(`scripts.up_model`).
 
 Ray 2.60 turns token authentication on for clusters started by ``ray.init``
 (token in ``~/.ray/auth_token``). This command talks to its cluster in
@@ -40,6 +42,7 @@ from rich.console import Console
 
 from scripts.ray_access import cli_env, export_line, token_auth_enabled, token_location
 from scripts.serve_stop import SERVE_STOP_TIMEOUT_S, stop_serve
+from scripts.up_model import ModelChoiceError, apply_model, choose_model, configured_model, has_llm_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "serve_config.yaml"
@@ -180,14 +183,32 @@ def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None,
     print("\n".join(lines), flush=True)
 
 
+def select_model(config: Any, model: str | None, console: Console) -> str | None:
+    """Choose (and on first start pull) the llm app's model; the line to tell the user, None without an llm app."""
+    from cache_actors.engine.model_store import models_root
+
+    if not has_llm_app(config):
+        return None
+    configured = configured_model(config) or os.environ.get("LLM_MODEL_PATH") or os.environ.get("MODEL_PATH")
+    try:
+        choice = choose_model(model, configured, root=models_root(), console=console)
+    except ModelChoiceError as exc:
+        raise UpError(f"--model {model}: {exc}", 2) from exc
+    apply_model(config, choice)
+    return choice.describe()
+
+
 def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, dashboard: bool,
-           dashboard_port: int, data_dir: Path | None, deploy_timeout_s: float) -> int:
+           dashboard_port: int, data_dir: Path | None, deploy_timeout_s: float, model: str | None = None) -> int:
     """Start, deploy, block until a signal, shut down; return the exit code (1 when Serve did not stop in time)."""
     config = load_config(config_path, host=host, port=port)
     notes = prepare_environment(data_dir)
+    console = Console(stderr=True)  # spinners and progress bars only; on a pipe they print nothing
+    model_note = select_model(config, model, console)
+    if model_note:
+        notes.append(model_note)
     for note in notes:
         logger.info("%s", note)
-    console = Console(stderr=True)  # spinners only; on a pipe they print nothing
 
     with console.status("Importing Ray ..."):
         import ray
@@ -285,12 +306,16 @@ def up(
     dashboard_port: Annotated[int, typer.Option(help="Ray dashboard port.", min=1, max=65535)] = 8265,
     data_dir: Annotated[Path | None, typer.Option(help="Embedded data (default: $BLATAM_DATA_DIR or ./data).")] = None,
     deploy_timeout: Annotated[float, typer.Option(help="Seconds to wait for every app to run.")] = DEPLOY_TIMEOUT_S,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="demo, smollm2 or a local Hugging Face folder (default: the deploy file's model_path, else "
+                        "smollm2, pulled on first start; the demo model if that pull is impossible).")] = None,
 ) -> None:
     """Start a local Ray cluster and every service in serve_config.yaml; Ctrl-C stops it all."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         code = run_up(config_path=config, host=host, port=port, num_cpus=num_cpus, dashboard=dashboard,
-                      dashboard_port=dashboard_port, data_dir=data_dir, deploy_timeout_s=deploy_timeout)
+                      dashboard_port=dashboard_port, data_dir=data_dir, deploy_timeout_s=deploy_timeout,
+                      model=model)
     except UpError as exc:
         print(f"blatam up: {exc}", file=sys.stderr, flush=True)
         raise typer.Exit(exc.exit_code) from exc

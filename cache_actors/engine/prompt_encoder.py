@@ -18,11 +18,23 @@ from cache_actors.engine.demo_model import build_demo_tokenizer
 
 
 def hf_model_folder(model_path: str) -> Path:
-    """``model_path`` as a local Hugging Face model folder; ValueError if it is not one."""
+    """``model_path`` as a local Hugging Face model folder; ValueError if it is not one.
+
+    A catalogue name (``smollm2``) names the folder `blatam model pull`
+    installed under this node's data dir, so a deploy file can say
+    ``model_path: smollm2`` on every node alike.
+    """
     path = Path(model_path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
-    return path
+    if (path / "config.json").is_file():
+        return path
+    from cache_actors.engine.model_store import CATALOG, ModelPullError, models_root, resolve_model
+
+    if model_path in CATALOG:
+        try:
+            return Path(str(resolve_model(model_path, models_root())))
+        except ModelPullError as exc:
+            raise ValueError(f"model_path {model_path!r}: {exc}") from None
+    raise ValueError(f"model_path {model_path!r} is not a Hugging Face model folder (no config.json)")
 
 
 def load_tokenizer(model_path: str | None) -> Any:

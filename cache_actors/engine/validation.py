@@ -47,8 +47,13 @@ def validate_configuration(config: KVCacheConfig, runner: "ModelRunner", cache: 
         path = Path(config.persistence_path) if config.persistence_path else None
         if path is None or not _writable_dir(path):
             issues.append(f"persistence_path {config.persistence_path!s} is not writable")
-    if config.model_path is not None and not Path(config.model_path).is_dir():
-        issues.append(f"model_path {config.model_path} is not a directory")
+    if config.model_path is not None:
+        from cache_actors.engine.prompt_encoder import hf_model_folder
+
+        try:
+            hf_model_folder(config.model_path)
+        except ValueError as exc:
+            issues.append(str(exc))
     if config.use_quantization and config.codec not in (None, "int8", "int4"):
         warnings.append(f"use_quantization is set but codec={config.codec!r} overrides it")
     if config.enable_prefetch and config.prefetch_size and not config.enable_distributed:

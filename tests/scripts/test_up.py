@@ -74,20 +74,53 @@ def pasted_env(output: str) -> dict[str, str]:
 RAY_VARS = ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
-def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+def unreachable_index_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with pip pointed at a closed port and no config file or local wheels: every pull fails fast."""
+    clean = {k: v for k, v in env.items() if not k.startswith("PIP_")}
+    return {**clean, "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple"}
+
+
+def start_up(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], Output, int, int]:
     port, dashboard_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", *RAY_VARS)}
-    env.update(BLATAM_DATA_DIR=str(tmp_path / "data"), BLATAM_ENV="development", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.up", "--port", str(port), "--dashboard-port", str(dashboard_port),
-         "--num-cpus", "2"],
+         "--num-cpus", "2", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    output = Output(proc)
+    return proc, Output(proc), port, dashboard_port
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "MODEL_PATH",
+                                                               "LLM_MODEL_PATH", *RAY_VARS)}
+    env.update(BLATAM_DATA_DIR=str(tmp_path / "data"), BLATAM_ENV="development", PYTHONUNBUFFERED="1")
+    return env
+
+
+def stop_up(proc: subprocess.Popen[str], output: Output) -> str:
+    """Ctrl-C (SIGINT to the process group); the output printed after it, once the process exited 0."""
+    signalled_at = len(output.text)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+    started = time.monotonic()
+    assert proc.wait(timeout=STOP_TIMEOUT_S) == 0, output.text[-4000:]
+    print(f"blatam up stopped {time.monotonic() - started:.1f} s after SIGINT")
+    time.sleep(0.5)  # let the reader thread drain the pipe
+    return output.text[signalled_at:]
+
+
+def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    # No package index: the default model cannot be pulled, so the demo model serves, and says why.
+    env = unreachable_index_env(base_env(tmp_path))
+    proc, output, port, dashboard_port = start_up(tmp_path, env)
     base = f"http://127.0.0.1:{port}"
     try:
         output.wait_for("Press Ctrl-C to stop.", proc, START_TIMEOUT_S)
         assert f"{base}/docs" in output.text and "embedded SQLite" in output.text and "REDIS_URL not set" in output.text
+        assert "Could not pull smollm2" in output.text and "serving the built-in demo model instead" in output.text
+        assert "Model: built-in demo model (smollm2 could not be pulled" in output.text
+        assert not list((tmp_path / "data" / "models").glob("*")), "a failed pull left files behind"
+        card = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]
+        assert card["blatam"]["kind"] == "demo" and "could not be pulled" in card["blatam"]["note"], card
         assert f"http://127.0.0.1:{dashboard_port}" in output.text
 
         # The printed line is all another shell needs for Ray's CLI (address + token auth).
@@ -113,6 +146,7 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
             time.sleep(1)
         assert report["status"] == "healthy", report
         assert report["database"]["backend"] == "sqlite" and report["redis"]["status"] == "disabled"
+        assert report["cache"]["model_kind"] == "demo" and "could not be pulled" in report["cache"]["model_note"]
         assert report["services"]["redundancy"]["status"] == "healthy"
         assert (tmp_path / "data" / "blatam.db").exists()
 
@@ -132,17 +166,36 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         assert unsafe.headers.get_list("x-request-id") == [unsafe.json()["error"]["request_id"]]  # one, fresh
         assert len(unsafe.headers["x-request-id"]) <= 128 and "<" not in unsafe.headers["x-request-id"]
 
-        signalled_at = len(output.text)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
-        started = time.monotonic()
-        assert proc.wait(timeout=STOP_TIMEOUT_S) == 0, output.text[-4000:]
-        print(f"blatam up stopped {time.monotonic() - started:.1f} s after SIGINT")
-        time.sleep(0.5)  # let the reader thread drain the pipe
-        after = output.text[signalled_at:]
+        after = stop_up(proc, output)
         assert "Stopped." in after
         assert "graceful_shutdown failed" not in after and "Traceback" not in after, after[-4000:]
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{base}/health", timeout=5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@pytest.mark.real_model
+def test_blatam_up_serves_the_installed_real_model_by_default(tmp_path: Path, smollm2_path: Path) -> None:
+    """Installed once (here: the run's cached pull, linked into the data dir), SmolLM2 is what `blatam up` serves."""
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    (models / smollm2_path.name).symlink_to(smollm2_path, target_is_directory=True)
+    proc, output, port, _ = start_up(tmp_path, unreachable_index_env(base_env(tmp_path)))  # no pull is needed
+    base = f"http://127.0.0.1:{port}"
+    try:
+        output.wait_for("Press Ctrl-C to stop.", proc, START_TIMEOUT_S)
+        assert "Model: SmolLM2-135M-Instruct (" in output.text, output.text[-3000:]
+        card = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]
+        assert card["id"] == "SmolLM2-135M-Instruct" and card["blatam"] == {"kind": "huggingface"}, card
+        answer = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
+            "messages": [{"role": "user", "content": "What is a cash-flow forecast?"}], "max_tokens": 24,
+            "temperature": 0}).json()
+        words = answer["choices"][0]["message"]["content"].split()
+        assert len(words) >= 10 and sum(w.strip(".,").isalpha() for w in words) >= 8, answer
+        assert "Stopped." in stop_up(proc, output)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
