@@ -127,12 +127,15 @@ def measure_ttft(
         "overhead": medians["cached"] / medians["ideal"],
         "samples_ms": samples,
         "threads": torch.get_num_threads(),
+        "dtype": str(engine.runner.dtype).removeprefix("torch."),
     }
 
 
 @bench_app.command("ttft")
 def ttft_command(
-    model: str = typer.Option(None, "--model", help="Local Hugging Face model folder (default: the demo model)."),
+    model: str = typer.Option(None, "--model", help="demo (default), smollm2 (installed with `blatam model pull`) "
+                                                     "or a local Hugging Face model folder."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16 or auto."),
     prompt_tokens: int = typer.Option(2048, "--prompt-tokens", min=2),
     new_tokens: int = typer.Option(64, "--new-tokens", min=1, help="Tokens after the shared prefix."),
     block_size: int = typer.Option(64, "--block-size", min=1),
@@ -142,11 +145,18 @@ def ttft_command(
     distributed: bool = typer.Option(False, "--distributed", help="Also time the cache through Ray shard actors."),
 ) -> None:
     """Time to first token: uncached vs the engine's cache vs the in-process ideal."""
+    from cache_actors.engine.model_store import ModelPullError, models_root, resolve_model
+
+    try:
+        model_path = resolve_model(model, models_root())
+    except ModelPullError as exc:
+        console.print(f"blatam bench ttft: {exc}")
+        raise typer.Exit(2) from exc
     with console.status("importing torch and the cache engine, loading the model"):
         from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
 
         config = KVCacheConfig(
-            model_path=model, block_size=block_size, num_threads=threads,
+            model_path=model_path, block_size=block_size, num_threads=threads, dtype=dtype,
             max_tokens=max(4 * prompt_tokens, 8 * block_size), cache_strategy="lru",
         )
         engine = UltraAdaptiveKVCacheEngine(config)

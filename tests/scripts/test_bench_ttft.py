@@ -31,3 +31,35 @@ def test_measure_ttft_rejects_impossible_shapes(engine):
         measure_ttft(engine, prompt_tokens=100, new_tokens=100, runs=1)
     with pytest.raises(ValueError):
         measure_ttft(engine, prompt_tokens=5000, new_tokens=10, runs=1)
+
+
+@pytest.mark.real_model
+def test_bench_ttft_runs_on_smollm2_by_name(smollm2_path, tmp_path):
+    """`blatam bench ttft --model smollm2` finds the installed model by its catalogue name."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    (data / "models" / smollm2_path.name).symlink_to(smollm2_path, target_is_directory=True)
+    out = tmp_path / "ttft.json"
+    done = subprocess.run(
+        [sys.executable, "-c", "from scripts.cli import main; main()", "bench", "ttft", "--model", "smollm2",
+         "--prompt-tokens", "128", "--new-tokens", "16", "--block-size", "16", "--runs", "1", "--json", str(out)],
+        env={**os.environ, "BLATAM_DATA_DIR": str(data)}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["model"] == "SmolLM2-135M-Instruct" and result["cached_tokens"] == 112
+
+
+def test_bench_ttft_names_a_model_it_cannot_find(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from scripts.cli import main; main()", "bench", "ttft", "--model", "smollm2"],
+        env={**os.environ, "BLATAM_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "blatam model pull smollm2" in done.stdout + done.stderr
