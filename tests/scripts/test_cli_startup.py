@@ -68,7 +68,8 @@ def test_import_and_every_help_load_no_heavy_module() -> None:
     # typer still sees every command (each module registers its own; a lazy import must not drop one)
     expected = {"up", "health", "users create", "users list", "keys create", "keys revoke", "dashboards push",
                 "cache test", "cache config", "bench ttft", "bench policies", "bench gen-trace", "bench redundancy",
-                "bench gateway", "bench dataplane", "bench coordinator", "bench serve", "bench prefill"}
+                "bench gateway", "bench dataplane", "bench coordinator", "bench serve", "bench prefill", "bench quality",
+                "model pull", "model list"}
     assert expected <= set(found["commands"]), expected - set(found["commands"])
 
 
