@@ -172,11 +172,13 @@ def run_mode(base: str, api_key: str, data_dir: Path, *, cache: dict[str, Any], 
     key = {"X-API-Key": api_key}
     try:
         with httpx.Client(base_url=base, timeout=120) as http:
+            _wait_ready(http, key)
             started = time.perf_counter()
             ids = []
             for body in bodies:
                 response = http.post("/api/v1/bul/documents/generate", json=body, headers=key)
-                response.raise_for_status()
+                if response.status_code != 202:
+                    raise RuntimeError(f"submitting a job answered {response.status_code}: {response.text[:300]}")
                 ids.append(response.json()["task_id"])
             finished: dict[str, dict[str, Any]] = {}
             deadline = time.monotonic() + timeout_s
@@ -195,6 +197,18 @@ def run_mode(base: str, api_key: str, data_dir: Path, *, cache: dict[str, Any], 
     finally:
         serve.delete("bul")
         serve.delete(LLM_APP)
+
+
+def _wait_ready(http: Any, key: dict[str, str], timeout_s: float = 120.0) -> None:
+    """Until the gateway routes to the new bul app (its view of Serve is refreshed every second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = http.get("/api/v1/bul/health", headers=key)
+        if response.status_code == 200:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bul is not reachable through the gateway: {response.status_code} {response.text[:300]}")
+        time.sleep(0.5)
 
 
 @bench_app.command("services")
