@@ -135,7 +135,7 @@ def _fill(card: Card, answer: dict[str, Any]) -> Card:
     elif card.layout is Layout.TWO_COLUMNS:
         update["columns"] = [
             Column(heading=_text(answer.get(f"{side}_heading"), 40),
-                   items=_strings(answer.get(side), C.MAX_BULLET_CHARS, 3))
+                   items=_strings(answer.get(side), C.MAX_COLUMN_ITEM_CHARS, 3))
             for side in ("left", "right")
         ]
     elif card.layout is Layout.QUOTE:
@@ -152,7 +152,8 @@ def _fill(card: Card, answer: dict[str, Any]) -> Card:
 
 
 async def build_deck(plan: GenerationPlan, *, llm: LLMClient, tenant: str | None,
-                     timeout_s: float = C.LLM_CALL_TIMEOUT_S) -> tuple[Deck, Usage]:
+                     timeout_s: float = C.LLM_CALL_TIMEOUT_S, outline_max_tokens: int = C.OUTLINE_MAX_TOKENS,
+                     card_max_tokens: int = C.CARD_MAX_TOKENS) -> tuple[Deck, Usage]:
     """The cards of ``plan``; raises `LLMError` or `GenerationOutputError` when the LLM fails."""
     usage = Usage()
     chart = find_series(plan.input_text)
@@ -164,7 +165,7 @@ async def build_deck(plan: GenerationPlan, *, llm: LLMClient, tenant: str | None
     parts = split_breaks(plan.input_text) if plan.card_split is CardSplit.INPUT_TEXT_BREAKS else []
     num_cards = min(len(parts), C.MAX_CARDS) if parts else plan.num_cards
     raw = await _ask(llm, prompts.outline_messages(plan, num_cards), prompts.outline_schema(num_cards),
-                     max_tokens=C.OUTLINE_MAX_TOKENS, tenant=tenant, timeout_s=timeout_s, usage=usage, what="outline")
+                     max_tokens=prompts.outline_max_tokens(num_cards, outline_max_tokens), tenant=tenant, timeout_s=timeout_s, usage=usage, what="outline")
     try:
         outline = _Outline.model_validate(raw)
     except ValidationError as exc:
@@ -185,7 +186,7 @@ async def build_deck(plan: GenerationPlan, *, llm: LLMClient, tenant: str | None
             llm,
             prompts.card_messages(plan, title=title, headings=headings, index=index, layout=layout,
                                   source=parts[index] if parts else None),
-            prompts.CARD_SCHEMAS[layout], max_tokens=C.CARD_MAX_TOKENS, tenant=tenant, timeout_s=timeout_s,
+            prompts.CARD_SCHEMAS[layout], max_tokens=card_max_tokens, tenant=tenant, timeout_s=timeout_s,
             usage=usage, what=f"card {index + 1}")
         cards.append(_fill(card, answer))
     return Deck(title=title, format=plan.format, theme=plan.theme, cards=cards), usage

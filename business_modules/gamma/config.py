@@ -14,6 +14,8 @@ class GammaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GAMMA_", extra="ignore", validate_default=True)
 
     llm_call_timeout_s: PositiveFloat = C.LLM_CALL_TIMEOUT_S
+    outline_max_tokens: PositiveInt = C.OUTLINE_MAX_TOKENS
+    card_max_tokens: PositiveInt = C.CARD_MAX_TOKENS
     job_lease_s: PositiveFloat = C.JOB_LEASE_S
     job_heartbeat_s: PositiveFloat = C.JOB_HEARTBEAT_S
     result_retention_s: PositiveFloat = C.RESULT_RETENTION_S

@@ -26,16 +26,21 @@ MIN_CHART_POINTS = 2
 
 # JSON-schema bounds given to the LLM: a small model loops until max_tokens without them.
 MAX_TITLE_CHARS = 80
-MAX_HEADING_CHARS = 80
-MAX_BULLET_CHARS = 140
-MAX_BULLETS = 5
-MAX_QUOTE_CHARS = 240
-MAX_TABLE_CELLS_CHARS = 40
-MAX_TABLE_COLUMNS = 4
-MAX_TABLE_ROWS = 4
+MAX_HEADING_CHARS = 60
+MAX_BULLET_CHARS = 90
+MAX_BULLETS = 4
+MAX_QUOTE_CHARS = 200
+MAX_TABLE_CELLS_CHARS = 24
+MAX_TABLE_COLUMNS = 3
+MAX_TABLE_ROWS = 3
 
-OUTLINE_MAX_TOKENS = 200
-CARD_MAX_TOKENS = 220
+OUTLINE_MAX_TOKENS = 2048
+CARD_MAX_TOKENS = 512
+MAX_COLUMN_ITEM_CHARS = 60
+"""Token budgets: the outline's is the most it may get (it gets what its cards need,
+`prompts.outline_max_tokens`), a card's is one card's. Both are above the longest JSON
+their schemas allow in characters: above the longest JSON their schemas allow in
+characters, so a schema-bound ASCII answer is never cut (a byte-level model spends a token per byte)."""
 
 LLM_CALL_TIMEOUT_S = 90.0
 """Bound of one LLM call; a timeout fails the generation with that reason."""

@@ -52,11 +52,16 @@ def outline_schema(num_cards: int) -> dict[str, Any]:
                     "cards": {"type": "array", "items": card, "minItems": num_cards, "maxItems": num_cards}})
 
 
+def outline_max_tokens(num_cards: int, limit: int) -> int:
+    """Tokens the outline of ``num_cards`` may need: its longest JSON in characters, at most ``limit``."""
+    return min(limit, 32 + C.MAX_TITLE_CHARS + num_cards * (C.MAX_HEADING_CHARS + 40))
+
+
 CARD_SCHEMAS: dict[Layout, dict[str, Any]] = {
     Layout.TITLE: _object({"subtitle": _string(C.MAX_BULLET_CHARS)}),
     Layout.BULLETS: _object({"bullets": _list(C.MAX_BULLET_CHARS, C.MAX_BULLETS, 2)}),
-    Layout.TWO_COLUMNS: _object({"left_heading": _string(40), "left": _list(C.MAX_BULLET_CHARS, 3),
-                                 "right_heading": _string(40), "right": _list(C.MAX_BULLET_CHARS, 3)}),
+    Layout.TWO_COLUMNS: _object({"left_heading": _string(40), "left": _list(C.MAX_COLUMN_ITEM_CHARS, 3),
+                                 "right_heading": _string(40), "right": _list(C.MAX_COLUMN_ITEM_CHARS, 3)}),
     Layout.QUOTE: _object({"quote": _string(C.MAX_QUOTE_CHARS), "attribution": _string(60)}),
     Layout.TABLE: _object({"columns": _list(C.MAX_TABLE_CELLS_CHARS, C.MAX_TABLE_COLUMNS, 2),
                            "rows": {"type": "array", "items": _list(C.MAX_TABLE_CELLS_CHARS, C.MAX_TABLE_COLUMNS, 2),
@@ -69,7 +74,7 @@ _LAYOUT_ASK = {
     Layout.BULLETS: f"two to {C.MAX_BULLETS} bullet points",
     Layout.TWO_COLUMNS: "two columns, each with a heading and up to three points",
     Layout.QUOTE: "one quotable sentence from the input and who said it (or 'the team')",
-    Layout.TABLE: "a small table: column names and up to four rows of short cells",
+    Layout.TABLE: "a small table: column names and up to three rows of short cells",
     Layout.CHART: "a one-sentence caption for a chart of the input's numbers (the numbers are drawn for you)",
 }
 

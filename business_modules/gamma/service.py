@@ -169,7 +169,9 @@ class GammaService:
                 return
             try:
                 deck, usage = await build_deck(plan, llm=self.llm, tenant=owner,
-                                               timeout_s=self.settings.llm_call_timeout_s)
+                                               timeout_s=self.settings.llm_call_timeout_s,
+                                               outline_max_tokens=self.settings.outline_max_tokens,
+                                               card_max_tokens=self.settings.card_max_tokens)
                 report = assess(title=deck.title, cards=deck.cards, target_words=plan.target_words,
                                 keywords=plan.keywords, language=plan.language)
                 html = await asyncio.to_thread(render_html, deck, language=plan.language)
