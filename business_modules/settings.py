@@ -88,9 +88,9 @@ class Settings(StorageSettings):
                     'e.g. GATEWAY_SERVICES=\'{"redundancy": "redundancy-canary"}\'.',
     )
     gateway_stream_services: list[str] = Field(
-        default_factory=lambda: ["llm"],
+        default_factory=lambda: ["llm", "bul"],
         description="Services whose responses the gateway streams through as they are produced (server-sent "
-                    "events); the others are answered whole. E.g. GATEWAY_STREAM_SERVICES='[\"llm\"]'.",
+                    "events); the others are answered whole. E.g. GATEWAY_STREAM_SERVICES='[\"llm\", \"bul\"]' (BUL's job events).",
     )
     gateway_expected_services: list[str] | None = Field(
         None,

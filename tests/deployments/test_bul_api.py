@@ -56,8 +56,7 @@ def apps(serve_instance: ServeInstance, tmp_path_factory: pytest.TempPathFactory
                        "settings": FAST}), name="bul", route_prefix="/bul")
     settings = {"blatam_env": "test", "secret_key": SECRET, "database_url": TEST_DATABASE_URL,
                 "database_schema": schema, "redis_url": TEST_REDIS_URL, "rate_limit_key_prefix": prefix,
-                "rate_limit_default": "1000/minute", "gateway_request_timeout_s": 120,
-                "gateway_stream_services": ["llm", "bul"]}
+                "rate_limit_default": "1000/minute", "gateway_request_timeout_s": 120}
     run_app(build_gateway({"settings": settings}), name="gateway", route_prefix="/")
     keys = asyncio.run(seed_api_keys(TEST_DATABASE_URL, schema, secret=SECRET,
                                      users={"ann": ("acme", "bul"), "bo": ("globex", "bul")}))
