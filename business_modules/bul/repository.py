@@ -227,6 +227,10 @@ async def complete_with_version(db: Database, task: Task, *, attempt_id: str,
     """running -> completed and the next version, together; the version number, or None (nothing written)
     when the task was lost (cancelled, or failed by the lease sweeper)."""
     async with db.transaction():
+        # Lock the document's row first: two regenerations finishing together then take turns, and the
+        # second reads the first's committed version (PostgreSQL's read committed; SQLite has one writer).
+        await db.execute("UPDATE bul_documents SET updated_at = :now WHERE id = :id",
+                         {"id": task.document_id, "now": now})
         version = await next_version(db, task.document_id)
         won = await db.execute(
             "UPDATE bul_tasks SET status = 'completed', version = :version, progress_json = :progress,"

@@ -196,3 +196,32 @@ def test_escape_keeps_figures_and_makes_markup_literal() -> None:
     assert escape_markdown("$1,250,000 and 12.5%") == "$1,250,000 and 12.5%"
     assert escape_markdown("<b>x</b> & *y*") == "\\<b\\>x\\</b\\> \\& \\*y\\*"
     assert escape_markdown("# not a heading") == "\\# not a heading"
+
+
+async def test_two_regenerations_finishing_together_get_distinct_versions(database: Database) -> None:
+    """Each completion reads the latest version under the document's row lock: no duplicate, no lost version."""
+    import time
+    import uuid
+
+    from business_modules.bul import repository as repo
+    from business_modules.bul.models import TaskKind, TaskStatus
+
+    now = time.time()
+    doc = repo.Document(id=uuid.uuid4().hex, owner="acme", document_type="business_plan", title="t",
+                        request_json="{}", outline=None, current_version=0, created_at=now, updated_at=now)
+    await repo.insert_document(database, doc)
+    tasks = []
+    for index in range(4):
+        task = repo.Task(id=uuid.uuid4().hex, document_id=doc.id, owner="acme", kind=TaskKind.REGENERATE,
+                         section_index=index, request_json="{}", status=TaskStatus.QUEUED, priority=1, progress=[],
+                         created_at=now, updated_at=now, runner_id="r1")
+        await repo.insert_task(database, task)
+        assert await repo.claim(database, task.id, runner_id="r1", attempt_id=f"a{index}", now=now,
+                                lease_until=now + 60)
+        tasks.append(task)
+    versions = await asyncio.gather(*(
+        repo.complete_with_version(database, task, attempt_id=f"a{index}", sections=[], markdown=f"v{index}",
+                                   progress=[], now=now) for index, task in enumerate(tasks)))
+    assert sorted(versions) == [1, 2, 3, 4]
+    assert [v.version for v in await repo.versions_of(database, doc.id)] == [1, 2, 3, 4]
+    assert (await repo.get_document(database, doc.id)).current_version == 4
