@@ -9,6 +9,7 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pptx
@@ -18,6 +19,7 @@ import pytest
 from business_modules.auth import repository as _auth_repository  # noqa: F401 - registers auth migrations
 from business_modules.export import THEMES
 from business_modules.gamma import repository as _gamma_repository  # noqa: F401 - registers gamma migrations
+from business_modules.storage import open_database
 from deployments.app_builder import build_gateway
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.deployments.conftest import run_app
@@ -34,6 +36,29 @@ HOSTILE = "Plan {{ 7 * 7 }} <script>alert(1)</script>"
 INPUT = f"Quarterly review. {HOSTILE}\n\nNorth: 120\nSouth: 95\nEast: 143\n\nWe open two stores."
 
 
+@dataclass(frozen=True)
+class GammaEnv:
+    """One `env`: where to call, the gateway's API keys, and the database gamma stores its generations in."""
+
+    base_url: str
+    keys: dict[str, str]
+    database_url: str
+    database_schema: str | None  # PostgreSQL schema; None on SQLite
+
+    def generation_rows(self) -> int:
+        """Rows of ``gamma_generations`` in this env's database (PostgreSQL schema or SQLite file)."""
+        return asyncio.run(self._count())
+
+    async def _count(self) -> int:
+        schema = {"schema": self.database_schema} if self.database_schema else {}
+        # migrate (gamma only, under the migration lock) in case no request has opened the database yet
+        db = await open_database(self.database_url, components=["gamma"], **schema)
+        try:
+            return int(await db.fetch_value("SELECT COUNT(*) FROM gamma_generations"))
+        finally:
+            await db.close()
+
+
 @pytest.fixture(scope="module")
 def llm_app(serve_instance) -> Iterator[str]:
     from ray import serve
@@ -46,7 +71,7 @@ def llm_app(serve_instance) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
-def env(request, serve_instance, llm_app: str, tmp_path_factory: pytest.TempPathFactory):
+def env(request, serve_instance, llm_app: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GammaEnv]:
     """gamma (on one backend) behind the gateway; the gateway's auth tables always live in PostgreSQL."""
     from ray import serve
 
@@ -67,7 +92,8 @@ def env(request, serve_instance, llm_app: str, tmp_path_factory: pytest.TempPath
     keys = asyncio.run(seed_api_keys(TEST_DATABASE_URL, schema, secret=SECRET,
                                      users={"ann": ("acme", "gamma"), "bo": ("globex", "gamma")}))
     try:
-        yield serve_instance.base_url, keys
+        yield GammaEnv(base_url=serve_instance.base_url, keys=keys, database_url=database["database_url"],
+                       database_schema=database.get("database_schema"))
     finally:
         serve.delete("gateway")
         serve.delete("gamma")
@@ -95,15 +121,15 @@ def poll(http: httpx.Client, url: str, headers: dict) -> dict:
         time.sleep(0.5)
 
 
-def test_generation_through_the_gateway_with_cards_chart_and_exports(env) -> None:
-    base_url, keys = env
-    ann, bo = {"X-API-Key": keys["ann"]}, {"X-API-Key": keys["bo"]}
-    with httpx.Client(base_url=base_url, timeout=WAIT_S + 30) as http:
+def test_generation_through_the_gateway_with_cards_chart_and_exports(env: GammaEnv) -> None:
+    ann, bo = {"X-API-Key": env.keys["ann"]}, {"X-API-Key": env.keys["bo"]}
+    with httpx.Client(base_url=env.base_url, timeout=WAIT_S + 30) as http:
         created = http.post("/api/v1/gamma/generations", headers=ann, json={
             "inputText": INPUT, "format": "presentation", "numCards": 2, "themeId": "modern", "exportAs": "pptx",
             "textOptions": {"amount": "brief", "tone": "calm", "audience": "board", "language": "en"}})
         assert created.status_code == 202, created.text
         generation_id = created.json()["generationId"]
+        assert env.generation_rows() >= 1  # the counter reads the database this gamma writes
         assert created.json()["statusUrl"] == f"/api/v1/gamma/generations/{generation_id}"
 
         result = poll(http, f"/api/v1/gamma/generations/{generation_id}", ann)
@@ -135,10 +161,9 @@ def test_generation_through_the_gateway_with_cards_chart_and_exports(env) -> Non
         assert http.get(f"/api/v1/gamma/generations/{generation_id}").status_code == 401
 
 
-def test_original_content_generate_through_the_gateway(env) -> None:
-    base_url, keys = env
-    ann = {"X-API-Key": keys["ann"]}
-    with httpx.Client(base_url=base_url, timeout=WAIT_S + 30) as http:
+def test_original_content_generate_through_the_gateway(env: GammaEnv) -> None:
+    ann = {"X-API-Key": env.keys["ann"]}
+    with httpx.Client(base_url=env.base_url, timeout=WAIT_S + 30) as http:
         response = http.post("/api/v1/gamma/content/generate", headers=ann, json={
             "content_type": "social_post", "topic": f"Launch {HOSTILE}", "description": "We open a bakery.",
             "target_audience": "neighbours", "length": "short", "keywords": ["bakery", "bread"],
@@ -153,11 +178,12 @@ def test_original_content_generate_through_the_gateway(env) -> None:
         assert status["status"] == "completed" and status["format"] == "social"
 
 
-def test_bad_input_is_a_clear_4xx(env) -> None:
-    base_url, keys = env
-    ann = {"X-API-Key": keys["ann"]}
+def test_bad_input_is_a_clear_4xx(env: GammaEnv) -> None:
+    """Each bad request gets its 4xx and stores nothing."""
+    ann = {"X-API-Key": env.keys["ann"]}
     content = {"content_type": "email", "topic": "t", "description": "d", "target_audience": "a"}
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    stored = env.generation_rows()
+    with httpx.Client(base_url=env.base_url, timeout=60) as http:
         url = "/api/v1/gamma/generations"
         assert_error(http.post(url, headers=ann, json={"inputText": "x", "themeId": "neon"}), 422, "validation_error")
         assert_error(http.post(url, headers=ann, json={"inputText": 42}), 422, "validation_error")
@@ -176,9 +202,10 @@ def test_bad_input_is_a_clear_4xx(env) -> None:
                      422, "validation_error")
         assert_error(http.get("/api/v1/gamma/generations/not-an-id", headers=ann), 404, "generation_not_found")
         assert {t["name"] for t in http.get("/api/v1/gamma/themes", headers=ann).json()} == set(THEMES)
+    assert env.generation_rows() == stored
 
 
-def test_preserve_mode_called_directly(env, serve_instance) -> None:
+def test_preserve_mode_called_directly(env: GammaEnv, serve_instance) -> None:
     """Direct calls (no gateway caller) see only unowned generations; preserve mode needs no LLM."""
     with httpx.Client(base_url=f"{serve_instance.base_url}/gamma", timeout=60) as http:
         text = f"# Intro\n{HOSTILE}\n---\nSecond\n\nMore."
