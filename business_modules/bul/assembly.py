@@ -103,6 +103,26 @@ class SectionText:
     """The LLM's raw text (escaped when the document is assembled)."""
 
 
+_SENTENCE_END = re.compile(r"(?<=[^\s\d])[.!?](?:[\"')\]*_]*)(?=\s|$)|\n\s*\n")
+
+
+def section_body(text: str, finish_reason: str) -> str:
+    """The section's text, without a last sentence the token budget cut in the middle.
+
+    A section that ran into ``max_tokens`` ends mid-word; a reader would
+    rather lose that fragment than see it. The fragment is dropped only when
+    the complete sentences before it keep at least half of the text, so a
+    section that is one long sentence stays whole.
+    """
+    text = text.strip()
+    if finish_reason != "length":
+        return text
+    ends = [match.end() for match in _SENTENCE_END.finditer(text)]
+    if not ends or ends[-1] >= len(text) or ends[-1] < len(text) / 2:
+        return text
+    return text[: ends[-1]].rstrip()
+
+
 def facts(inputs: CommonInputs) -> list[tuple[str, str]]:
     """The user's inputs as (label, value) rows, in schema order, exactly as given."""
     rows: list[tuple[str, str]] = []

@@ -29,8 +29,9 @@ MAX_GUIDANCE_CHARS = 500
 OUTLINE_NOTE_CHARS = 40
 """maxLength of one outline note (the grammar stops a small model there, not at max_tokens)."""
 
-SECTION_MAX_TOKENS = {"short": 32, "medium": 64, "long": 128}
-"""Tokens of one section's text by requested length."""
+SECTION_MAX_TOKENS = {"short": 96, "medium": 192, "long": 384}
+"""Tokens of one section's text by requested length (SmolLM2 wrote ~2 sentences in 64 tokens, cut mid-word;
+a sentence the budget cuts is dropped: `assembly.section_body`)."""
 
 LLM_TIMEOUT_S = 120.0
 """Bound of one LLM call; past it the job fails with that reason."""

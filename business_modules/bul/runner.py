@@ -203,7 +203,8 @@ class JobRunner:
             generated = await self._call(
                 self._spec(assembly.section_messages(spec, request, inputs, outline, i), task, max_tokens=tokens),
                 progress[i + 1], task, attempt, progress)
-            texts.append(assembly.SectionText(heading=section.heading, body=generated.text))
+            texts.append(assembly.SectionText(heading=section.heading,
+                                              body=assembly.section_body(generated.text, generated.finish_reason)))
         await self._complete(task, attempt, spec, document, inputs, texts, progress)
 
     async def _regenerate(self, task: Task, attempt: str) -> None:
@@ -219,7 +220,8 @@ class JobRunner:
                        task, max_tokens=self.settings.section_tokens(request.length), temperature=0.8, seed=seed),
             progress[0], task, attempt, progress)
         texts = [assembly.SectionText(heading=s["heading"], body=s["body"]) for s in latest.sections]
-        texts[index] = assembly.SectionText(heading=spec.sections[index].heading, body=generated.text)
+        texts[index] = assembly.SectionText(heading=spec.sections[index].heading,
+                                            body=assembly.section_body(generated.text, generated.finish_reason))
         await self._complete(task, attempt, spec, document, inputs, texts, progress)
 
     async def _complete(self, task: Task, attempt: str, spec: DocumentTypeSpec, document: Document,

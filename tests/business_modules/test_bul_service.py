@@ -225,3 +225,17 @@ async def test_two_regenerations_finishing_together_get_distinct_versions(databa
     assert sorted(versions) == [1, 2, 3, 4]
     assert [v.version for v in await repo.versions_of(database, doc.id)] == [1, 2, 3, 4]
     assert (await repo.get_document(database, doc.id)).current_version == 4
+
+
+@pytest.mark.parametrize(("text", "reason", "expected"), [
+    ("One. Two is longer. Three cut mi", "length", "One. Two is longer."),
+    ("1. **Assess**: Start by tracking cash.\n\n2. Next", "length", "1. **Assess**: Start by tracking cash."),
+    ("One long sentence the budget cut in the mid", "length", "One long sentence the budget cut in the mid"),
+    ("Short. Then a much longer fragment that the budget cut somewhere in its middle", "length",
+     "Short. Then a much longer fragment that the budget cut somewhere in its middle"),
+    ("Finished without a period", "stop", "Finished without a period"),
+])
+def test_a_sentence_cut_by_the_token_budget_is_dropped(text: str, reason: str, expected: str) -> None:
+    from business_modules.bul.assembly import section_body
+
+    assert section_body(text, reason) == expected
