@@ -45,7 +45,6 @@ from business_modules.bul import (
     TaskNotFoundError,
     UnknownDocumentTypeError,
 )
-from business_modules.storage import StorageError, StorageTimeoutError, StorageUnavailableError
 from deployments.bul import schemas as s
 from deployments.bul.runtime import BulAppConfig, Runtime
 from deployments.common import (
@@ -53,10 +52,10 @@ from deployments.common import (
     ErrorSpec,
     RequestIdMiddleware,
     error_response,
-    forwarded_caller,
     get_request_id,
     install_error_handlers,
 )
+from deployments.common.service_app import STORAGE_ERRORS, caller_tenant, client_base_path, iso_time
 from deployments.export.app import content_disposition
 
 GATEWAY_PREFIX = "/api/v1/bul"
@@ -75,9 +74,7 @@ ERRORS: dict[type[BaseException], ErrorSpec] = {
     TaskFinishedError: ErrorSpec(409, "task_finished"),
     BulBusyError: ErrorSpec(429, "too_many_jobs", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}),
     RenderFailedError: ErrorSpec(500, "render_failed"),
-    StorageTimeoutError: ErrorSpec(503, "storage_timeout", message="The database did not answer in time"),
-    StorageUnavailableError: ErrorSpec(503, "storage_unavailable", message="The database is unavailable"),
-    StorageError: ErrorSpec(503, "storage_error", message="The database failed on this request"),
+    **STORAGE_ERRORS,
 }
 
 
@@ -89,23 +86,14 @@ async def _service(request: Request) -> BulService:
     return await _runtime(request).service()
 
 
-def _owner(request: Request) -> str | None:
-    caller = forwarded_caller(request)
-    return caller.tenant if caller else None
-
 
 Service = Annotated[BulService, Depends(_service)]
-Owner = Annotated[str | None, Depends(_owner)]
+Owner = Annotated[str | None, Depends(caller_tenant)]
 
 
 def _base(request: Request) -> str:
-    if forwarded_caller(request) is not None:
-        return GATEWAY_PREFIX
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    return client_base_path(request, GATEWAY_PREFIX)
 
-
-def _iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def _task_id(value: str) -> str:
@@ -126,8 +114,8 @@ def _status(task: Task, base: str) -> s.TaskStatusOut:
         task_id=task.id, document_id=task.document_id, kind=task.kind.value, status=task.status.value,
         progress=round(done / len(task.progress), 4) if task.progress else 0.0, steps_done=done,
         steps_total=len(task.progress), sections=[s.SectionProgress(**e) for e in task.progress],
-        error=task.error, version=task.version, created_at=_iso(task.created_at) or "",
-        started_at=_iso(task.started_at), finished_at=_iso(task.finished_at),
+        error=task.error, version=task.version, created_at=iso_time(task.created_at) or "",
+        started_at=iso_time(task.started_at), finished_at=iso_time(task.finished_at),
         documents=[f"{base}/documents/{task.document_id}"] if task.status.value == "completed" else [],
     )
 
@@ -200,8 +188,8 @@ async def document(document_id: str, request: Request, service: Service, owner: 
     base = _base(request)
     return s.DocumentOut(
         document_id=doc.id, document_type=doc.document_type, title=doc.title, current_version=doc.current_version,
-        outline=doc.outline, created_at=_iso(doc.created_at) or "",
-        versions=[s.VersionOut(version=v.version, task_id=v.task_id, created_at=_iso(v.created_at) or "",
+        outline=doc.outline, created_at=iso_time(doc.created_at) or "",
+        versions=[s.VersionOut(version=v.version, task_id=v.task_id, created_at=iso_time(v.created_at) or "",
                                sections=[s.SectionOut(**x) for x in v.sections], markdown=v.markdown)
                   for v in versions],
         tasks=[t.id for t in tasks],

@@ -1,15 +1,13 @@
 """Per-replica state of the BUL app: database, LLM client, job service.
 
 The database is opened (and the ``bul`` migrations applied) on first use
-under a lock, as Export's runtime does, so a replica starts even while the
-database is briefly unreachable and answers 503 until it is back.
+under a lock by `deployments.common.service_runtime.ServiceRuntime`, so a
+replica starts even while the database is briefly unreachable and answers 503
+until it is back.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from business_modules.bul import BulService, BulSettings
 from business_modules.bul import repository as _bul_repository  # noqa: F401 - registers bul migrations
 from business_modules.llm_client import LLMClient
-from business_modules.settings import load_settings
-from business_modules.storage import Database, StorageError, open_database
-
-logger = logging.getLogger(__name__)
-
-DB_OPEN_TIMEOUT_S = 15.0
+from business_modules.storage import Database
+from deployments.common.service_runtime import ServiceRuntime
 
 
 class BulAppConfig(BaseModel):
@@ -39,21 +33,16 @@ class BulAppConfig(BaseModel):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413.")
 
 
-class Runtime:
+class Runtime(ServiceRuntime[BulService]):
     """Lazily started `BulService` of one replica (or one test app)."""
 
+    component = "bul"
+
     def __init__(self, config: BulAppConfig, *, llm: LLMClient | None = None) -> None:
+        super().__init__(config)
         self.config = config
         self.settings = BulSettings(**config.settings)
-        shared = load_settings({})
-        self.data_dir = Path(config.data_dir or shared.blatam_data_dir)
-        self.database_url = config.database_url or shared.database_url
-        self._shared = shared
         self._llm = llm
-        self._db: Database | None = None
-        self._service: BulService | None = None
-        self._lock = asyncio.Lock()
-        self.runner_id = uuid.uuid4().hex
 
     def _llm_client(self) -> LLMClient:
         if self._llm is None:
@@ -62,45 +51,5 @@ class Runtime:
             self._llm = LLMHandleClient(app_name=self.config.llm_app)
         return self._llm
 
-    async def service(self) -> BulService:
-        """The started service, opening (and migrating) the database on first call."""
-        if self._service is None:
-            async with self._lock:
-                if self._service is None:
-                    kwargs: dict[str, Any] = {
-                        "components": ["bul"],
-                        "data_dir": self.data_dir,
-                        "command_timeout_s": self._shared.db_command_timeout_s,
-                        "acquire_timeout_s": self._shared.db_acquire_timeout_s,
-                    }
-                    if self.config.database_schema:
-                        kwargs["schema"] = self.config.database_schema
-                    db = await asyncio.wait_for(open_database(self.database_url, **kwargs), DB_OPEN_TIMEOUT_S)
-                    service = BulService(db=db, llm=self._llm_client(), settings=self.settings,
-                                         runner_id=self.runner_id)
-                    try:
-                        await service.start()
-                    except BaseException:
-                        await db.close()
-                        raise
-                    self._db, self._service = db, service
-        return self._service
-
-    async def try_start(self) -> None:
-        """Start now if the database answers; otherwise on the first request."""
-        try:
-            await self.service()
-        except (StorageError, TimeoutError, OSError) as exc:
-            logger.warning("bul: database not reachable at start (%s); will retry on first request", exc)
-
-    async def ping(self) -> None:
-        await self.service()
-        assert self._db is not None
-        await self._db.ping()
-
-    async def close(self) -> None:
-        if self._service is not None:
-            await self._service.close()
-        if self._db is not None:
-            await self._db.close()
-        self._db = self._service = None
+    def _build(self, db: Database) -> BulService:
+        return BulService(db=db, llm=self._llm_client(), settings=self.settings, runner_id=self.runner_id)

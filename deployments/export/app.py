@@ -52,16 +52,15 @@ from business_modules.export import (
     ResultGoneError,
     preview_document,
 )
-from business_modules.storage import StorageError, StorageTimeoutError, StorageUnavailableError
 from deployments.common import (
     BodySizeLimitMiddleware,
     ErrorSpec,
     RequestIdMiddleware,
     error_response,
-    forwarded_caller,
     get_request_id,
     install_error_handlers,
 )
+from deployments.common.service_app import STORAGE_ERRORS, caller_tenant, client_base_path, iso_time
 from deployments.export import schemas as s
 from deployments.export.runtime import ExportAppConfig, Runtime
 
@@ -82,9 +81,7 @@ ERRORS: dict[type[BaseException], ErrorSpec] = {
     ExportBusyError: ErrorSpec(503, "export_busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}),
     RenderTimeoutError: ErrorSpec(504, "render_timeout"),
     RenderError: ErrorSpec(500, "render_failed"),
-    StorageTimeoutError: ErrorSpec(503, "storage_timeout", message="The database did not answer in time"),
-    StorageUnavailableError: ErrorSpec(503, "storage_unavailable", message="The database is unavailable"),
-    StorageError: ErrorSpec(503, "storage_error", message="The database failed on this request"),
+    **STORAGE_ERRORS,
 }
 
 
@@ -96,24 +93,14 @@ async def _service(request: Request) -> ExportService:
     return await _runtime(request).service()
 
 
-def _owner(request: Request) -> str | None:
-    caller = forwarded_caller(request)
-    return caller.tenant if caller else None
-
 
 Service = Annotated[ExportService, Depends(_service)]
-Owner = Annotated[str | None, Depends(_owner)]
+Owner = Annotated[str | None, Depends(caller_tenant)]
 
 
 def _base_path(request: Request) -> str:
-    """The path prefix the client used to reach this app."""
-    if forwarded_caller(request) is not None:
-        return GATEWAY_PREFIX
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    return client_base_path(request, GATEWAY_PREFIX)
 
-
-def _iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_id(task_id: str) -> str:
@@ -131,10 +118,10 @@ def _status(job: ExportJob, base: str) -> s.ExportStatus:
         document_type=job.document_type,
         quality_level=job.quality_level,
         title=job.title,
-        created_at=_iso(job.created_at) or "",
-        started_at=_iso(job.started_at),
-        finished_at=_iso(job.finished_at),
-        expires_at=_iso(job.expires_at),
+        created_at=iso_time(job.created_at) or "",
+        started_at=iso_time(job.started_at),
+        finished_at=iso_time(job.finished_at),
+        expires_at=iso_time(job.expires_at),
         error=job.error,
         quality_score=job.quality_score,
         quality_issues=list(job.quality_issues),

@@ -9,21 +9,14 @@ results) runs from the beginning when the database is up.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from business_modules.export import ExportService, ExportSettings, ResultStore
-from business_modules.settings import load_settings
-from business_modules.storage import Database, StorageError, open_database
-
-logger = logging.getLogger(__name__)
-
-DB_OPEN_TIMEOUT_S = 15.0
+from business_modules.storage import Database
+from deployments.common.service_runtime import ServiceRuntime
 
 
 class ExportAppConfig(BaseModel):
@@ -39,62 +32,16 @@ class ExportAppConfig(BaseModel):
         "Larger request bodies get 413 (MAX_CONTENT_CHARS of content, escaped, fits well within)."))
 
 
-class Runtime:
+class Runtime(ServiceRuntime[ExportService]):
     """Lazily started `ExportService` of one replica (or one test app)."""
 
+    component = "export"
+
     def __init__(self, config: ExportAppConfig) -> None:
+        super().__init__(config)
         self.config = config
         self.settings = ExportSettings(**config.settings)
-        shared = load_settings({})
-        self.data_dir = Path(config.data_dir or shared.blatam_data_dir)
-        self.database_url = config.database_url or shared.database_url
-        self._shared = shared
-        self._db: Database | None = None
-        self._service: ExportService | None = None
-        self._lock = asyncio.Lock()
-        self.runner_id = uuid.uuid4().hex
 
-    async def service(self) -> ExportService:
-        """The started service, opening (and migrating) the database on first call."""
-        if self._service is None:
-            async with self._lock:
-                if self._service is None:
-                    kwargs: dict[str, Any] = {
-                        "components": ["export"],
-                        "data_dir": self.data_dir,
-                        "command_timeout_s": self._shared.db_command_timeout_s,
-                        "acquire_timeout_s": self._shared.db_acquire_timeout_s,
-                    }
-                    if self.config.database_schema:
-                        kwargs["schema"] = self.config.database_schema
-                    db = await asyncio.wait_for(open_database(self.database_url, **kwargs), DB_OPEN_TIMEOUT_S)
-                    results = ResultStore(self.settings.resolved_results_dir(self.data_dir))
-                    service = ExportService(db=db, results=results, settings=self.settings, runner_id=self.runner_id)
-                    try:
-                        await service.start()
-                    except BaseException:
-                        await db.close()
-                        raise
-                    self._db, self._service = db, service
-        return self._service
-
-    async def try_start(self) -> None:
-        """Start now if the database answers; otherwise on the first request."""
-        try:
-            await self.service()
-        except (StorageError, TimeoutError, OSError) as exc:
-            logger.warning("export: database not reachable at start (%s); will retry on first request", exc)
-
-    async def ping(self) -> None:
-        """Raise a storage error when the database does not answer."""
-        await self.service()
-        assert self._db is not None
-        await self._db.ping()
-
-    async def close(self) -> None:
-        """Stop the service (unfinished jobs are marked failed), then release the database."""
-        if self._service is not None:
-            await self._service.close()
-        if self._db is not None:
-            await self._db.close()
-        self._db = self._service = None
+    def _build(self, db: Database) -> ExportService:
+        results = ResultStore(self.settings.resolved_results_dir(self.data_dir))
+        return ExportService(db=db, results=results, settings=self.settings, runner_id=self.runner_id)

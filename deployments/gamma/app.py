@@ -53,17 +53,16 @@ from business_modules.gamma import (
 )
 from business_modules.gamma.models import Deck
 from business_modules.llm_client import LLMClient
-from business_modules.storage import StorageError, StorageTimeoutError, StorageUnavailableError
 from deployments.common import (
     ApiError,
     BodySizeLimitMiddleware,
     ErrorSpec,
     RequestIdMiddleware,
     error_response,
-    forwarded_caller,
     get_request_id,
     install_error_handlers,
 )
+from deployments.common.service_app import STORAGE_ERRORS, caller_tenant, client_base_path, iso_time
 from deployments.export.app import content_disposition
 from deployments.export.schemas import ThemeInfo
 from deployments.gamma import schemas as s
@@ -83,9 +82,7 @@ ERRORS: dict[type[BaseException], ErrorSpec] = {
     GammaBusyError: ErrorSpec(503, "gamma_busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}),
     RenderTimeoutError: ErrorSpec(504, "render_timeout"),
     RenderError: ErrorSpec(500, "render_failed"),
-    StorageTimeoutError: ErrorSpec(503, "storage_timeout", message="The database did not answer in time"),
-    StorageUnavailableError: ErrorSpec(503, "storage_unavailable", message="The database is unavailable"),
-    StorageError: ErrorSpec(503, "storage_error", message="The database failed on this request"),
+    **STORAGE_ERRORS,
 }
 
 
@@ -97,23 +94,14 @@ async def _service(request: Request) -> GammaService:
     return await _runtime(request).service()
 
 
-def _owner(request: Request) -> str | None:
-    caller = forwarded_caller(request)
-    return caller.tenant if caller else None
-
 
 Service = Annotated[GammaService, Depends(_service)]
-Owner = Annotated[str | None, Depends(_owner)]
+Owner = Annotated[str | None, Depends(caller_tenant)]
 
 
 def _base_path(request: Request) -> str:
-    if forwarded_caller(request) is not None:
-        return GATEWAY_PREFIX
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    return client_base_path(request, GATEWAY_PREFIX)
 
-
-def _iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_id(generation_id: str) -> str:
@@ -152,7 +140,7 @@ def _status(row: GenerationRow, base: str) -> s.GenerationStatus:
         quality={"components": quality.get("components", {}), "metrics": quality.get("metrics", {})} if quality
         else None,
         suggestions=quality.get("suggestions", []), usage=row.usage, error=row.error,
-        created_at=_iso(row.created_at) or "", finished_at=_iso(row.finished_at),
+        created_at=iso_time(row.created_at) or "", finished_at=iso_time(row.finished_at),
     )
 
 
