@@ -34,6 +34,7 @@ from business_modules.bul.models import GenerateRequest, RegenerateRequest, Task
 from business_modules.bul.repository import Document, Task
 from business_modules.llm_client import Generation, LLMClient, LLMError, LLMRequestSpec
 from business_modules.storage import Database, StorageError
+from business_modules.storage.heartbeat import run_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -241,16 +242,8 @@ class JobRunner:
             logger.error("BUL task %s: could not record failure (%s): %s", task_id, error, exc)
 
     async def _heartbeat_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                async with asyncio.timeout(self.settings.job_heartbeat_s):
-                    await self._stopping.wait()
-                return
-            except TimeoutError:
-                pass
-            try:
-                await repo.renew_leases(self.db, runner_id=self.runner_id,
-                                        lease_until=self._clock() + self.settings.job_lease_s)
-                await self.fail_stale()
-            except Exception:  # noqa: BLE001 - the heartbeat must outlive a database hiccup; logged
-                logger.exception("BUL heartbeat failed; retrying in %g s", self.settings.job_heartbeat_s)
+        await run_heartbeat(self._beat, every_s=self.settings.job_heartbeat_s, stopping=self._stopping, name="BUL")
+
+    async def _beat(self, _beats: int) -> None:
+        await repo.renew_leases(self.db, runner_id=self.runner_id, lease_until=self._clock() + self.settings.job_lease_s)
+        await self.fail_stale()

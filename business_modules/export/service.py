@@ -47,6 +47,7 @@ from business_modules.export.repository import ExportJob
 from business_modules.export.results import ResultStore
 from business_modules.export.source import build_source
 from business_modules.storage import Database, StorageError
+from business_modules.storage.heartbeat import run_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -292,25 +293,14 @@ class ExportService:
         return count
 
     async def _heartbeat_loop(self) -> None:
-        beats = 0
-        while not self._stopping.is_set():
-            try:
-                async with asyncio.timeout(self.settings.job_heartbeat_s):
-                    await self._stopping.wait()
-                return
-            except TimeoutError:
-                pass
-            beats += 1
-            now = self._clock()
-            try:
-                await repo.renew_leases(
-                    self.db, runner_id=self.runner_id, now=now, lease_until=now + self.settings.job_lease_s
-                )
-                await self._fail_stale()
-                if beats % PURGE_EVERY_BEATS == 0:
-                    await self.purge_expired()
-            except Exception:  # noqa: BLE001 - the heartbeat must outlive a database hiccup; logged
-                logger.exception("export heartbeat failed; retrying in %g s", self.settings.job_heartbeat_s)
+        await run_heartbeat(self._beat, every_s=self.settings.job_heartbeat_s, stopping=self._stopping, name="export")
+
+    async def _beat(self, beats: int) -> None:
+        now = self._clock()
+        await repo.renew_leases(self.db, runner_id=self.runner_id, now=now, lease_until=now + self.settings.job_lease_s)
+        await self._fail_stale()
+        if beats % PURGE_EVERY_BEATS == 0:
+            await self.purge_expired()
 
 
 def _release_and_drain(slots: asyncio.Semaphore) -> Callable[[asyncio.Future], None]:

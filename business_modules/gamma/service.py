@@ -44,6 +44,7 @@ from business_modules.gamma.render import EXPORT_FORMATS, export_deck, render_ht
 from business_modules.gamma.repository import GenerationRow
 from business_modules.llm_client import LLMClient, LLMError
 from business_modules.storage import Database, StorageError
+from business_modules.storage.heartbeat import run_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -217,23 +218,14 @@ class GammaService:
         return count
 
     async def _heartbeat_loop(self) -> None:
-        beats = 0
-        while not self._stopping.is_set():
-            try:
-                async with asyncio.timeout(self.settings.job_heartbeat_s):
-                    await self._stopping.wait()
-                return
-            except TimeoutError:
-                pass
-            beats += 1
-            try:
-                await repo.renew_leases(self.db, runner_id=self.runner_id,
-                                        lease_until=self._clock() + self.settings.job_lease_s)
-                await self._fail_stale()
-                if beats % PURGE_EVERY_BEATS == 0:
-                    await repo.purge_expired(self.db, now=self._clock())
-            except Exception:  # noqa: BLE001 - the heartbeat must outlive a database hiccup; logged
-                logger.exception("gamma heartbeat failed; retrying in %g s", self.settings.job_heartbeat_s)
+        await run_heartbeat(self._beat, every_s=self.settings.job_heartbeat_s, stopping=self._stopping, name="gamma")
+
+    async def _beat(self, beats: int) -> None:
+        await repo.renew_leases(self.db, runner_id=self.runner_id,
+                                lease_until=self._clock() + self.settings.job_lease_s)
+        await self._fail_stale()
+        if beats % PURGE_EVERY_BEATS == 0:
+            await repo.purge_expired(self.db, now=self._clock())
 
 
 def _usage(usage: Usage) -> dict[str, int]:
