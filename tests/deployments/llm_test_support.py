@@ -170,3 +170,16 @@ async def post_then_leave(app: FastAPI, path: str, body: dict[str, Any], *, afte
     except (Exception, asyncio.CancelledError):  # noqa: BLE001 - ClientDisconnect or the cancellation
         assert how != "receive"
     return received
+
+
+def greedy_reference(runner: ModelRunner, token_ids: list[int], max_tokens: int) -> str:
+    """Plain greedy decoding in this process: no cache, no batching (what served text must equal)."""
+    logits, kv = runner.prefill(token_ids)
+    out: list[int] = []
+    for _ in range(max_tokens):
+        token = int(logits.argmax())
+        if token in runner.eos_token_ids:
+            break
+        out.append(token)
+        logits = runner.step(token, kv)
+    return runner.decode(out)

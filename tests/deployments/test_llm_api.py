@@ -16,6 +16,7 @@ from ray import serve
 from cache_actors.engine.model_runner import ModelRunner
 from deployments.llm import build_llm
 from tests.deployments.conftest import run_app
+from tests.deployments.llm_test_support import greedy_reference
 
 MAX_MODEL_LEN = 512
 ARGS = {
@@ -44,18 +45,6 @@ def client(base_url: str) -> Iterator[httpx.Client]:
 def reference() -> ModelRunner:
     """The same demo model in this process: one request, no cache, no batching."""
     return ModelRunner.load(None)
-
-
-def greedy_reference(runner: ModelRunner, token_ids: list[int], max_tokens: int) -> str:
-    logits, kv = runner.prefill(token_ids)
-    out: list[int] = []
-    for _ in range(max_tokens):
-        token = int(logits.argmax())
-        if token in runner.eos_token_ids:
-            break
-        out.append(token)
-        logits = runner.step(token, kv)
-    return runner.decode(out)
 
 
 def model_id(client: httpx.Client) -> str:

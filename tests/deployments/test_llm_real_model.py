@@ -17,6 +17,7 @@ from ray import serve
 from cache_actors.engine.model_runner import ModelRunner
 from deployments.llm import build_llm
 from tests.deployments.conftest import run_app
+from tests.deployments.llm_test_support import greedy_reference
 
 pytestmark = [pytest.mark.real_model, pytest.mark.ray, pytest.mark.slow]
 
@@ -46,18 +47,6 @@ def client(real_url: str) -> Iterator[httpx.Client]:
 def reference(smollm2_path: Path) -> ModelRunner:
     """The same model in this process: no cache, no batching, plain greedy decoding."""
     return ModelRunner.load(str(smollm2_path))
-
-
-def greedy(runner: ModelRunner, messages: list[dict[str, str]], max_tokens: int) -> str:
-    logits, kv = runner.prefill(runner.encode_chat(messages))
-    out: list[int] = []
-    for _ in range(max_tokens):
-        token = int(logits.argmax())
-        if token in runner.eos_token_ids:
-            break
-        out.append(token)
-        logits = runner.step(token, kv)
-    return runner.decode(out)
 
 
 def chat(client: httpx.Client, messages: list[dict[str, str]], **extra) -> dict:
@@ -129,7 +118,7 @@ def test_shared_system_prompt_hits_the_cache_and_reuse_is_exact(client: httpx.Cl
     usage = body["usage"]
     assert usage["prompt_tokens_details"]["cached_tokens"] >= 16, usage  # the system prompt's full blocks
     # Greedy text with the reused prefix equals a plain run of the model with no cache at all.
-    assert body["choices"][0]["message"]["content"] == greedy(reference, second, 24)
+    assert body["choices"][0]["message"]["content"] == greedy_reference(reference, reference.encode_chat(second), 24)
     again = chat(client, second, max_tokens=24)
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] >= usage["prompt_tokens"] - 16
     assert again["choices"][0]["message"]["content"] == body["choices"][0]["message"]["content"]
