@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from business_modules.export.kinds import JobStatus  # noqa: F401 - one job lifecycle for Export and Gamma
+
 
 class GammaFormat(str, enum.Enum):
     """What is generated (Gamma's ``format``)."""
@@ -104,14 +106,3 @@ class OutputFormat(str, enum.Enum):
     HTML = "html"
     MARKDOWN = "markdown"
     TEXT = "text"
-
-
-class JobStatus(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
