@@ -16,8 +16,11 @@ from business_modules.llm_client.protocol import (
     LLMUnavailable,
     LLMError,
     StreamEvent,
+    ToolCall,
+    ToolCallMessage,
+    ToolSpec,
 )
-from business_modules.llm_client.scripted import ScriptedLLM
+from business_modules.llm_client.scripted import ScriptedLLM, tool_call
 
 __all__ = [
     "ChatMessage",
@@ -30,4 +33,8 @@ __all__ = [
     "LLMUnavailable",
     "ScriptedLLM",
     "StreamEvent",
+    "ToolCall",
+    "ToolCallMessage",
+    "ToolSpec",
+    "tool_call",
 ]

@@ -11,12 +11,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
+
+
+class ToolCallMessage(TypedDict):
+    """One call in an assistant message, as OpenAI lays it out."""
+
+    id: str
+    type: Literal["function"]
+    function: dict[str, str]  # {"name": ..., "arguments": <JSON text>}
 
 
 class ChatMessage(TypedDict):
-    role: Literal["system", "user", "assistant"]
+    """A chat turn. An assistant turn that called tools has ``tool_calls`` (its content may be "");
+    a ``tool`` turn answers one call, named by ``tool_call_id``."""
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: NotRequired[list[ToolCallMessage]]
+    tool_call_id: NotRequired[str]
 
 
 class LLMError(RuntimeError):
@@ -41,8 +54,44 @@ class GenerationUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call: ``parameters`` is the JSON Schema its arguments must satisfy
+    (the server enforces it with a grammar, so a call's arguments always validate)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def openai(self) -> dict[str, Any]:
+        """The tool as OpenAI's ``tools`` entry."""
+        function: dict[str, Any] = {"name": self.name, "parameters": dict(self.parameters)}
+        if self.description:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model chose: ``arguments`` is the JSON text it wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def parsed_arguments(self) -> Any:
+        """The arguments as JSON; ValueError if they are not JSON (a call cut by max_tokens)."""
+        import json
+
+        return json.loads(self.arguments)
+
+    def message(self) -> ToolCallMessage:
+        """The call as an entry of an assistant message's ``tool_calls``."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
-    """One finished call."""
+    """One finished call. With ``tool_calls`` the model called tools (finish_reason "tool_calls")."""
 
     text: str
     usage: GenerationUsage = GenerationUsage()
@@ -50,6 +99,7 @@ class Generation:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     model: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def json(self) -> Any:
         """The text parsed as JSON (for calls made with a schema); ValueError if it is not JSON."""
@@ -74,6 +124,11 @@ class LLMRequestSpec:
     the server). ``temperature`` 0 is greedy (deterministic). Lay ``messages``
     out with the fixed parts first (system instructions, shared inputs) so
     successive calls share a cached prefix.
+
+    ``tools`` (chat only): functions the model may call; ``tool_choice`` is
+    ``"auto"`` (text or one call), ``"required"`` (one call), ``"none"`` (text)
+    or a tool's name (a call of that tool). The server answers at most one call
+    per turn.
     """
 
     prompt: str | None = None
@@ -88,10 +143,21 @@ class LLMRequestSpec:
     tenant_id: str | None = None
     timeout_s: float = 120.0
     metadata: Mapping[str, str] = field(default_factory=dict)
+    tools: Sequence[ToolSpec] = ()
+    tool_choice: str = "auto"
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("an LLM request needs exactly one of prompt or messages")
+        if self.tools and self.messages is None:
+            raise ValueError("tools need a chat (messages), not a prompt")
+        names = [tool.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("tool names must be unique")
+        if self.tool_choice not in ("auto", "required", "none") and self.tool_choice not in names:
+            raise ValueError(f"tool_choice {self.tool_choice!r} is neither auto, required, none nor a tool's name")
+        if self.tools and self.json_schema is not None and self.tool_choice != "none":
+            raise ValueError("a request takes tools or a json_schema, not both")
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         if self.timeout_s <= 0:
@@ -102,6 +168,12 @@ class LLMRequestSpec:
         if self.json_schema is None:
             return None
         return {"type": "json_schema", "json_schema": {"name": self.schema_name, "schema": dict(self.json_schema)}}
+
+    def openai_tool_choice(self) -> str | dict[str, Any]:
+        """``tool_choice`` as OpenAI spells it (a tool's name becomes ``{"type": "function", ...}``)."""
+        if self.tool_choice in ("auto", "required", "none"):
+            return self.tool_choice
+        return {"type": "function", "function": {"name": self.tool_choice}}
 
 
 class LLMClient(Protocol):
