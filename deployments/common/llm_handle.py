@@ -25,7 +25,9 @@ from business_modules.llm_client import (
     LLMTimeout,
     LLMUnavailable,
     StreamEvent,
+    ToolCall,
 )
+from cache_actors.engine.tool_calls import ContentDelta, FunctionTool, ToolCallParser, render_messages, tool_call_format
 from deployments.common.serve_calls import call_as_own_request
 
 LLM_APP = "llm"
@@ -41,12 +43,19 @@ def backend_request(spec: LLMRequestSpec) -> dict[str, Any]:
         "request_id": spec.metadata.get("request_id", ""),
     }
     if spec.messages is not None:
-        request["messages"] = [dict(m) for m in spec.messages]
+        tools = [FunctionTool(t.name, t.description, dict(t.parameters)) for t in spec.tools]
+        request["messages"] = render_messages(spec.messages, tools)
+        if tools and spec.tool_choice != "none":
+            request["response_format"] = tool_call_format(tools, spec.tool_choice)
     else:
         request["prompt"] = spec.prompt
-    if spec.json_schema is not None:
+    if spec.json_schema is not None and "response_format" not in request:
         request["response_format"] = spec.response_format()
     return request
+
+
+def _calls_possible(spec: LLMRequestSpec) -> bool:
+    return bool(spec.tools) and spec.tool_choice != "none"
 
 
 class LLMHandleClient:
@@ -80,7 +89,7 @@ class LLMHandleClient:
         """Deltas, then the whole `Generation`; raises `LLMTimeout` past ``spec.timeout_s``."""
         started = time.perf_counter()
         deadline = started + spec.timeout_s
-        pieces: list[str] = []
+        reader = _OutputReader(ToolCallParser() if _calls_possible(spec) else None)
         try:
             events = call_as_own_request(self._streaming_handle().generate_stream.remote, backend_request(spec))
         except LLMError:
@@ -103,20 +112,52 @@ class LLMHandleClient:
                 except Exception as exc:  # noqa: BLE001 - replica died, overloaded, app deleted
                     raise LLMUnavailable(f"the LLM failed: {_short(exc)}") from exc
                 if event.get("type") == "delta":
-                    pieces.append(event.get("text", ""))
-                    yield StreamEvent(delta=event.get("text", ""))
+                    for text in reader.delta(str(event.get("text", ""))):
+                        yield StreamEvent(delta=text)
                 elif event.get("type") == "done":
-                    yield StreamEvent(done=Generation(
-                        text=event.get("text", "".join(pieces)),
-                        usage=GenerationUsage(prompt_tokens=int(event.get("prompt_tokens", 0)),
-                                              completion_tokens=int(event.get("completion_tokens", 0)),
-                                              cached_tokens=int(event.get("cached_tokens", 0))),
-                        finish_reason=str(event.get("finish_reason", "stop")),
-                        ttft_ms=event.get("ttft_ms"),
-                        latency_ms=(time.perf_counter() - started) * 1000,
-                        model=str(event.get("model", "")),
-                    ))
+                    rest, generation = reader.done(event, latency_ms=(time.perf_counter() - started) * 1000)
+                    for text in rest:
+                        yield StreamEvent(delta=text)
+                    yield StreamEvent(done=generation)
                     return
+
+
+class _OutputReader:
+    """Turns the backend's events into content deltas and the final `Generation` (tool call parsed out)."""
+
+    def __init__(self, parser: ToolCallParser | None) -> None:
+        self._parser = parser
+        self._parts: list[str] = []
+
+    def delta(self, text: str) -> list[str]:
+        self._parts.append(text)
+        if self._parser is None:
+            return [text]
+        return [piece.text for piece in self._parser.feed(text) if isinstance(piece, ContentDelta)]
+
+    def done(self, event: dict[str, Any], *, latency_ms: float) -> tuple[list[str], Generation]:
+        text = str(event.get("text", "".join(self._parts)))
+        finish_reason = str(event.get("finish_reason", "stop"))
+        rest: list[str] = []
+        calls: tuple[ToolCall, ...] = ()
+        if self._parser is not None:
+            pieces, parsed = self._parser.finish()
+            rest = [piece.text for piece in pieces if isinstance(piece, ContentDelta)]
+            text = parsed.content
+            calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in parsed.calls)
+            if calls and parsed.calls[0].complete and finish_reason == "stop":
+                finish_reason = "tool_calls"
+        return rest, Generation(
+            text=text,
+            tool_calls=calls,
+            usage=GenerationUsage(prompt_tokens=int(event.get("prompt_tokens", 0)),
+                                  completion_tokens=int(event.get("completion_tokens", 0)),
+                                  cached_tokens=int(event.get("cached_tokens", 0))),
+            finish_reason=finish_reason,
+            ttft_ms=event.get("ttft_ms"),
+            latency_ms=latency_ms,
+            model=str(event.get("model", "")),
+        )
 
 
 async def _aiter(events: Any) -> AsyncIterator[dict[str, Any]]:

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from cache_actors.engine.model_runner import ModelRunner
 from cache_actors.engine.requests import LLMRequest
 from cache_actors.engine.sampling import SamplingParams, find_stop, make_generator, sample_next
+from cache_actors.engine.structured import RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS, TokenizerGrammar, compile_response_format
 from deployments.llm.openai.routes import build_openai_app
 from deployments.llm.openai.protocol import RequestRefused
 
@@ -27,9 +28,15 @@ MAX_TOKENS_LIMIT = 512
 
 
 class TinyBackend:
-    def __init__(self, runner: ModelRunner, *, token_delay_s: float = 0.0) -> None:
+    """``structured=True``: response formats (and tool calls) are enforced with the engine's grammar, as the
+    served model does; otherwise a request with one is refused (the refusal path's tests use that)."""
+
+    def __init__(self, runner: ModelRunner, *, token_delay_s: float = 0.0, structured: bool = False) -> None:
         self.runner = runner
         self.token_delay_s = token_delay_s
+        self.grammar = TokenizerGrammar.from_tokenizer(
+            runner.tokenizer, vocab_size=runner.vocab_size, eos_token_ids=runner.eos_token_ids,
+            close_after_tokens=RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS) if structured else None
         self.requests: list[dict[str, Any]] = []
         self.outputs: dict[str, str] = {}  # request id -> complete text
         self.completion_tokens: dict[str, int] = {}
@@ -44,8 +51,12 @@ class TinyBackend:
         assert isinstance(request, LLMRequest), f"the ingress sends LLMRequest, not {type(request).__name__}"
         self.requests.append(request)
         runner = self.runner
+        constraint = None
         if request.response_format not in (None, {"type": "text"}):
-            raise RequestRefused("This backend cannot constrain output to a JSON format.", param="response_format")
+            if self.grammar is None:
+                raise RequestRefused("This backend cannot constrain output to a JSON format.", param="response_format")
+            spec = compile_response_format(request.response_format, self.grammar)
+            constraint = spec.new_constraint() if spec is not None else None
         ids = self.prompt_ids(request)
         sampling = request.sampling
         max_new = sampling.max_new_tokens
@@ -64,11 +75,18 @@ class TinyBackend:
         emitted, finish, done = "", "length", False
         try:
             while len(generated) < max_new:
+                if constraint is not None:
+                    constraint.mask_logits(logits)
                 token = sample_next(logits, params, generator)
                 if token in runner.eos_token_ids:
                     finish = "stop"
                     break
                 generated.append(token)
+                if constraint is not None:
+                    constraint.accept(token)
+                    if constraint.is_finished():
+                        finish = "stop"
+                        break
                 text = runner.decode(generated)
                 if find_stop(text, params.stop) is not None:
                     finish = "stop"

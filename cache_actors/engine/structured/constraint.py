@@ -55,9 +55,19 @@ class GrammarSpec:
             text = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides={"whitespace_flexible": False})
         except ValueError as exc:
             raise ValueError(f"invalid JSON schema: {exc}") from exc
+        return cls.compile_grammar(text, grammar, description=description, what="JSON schema")
+
+    @classmethod
+    def compile_lark(cls, lark: str, grammar: TokenizerGrammar, *, description: str) -> "GrammarSpec":
+        """Compile llguidance Lark text (tool calls); ValueError when it or an embedded schema is invalid."""
+        text = llguidance.LLMatcher.grammar_from_lark(lark)
+        return cls.compile_grammar(text, grammar, description=description, what="tool schema")
+
+    @classmethod
+    def compile_grammar(cls, text: str, grammar: TokenizerGrammar, *, description: str, what: str) -> "GrammarSpec":
         matcher = llguidance.LLMatcher(grammar.ll_tokenizer, text, log_level=0)
         if matcher.is_error():
-            raise ValueError(f"invalid or unsupported JSON schema: {matcher.get_error()}")
+            raise ValueError(f"invalid or unsupported {what}: {_first_line(matcher.get_error())}")
         for warning in matcher.get_grammar_warnings():
             logger.warning("response format %s: %s", description, warning)
         return cls(grammar, matcher, description=description)
@@ -65,6 +75,11 @@ class GrammarSpec:
     def new_constraint(self) -> "TokenConstraint":
         """A fresh constraint at the start of the output (one per sequence)."""
         return TokenConstraint(self.grammar, self._prototype.deep_copy())
+
+
+def _first_line(error: str) -> str:
+    """llguidance's errors quote the grammar over many lines; the first says what is wrong."""
+    return error.strip().splitlines()[0] if error.strip() else error
 
 
 class TokenConstraint:

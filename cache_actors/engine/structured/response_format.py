@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 from cache_actors.engine.structured.constraint import GrammarSpec
 from cache_actors.engine.structured.tokenizer_grammar import TokenizerGrammar
+from cache_actors.engine.structured.tool_grammar import tool_call_grammar
+from cache_actors.engine.tool_calls import TOOL_CALL_FORMAT
 
 #: A larger response_format is refused before compiling (a guard on compile time and memory).
 MAX_RESPONSE_FORMAT_BYTES = 64 * 1024
@@ -44,6 +46,11 @@ def compile_response_format(response_format: Mapping[str, Any] | None, grammar: 
     if cached is not None:
         return cached
     kind = response_format.get("type")
+    if kind == TOOL_CALL_FORMAT:  # internal: built by the ingress from `tools` (never accepted from a client there)
+        _only_keys(response_format, {"type", "mode", "tools"}, "tool_call format")
+        spec = GrammarSpec.compile_lark(tool_call_grammar(response_format), grammar, description="tool_call")
+        grammar.store_spec(key, spec)
+        return spec
     if kind not in _TYPES:
         raise ValueError(f"response_format.type must be one of {', '.join(_TYPES)}; got {kind!r}")
     if kind == "json_schema":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cache_actors.engine.requests import LLMRequest
+from cache_actors.engine.tool_calls import FunctionTool, render_messages, tool_call_format
 from deployments.llm.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /completions
@@ -70,12 +71,13 @@ def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, r
     else:
         max_new_tokens = limits.max_tokens_limit
     is_chat = isinstance(request, ChatCompletionRequest)
+    messages, response_format = (chat_messages(request) if is_chat else (None, request.response_format))
     out: list[LLMRequest] = []
     for i in range(request.choices):
         out.append(LLMRequest.parse({
             "request_id": request_id if request.choices == 1 else f"{request_id}-{i}",
             "prompt": None if is_chat else request.prompt,
-            "messages": [dict(m) for m in request.messages] if is_chat else None,
+            "messages": messages,
             "tenant_id": tenant_id,
             "sampling": {
                 "max_new_tokens": max_new_tokens,
@@ -84,7 +86,23 @@ def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, r
                 "stop": list(request.stop),
                 "seed": None if request.seed is None else request.seed + i,
             },
-            "response_format": request.response_format,
+            "response_format": response_format,
             "clamp_max_tokens": explicit is None,
         }))
     return out
+
+
+def function_tools(request: ChatCompletionRequest) -> list[FunctionTool]:
+    """The request's ``tools`` as the engine's `FunctionTool`s (already shape-checked)."""
+    return [FunctionTool(name=t["function"]["name"], description=t["function"].get("description", ""),
+                         parameters=t["function"].get("parameters", {"type": "object", "properties": {}}))
+            for t in request.tools or ()]
+
+
+def chat_messages(request: ChatCompletionRequest) -> tuple[list[dict[str, str]], dict | None]:
+    """The chat as plain turns (tools written into the system prompt) and the grammar the choice needs."""
+    tools = function_tools(request)
+    messages = render_messages(request.messages, tools)
+    if tools and request.tool_choice != "none":
+        return messages, tool_call_format(tools, request.tool_choice)
+    return messages, request.response_format

@@ -6,7 +6,7 @@ a body with `CompletionRequest` / `ChatCompletionRequest`; then
 fans it out into the `LLMRequest`s the engine's ``generate_stream`` takes.
 
 Why so strict: a client that sends a feature we do not implement (logprobs,
-tools, penalties, ...) must hear so with a 400 that names the parameter; a
+penalties, parallel tool calls, ...) must hear so with a 400 that names the parameter; a
 silently ignored parameter returns plausible but wrong answers. Unknown fields
 are refused like OpenAI does ("Unrecognized request argument supplied").
 Validators raise `PydanticCustomError` whose *type* becomes the OpenAI error
@@ -16,6 +16,7 @@ Validators raise `PydanticCustomError` whose *type* becomes the OpenAI error
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from cache_actors.engine.tool_calls import MAX_TOOLS, TOOL_CHOICE_MODES, TOOL_NAME
 from deployments.common.error_codes import code_for_status
 
 MAX_N = 8
@@ -296,14 +298,15 @@ class CompletionRequest(_Common):
 
 
 class ChatCompletionRequest(_Common):
-    """``POST /v1/chat/completions``; ``messages`` ends up ``[{"role", "content"}]`` with string content."""
+    """``POST /v1/chat/completions``; ``messages`` ends up ``[{"role", "content"}]`` with string content
+    (plus ``tool_calls`` on assistant turns that called tools, ``tool_call_id`` on ``tool`` turns)."""
 
     messages: Any
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     tools: list[Any] | None = None
-    tool_choice: Any = None
+    tool_choice: Any = None  # after validation: None (no tools), "auto", "required", "none" or a tool's name
     functions: list[Any] | None = None
     function_call: Any = None
     parallel_tool_calls: bool | None = None
@@ -340,39 +343,170 @@ class ChatCompletionRequest(_Common):
             raise _unsupported("top_logprobs", "log probabilities are not returned")
         return value
 
-    @field_validator("tools", "functions")
+    @field_validator("tools")
     @classmethod
-    def _no_tools(cls, value: list[Any] | None, info: Any) -> list[Any] | None:
+    def _tools(cls, value: list[Any] | None) -> list[dict[str, Any]] | None:
+        return None if value is None else check_tools(value)
+
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _no_functions(cls, value: Any, info: Any) -> Any:
+        if value is not None:
+            raise _unsupported(info.field_name, "the deprecated function-calling parameters are not accepted; "
+                                                "use 'tools' and 'tool_choice'")
+        return value
+
+    @field_validator("parallel_tool_calls")
+    @classmethod
+    def _one_call_per_turn(cls, value: bool | None) -> bool | None:
         if value:
-            raise _unsupported(info.field_name, "tool and function calling is not implemented")
+            raise _unsupported("parallel_tool_calls", "the model makes at most one tool call per turn; "
+                                                      "send false or leave it out")
         return value
 
-    @field_validator("tool_choice", "function_call")
-    @classmethod
-    def _no_tool_choice(cls, value: Any, info: Any) -> Any:
-        if value not in (None, "none"):
-            raise _unsupported(info.field_name, "tool and function calling is not implemented")
-        return value
+    @model_validator(mode="after")
+    def _tool_choice(self) -> ChatCompletionRequest:
+        names = [tool["function"]["name"] for tool in self.tools or ()]
+        self.tool_choice = check_tool_choice(self.tool_choice, names)
+        if self.tools and self.response_format is not None and self.tool_choice != "none" \
+                and self.response_format.get("type") != "text":
+            raise _unsupported("response_format", "a response_format together with tools (unless tool_choice "
+                                                  "is 'none')")
+        return self
 
 
-def _message(index: int, message: Any) -> dict[str, str]:
+def check_tools(value: list[Any]) -> list[dict[str, Any]]:
+    """OpenAI's ``tools``: function tools with unique names and object schemas (compiled by the backend)."""
+    if not value:
+        raise _invalid("Invalid 'tools': empty array. Expected at least one tool, or leave 'tools' out.", param="tools")
+    if len(value) > MAX_TOOLS:
+        raise _invalid(f"Invalid 'tools': {len(value)} tools; at most {MAX_TOOLS} are allowed.", param="tools")
+    seen: set[str] = set()
+    for i, tool in enumerate(value):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise _invalid(f"Invalid '{where}': expected {{'type': 'function', 'function': {{...}}}}.",
+                           param=f"{where}.type")
+        extra = sorted(set(tool) - {"type", "function"})
+        if extra:
+            raise _invalid(f"Unrecognized argument in '{where}': {extra[0]}", param=f"{where}.{extra[0]}")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise _invalid(f"Invalid '{where}.function': expected an object.", param=f"{where}.function",
+                           code="invalid_type")
+        extra = sorted(set(function) - {"name", "description", "parameters", "strict"})
+        if extra:
+            raise _invalid(f"Unrecognized argument in '{where}.function': {extra[0]}",
+                           param=f"{where}.function.{extra[0]}")
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.match(name):
+            raise _invalid(f"Invalid '{where}.function.name': 1-64 letters, digits, '_' or '-'.",
+                           param=f"{where}.function.name")
+        if name in seen:
+            raise _invalid(f"Invalid '{where}.function.name': {name!r} is used by two tools.",
+                           param=f"{where}.function.name")
+        seen.add(name)
+        if "description" in function and not isinstance(function["description"], str):
+            raise _invalid(f"Invalid '{where}.function.description': expected a string.",
+                           param=f"{where}.function.description", code="invalid_type")
+        if "parameters" in function and not isinstance(function["parameters"], dict):
+            raise _invalid(f"Invalid '{where}.function.parameters': expected a JSON Schema object.",
+                           param=f"{where}.function.parameters", code="invalid_type")
+        if function.get("strict") is not None and not isinstance(function["strict"], bool):
+            raise _invalid(f"Invalid '{where}.function.strict': expected a boolean.",
+                           param=f"{where}.function.strict", code="invalid_type")
+    return value
+
+
+def check_tool_choice(value: Any, names: list[str]) -> str | None:
+    """``tool_choice`` as ``auto`` / ``required`` / ``none`` / a tool's name (None when there are no tools)."""
+    if value is None:
+        return "auto" if names else None
+    if isinstance(value, dict):
+        function = value.get("function")
+        if value.get("type") != "function" or set(value) - {"type", "function"} or not isinstance(function, dict) \
+                or set(function) != {"name"} or not isinstance(function["name"], str):
+            raise _invalid("Invalid 'tool_choice': expected 'none', 'auto', 'required' or "
+                           "{'type': 'function', 'function': {'name': <tool name>}}.", param="tool_choice")
+        choice = function["name"]
+        if choice not in names:
+            raise _invalid(f"Invalid 'tool_choice': function {choice!r} is not among the tools.", param="tool_choice")
+        return choice
+    if value not in TOOL_CHOICE_MODES:
+        raise _invalid(f"Invalid 'tool_choice': {value!r}; expected 'none', 'auto', 'required' or a named function.",
+                       param="tool_choice")
+    if not names and value != "none":
+        raise _invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+                       param="tool_choice")
+    return value
+
+
+def _message(index: int, message: Any) -> dict[str, Any]:
+    """One message normalized to ``{"role", "content"}``, plus ``tool_calls`` or ``tool_call_id`` where given."""
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise _invalid(f"Invalid '{where}': expected an object.", param=where, code="invalid_type")
     role = message.get("role")
-    if role in ("tool", "function"):
-        raise _unsupported(f"{where}.role", f"role '{role}' needs tool calling, which is not implemented")
+    if role == "function":
+        raise _unsupported(f"{where}.role", "role 'function' is deprecated; use 'tool' messages")
+    if role == "tool":
+        return _tool_message(where, message)
     if role not in CHAT_ROLES:
-        raise _invalid(f"Invalid '{where}.role': {role!r}; expected one of {', '.join(CHAT_ROLES)}.",
+        raise _invalid(f"Invalid '{where}.role': {role!r}; expected one of {', '.join(CHAT_ROLES)}, tool.",
                        param=f"{where}.role")
-    if message.get("tool_calls") or message.get("function_call"):
-        raise _unsupported(f"{where}.tool_calls", "tool and function calling is not implemented")
+    if message.get("function_call"):
+        raise _unsupported(f"{where}.function_call", "the deprecated function_call is not accepted; use tool_calls")
     extra = sorted(set(message) - {"role", "content", "name", "tool_calls", "function_call", "refusal"})
     if extra:
         raise _invalid(f"Unrecognized argument in '{where}': {extra[0]}", param=f"{where}.{extra[0]}")
     if "name" in message and not isinstance(message["name"], str):
         raise _invalid(f"Invalid '{where}.name': expected a string.", param=f"{where}.name", code="invalid_type")
+    calls = message.get("tool_calls")
+    if calls is not None and role != "assistant":
+        raise _invalid(f"Invalid '{where}.tool_calls': only assistant messages carry tool calls.",
+                       param=f"{where}.tool_calls")
+    if calls:  # an assistant turn that called tools may have no content
+        content = message.get("content")
+        text = "" if content is None else _content(where, content)
+        return {"role": "assistant", "content": text, "tool_calls": _tool_calls(where, calls)}
     return {"role": CHAT_ROLES[role], "content": _content(where, message.get("content"))}
+
+
+def _tool_calls(where: str, calls: Any) -> list[dict[str, Any]]:
+    if not isinstance(calls, list):
+        raise _invalid(f"Invalid '{where}.tool_calls': expected an array.", param=f"{where}.tool_calls",
+                       code="invalid_type")
+    out = []
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or not isinstance(call.get("id"), str) or call.get("type", "function") != "function" \
+                or not isinstance(function, dict) or not isinstance(function.get("name"), str) \
+                or not TOOL_NAME.match(function["name"]) or not isinstance(function.get("arguments"), str):
+            raise _invalid(f"Invalid '{at}': expected {{'id': str, 'type': 'function', 'function': "
+                           "{'name': str, 'arguments': <JSON text>}}.", param=at)
+        try:
+            json.loads(function["arguments"])
+        except ValueError:
+            raise _invalid(f"Invalid '{at}.function.arguments': not JSON text.", param=f"{at}.function.arguments") \
+                from None
+        out.append({"id": call["id"], "type": "function",
+                    "function": {"name": function["name"], "arguments": function["arguments"]}})
+    return out
+
+
+def _tool_message(where: str, message: dict[str, Any]) -> dict[str, Any]:
+    extra = sorted(set(message) - {"role", "content", "tool_call_id", "name"})
+    if extra:
+        raise _invalid(f"Unrecognized argument in '{where}': {extra[0]}", param=f"{where}.{extra[0]}")
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise _invalid(f"Missing required parameter: '{where}.tool_call_id'.", param=f"{where}.tool_call_id",
+                       code="missing_required_parameter")
+    out = {"role": "tool", "tool_call_id": call_id, "content": _content(where, message.get("content"))}
+    if isinstance(message.get("name"), str):
+        out["name"] = message["name"]
+    return out
 
 
 def _content(where: str, content: Any) -> str:

@@ -11,13 +11,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cache_actors.engine.tool_calls import (
+    ArgumentsDelta,
+    CallStart,
+    ContentDelta,
+    ParsedOutput,
+    StreamPiece,
+    ToolCallParser,
+)
+
 Kind = Literal["completion", "chat"]
 ID_PREFIX: dict[Kind, str] = {"completion": "cmpl-", "chat": "chatcmpl-"}
 
 
 @dataclass(slots=True)
 class ChoiceResult:
-    """What one choice's backend stream produced so far."""
+    """What one choice's backend stream produced so far.
+
+    With ``tool_parser`` (a chat request with tools) the raw text is split
+    into content and a tool call as it arrives; ``apply`` returns the pieces
+    each event completes, which the stream sends as OpenAI deltas.
+    """
 
     index: int
     parts: list[str] = field(default_factory=list)
@@ -25,19 +39,39 @@ class ChoiceResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    tool_parser: ToolCallParser | None = None
+    parsed: ParsedOutput | None = None
 
-    def apply(self, event: dict[str, Any]) -> None:
+    def apply(self, event: dict[str, Any]) -> list[StreamPiece]:
         if event["type"] == "delta":
             self.parts.append(event["text"])
-        else:
-            self.finish_reason = event["finish_reason"]
-            self.prompt_tokens = event["prompt_tokens"]
-            self.completion_tokens = event["completion_tokens"]
-            self.cached_tokens = event["cached_tokens"]
+            if self.tool_parser is None:
+                return [ContentDelta(event["text"])] if event["text"] else []
+            return self.tool_parser.feed(event["text"])
+        self.prompt_tokens = event["prompt_tokens"]
+        self.completion_tokens = event["completion_tokens"]
+        self.cached_tokens = event["cached_tokens"]
+        self.finish_reason = event["finish_reason"]
+        if self.tool_parser is None:
+            return []
+        pieces, self.parsed = self.tool_parser.finish()
+        if self.parsed.calls and self.parsed.calls[0].complete and self.finish_reason == "stop":
+            self.finish_reason = "tool_calls"
+        return pieces
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def message(self) -> dict[str, Any]:
+        """The chat ``message``: content, and the tool call when the model made one."""
+        if self.parsed is None or not self.parsed.calls:
+            content = self.text if self.parsed is None else self.parsed.content
+            return {"role": "assistant", "content": content, "refusal": None}
+        return {"role": "assistant", "content": self.parsed.content.strip() or None, "refusal": None,
+                "tool_calls": [{"id": call.id, "type": "function",
+                                "function": {"name": call.name, "arguments": call.arguments}}
+                               for call in self.parsed.calls]}
 
 
 def usage(choices: Sequence[ChoiceResult]) -> dict[str, Any]:
@@ -57,8 +91,8 @@ def full_response(kind: Kind, *, response_id: str, created: int, model: str,
                   choices: Sequence[ChoiceResult]) -> dict[str, Any]:
     """The non-streamed body."""
     if kind == "chat":
-        shaped = [{"index": c.index, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                   "logprobs": None, "finish_reason": c.finish_reason} for c in choices]
+        shaped = [{"index": c.index, "message": c.message(), "logprobs": None, "finish_reason": c.finish_reason}
+                  for c in choices]
         obj = "chat.completion"
     else:
         shaped = [{"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
@@ -95,6 +129,17 @@ class ChunkShaper:
 
     def delta(self, index: int, text: str) -> dict[str, Any]:
         return self._chunk([self._choice(index, {"content": text} if self.kind == "chat" else text, None)])
+
+    def piece(self, index: int, piece: StreamPiece) -> dict[str, Any]:
+        """A chunk for one parsed piece: content, or a tool call's start or arguments (OpenAI's deltas)."""
+        if isinstance(piece, ContentDelta):
+            return self.delta(index, piece.text)
+        if isinstance(piece, CallStart):
+            call = {"index": 0, "id": piece.id, "type": "function", "function": {"name": piece.name, "arguments": ""}}
+        else:
+            assert isinstance(piece, ArgumentsDelta)
+            call = {"index": 0, "function": {"arguments": piece.text}}
+        return self._chunk([self._choice(index, {"tool_calls": [call]}, None)])
 
     def finish(self, index: int, finish_reason: str) -> dict[str, Any]:
         return self._chunk([self._choice(index, {} if self.kind == "chat" else "", finish_reason)])

@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from deployments.common.forwarding import forwarded_caller
+from cache_actors.engine.tool_calls import ToolCallParser
 from deployments.llm.openai.choice_streams import ChoiceStream, StreamFn, close_all, MergedEvents, open_choices
 from deployments.llm.openai.errors import from_backend_exception, from_validation_errors, install_openai_error_handlers
 from deployments.llm.openai.backend_requests import ServingLimits, check_limits, to_backend_requests
@@ -141,9 +142,10 @@ def build_openai_app(
         except Exception as exc:  # noqa: BLE001 - mapped to the client's error in one place
             raise from_backend_exception(exc, overloaded=overloaded_errors) from None
         shaper = ChunkShaper(kind, response_id, int(time.time()), model_id, include_usage=body.include_usage)
+        choices = [_choice_result(s.index, body) for s in streams]
         if body.stream:
-            return SSEResponse(_stream_body(streams, shaper, overloaded_errors), cleanup=lambda: close_all(streams))
-        choices = [ChoiceResult(s.index) for s in streams]
+            return SSEResponse(_stream_body(streams, choices, shaper, overloaded_errors),
+                               cleanup=lambda: close_all(streams))
         try:
             async with aclosing(MergedEvents(streams)) as events:
                 async for index, event in events:
@@ -156,22 +158,25 @@ def build_openai_app(
     return app
 
 
-async def _stream_body(streams: list[ChoiceStream], shaper: ChunkShaper,
+def _choice_result(index: int, body: CompletionRequest | ChatCompletionRequest) -> ChoiceResult:
+    """A choice's accumulator; with tools in play its text is parsed for a tool call."""
+    calls_possible = isinstance(body, ChatCompletionRequest) and body.tools and body.tool_choice != "none"
+    return ChoiceResult(index, tool_parser=ToolCallParser() if calls_possible else None)
+
+
+async def _stream_body(streams: list[ChoiceStream], choices: list[ChoiceResult], shaper: ChunkShaper,
                        overloaded: tuple[type[BaseException], ...]) -> AsyncIterator[bytes]:
     """The SSE events of one streamed response; an error after the start is an error event, then [DONE]."""
-    choices = [ChoiceResult(s.index) for s in streams]
     try:
         if shaper.kind == "chat":
             for choice in choices:
                 yield sse_event(shaper.role(choice.index))
         async with aclosing(MergedEvents(streams)) as events:
             async for index, event in events:
-                choices[index].apply(event)
-                if event["type"] == "delta":
-                    if event["text"]:
-                        yield sse_event(shaper.delta(index, event["text"]))
-                else:
-                    yield sse_event(shaper.finish(index, event["finish_reason"]))
+                for piece in choices[index].apply(event):
+                    yield sse_event(shaper.piece(index, piece))
+                if event["type"] == "done":
+                    yield sse_event(shaper.finish(index, choices[index].finish_reason or event["finish_reason"]))
         if shaper.include_usage:
             yield sse_event(shaper.usage(choices))
     except Exception as exc:  # noqa: BLE001 - the status line is sent: report in the stream
