@@ -18,7 +18,7 @@ from deployments.llm import build_llm
 from tests.deployments.conftest import run_app
 from tests.deployments.llm_test_support import greedy_reference
 
-MAX_MODEL_LEN = 512
+MAX_MODEL_LEN = 1024
 ARGS = {
     "num_replicas": 1,
     "max_model_len": MAX_MODEL_LEN,
@@ -415,3 +415,57 @@ def test_gateway_bodies_up_to_the_limit_reach_the_llm(gateway: tuple[str, dict[s
                       content='{"messages": ' + "[" * 1000 + "]" * 1000 + "}")
     assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json", deep.text[:500]
     assert deep.json()["error"]["request_id"] == deep.headers["x-request-id"]
+
+
+# --- tool calling on the served model --------------------------------------------------------------
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get current temperature for a given location.",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}, "days": {"type": "integer",
+                   "minimum": 1, "maximum": 5}}, "required": ["location", "days"], "additionalProperties": False},
+    "strict": True}}]
+
+
+def test_openai_tool_calls_through_the_gateway_and_on_v1(base_url: str, gateway: tuple[str, dict[str, str]]) -> None:
+    """The SDK's tool-calling loop on the batched, cached replica: the call validates, the result goes back."""
+    import openai
+
+    url, keys = gateway
+    for client in (openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120),
+                   openai.OpenAI(base_url=f"{url}/api/v1/llm", api_key=keys["acme"], max_retries=0, timeout=120)):
+        model = client.models.list().data[0].id
+        messages = [{"role": "user", "content": "What is the weather like in Paris for three days?"}]
+        first = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, tool_choice="required",
+                                               temperature=0)
+        call = first.choices[0].message.tool_calls[0]
+        assert first.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), TOOLS[0]["function"]["parameters"])
+        stream = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, tool_choice="required",
+                                                temperature=0, stream=True)
+        arguments, finish = "", None
+        for chunk in stream:
+            for delta in chunk.choices[0].delta.tool_calls or []:
+                arguments += delta.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "tool_calls" and arguments == call.function.arguments
+        messages += [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "14 C"}]
+        second = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, max_tokens=8,
+                                                temperature=0)
+        assert second.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        # The second turn repeats the first as its prefix: the cache serves it.
+        assert second.usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_handle_client_returns_tool_calls(base_url: str) -> None:
+    """Business services call tools through `LLMHandleClient`, the path Business Agents takes."""
+    import asyncio
+
+    from business_modules.llm_client import LLMRequestSpec, ToolSpec
+    from deployments.common.llm_handle import LLMHandleClient
+
+    params = TOOLS[0]["function"]["parameters"]
+    spec = LLMRequestSpec(messages=[{"role": "user", "content": "Weather?"}], max_tokens=120, tenant_id="acme",
+                          tools=[ToolSpec("get_weather", "weather", params), ToolSpec("noop")], tool_choice="get_weather")
+    done = asyncio.run(LLMHandleClient().generate(spec))
+    assert done.finish_reason == "tool_calls" and done.text == ""
+    assert [c.name for c in done.tool_calls] == ["get_weather"]
+    jsonschema.validate(done.tool_calls[0].parsed_arguments(), params)

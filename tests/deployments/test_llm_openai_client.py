@@ -6,11 +6,13 @@ streaming and a client that hangs up mid-stream behave as they do in production.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 
 import httpx
+import jsonschema
 import openai
 import pytest
 import uvicorn
@@ -26,7 +28,7 @@ SERVER_START_TIMEOUT_S = 20.0
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, TinyBackend]]:
     runner = ModelRunner.load(None, demo_spec=TINY_SPEC)
-    backend = TinyBackend(runner, token_delay_s=0.002)
+    backend = TinyBackend(runner, token_delay_s=0.002, structured=True)
     port = free_port()
     config = uvicorn.Config(mounted(make_app(backend.generate_stream, runner)), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="off")
@@ -101,3 +103,74 @@ def test_hanging_up_mid_stream_stops_generation(served):
         assert time.monotonic() < deadline, "the backend stream was not closed after the client left"
         time.sleep(0.02)
     assert request_id not in backend.outputs
+
+
+# OpenAI's function-calling guide, as written there (only model and tool_choice differ: the demo model has
+# random weights, so "auto" would rarely choose a call; "required" makes it call, with valid arguments).
+WEATHER_TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get current temperature for a given location.",
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string", "description": "City and country e.g. Bogotá, Colombia"}},
+            "required": ["location"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}]
+
+
+def get_weather(location: str) -> str:
+    return f"14 degrees in {location}"
+
+
+def test_openai_function_calling_guide_runs(client: openai.OpenAI, served):
+    backend = served[1]
+    model = backend.runner.model_id
+    messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+    completion = client.chat.completions.create(model=model, messages=messages, tools=WEATHER_TOOLS,
+                                                tool_choice="required")
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    tool_call = choice.message.tool_calls[0]
+    assert tool_call.type == "function" and tool_call.id.startswith("call_")
+    assert tool_call.function.name == "get_weather"
+    args = json.loads(tool_call.function.arguments)
+    jsonschema.validate(args, WEATHER_TOOLS[0]["function"]["parameters"])
+    result = get_weather(args["location"])
+
+    messages.append(completion.choices[0].message)  # the SDK's own message object goes back as is
+    messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": str(result)})
+    completion_2 = client.chat.completions.create(model=model, messages=messages, tools=WEATHER_TOOLS,
+                                                  tool_choice="none", max_tokens=12)
+    assert completion_2.choices[0].message.tool_calls is None
+    assert isinstance(completion_2.choices[0].message.content, str)
+    rendered = backend.requests[-1].messages  # what the model saw: the call as it wrote it, the result as data
+    assert rendered[-2]["content"].startswith('<tool_call>{"name":"get_weather","arguments":')
+    assert rendered[-1]["role"] == "user" and json.dumps(result)[1:-1] in rendered[-1]["content"]
+
+
+def test_streamed_tool_calls_assemble_as_the_guide_does(client: openai.OpenAI, served):
+    model = served[1].runner.model_id
+    body = {"model": model, "messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": WEATHER_TOOLS,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "temperature": 0}
+    whole = client.chat.completions.create(**body).choices[0].message.tool_calls[0]
+    stream = client.chat.completions.create(**body, stream=True)
+    final_tool_calls: dict[int, object] = {}
+    finish = None
+    for chunk in stream:
+        for tool_call in chunk.choices[0].delta.tool_calls or []:
+            index = tool_call.index
+            if index not in final_tool_calls:
+                final_tool_calls[index] = tool_call
+            else:
+                final_tool_calls[index].function.arguments += tool_call.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and list(final_tool_calls) == [0]
+    streamed = final_tool_calls[0]
+    assert streamed.function.name == "get_weather" and streamed.id.startswith("call_")
+    assert streamed.function.arguments == whole.function.arguments  # greedy: the same call both ways
+    jsonschema.validate(json.loads(streamed.function.arguments), WEATHER_TOOLS[0]["function"]["parameters"])
