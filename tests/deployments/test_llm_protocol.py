@@ -198,6 +198,7 @@ REFUSED = [
     (CHAT, {"tools": []}, "tools"),
     (CHAT, {"tools": [{"type": "function", "function": {"name": "f"}}] * 129}, "tools"),
     (CHAT, {"tools": [{"type": "code_interpreter"}]}, "tools[0].type"),
+    (CHAT, {"tools": [{"type": "function", "function": {"name": "f", "description": "d" * 70_000}}]}, "tools"),
     (CHAT, {"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name"),
     (CHAT, {"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
      "tools[0].function.parameters"),

@@ -28,6 +28,7 @@ from cache_actors.engine.tool_calls import MAX_TOOLS, TOOL_CHOICE_MODES, TOOL_NA
 from deployments.common.error_codes import code_for_status
 
 MAX_N = 8
+MAX_TOOLS_BYTES = 60 * 1024  # under the backend's limit on a compiled format (tools are one)
 MAX_STOP = 4
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1 - MAX_N  # seed + i must stay a valid torch seed
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -381,6 +382,13 @@ def check_tools(value: list[Any]) -> list[dict[str, Any]]:
         raise _invalid("Invalid 'tools': empty array. Expected at least one tool, or leave 'tools' out.", param="tools")
     if len(value) > MAX_TOOLS:
         raise _invalid(f"Invalid 'tools': {len(value)} tools; at most {MAX_TOOLS} are allowed.", param="tools")
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    except ValueError:
+        raise _invalid("Invalid 'tools': NaN or infinite numbers are not JSON.", param="tools") from None
+    if size > MAX_TOOLS_BYTES:
+        raise _invalid(f"Invalid 'tools': {size} bytes of JSON; at most {MAX_TOOLS_BYTES} are allowed (their "
+                       "schemas are compiled into a grammar).", param="tools")
     seen: set[str] = set()
     for i, tool in enumerate(value):
         where = f"tools[{i}]"
