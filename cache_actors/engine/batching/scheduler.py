@@ -114,6 +114,9 @@ class ContinuousBatcher:
         self.steps = 0
         self.step_rows = 0  # sum of batch sizes over steps (mean batch = step_rows / steps)
         self.steps_during_chunked_prefill = 0  # decode steps that ran while a long prompt was half prefilled
+        self.jumped_tokens = 0  # grammar-forced tokens computed by jump-forward instead of decode steps
+        self._torch_threads: int | None = None
+        self._worker_started = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
         self._thread.start()
 
@@ -187,6 +190,16 @@ class ContinuousBatcher:
         """Whether the worker thread still runs (a replica whose batcher died must be restarted)."""
         return self._thread.is_alive()
 
+    def worker_torch_threads(self, timeout_s: float = 10.0) -> int | None:
+        """The torch threads the worker thread runs the model with, as torch reports them there.
+
+        The number a log line or a health probe shows should be the one the
+        model work uses, not the caller's thread's (an OpenMP setting is per
+        thread). None if the worker has not started within ``timeout_s``.
+        """
+        self._worker_started.wait(timeout_s)
+        return self._torch_threads
+
     def load(self) -> dict[str, int]:
         return {"running": len(self._running), "waiting": len(self._waiting), "max_batch_size": self.config.max_batch_size}
 
@@ -198,6 +211,8 @@ class ContinuousBatcher:
 
     # --- worker side -------------------------------------------------------------------
     def _loop(self) -> None:
+        self._torch_threads = torch.get_num_threads()
+        self._worker_started.set()
         while True:
             with self._wake:
                 while not self._closed and not self._waiting and not self._running and self._partial is None:
@@ -323,6 +338,7 @@ class ContinuousBatcher:
         seq.prompt_hashes = hashes
         self._running.append(seq)
         seq.append(seq.choose(logits))
+        self._jump_forward(len(self._running) - 1)
         if seq.finished:
             self._retire(len(self._running) - 1, store=False)
 
@@ -341,10 +357,27 @@ class ContinuousBatcher:
         for row, seq in enumerate(self._running):
             if not seq.cancelled:
                 seq.append(seq.choose(logits[row]))
+                self._jump_forward(row)
         for row in range(rows - 1, -1, -1):
             seq = self._running[row]
             if seq.finished or seq.cancelled:
                 self._retire(row, store=seq.finished)
+
+    def _jump_forward(self, row: int) -> int:
+        """Append the tokens ``row``'s grammar forces and compute their KV in one forward of that row alone.
+
+        The last forced token stays unfed, like any sampled token: the next
+        decode step feeds it with the rest of the batch.
+        """
+        seq = self._running[row]
+        if seq.constraint is None or seq.finished or seq.jump_forward() == 0 or seq.finished:
+            return 0
+        fed = seq.fed_ids()
+        length = self.kv.lengths[row]
+        self.runner.prefill(fed, self.kv.row_cache(row, length))
+        self.kv.set_length(row, len(fed))
+        self.jumped_tokens += len(fed) - length
+        return len(fed) - length
 
     def _retire(self, row: int, *, store: bool) -> None:
         """Free ``row``; a finished sequence stores the blocks its output filled and gets its done event."""

@@ -25,6 +25,8 @@ class TokenConstraint(Protocol):
 
     def accept(self, token_id: int) -> None: ...
 
+    def forced_tokens(self) -> list[int]: ...
+
     def is_finished(self) -> bool: ...
 
 
@@ -99,6 +101,22 @@ class Sequence:
             self._finish("stop")
         elif len(self.generated) >= self.request.sampling.max_new_tokens:
             self._finish("length")
+
+    def jump_forward(self) -> int:
+        """Append the tokens the grammar forces next, as if sampled; returns how many were appended.
+
+        Their KV is not computed here: the caller feeds them to the model in
+        one forward before the next decode step.
+        """
+        if self.constraint is None or self.finished:
+            return 0
+        appended = 0
+        for token in self.constraint.forced_tokens():
+            self.append(token)
+            appended += 1
+            if self.finished:
+                break
+        return appended
 
     def _finish(self, reason: str) -> None:
         self.finish_reason = reason

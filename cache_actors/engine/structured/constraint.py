@@ -25,6 +25,7 @@ on. If ``max_tokens`` cuts an output short, the caller reports finish_reason
 from __future__ import annotations
 
 import logging
+import re
 
 import llguidance
 import llguidance.numpy as llg_numpy
@@ -78,8 +79,10 @@ class GrammarSpec:
 
 
 def _first_line(error: str) -> str:
-    """llguidance's errors quote the grammar over many lines; the first says what is wrong."""
-    return error.strip().splitlines()[0] if error.strip() else error
+    """llguidance's error without the grammar listing it quotes (whole tool schemas), on one line."""
+    kept = [line.strip() for line in error.splitlines()
+            if line.strip() and not re.match(r"^\s*\d+ \|", line) and not re.fullmatch(r"\s*\^+\s*", line)]
+    return " ".join(kept)[:1000]
 
 
 class TokenConstraint:
@@ -146,6 +149,17 @@ class TokenConstraint:
         self._track_strings(self._grammar.ll_tokenizer.decode_bytes([token]))
         self._num_tokens += 1
         self._allowed = None
+
+    def forced_tokens(self) -> list[int]:
+        """Tokens the grammar forces next (a fixed frame such as a tool call's ``","arguments":``).
+
+        The batcher appends them without a decode step each and computes their
+        KV in one forward (jump-forward decoding), so a long literal costs one
+        step, not one per token. Empty when the grammar leaves a choice or is done.
+        """
+        if self._ended or self._matcher.is_stopped() or self._matcher.is_error():
+            return []
+        return [int(token) for token in self._matcher.compute_ff_tokens()]
 
     def is_finished(self) -> bool:
         """The grammar is complete and only EOS may follow: stop with finish_reason "stop"."""
