@@ -9,7 +9,10 @@ Embedded defaults need no server: without DATABASE_URL the services share the
 SQLite file ``<data dir>/blatam.db``; without REDIS_URL rate limits are per
 process. Both are said in the output. The llm app serves SmolLM2 (pulled into
 ``<data dir>/models`` on first start) unless ``--model`` says otherwise
-(`scripts.up_model`).
+(`scripts.up_model`). The LLM's model replicas reserve the CPUs the file gives
+them (2), which are their torch threads; on a cluster with fewer CPUs the
+reservations are scaled down to fit, and the notes say what each got
+(`scripts.up_cpus`).
 
 Ray 2.60 turns token authentication on for clusters started by ``ray.init``
 (token in ``~/.ray/auth_token``). This command talks to its cluster in
@@ -42,6 +45,7 @@ from rich.console import Console
 
 from scripts.ray_access import cli_env, export_line, token_auth_enabled, token_location
 from scripts.serve_stop import SERVE_STOP_TIMEOUT_S, stop_serve
+from scripts.up_cpus import ReplicaCpus, fit_replica_cpus
 from scripts.up_model import ModelChoiceError, apply_model, choose_model, configured_model, has_llm_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -198,6 +202,14 @@ def select_model(config: Any, model: str | None, console: Console) -> str | None
     return choice.describe()
 
 
+def cpu_notes(reservations: list[ReplicaCpus]) -> list[str]:
+    """What each CPU-reserving deployment got; for the LLM's replicas, the torch threads that makes."""
+    from deployments.llm.threads import choose_threads
+
+    return [r.describe() + (f" = torch threads {choose_threads(None, r.given).threads} of each model replica"
+                            if r.deployment == "LLMServer" else "") for r in reservations]
+
+
 def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, dashboard: bool,
            dashboard_port: int, data_dir: Path | None, deploy_timeout_s: float, model: str | None = None) -> int:
     """Start, deploy, block until a signal, shut down; return the exit code (1 when Serve did not stop in time)."""
@@ -232,6 +244,9 @@ def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, das
             dashboard_port=dashboard_port,
             namespace="blatam",
         )
+    for line in cpu_notes(fit_replica_cpus(config, ray.cluster_resources().get("CPU", 0.0))):
+        logger.info("%s", line)
+        notes.append(line)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     serve_stopped: bool | None = None  # None: not shut down yet
     try:

@@ -36,8 +36,12 @@ from deployments.llm.metrics import LLMMetrics
 from cache_actors.engine.requests import LLMRequest
 from deployments.llm.requests import sequence_request
 from deployments.llm.settings import LLMSettings
+from deployments.llm.threads import replica_threads
 
-logger = logging.getLogger(__name__)
+# Under "ray.serve": in a replica Serve's logging (serve_config.yaml `logging_config`: a file under
+# logs/serve, and the driver's console) handles that logger tree only; other loggers have no handler
+# there, so their INFO lines (the replica's threads) went nowhere.
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
 def _format_compiler(runner: Any) -> CompileFormat | None:
@@ -85,7 +89,8 @@ class LLMServer:
         cache = dict(self.settings.cache)
         if cache.get("enable_distributed") and cache.get("shard_index") is None:
             cache["shard_index"] = local_rank
-        config = KVCacheConfig(model_path=self.settings.model_path, num_threads=self.settings.num_threads, **cache)
+        self.threads = replica_threads(self.settings.num_threads)
+        config = KVCacheConfig(model_path=self.settings.model_path, num_threads=self.threads.threads, **cache)
         self.engine = UltraAdaptiveKVCacheEngine(config)
         runner = self.engine.runner
         self.batcher = self.engine.start_batcher(
@@ -101,7 +106,9 @@ class LLMServer:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.shard = getattr(self.engine.cache, "shard_name", None)
         self.metrics = LLMMetrics(self.model_id)
-        logger.info("LLM replica ready: model %s, shard %s, batch %d", self.model_id, self.shard, self.settings.max_batch_size)
+        logger.info("LLM replica ready: model %s, shard %s, batch %d, torch threads %s (%s)", self.model_id,
+                    self.shard, self.settings.max_batch_size, self.batcher.worker_torch_threads(),
+                    self.threads.describe())
 
     async def generate_stream(self, request: LLMRequest | Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Events of one request (see the module docstring)."""
@@ -135,7 +142,7 @@ class LLMServer:
         }
 
     def get_stats(self) -> dict[str, Any]:
-        """Engine and cache statistics plus the batcher's (mean batch size)."""
+        """Engine and cache statistics plus the batcher's (mean batch size, the torch threads its thread runs)."""
         steps = self.batcher.steps
         return {
             **self.engine.get_stats(),
@@ -143,6 +150,8 @@ class LLMServer:
             "decode_steps": steps,
             "mean_batch_size": self.batcher.step_rows / steps if steps else 0.0,
             "shard": self.shard,
+            "torch_threads": self.batcher.worker_torch_threads(),
+            "num_cpus": self.threads.cpus,
         }
 
     def check_health(self) -> None:

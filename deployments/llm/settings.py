@@ -34,7 +34,9 @@ class LLMSettings(BaseSettings):
     max_waiting: int = Field(1024, ge=1, description="Queued requests per replica before 503.")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
-    num_threads: int | None = Field(None, ge=1, description="torch threads per replica (None: torch's default).")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch threads per replica; None: the CPUs Ray reserved for it (LLMServer's "
+                                "num_cpus, 1 when it reserved none; deployments/llm/threads.py).")
     routing: Literal["affinity", "pow2"] = Field("affinity", description="Cache-aware routing, or Serve's power of two choices.")
     router: dict[str, Any] = Field(default_factory=dict, description="request_router_kwargs of the cache-aware router.")
     routing_stats_period_s: float = Field(1.0, gt=0, description="How often replicas report load and shard to the router.")

@@ -53,3 +53,13 @@ def test_the_proxies_get_the_request_id_callback() -> None:
     assert {name: env_vars.get(name) for name in PROXY_ENV} == PROXY_ENV
     module_name, _, attr = PROXY_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"].partition(":")
     assert getattr(importlib.import_module(module_name), attr) is proxy_middlewares
+
+
+def test_only_the_model_replicas_reserve_cpus_and_the_file_fits_two_cores() -> None:
+    """LLMServer's torch threads are its num_cpus (deployments/llm/threads.py): both cores of a 2-core machine,
+    while every other replica reserves none, so `blatam up` there deploys everything."""
+    from scripts.up_cpus import fit_replica_cpus
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (reservation,) = fit_replica_cpus(schema, 2.0)
+    assert (reservation.app, reservation.deployment, reservation.given, reservation.replicas) == ("llm", "LLMServer", 2.0, 1)

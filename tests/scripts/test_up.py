@@ -118,6 +118,9 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         assert f"{base}/docs" in output.text and "embedded SQLite" in output.text and "REDIS_URL not set" in output.text
         assert "Could not pull smollm2" in output.text and "serving the built-in demo model instead" in output.text
         assert "Model: built-in demo model (smollm2 could not be pulled" in output.text
+        # serve_config.yaml's LLMServer reserves both cores, its torch threads; everything else fits beside it.
+        assert "CPUs: llm/LLMServer reserves 2 per replica = torch threads 2 of each model replica" in output.text
+        output.wait_for("torch threads 2 (set from num_cpus, num_cpus 2)", proc, 30)  # the replica's own log line
         assert not list((tmp_path / "data" / "models").glob("*")), "a failed pull left files behind"
         card = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]
         assert card["blatam"]["kind"] == "demo" and "could not be pulled" in card["blatam"]["note"], card
