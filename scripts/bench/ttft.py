@@ -6,8 +6,9 @@ first. Uncached: a fresh prompt. Cached: per run a new prefix of
 ``prompt - new`` tokens; request A (prefix + new random tokens, untimed) fills
 the cache, request B (prefix + other new tokens) is timed. Ideal: the prefix
 prefilled once into a `DynamicCache`, then B's suffix run on a copy of it (the
-copy is not timed). Each figure is the median of ``--runs`` runs, interleaved
-so drift of a shared machine hits all three alike.
+copy is not timed). Each figure is the median of ``--runs`` runs; each run
+does one trial of each kind, in an order that rotates from run to run, so
+drift of a shared machine hits all of them alike.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import typer
 
@@ -61,11 +62,21 @@ def _ideal_ttft_ms(engine: UltraAdaptiveKVCacheEngine, prefix: list[int], suffix
         return (time.perf_counter() - started) * 1000
 
 
+def rotated(kinds: list[str], run: int) -> list[str]:
+    """``kinds`` started at position ``run`` (mod len): over the runs each kind takes every place in the order.
+
+    A slow spell of a shared machine then lands on each kind alike, rather
+    than always on the one that runs, say, right after the 2,048-token fill.
+    """
+    shift = run % len(kinds)
+    return kinds[shift:] + kinds[:shift]
+
+
 def measure_ttft(
     engine: UltraAdaptiveKVCacheEngine, *, prompt_tokens: int, new_tokens: int, runs: int, seed: int = 0,
     progress: Progress | None = None, actor_engine: UltraAdaptiveKVCacheEngine | None = None,
 ) -> dict[str, Any]:
-    """Medians of uncached, cached and ideal TTFT over ``runs`` interleaved runs.
+    """Medians of uncached, cached and ideal TTFT over ``runs`` runs, their trials interleaved (`rotated`).
 
     With ``actor_engine`` (the same model behind the distributed cache) each
     run also times the cached request through the shard actor: ``actor_ms``
@@ -84,33 +95,35 @@ def measure_ttft(
     samples: dict[str, list[float]] = {"uncached": [], "cached": [], "ideal": []}
     if actor_engine is not None:
         samples["actor"] = []
-    actor_hits: list[int] = []
-    cached_tokens: list[int] = []
+    hits: dict[str, list[int]] = {"cached": [], "actor": []}
     task = progress.add_task("ttft runs", total=runs + 1) if progress else None
     for run in range(runs + 1):  # run 0 warms up allocators and kernels; not recorded
         fresh = bos + random_ids(generator, prompt_tokens - 1, vocab)
-        uncached, _ = _engine_ttft_ms(engine, fresh)
         prefix = bos + random_ids(generator, shared - 1, vocab)
-        _engine_ttft_ms(engine, prefix + random_ids(generator, new_tokens, vocab))
-        suffix = random_ids(generator, new_tokens, vocab)
-        cached, hit = _engine_ttft_ms(engine, prefix + suffix)
-        ideal = _ideal_ttft_ms(engine, prefix, suffix)
+        fill, suffix, actor_fill = (random_ids(generator, new_tokens, vocab) for _ in range(3))
+
+        def cached_trial(cached_engine: UltraAdaptiveKVCacheEngine, fill: list[int]) -> tuple[float, int]:
+            _engine_ttft_ms(cached_engine, prefix + fill)  # request A: stores the prefix (untimed)
+            return _engine_ttft_ms(cached_engine, prefix + suffix)  # request B: timed
+
+        trials: dict[str, Callable[[], tuple[float, int]]] = {
+            "uncached": lambda: _engine_ttft_ms(engine, fresh),
+            "cached": lambda: cached_trial(engine, fill),
+            "ideal": lambda: (_ideal_ttft_ms(engine, prefix, suffix), len(prefix)),
+        }
         if actor_engine is not None:
-            _engine_ttft_ms(actor_engine, prefix + random_ids(generator, new_tokens, vocab))
-            actor, actor_hit = _engine_ttft_ms(actor_engine, prefix + suffix)
+            trials["actor"] = lambda: cached_trial(actor_engine, actor_fill)
+        for kind in rotated(list(trials), run):
+            ms, hit = trials[kind]()
             if run:
-                samples["actor"].append(actor)
-                actor_hits.append(actor_hit)
-        if run:
-            samples["uncached"].append(uncached)
-            samples["cached"].append(cached)
-            samples["ideal"].append(ideal)
-            cached_tokens.append(hit)
+                samples[kind].append(ms)
+                if kind in hits:
+                    hits[kind].append(hit)
         if progress is not None and task is not None:
             progress.advance(task)
     medians = {key: statistics.median(values) for key, values in samples.items()}
     actor = {} if actor_engine is None else {
-        "actor_ms": medians["actor"], "actor_overhead": medians["actor"] / medians["ideal"], "actor_cached_tokens": min(actor_hits),
+        "actor_ms": medians["actor"], "actor_overhead": medians["actor"] / medians["ideal"], "actor_cached_tokens": min(hits["actor"]),
     }
     return {
         **actor,
@@ -119,7 +132,7 @@ def measure_ttft(
         "new_tokens": new_tokens,
         "block_size": engine.config.block_size,
         "runs": runs,
-        "cached_tokens": min(cached_tokens),
+        "cached_tokens": min(hits["cached"]),
         "uncached_ms": medians["uncached"],
         "cached_ms": medians["cached"],
         "ideal_ms": medians["ideal"],

@@ -61,5 +61,14 @@ def test_bench_ttft_names_a_model_it_cannot_find(tmp_path):
 
     done = subprocess.run(
         [sys.executable, "-c", "from scripts.cli import main; main()", "bench", "ttft", "--model", "smollm2"],
-        env={**os.environ, "BLATAM_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+        env={**os.environ, "BLATAM_DATA_DIR": str(tmp_path), "COLUMNS": "500"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "blatam model pull smollm2" in done.stdout + done.stderr
+
+
+def test_each_kind_of_trial_takes_every_place_in_the_order_over_the_runs():
+    from scripts.bench.ttft import rotated
+
+    kinds = ["uncached", "cached", "ideal"]
+    orders = [rotated(kinds, run) for run in range(3)]
+    assert orders == [kinds, ["cached", "ideal", "uncached"], ["ideal", "uncached", "cached"]]
+    assert rotated(kinds, 4) == orders[1]
