@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # cache_actors.engine.sampling imports torch
 
 MAX_STOPS = 4
 MAX_ID_CHARS = 256
-SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos", "min_tokens")
 PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 
 
@@ -42,6 +42,32 @@ class Sampling(BaseModel):
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+    @field_validator("ignore_eos", mode="before")
+    @classmethod
+    def _ignore_eos(cls, value: Any) -> bool:
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise ValueError(f"'ignore_eos' must be a boolean, got {type(value).__name__}")
+        return value
+
+    @field_validator("min_tokens", mode="before")
+    @classmethod
+    def _min_tokens(cls, value: Any) -> int:
+        if value is None:
+            return 0
+        if _number("min_tokens", value, integer=True) < 0:
+            raise ValueError(f"'min_tokens' must be >= 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> Sampling:
+        if self.max_new_tokens is not None and self.min_tokens > self.max_new_tokens:
+            raise ValueError(f"'min_tokens' ({self.min_tokens}) must not exceed 'max_new_tokens' ({self.max_new_tokens})")
+        return self
 
     @field_validator("max_new_tokens", mode="before")
     @classmethod
@@ -97,6 +123,7 @@ class Sampling(BaseModel):
         return SamplingParams(
             max_new_tokens=self.max_new_tokens or default_max_new_tokens,
             temperature=self.temperature, top_p=self.top_p, stop=self.stop, seed=self.seed,
+            ignore_eos=self.ignore_eos, min_tokens=self.min_tokens,
         )
 
 

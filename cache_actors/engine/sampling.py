@@ -21,6 +21,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = field(default=())
+    ignore_eos: bool = False  # generate past EOS (load generators want exact output lengths)
+    min_tokens: int = 0  # EOS and stop ids are masked until this many tokens exist
 
     @property
     def greedy(self) -> bool:

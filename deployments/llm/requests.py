@@ -5,9 +5,11 @@ router and the engine share it); handle callers such as business services may
 send the same fields as a plain dict, validated by that same model:
 
 - ``prompt`` (str) or ``messages`` ([{role, content}]) or ``prompt_token_ids``;
-- ``sampling``: ``max_new_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``
-  (top-level keys of the same names are accepted too, for handle callers);
-- ``response_format``: OpenAI's ``text`` / ``json_object`` / ``json_schema``;
+- ``sampling``: ``max_new_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``,
+  ``ignore_eos``, ``min_tokens`` (top-level keys of the same names are accepted
+  too, for handle callers);
+- ``response_format``: OpenAI's ``text`` / ``json_object`` / ``json_schema``, or the
+  internal ``tool_call`` format (`cache_actors.engine.tool_calls.tool_call_format`);
 - ``tenant_id``, ``request_id``, ``clamp_max_tokens``.
 """
 

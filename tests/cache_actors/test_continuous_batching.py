@@ -153,3 +153,20 @@ def test_slow_consumer_gets_tokens_merged_not_lost(batcher):
     assert len(deltas) < fast["completion_tokens"]
     assert [t for e in deltas for t in e["token_ids"]] == fast["token_ids"]
     assert "".join(e["text"] for e in deltas) == fast["text"]
+
+
+def test_min_tokens_and_ignore_eos(batcher):
+    """``min_tokens`` masks the ids that end a sequence until enough exist; ``ignore_eos`` never stops on EOS."""
+    b = batcher()
+    prompt = "The quarterly report shows that revenue grew"
+    free = asyncio.run(b.generate(_request(b.runner, prompt, max_new_tokens=12)))
+    first, third = free["token_ids"][0], free["token_ids"][2]
+    stops_at_once = asyncio.run(b.generate(_request(b.runner, prompt, max_new_tokens=12, stop_token_ids=(first,))))
+    assert stops_at_once["completion_tokens"] == 0 and stops_at_once["finish_reason"] == "stop"
+    held = asyncio.run(b.generate(_request(b.runner, prompt, max_new_tokens=12, stop_token_ids=(first,), min_tokens=4)))
+    assert held["completion_tokens"] >= 4 and first not in held["token_ids"][:4]
+    b._stop_ids = frozenset({third})  # as if the model's EOS came third
+    ended = asyncio.run(b.generate(_request(b.runner, prompt, max_new_tokens=12)))
+    assert ended["token_ids"] == free["token_ids"][:2] and ended["finish_reason"] == "stop"
+    ignored = asyncio.run(b.generate(_request(b.runner, prompt, max_new_tokens=12, ignore_eos=True)))
+    assert ignored["token_ids"] == free["token_ids"] and ignored["finish_reason"] == "length"

@@ -43,9 +43,7 @@ class TinyBackend:
         self.closed_early: list[str] = []  # request ids closed before their done event
 
     def prompt_ids(self, request: LLMRequest) -> list[int]:
-        if request.prompt is not None:
-            return self.runner.encode(request.prompt)
-        return self.runner.encode_chat(request.messages)
+        return request.encode(self.runner)
 
     async def generate_stream(self, request: LLMRequest) -> AsyncIterator[dict[str, Any]]:
         assert isinstance(request, LLMRequest), f"the ingress sends LLMRequest, not {type(request).__name__}"
@@ -77,8 +75,11 @@ class TinyBackend:
             while len(generated) < max_new:
                 if constraint is not None:
                     constraint.mask_logits(logits)
+                if len(generated) < sampling.min_tokens and not sampling.ignore_eos:
+                    logits = logits.clone()
+                    logits[list(runner.eos_token_ids)] = float("-inf")
                 token = sample_next(logits, params, generator)
-                if token in runner.eos_token_ids:
+                if token in runner.eos_token_ids and not sampling.ignore_eos:
                     finish = "stop"
                     break
                 generated.append(token)

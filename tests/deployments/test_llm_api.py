@@ -469,3 +469,33 @@ def test_handle_client_returns_tool_calls(base_url: str) -> None:
     assert done.finish_reason == "tool_calls" and done.text == ""
     assert [c.name for c in done.tool_calls] == ["get_weather"]
     jsonschema.validate(done.tool_calls[0].parsed_arguments(), params)
+
+
+# --- what benchmark harnesses send (vLLM's extensions, token-id prompts) ----------------------------
+def test_token_id_prompts_equal_their_text(client: httpx.Client, reference: ModelRunner) -> None:
+    text = "Quarterly revenue grew by"
+    ids = reference.encode(text)
+    base = {"model": model_id(client), "max_tokens": 8, "temperature": 0}
+    by_text = client.post("/completions", json={**base, "prompt": text}).json()
+    for prompt in (ids, [ids]):
+        by_ids = client.post("/completions", json={**base, "prompt": prompt}).json()
+        assert by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
+        assert by_ids["usage"]["prompt_tokens"] == len(ids)
+    bad = client.post("/completions", json={**base, "prompt": [1, 10**9]})
+    assert bad.status_code == 400 and "prompt_token_ids" in bad.json()["error"]["message"]
+
+
+def test_ignore_eos_min_tokens_and_continuous_usage_as_guidellm_sends_them(client: httpx.Client) -> None:
+    """GuideLLM's body for a fixed output length: ignore_eos, stop null, include and continuous usage."""
+    body = {"model": model_id(client), "prompt": "Benchmark prompt " * 4, "max_tokens": 20, "stop": None,
+            "ignore_eos": True, "min_tokens": 5, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    with client.stream("POST", "/completions", json=body) as response:
+        assert response.status_code == 200
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert all(chunk["usage"] is not None for chunk in chunks)
+    counts = [chunk["usage"]["completion_tokens"] for chunk in chunks]
+    assert counts == sorted(counts) and counts[-1] == 20  # exact length: EOS ignored
+    prompt_tokens = {chunk["usage"]["prompt_tokens"] for chunk in chunks}
+    assert len(prompt_tokens) == 1 and prompt_tokens.pop() > 0
+    assert chunks[-1]["choices"] == [] and chunks[-2]["choices"][0]["finish_reason"] == "length"

@@ -70,7 +70,7 @@ async def collect(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
 def _merge(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
     if pending is None:
         return event
-    return {"type": "delta", "text": pending["text"] + event["text"], "token_ids": pending["token_ids"] + event["token_ids"]}
+    return {**event, "text": pending["text"] + event["text"], "token_ids": pending["token_ids"] + event["token_ids"]}
 
 
 class BatcherOverloaded(RuntimeError):
@@ -125,6 +125,10 @@ class ContinuousBatcher:
         """Refuse what can never run (ValueError); returns the request's constraint factory."""
         if not request.token_ids:
             raise ValueError("the prompt has no tokens")
+        vocab = self.runner.vocab_size
+        if any(not 0 <= token < vocab for token in request.token_ids):
+            bad = next(token for token in request.token_ids if not 0 <= token < vocab)
+            raise ValueError(f"prompt token id {bad} is outside this model's vocabulary [0, {vocab})")
         check_context(len(request.token_ids), request.sampling.max_new_tokens, self.max_model_len, max_name="max_tokens")
         if self._compile_format is not None and request.response_format is not None:
             return self._compile_format(request.response_format)
@@ -150,7 +154,8 @@ class ContinuousBatcher:
             emit=emit,
             text=IncrementalText(self.runner.decode, request.sampling.stop),
             constraint=factory() if factory else None,
-            stop_ids=self._stop_ids | frozenset(request.sampling.stop_token_ids),
+            stop_ids=(frozenset() if request.sampling.ignore_eos else self._stop_ids)
+            | frozenset(request.sampling.stop_token_ids),
         )
         with self._wake:
             if self._closed:

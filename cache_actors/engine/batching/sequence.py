@@ -79,10 +79,22 @@ class Sequence:
         return self.request.token_ids
 
     def choose(self, logits: torch.Tensor) -> int:
-        """Next token from this sequence's last-position logits (constrained when it has a grammar)."""
-        if self.constraint is not None:
+        """Next token from this sequence's last-position logits (constrained when it has a grammar).
+
+        Before ``min_tokens`` tokens exist, the ids that would end the
+        sequence are masked too, unless the grammar allows nothing else.
+        """
+        early = len(self.generated) < self.request.sampling.min_tokens and self.stop_ids
+        if self.constraint is not None or early:
             logits = logits.clone()
+        if self.constraint is not None:
             self.constraint.mask_logits(logits)
+        if early:
+            enders = torch.tensor(sorted(i for i in self.stop_ids if i < logits.shape[-1]), dtype=torch.long)
+            kept = logits.index_select(-1, enders)
+            logits.index_fill_(-1, enders, float("-inf"))
+            if torch.isinf(logits).all():  # the grammar wants to end: let it
+                logits.index_copy_(-1, enders, kept)
         return sample_next(logits, self.request.sampling, self.generator)
 
     def append(self, token_id: int) -> None:
@@ -96,7 +108,7 @@ class Sequence:
         self.generated.append(token_id)
         delta = self.text.push(token_id)
         if delta or not self.text.stopped:
-            self.emit({"type": "delta", "text": delta, "token_ids": [token_id]})
+            self.emit({"type": "delta", "text": delta, "token_ids": [token_id], "prompt_tokens": len(self.prompt_ids)})
         if self.text.stopped or (self.constraint is not None and self.constraint.is_finished()):
             self._finish("stop")
         elif len(self.generated) >= self.request.sampling.max_new_tokens:
@@ -122,7 +134,7 @@ class Sequence:
         self.finish_reason = reason
         rest = self.text.flush()
         if rest:
-            self.emit({"type": "delta", "text": rest, "token_ids": []})
+            self.emit({"type": "delta", "text": rest, "token_ids": [], "prompt_tokens": len(self.prompt_ids)})
 
     @property
     def finished(self) -> bool:

@@ -70,13 +70,17 @@ def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, r
         max_new_tokens = min(limits.default_completion_max_tokens, limits.max_tokens_limit)
     else:
         max_new_tokens = limits.max_tokens_limit
+    if request.min_tokens and request.min_tokens > max_new_tokens:
+        raise OpenAIError(400, f"Invalid 'min_tokens': {request.min_tokens} exceeds the {max_new_tokens} tokens this "
+                               "request may generate (max_tokens).", param="min_tokens", code="invalid_value")
     is_chat = isinstance(request, ChatCompletionRequest)
     messages, response_format = (chat_messages(request) if is_chat else (None, request.response_format))
     out: list[LLMRequest] = []
     for i in range(request.choices):
         out.append(LLMRequest.parse({
             "request_id": request_id if request.choices == 1 else f"{request_id}-{i}",
-            "prompt": None if is_chat else request.prompt,
+            "prompt": None if is_chat or isinstance(request.prompt, list) else request.prompt,
+            "prompt_token_ids": request.prompt if not is_chat and isinstance(request.prompt, list) else None,
             "messages": messages,
             "tenant_id": tenant_id,
             "sampling": {
@@ -85,6 +89,8 @@ def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, r
                 "top_p": 1.0 if request.top_p is None else request.top_p,
                 "stop": list(request.stop),
                 "seed": None if request.seed is None else request.seed + i,
+                "ignore_eos": bool(request.ignore_eos),
+                "min_tokens": request.min_tokens or 0,
             },
             "response_format": response_format,
             "clamp_max_tokens": explicit is None,

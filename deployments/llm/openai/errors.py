@@ -100,6 +100,8 @@ def from_backend_exception(exc: BaseException, *,
     `overloaded` (e.g. the batcher's full queue): 503 with Retry-After.
     Anything else: 500, logged.
     """
+    if isinstance(exc, OpenAIError):  # already the client's error (a check on the way to the backend)
+        return exc
     cause = root_cause(exc)
     if isinstance(cause, ValueError) and not isinstance(cause, RayTaskError):
         return OpenAIError(400, str(cause) or "The model refused this request.",

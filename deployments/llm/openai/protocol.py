@@ -96,6 +96,7 @@ class StreamOptions(BaseModel):
 
     include_usage: bool | None = None
     include_obfuscation: bool | None = None  # the SDK may send it; there is nothing to obfuscate here
+    continuous_usage_stats: bool | None = None  # vLLM's: usage in every chunk (load generators read it)
 
 
 class _Common(BaseModel):
@@ -118,6 +119,15 @@ class _Common(BaseModel):
     logit_bias: dict[str, Any] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    ignore_eos: bool | None = None  # vLLM's extension: generate past EOS (exact output lengths for benchmarks)
+    min_tokens: int | None = None  # vLLM's extension: no EOS or stop before this many tokens
+
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_tokens(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise _invalid(f"Invalid 'min_tokens': {value}; it must be at least 0.", param="min_tokens")
+        return value
 
     @field_validator("max_tokens")
     @classmethod
@@ -210,6 +220,11 @@ class _Common(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage in every chunk (vLLM's ``continuous_usage_stats``; it needs ``include_usage`` as there)."""
+        return self.include_usage and bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
 
 def check_response_format(value: Any) -> dict[str, Any]:
     """Shape-check OpenAI's ``response_format`` and return it unchanged (the backend compiles schemas)."""
@@ -248,7 +263,7 @@ def check_response_format(value: Any) -> dict[str, Any]:
 
 
 class CompletionRequest(_Common):
-    """``POST /v1/completions``; ``prompt`` ends up a single string."""
+    """``POST /v1/completions``; ``prompt`` ends up a single string or a list of token ids."""
 
     prompt: Any
     logprobs: int | None = None
@@ -258,14 +273,20 @@ class CompletionRequest(_Common):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, value: Any) -> str:
-        if isinstance(value, list):
-            if len(value) != 1 or not isinstance(value[0], str):
-                raise _invalid("Invalid 'prompt': this server takes one prompt string per request "
-                               "(a list must hold exactly one string; token ids are not accepted).", param="prompt")
+    def _prompt(cls, value: Any) -> str | list[int]:
+        """A string, ``[string]``, token ids ``[int, ...]`` or ``[[int, ...]]``: one prompt per request."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
             value = value[0]
+        if isinstance(value, list):
+            if not value:
+                raise _invalid("Invalid 'prompt': the prompt is empty.", param="prompt")
+            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+                raise _invalid("Invalid 'prompt': this server takes one prompt per request: a string, or a list "
+                               "of token ids (non-negative integers).", param="prompt")
+            return value
         if not isinstance(value, str):
-            raise _invalid("Invalid 'prompt': expected a string.", param="prompt", code="invalid_type")
+            raise _invalid("Invalid 'prompt': expected a string or a list of token ids.", param="prompt",
+                           code="invalid_type")
         if not value:
             raise _invalid("Invalid 'prompt': the prompt is empty.", param="prompt")
         return value

@@ -45,6 +45,8 @@ class ChoiceResult:
     def apply(self, event: dict[str, Any]) -> list[StreamPiece]:
         if event["type"] == "delta":
             self.parts.append(event["text"])
+            self.prompt_tokens = event.get("prompt_tokens", self.prompt_tokens)
+            self.completion_tokens += len(event.get("token_ids", ()))
             if self.tool_parser is None:
                 return [ContentDelta(event["text"])] if event["text"] else []
             return self.tool_parser.feed(event["text"])

@@ -37,7 +37,7 @@ from deployments.llm.openai.choice_streams import ChoiceStream, StreamFn, close_
 from deployments.llm.openai.errors import from_backend_exception, from_validation_errors, install_openai_error_handlers
 from deployments.llm.openai.backend_requests import ServingLimits, check_limits, to_backend_requests
 from deployments.llm.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
-from deployments.llm.openai.responses import ID_PREFIX, ChoiceResult, ChunkShaper, Kind, full_response
+from deployments.llm.openai.responses import ID_PREFIX, ChoiceResult, ChunkShaper, Kind, full_response, usage
 from deployments.llm.openai.sse import SSE_DONE, SSEResponse, sse_event
 
 OWNED_BY = "blatam"
@@ -144,7 +144,8 @@ def build_openai_app(
         shaper = ChunkShaper(kind, response_id, int(time.time()), model_id, include_usage=body.include_usage)
         choices = [_choice_result(s.index, body) for s in streams]
         if body.stream:
-            return SSEResponse(_stream_body(streams, choices, shaper, overloaded_errors),
+            return SSEResponse(_stream_body(streams, choices, shaper, overloaded_errors,
+                                            continuous_usage=body.continuous_usage),
                                cleanup=lambda: close_all(streams))
         try:
             async with aclosing(MergedEvents(streams)) as events:
@@ -165,18 +166,24 @@ def _choice_result(index: int, body: CompletionRequest | ChatCompletionRequest) 
 
 
 async def _stream_body(streams: list[ChoiceStream], choices: list[ChoiceResult], shaper: ChunkShaper,
-                       overloaded: tuple[type[BaseException], ...]) -> AsyncIterator[bytes]:
+                       overloaded: tuple[type[BaseException], ...], *, continuous_usage: bool = False,
+                       ) -> AsyncIterator[bytes]:
     """The SSE events of one streamed response; an error after the start is an error event, then [DONE]."""
+    def chunk(body: dict[str, Any]) -> bytes:
+        if continuous_usage:  # vLLM's continuous_usage_stats: the usage so far in every chunk
+            body["usage"] = usage(choices)
+        return sse_event(body)
+
     try:
         if shaper.kind == "chat":
             for choice in choices:
-                yield sse_event(shaper.role(choice.index))
+                yield chunk(shaper.role(choice.index))
         async with aclosing(MergedEvents(streams)) as events:
             async for index, event in events:
                 for piece in choices[index].apply(event):
-                    yield sse_event(shaper.piece(index, piece))
+                    yield chunk(shaper.piece(index, piece))
                 if event["type"] == "done":
-                    yield sse_event(shaper.finish(index, choices[index].finish_reason or event["finish_reason"]))
+                    yield chunk(shaper.finish(index, choices[index].finish_reason or event["finish_reason"]))
         if shaper.include_usage:
             yield sse_event(shaper.usage(choices))
     except Exception as exc:  # noqa: BLE001 - the status line is sent: report in the stream
