@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # cache_actors.engine.sampling imports torch
 
 MAX_STOPS = 4
 MAX_ID_CHARS = 256
-SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos", "min_tokens")
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos", "min_tokens", "logprobs",
+                 "prompt_logprobs")
+MAX_LOGPROBS = 20
 PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 
 
@@ -44,6 +46,15 @@ class Sampling(BaseModel):
     seed: int | None = None
     ignore_eos: bool = False
     min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+
+    @field_validator("logprobs", "prompt_logprobs", mode="before")
+    @classmethod
+    def _logprobs(cls, value: Any, info: Any) -> int | None:
+        if value is not None and not 0 <= _number(info.field_name, value, integer=True) <= MAX_LOGPROBS:
+            raise ValueError(f"{info.field_name!r} must be in [0, {MAX_LOGPROBS}], got {value}")
+        return value
 
     @field_validator("ignore_eos", mode="before")
     @classmethod
@@ -123,7 +134,8 @@ class Sampling(BaseModel):
         return SamplingParams(
             max_new_tokens=self.max_new_tokens or default_max_new_tokens,
             temperature=self.temperature, top_p=self.top_p, stop=self.stop, seed=self.seed,
-            ignore_eos=self.ignore_eos, min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos, min_tokens=self.min_tokens, logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
 

@@ -23,6 +23,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default=())
     ignore_eos: bool = False  # generate past EOS (load generators want exact output lengths)
     min_tokens: int = 0  # EOS and stop ids are masked until this many tokens exist
+    logprobs: int | None = None  # report each token's logprob and this many alternatives (None: none)
+    prompt_logprobs: int | None = None  # the same for every prompt token (a full forward without the cache)
 
     @property
     def greedy(self) -> bool:

@@ -170,3 +170,61 @@ def test_min_tokens_and_ignore_eos(batcher):
     assert ended["token_ids"] == free["token_ids"][:2] and ended["finish_reason"] == "stop"
     ignored = asyncio.run(b.generate(_request(b.runner, prompt, max_new_tokens=12, ignore_eos=True)))
     assert ignored["token_ids"] == free["token_ids"] and ignored["finish_reason"] == "length"
+
+
+def test_logprobs_of_generated_and_prompt_tokens(batcher):
+    """Greedy tokens are the top-1 of their own logprobs; prompt logprobs match one forward over the prompt."""
+    import torch
+
+    b = batcher()
+    runner = b.runner
+    prompt = "Revenue grew by"
+    ids = runner.encode(prompt)
+    got = asyncio.run(b.generate(_request(runner, prompt, max_new_tokens=6, logprobs=3, prompt_logprobs=2)))
+    assert got["token_ids"] == _reference(b.engine, prompt, 6)["token_ids"]  # asking for logprobs changes nothing
+    events = []
+
+    async def run():
+        async for event in b.stream(_request(runner, prompt, max_new_tokens=6, logprobs=3, prompt_logprobs=2)):
+            events.append(event)
+
+    asyncio.run(run())
+    entries = [e for event in events if event["type"] == "delta" for e in event.get("logprobs", [])]
+    assert [e["token_id"] for e in entries] == got["token_ids"]
+    for entry in entries:
+        assert len(entry["top_logprobs"]) == 3 and entry["top_logprobs"][0]["token_id"] == entry["token_id"]
+        assert entry["logprob"] == entry["top_logprobs"][0]["logprob"] <= 0
+    prompt_event = next(event for event in events if "prompt_logprobs" in event)
+    assert prompt_event is events[0] and prompt_event["prompt_text"] == runner.decode(ids)
+    listed = prompt_event["prompt_logprobs"]
+    assert listed[0] is None and [e["token_id"] for e in listed[1:]] == ids[1:]
+    with torch.inference_mode():
+        full = torch.log_softmax(runner.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    for position in range(1, len(ids)):
+        assert abs(listed[position]["logprob"] - float(full[position - 1, ids[position]])) < 1e-4
+        assert len(listed[position]["top_logprobs"]) == 2
+
+
+def test_prompt_logprobs_of_a_prompt_longer_than_one_chunk(batcher):
+    import torch
+
+    from cache_actors.engine.logprobs import PROMPT_CHUNK_TOKENS
+
+    b = batcher()
+    runner = b.runner
+    prompt = "Minutes of the planning meeting, item by item. " * 8
+    ids = runner.encode(prompt)
+    assert PROMPT_CHUNK_TOKENS < len(ids) < 500
+    events = []
+
+    async def run():
+        async for event in b.stream(_request(runner, prompt, max_new_tokens=2, prompt_logprobs=0)):
+            events.append(event)
+
+    asyncio.run(run())
+    listed = events[0]["prompt_logprobs"]
+    with torch.inference_mode():
+        full = torch.log_softmax(runner.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    got = torch.tensor([e["logprob"] for e in listed[1:]])
+    want = full[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    assert torch.allclose(got, want, atol=1e-3)

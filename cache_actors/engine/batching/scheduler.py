@@ -34,6 +34,7 @@ from cache_actors.engine.batching.detokenizer import IncrementalText
 from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.batching.sequence import Sequence, SequenceRequest, TokenConstraint
 from cache_actors.core.kv_layout import block_views, blocks_from_cache
+from cache_actors.engine.logprobs import prompt_entries
 from cache_actors.engine.requests import check_context
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,14 @@ async def collect(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _merge(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
+    """Two deltas as one: text, token ids and logprob entries joined, anything else (prompt logprobs) kept."""
     if pending is None:
         return event
-    return {**event, "text": pending["text"] + event["text"], "token_ids": pending["token_ids"] + event["token_ids"]}
+    merged = {**pending, **event, "text": pending["text"] + event["text"],
+              "token_ids": pending["token_ids"] + event["token_ids"]}
+    if "logprobs" in pending or "logprobs" in event:
+        merged["logprobs"] = pending.get("logprobs", []) + event.get("logprobs", [])
+    return merged
 
 
 class BatcherOverloaded(RuntimeError):
@@ -153,6 +159,7 @@ class ContinuousBatcher:
             request=request,
             emit=emit,
             text=IncrementalText(self.runner.decode, request.sampling.stop),
+            token_text=self._token_text,
             constraint=factory() if factory else None,
             stop_ids=(frozenset() if request.sampling.ignore_eos else self._stop_ids)
             | frozenset(request.sampling.stop_token_ids),
@@ -337,10 +344,18 @@ class ContinuousBatcher:
         if self.runner.supports_prefix_reuse and len(hashes) > known_blocks:
             self.cache.store(hashes, known_blocks, lambda first, count: blocks_from_cache(kv, first, count, self.block_size))
 
+    def _token_text(self, token_id: int) -> str:
+        return self.runner.decode([token_id])
+
     def _start(self, seq: Sequence, hashes: list, cached: int, logits: torch.Tensor) -> None:
         """``seq`` holds the last row, prefilled: it runs from its first token on."""
         seq.cached_tokens = cached
         seq.prompt_hashes = hashes
+        top = seq.request.sampling.prompt_logprobs
+        if top is not None:  # echo with logprobs: every prompt position, computed apart from the cache
+            entries = prompt_entries(self.runner.model, seq.prompt_ids, top, self._token_text, self.runner.device)
+            seq.emit({"type": "delta", "text": "", "token_ids": [], "prompt_tokens": len(seq.prompt_ids),
+                      "prompt_logprobs": entries, "prompt_text": self.runner.decode(seq.prompt_ids)})
         self._running.append(seq)
         seq.append(seq.choose(logits))
         self._jump_forward(len(self._running) - 1)
@@ -375,6 +390,8 @@ class ContinuousBatcher:
         decode step feeds it with the rest of the batch.
         """
         seq = self._running[row]
+        if seq.request.sampling.logprobs is not None:
+            return 0  # every token's logprob needs its own step's logits
         if seq.constraint is None or seq.finished or seq.jump_forward() == 0 or seq.finished:
             return 0
         fed = seq.fed_ids()

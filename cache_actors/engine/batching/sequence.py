@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 import torch
 
 from cache_actors.engine.batching.detokenizer import IncrementalText
+from cache_actors.engine.logprobs import sampled_entry
 from cache_actors.engine.sampling import SamplingParams, make_generator, sample_next
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ class Sequence:
     first_token_at: float = 0.0
     cancelled: bool = False
     finish_reason: str | None = None
+    token_text: Callable[[int], str] | None = None  # one id decoded alone (logprob entries name tokens)
+    _logprob: dict[str, Any] | None = None  # the entry of the token being chosen, sent with its delta
 
     def __post_init__(self) -> None:
         self.generator = make_generator(self.request.sampling)
@@ -84,7 +87,9 @@ class Sequence:
         Before ``min_tokens`` tokens exist, the ids that would end the
         sequence are masked too, unless the grammar allows nothing else.
         """
-        early = len(self.generated) < self.request.sampling.min_tokens and self.stop_ids
+        sampling = self.request.sampling
+        raw = logits
+        early = len(self.generated) < sampling.min_tokens and self.stop_ids
         if self.constraint is not None or early:
             logits = logits.clone()
         if self.constraint is not None:
@@ -95,7 +100,10 @@ class Sequence:
             logits.index_fill_(-1, enders, float("-inf"))
             if torch.isinf(logits).all():  # the grammar wants to end: let it
                 logits.index_copy_(-1, enders, kept)
-        return sample_next(logits, self.request.sampling, self.generator)
+        token = sample_next(logits, sampling, self.generator)
+        if sampling.logprobs is not None and self.token_text is not None:
+            self._logprob = sampled_entry(raw, token, sampling.logprobs, self.token_text)
+        return token
 
     def append(self, token_id: int) -> None:
         """Record a sampled token, stream its text, and decide whether the sequence is done."""
@@ -108,7 +116,11 @@ class Sequence:
         self.generated.append(token_id)
         delta = self.text.push(token_id)
         if delta or not self.text.stopped:
-            self.emit({"type": "delta", "text": delta, "token_ids": [token_id], "prompt_tokens": len(self.prompt_ids)})
+            event = {"type": "delta", "text": delta, "token_ids": [token_id], "prompt_tokens": len(self.prompt_ids)}
+            if self.request.sampling.logprobs is not None:
+                event["logprobs"] = [self._logprob] if self._logprob is not None else []
+            self.emit(event)
+        self._logprob = None
         if self.text.stopped or (self.constraint is not None and self.constraint.is_finished()):
             self._finish("stop")
         elif len(self.generated) >= self.request.sampling.max_new_tokens:
