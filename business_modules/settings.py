@@ -88,9 +88,10 @@ class Settings(StorageSettings):
                     'e.g. GATEWAY_SERVICES=\'{"redundancy": "redundancy-canary"}\'.',
     )
     gateway_stream_services: list[str] = Field(
-        default_factory=lambda: ["llm", "bul"],
+        default_factory=lambda: ["llm", "bul", "agents"],
         description="Services whose responses the gateway streams through as they are produced (server-sent "
-                    "events); the others are answered whole. E.g. GATEWAY_STREAM_SERVICES='[\"llm\", \"bul\"]' (BUL's job events).",
+                    "events); the others are answered whole. E.g. GATEWAY_STREAM_SERVICES='[\"llm\", \"bul\", "
+                    "\"agents\"]' (BUL's job events, the agents' run steps).",
     )
     gateway_expected_services: list[str] | None = Field(
         None,
