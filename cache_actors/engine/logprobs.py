@@ -45,8 +45,8 @@ def sampled_entry(logits: torch.Tensor, token_id: int, top: int, token_text: Tok
 
 @torch.inference_mode()
 def prompt_entries(model: Any, token_ids: Sequence[int], top: int, token_text: TokenText,
-                   device: torch.device) -> list[dict[str, Any] | None]:
-    """One entry per prompt token; the first is None (nothing predicts it).
+                   device: torch.device) -> list[dict[str, Any]]:
+    """One entry per prompt token; the first has ``logprob`` and ``top_logprobs`` None (nothing predicts it).
 
     Runs the whole prompt without the KV cache (every position's logits are
     needed, which a cached prefix never computed), ``PROMPT_CHUNK_TOKENS``
@@ -55,7 +55,8 @@ def prompt_entries(model: Any, token_ids: Sequence[int], top: int, token_text: T
     from transformers import DynamicCache
 
     ids = list(token_ids)
-    entries: list[dict[str, Any] | None] = [None]
+    entries: list[dict[str, Any]] = [{"token_id": int(ids[0]), "token": token_text(int(ids[0])), "logprob": None,
+                                      "top_logprobs": None}]
     cache = DynamicCache()
     for start in range(0, len(ids) - 1, PROMPT_CHUNK_TOKENS):
         piece = ids[start:start + PROMPT_CHUNK_TOKENS]

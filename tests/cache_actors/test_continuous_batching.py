@@ -197,7 +197,8 @@ def test_logprobs_of_generated_and_prompt_tokens(batcher):
     prompt_event = next(event for event in events if "prompt_logprobs" in event)
     assert prompt_event is events[0] and prompt_event["prompt_text"] == runner.decode(ids)
     listed = prompt_event["prompt_logprobs"]
-    assert listed[0] is None and [e["token_id"] for e in listed[1:]] == ids[1:]
+    assert listed[0]["logprob"] is None and listed[0]["top_logprobs"] is None
+    assert [e["token_id"] for e in listed] == ids
     with torch.inference_mode():
         full = torch.log_softmax(runner.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
     for position in range(1, len(ids)):

@@ -155,7 +155,8 @@ def test_structured_output_validates_against_the_schema(client: httpx.Client, te
         ({"n": 0}, "n"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"seed": "x"}, "seed"),
-        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, None),
     ],
 )
@@ -499,3 +500,50 @@ def test_ignore_eos_min_tokens_and_continuous_usage_as_guidellm_sends_them(clien
     prompt_tokens = {chunk["usage"]["prompt_tokens"] for chunk in chunks}
     assert len(prompt_tokens) == 1 and prompt_tokens.pop() > 0
     assert chunks[-1]["choices"] == [] and chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_logprobs_in_openai_shapes(client: httpx.Client, reference: ModelRunner) -> None:
+    """Completions' legacy shape and chat's, whole and streamed; greedy tokens are their own top-1."""
+    import openai
+
+    sdk = openai.OpenAI(base_url=str(client.base_url), api_key="unused", max_retries=0, timeout=120)
+    model = model_id(client)
+    done = sdk.completions.create(model=model, prompt="Revenue grew by", max_tokens=5, temperature=0, logprobs=3)
+    lp = done.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 5
+    assert "".join(lp.tokens) == done.choices[0].text and lp.text_offset[0] == 0
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert value <= 0 and len(top) <= 3 and max(top.values()) == value
+    streamed = list(sdk.completions.create(model=model, prompt="Revenue grew by", max_tokens=5, temperature=0,
+                                           logprobs=3, stream=True))
+    tokens = [t for chunk in streamed if chunk.choices and chunk.choices[0].logprobs
+              for t in chunk.choices[0].logprobs.tokens]
+    assert tokens == lp.tokens
+    chat = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                       temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert "".join(c.token for c in content) == chat.choices[0].message.content
+    assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob == c.logprob for c in content)
+    assert all(bytes(c.bytes).decode("utf-8", "replace") == c.token for c in content)
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_lm_eval_asks(client: httpx.Client, reference: ModelRunner) -> None:
+    """lm-eval's loglikelihood request: echo, logprobs, max_tokens 1, temperature 0; the prompt's logprobs
+    equal a forward of the prompt in this process."""
+    import torch
+
+    context, continuation = "The meeting is moved to", " Friday"
+    ids = reference.encode(context + continuation)
+    body = {"model": model_id(client), "prompt": context + continuation, "echo": True, "logprobs": 1,
+            "max_tokens": 1, "temperature": 0, "seed": 1234}
+    got = client.post("/completions", json=body).json()["choices"][0]
+    assert got["text"].startswith(context + continuation)
+    lp = got["logprobs"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert len(lp["tokens"]) == len(ids) + 1  # the prompt's tokens, then the generated one
+    with torch.inference_mode():
+        full = torch.log_softmax(reference.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    for position in range(1, len(ids)):
+        assert abs(lp["token_logprobs"][position] - float(full[position - 1, ids[position]])) < 1e-3
+    by_ids = client.post("/completions", json={**body, "prompt": ids, "logprobs": None}).json()["choices"][0]
+    assert by_ids["text"] == got["text"] and by_ids["logprobs"] is None  # echo of a token-id prompt: its text

@@ -87,8 +87,8 @@ def test_openai_client_sees_openai_errors(client: openai.OpenAI, served):
         client.completions.create(model="gpt-4o", prompt="x")
     assert unknown.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as unsupported:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], logprobs=True)
-    assert unsupported.value.param == "logprobs" and unsupported.value.code == "unsupported_parameter"
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], presence_penalty=1)
+    assert unsupported.value.param == "presence_penalty" and unsupported.value.code == "unsupported_parameter"
 
 
 def test_hanging_up_mid_stream_stops_generation(served):

@@ -91,11 +91,22 @@ def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, r
                 "seed": None if request.seed is None else request.seed + i,
                 "ignore_eos": bool(request.ignore_eos),
                 "min_tokens": request.min_tokens or 0,
+                "logprobs": request.logprobs_top,
+                "prompt_logprobs": prompt_logprobs(request),
             },
             "response_format": response_format,
             "clamp_max_tokens": explicit is None,
         }))
     return out
+
+
+def prompt_logprobs(request: CompletionRequest | ChatCompletionRequest) -> int | None:
+    """What ``echo`` needs from the engine: the prompt's logprobs (with ``logprobs``), or its text (token ids)."""
+    if not isinstance(request, CompletionRequest) or not request.echo:
+        return None
+    if request.logprobs is not None:
+        return request.logprobs
+    return 0 if isinstance(request.prompt, list) else None
 
 
 def function_tools(request: ChatCompletionRequest) -> list[FunctionTool]:

@@ -28,6 +28,7 @@ from cache_actors.engine.tool_calls import MAX_TOOLS, TOOL_CHOICE_MODES, TOOL_NA
 from deployments.common.error_codes import code_for_status
 
 MAX_N = 8
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's chat limit; vLLM's default cap)
 MAX_TOOLS_BYTES = 60 * 1024  # under the backend's limit on a compiled format (tools are one)
 MAX_STOP = 4
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1 - MAX_N  # seed + i must stay a valid torch seed
@@ -293,16 +294,9 @@ class CompletionRequest(_Common):
 
     @field_validator("logprobs")
     @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise _unsupported("logprobs", "log probabilities are not returned")
-        return value
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value: bool | None) -> bool | None:
-        if value:
-            raise _unsupported("echo", "the prompt is not echoed")
+    def _logprobs(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_LOGPROBS:
+            raise _invalid(f"Invalid 'logprobs': {value}; expected 0 to {MAX_LOGPROBS}.", param="logprobs")
         return value
 
     @field_validator("suffix")
@@ -311,6 +305,10 @@ class CompletionRequest(_Common):
         if value:
             raise _unsupported("suffix", "insertion after a suffix is not implemented")
         return value
+
+    @property
+    def logprobs_top(self) -> int | None:
+        return self.logprobs
 
     @model_validator(mode="after")
     def _best_of_is_n(self) -> CompletionRequest:
@@ -351,19 +349,24 @@ class ChatCompletionRequest(_Common):
                            param="max_completion_tokens")
         return value
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise _unsupported("logprobs", "log probabilities are not returned")
-        return value
-
     @field_validator("top_logprobs")
     @classmethod
-    def _no_top_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise _unsupported("top_logprobs", "log probabilities are not returned")
+    def _top_logprobs(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_LOGPROBS:
+            raise _invalid(f"Invalid 'top_logprobs': {value}; expected 0 to {MAX_LOGPROBS}.", param="top_logprobs")
         return value
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _invalid("Invalid 'top_logprobs': 'logprobs' must be set to true if 'top_logprobs' is used.",
+                           param="top_logprobs")
+        return self
+
+    @property
+    def logprobs_top(self) -> int | None:
+        """Alternatives per token the engine reports (None: no logprobs)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("tools")
     @classmethod

@@ -19,6 +19,7 @@ from cache_actors.engine.tool_calls import (
     StreamPiece,
     ToolCallParser,
 )
+from deployments.llm.openai.logprob_format import chat_logprobs, completion_logprobs
 
 Kind = Literal["completion", "chat"]
 ID_PREFIX: dict[Kind, str] = {"completion": "cmpl-", "chat": "chatcmpl-"}
@@ -41,12 +42,22 @@ class ChoiceResult:
     cached_tokens: int = 0
     tool_parser: ToolCallParser | None = None
     parsed: ParsedOutput | None = None
+    logprobs: bool = False  # the client asked for logprobs
+    echo: str | None = None  # completions' echo: the prompt text to put before the answer
+    entries: list[dict[str, Any]] = field(default_factory=list)  # logprob entries of the generated tokens
+    prompt_entries: list[dict[str, Any]] = field(default_factory=list)  # echo with logprobs
+    unsent: list[dict[str, Any]] = field(default_factory=list)  # entries no stream chunk has carried yet
 
     def apply(self, event: dict[str, Any]) -> list[StreamPiece]:
         if event["type"] == "delta":
             self.parts.append(event["text"])
             self.prompt_tokens = event.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens += len(event.get("token_ids", ()))
+            if "prompt_text" in event and self.echo is not None:
+                self.echo = event["prompt_text"]
+            self.prompt_entries.extend(event.get("prompt_logprobs") or ())
+            self.entries.extend(event.get("logprobs") or ())
+            self.unsent.extend(event.get("logprobs") or ())
             if self.tool_parser is None:
                 return [ContentDelta(event["text"])] if event["text"] else []
             return self.tool_parser.feed(event["text"])
@@ -64,6 +75,24 @@ class ChoiceResult:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def completion_text(self) -> str:
+        return (self.echo or "") + self.text
+
+    def shaped_logprobs(self, kind: Kind) -> dict[str, Any] | None:
+        """All of the choice's logprobs in the response's shape (None when not asked for)."""
+        if not self.logprobs:
+            return None
+        if kind == "chat":
+            return chat_logprobs(self.entries)
+        return completion_logprobs([*self.prompt_entries, *self.entries])
+
+    def take_unsent(self, kind: Kind, text_offset: int) -> dict[str, Any] | None:
+        """Logprobs of the tokens since the last stream chunk, for the next chunk of this choice."""
+        if not self.logprobs or not self.unsent:
+            return None
+        entries, self.unsent = self.unsent, []
+        return chat_logprobs(entries) if kind == "chat" else completion_logprobs(entries, text_offset=text_offset)
 
     def message(self) -> dict[str, Any]:
         """The chat ``message``: content, and the tool call when the model made one."""
@@ -93,12 +122,12 @@ def full_response(kind: Kind, *, response_id: str, created: int, model: str,
                   choices: Sequence[ChoiceResult]) -> dict[str, Any]:
     """The non-streamed body."""
     if kind == "chat":
-        shaped = [{"index": c.index, "message": c.message(), "logprobs": None, "finish_reason": c.finish_reason}
-                  for c in choices]
+        shaped = [{"index": c.index, "message": c.message(), "logprobs": c.shaped_logprobs(kind),
+                   "finish_reason": c.finish_reason} for c in choices]
         obj = "chat.completion"
     else:
-        shaped = [{"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-                  for c in choices]
+        shaped = [{"index": c.index, "text": c.completion_text(), "logprobs": c.shaped_logprobs(kind),
+                   "finish_reason": c.finish_reason} for c in choices]
         obj = "text_completion"
     return {"id": response_id, "object": obj, "created": created, "model": model, "system_fingerprint": None,
             "choices": shaped, "usage": usage(choices)}

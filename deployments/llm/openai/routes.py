@@ -37,6 +37,7 @@ from deployments.llm.openai.choice_streams import ChoiceStream, StreamFn, close_
 from deployments.llm.openai.errors import from_backend_exception, from_validation_errors, install_openai_error_handlers
 from deployments.llm.openai.backend_requests import ServingLimits, check_limits, to_backend_requests
 from deployments.llm.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
+from deployments.llm.openai.logprob_format import completion_logprobs
 from deployments.llm.openai.responses import ID_PREFIX, ChoiceResult, ChunkShaper, Kind, full_response, usage
 from deployments.llm.openai.sse import SSE_DONE, SSEResponse, sse_event
 
@@ -160,16 +161,32 @@ def build_openai_app(
 
 
 def _choice_result(index: int, body: CompletionRequest | ChatCompletionRequest) -> ChoiceResult:
-    """A choice's accumulator; with tools in play its text is parsed for a tool call."""
+    """A choice's accumulator; with tools in play its text is parsed for a tool call.
+
+    ``echo`` starts as the prompt string (a token-id prompt's text comes from the engine).
+    """
     calls_possible = isinstance(body, ChatCompletionRequest) and body.tools and body.tool_choice != "none"
-    return ChoiceResult(index, tool_parser=ToolCallParser() if calls_possible else None)
+    echo = None
+    if isinstance(body, CompletionRequest) and body.echo:
+        echo = body.prompt if isinstance(body.prompt, str) else ""
+    return ChoiceResult(index, tool_parser=ToolCallParser() if calls_possible else None,
+                        logprobs=body.logprobs_top is not None, echo=echo)
 
 
 async def _stream_body(streams: list[ChoiceStream], choices: list[ChoiceResult], shaper: ChunkShaper,
                        overloaded: tuple[type[BaseException], ...], *, continuous_usage: bool = False,
                        ) -> AsyncIterator[bytes]:
     """The SSE events of one streamed response; an error after the start is an error event, then [DONE]."""
-    def chunk(body: dict[str, Any]) -> bytes:
+    sent_chars = [0] * len(choices)  # text streamed per choice: where the next chunk's logprob offsets start
+    echoed: set[int] = set()
+
+    def chunk(index: int, body: dict[str, Any]) -> bytes:
+        choice = choices[index]
+        logprobs = choice.take_unsent(shaper.kind, sent_chars[index])
+        if logprobs is not None:
+            body["choices"][0]["logprobs"] = logprobs
+        if shaper.kind == "completion":
+            sent_chars[index] += len(body["choices"][0]["text"])
         if continuous_usage:  # vLLM's continuous_usage_stats: the usage so far in every chunk
             body["usage"] = usage(choices)
         return sse_event(body)
@@ -177,13 +194,22 @@ async def _stream_body(streams: list[ChoiceStream], choices: list[ChoiceResult],
     try:
         if shaper.kind == "chat":
             for choice in choices:
-                yield chunk(shaper.role(choice.index))
+                yield chunk(choice.index, shaper.role(choice.index))
         async with aclosing(MergedEvents(streams)) as events:
             async for index, event in events:
-                for piece in choices[index].apply(event):
-                    yield chunk(shaper.piece(index, piece))
+                choice = choices[index]
+                pieces = choice.apply(event)
+                if choice.echo is not None and index not in echoed:  # completions' echo: the prompt first
+                    echoed.add(index)
+                    echo = shaper.delta(index, choice.echo)
+                    if choice.logprobs:
+                        echo["choices"][0]["logprobs"] = completion_logprobs(choice.prompt_entries)
+                    sent_chars[index] += len(choice.echo)
+                    yield sse_event(echo)
+                for piece in pieces:
+                    yield chunk(index, shaper.piece(index, piece))
                 if event["type"] == "done":
-                    yield chunk(shaper.finish(index, choices[index].finish_reason or event["finish_reason"]))
+                    yield chunk(index, shaper.finish(index, choice.finish_reason or event["finish_reason"]))
         if shaper.include_usage:
             yield sse_event(shaper.usage(choices))
     except Exception as exc:  # noqa: BLE001 - the status line is sent: report in the stream
