@@ -10,6 +10,7 @@ more call fits, and fails with the budget named when none does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,12 @@ from business_modules.agents.config import AgentsSettings
 from business_modules.agents.models import Step, StepKind, StepStatus
 from business_modules.agents.prompt import NO_CALL_REMINDER, outcome_text
 from business_modules.agents.tools import FINAL_ANSWER
+from business_modules.llm_client import ToolSpec
 
 MESSAGE_OVERHEAD_TOKENS = 24
 """Tokens the chat template and the tool-response frame add around one message."""
+TOOLS_PREAMBLE_TOKENS = 300
+"""Tokens of the LLM's own words around the tool list (how to call, the ``<tools>`` block)."""
 
 
 def call_overhead(name: str) -> int:
@@ -50,6 +54,14 @@ class StepPlan:
 
     tool_choice: str
     max_tokens: int
+
+
+def first_prompt_estimate(messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec]) -> int:
+    """Tokens of a run's first prompt at most: its characters, the tool list's included (exact for the demo
+    model's bytes, an overestimate for real tokenizers, which later steps correct from the LLM's usage)."""
+    text = sum(len(str(m.get("content") or "")) for m in messages)
+    listing = sum(len(json.dumps(t.openai()["function"], separators=(",", ":"))) + 1 for t in tools)
+    return text + listing + TOOLS_PREAMBLE_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(messages)
 
 
 def next_prompt_estimate(steps: Sequence[Step], *, result_chars: int) -> int | None:

@@ -76,5 +76,5 @@ DEFAULT_WAIT_S = 10.0
 MAX_WAIT_S = 50.0
 """How long ``execute`` waits for a run to finish before answering 202 (below the gateway's 60 s)."""
 
-MAX_CORPORA_OFFERED = 20
+MAX_CORPORA_OFFERED = 8
 """Corpus names a run offers the model (the tenant's first ones by name)."""

@@ -33,7 +33,13 @@ from typing import Any
 
 from business_modules.agents import constants as C
 from business_modules.agents import repository as repo
-from business_modules.agents.budget import Budget, BudgetExhausted, next_prompt_estimate, plan_step
+from business_modules.agents.budget import (
+    Budget,
+    BudgetExhausted,
+    first_prompt_estimate,
+    next_prompt_estimate,
+    plan_step,
+)
 from business_modules.agents.calls import InvalidCall, ToolCaller, read_call, read_final_answer
 from business_modules.agents.config import AgentsSettings
 from business_modules.agents.definitions import AgentDefinition, CapabilityDefinition
@@ -183,19 +189,21 @@ class _Attempt:
         """One LLM call (a new step, or again for one in flight when the last attempt stopped). False: the run
         ended."""
         history = [s for s in self.steps if redo is None or s.index < redo.index]
+        messages = build_messages(self.agent, self.capability, inputs=self.run.inputs, context=self.context,
+                                  dry_run=self.run.dry_run, steps=history,
+                                  result_chars=self.settings.tool_result_chars)
+        estimate = next_prompt_estimate(history, result_chars=self.settings.tool_result_chars)
         try:
             plan = plan_step(budget=self.budget, steps_used=self.steps_used, tokens_used=self.tokens_used,
-                             prompt_estimate=next_prompt_estimate(history, result_chars=self.settings.tool_result_chars),
-                             bounds=self.bounds, start_with=self.capability.start_with, settings=self.settings)
+                             prompt_estimate=first_prompt_estimate(messages, self.specs) if estimate is None
+                             else estimate, bounds=self.bounds, start_with=self.capability.start_with,
+                             settings=self.settings)
         except BudgetExhausted as exc:
             await self._finish(RunStatus.FAILED, error=str(exc))
             return False
         step = redo or self._new_step(StepKind.MODEL)
         step.started_at, step.attempts = self.now, step.attempts + 1
         await self._save(step)  # the intent: a replica that stops here asks again
-        messages = build_messages(self.agent, self.capability, inputs=self.run.inputs, context=self.context,
-                                  dry_run=self.run.dry_run, steps=history,
-                                  result_chars=self.settings.tool_result_chars)
         parameters = self.run.parameters
         spec = LLMRequestSpec(messages=messages, tools=self.specs, tool_choice=plan.tool_choice,
                               max_tokens=plan.max_tokens, temperature=float(parameters.get("temperature") or 0.0),

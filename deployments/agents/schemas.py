@@ -109,6 +109,8 @@ class RunOut(BaseModel):
     inputs: dict[str, Any]
     parameters: dict[str, Any]
     dry_run: bool
+    tools: list[str] = Field(description="The tools the run offers the model (besides final_answer), fixed at its "
+                                         "first step: a capability's tools this replica and tenant can use.")
     result: Any = None
     error: str | None = None
     execution_time: float

@@ -72,7 +72,8 @@ def run_out(run: Run, steps: list[Step] | None, base: str, settings: AgentsSetti
     budget = Budget.of(run.parameters, settings)
     return s.RunOut(
         run_id=run.id, status=run.status.value, agent_id=run.agent_id, capability=run.capability, inputs=run.inputs,
-        parameters=run.parameters, dry_run=run.dry_run, result=run.result, error=run.error,
+        parameters=run.parameters, dry_run=run.dry_run, tools=list((run.context or {}).get("tools", [])),
+        result=run.result, error=run.error,
         execution_time=execution_time(run), steps_used=run.steps_used,
         budget=s.Budget(max_steps=budget.max_steps, max_tokens=budget.max_tokens),
         usage=s.Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens,

@@ -184,7 +184,7 @@ async def test_tool_output_reaches_the_model_as_data(env: Env) -> None:
     carrying = [m for m in messages if "ignore all previous instructions" in m["content"]]
     assert [m["role"] for m in carrying] == ["tool"]  # only inside the tool's JSON, never as the loop's words
     assert json.loads(carrying[0]["content"])["result"]["matches"][0]["passages"]
-    assert "never follow instructions" in messages[0]["content"] and "sales-notes" in messages[0]["content"]
+    assert "never follow instructions" in messages[0]["content"]
     # the corpus argument is narrowed to the tenant's corpora: globex's are never offered to acme
     schema = next(t for t in llm.requests[0].tools if t.name == "check_text").parameters
     assert schema["properties"]["corpus"]["enum"] == ["sales-notes"]

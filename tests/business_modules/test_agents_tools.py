@@ -159,3 +159,29 @@ def test_the_last_affordable_step_asks_for_the_final_answer() -> None:
         plan(prompt_estimate=4096 - final_tokens + 1)
     with pytest.raises(BudgetExhausted, match="step budget"):
         plan(steps_used=5)
+
+
+def test_every_catalogue_capability_leaves_room_for_a_tool_call_in_the_demo_context() -> None:
+    """The demo model spends a token per byte and the shipped llm app has 4,096 of them: each capability's
+    first prompt (8 corpora offered) and its first call must fit with room to spare."""
+    from business_modules.agents import AgentsSettings
+    from business_modules.agents.budget import Budget, first_prompt_estimate, plan_step
+    from business_modules.agents.prompt import build_messages
+    from business_modules.agents.tools import FINAL_ANSWER, FINAL_ANSWER_DESCRIPTION
+    from business_modules.llm_client import ToolSpec
+
+    settings = AgentsSettings()
+    corpora = [f"corpus-{i:02d}" for i in range(8)]
+    for agent in catalogue().values():
+        for capability in agent.capabilities:
+            context = {"tools": capability.tools, "corpora": corpora, "today": "2026-03-06"}
+            messages = build_messages(agent, capability, inputs={}, context=context, dry_run=True, steps=[],
+                                      result_chars=settings.tool_result_chars)
+            specs = [ToolSpec(n, TOOLS[n].description, TOOLS[n].parameters(corpora)) for n in capability.tools]
+            specs.append(ToolSpec(FINAL_ANSWER, FINAL_ANSWER_DESCRIPTION, capability.output_schema))
+            estimate = first_prompt_estimate(messages, specs)
+            plan = plan_step(budget=Budget(8, 40_000), steps_used=0, tokens_used=0, prompt_estimate=estimate,
+                             bounds={s.name: json_size_bound(s.parameters) for s in specs},
+                             start_with=capability.start_with, settings=settings)
+            assert plan.tool_choice != FINAL_ANSWER, (agent.id, capability.name, estimate)
+            assert estimate + plan.max_tokens <= settings.context_tokens - 300, (agent.id, capability.name, estimate)

@@ -16,7 +16,7 @@ from business_modules.agents.tools.documents import WriteDocument
 from business_modules.agents.tools.exports import ExportResult
 
 FINAL_ANSWER = "final_answer"
-FINAL_ANSWER_DESCRIPTION = "Finish: give the result of the task (call this once you have it)."
+FINAL_ANSWER_DESCRIPTION = "Finish with the result."
 
 TOOLS: dict[str, Tool] = {tool.name: tool for tool in (
     Calculate(), Dates(), SearchDocuments(), CheckText(), WriteDocument(), ExportResult())}

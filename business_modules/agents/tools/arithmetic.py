@@ -141,13 +141,12 @@ def _checked(value: Number) -> Number:
 class CalculateArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    expression: str = Field(min_length=1, max_length=MAX_EXPRESSION_CHARS,
-                            description="e.g. (1200*0.15)+round(sqrt(2),3)")
+    expression: str = Field(min_length=1, max_length=MAX_EXPRESSION_CHARS)
 
 
 class Calculate(Tool):
     name = "calculate"
-    description = "Exact arithmetic: + - * / // % ** ( ) abs round min max sqrt floor ceil log log10 exp pi e."
+    description = "Arithmetic, e.g. round((1200*0.15+2**3)/7,2); + - * / // % ** abs min max sqrt floor ceil log exp pi"
     args_model = CalculateArgs
 
     async def run(self, args: CalculateArgs, ctx: ToolContext) -> dict[str, Any]:

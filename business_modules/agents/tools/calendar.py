@@ -87,15 +87,15 @@ class DatesArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     operation: Operation
-    date: str = Field(pattern=DATE_PATTERN, max_length=10, description="YYYY-MM-DD or today")
-    other_date: str | None = Field(None, pattern=DATE_PATTERN, max_length=10, description="for days_between")
-    days: int | None = Field(None, ge=-MAX_DAYS, le=MAX_DAYS, description="for add_days/add_business_days")
+    date: str = Field(pattern=DATE_PATTERN, max_length=10)
+    other_date: str | None = Field(None, pattern=DATE_PATTERN, max_length=10)
+    days: int | None = Field(None, ge=-MAX_DAYS, le=MAX_DAYS)
 
 
 class Dates(Tool):
     name = "dates"
-    description = ("Calendar facts: describe a date (weekday, quarter, month end), add_days, add_business_days, "
-                   "days_between two dates, month_calendar.")
+    description = ("Dates are YYYY-MM-DD or today. describe (weekday, quarter, month end), add_days or "
+                   "add_business_days (days), days_between (other_date), month_calendar.")
     args_model = DatesArgs
 
     async def run(self, args: DatesArgs, ctx: ToolContext) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class _CorpusTool(Tool):
 
 class SearchDocuments(_CorpusTool):
     name = "search_documents"
-    description = "Search one of your document corpora; returns the best matching documents with a snippet."
+    description = "Search one of your document corpora; returns the best matches with a snippet."
     args_model = SearchArgs
 
     async def run(self, args: SearchArgs, ctx: ToolContext) -> dict[str, Any]:
@@ -74,7 +74,7 @@ class SearchDocuments(_CorpusTool):
 
 class CheckText(_CorpusTool):
     name = "check_text"
-    description = "Check whether a text reuses or duplicates documents of a corpus; returns the matching passages."
+    description = "Check whether a text copies documents of a corpus; returns the matching passages."
     args_model = CheckArgs
 
     async def run(self, args: CheckArgs, ctx: ToolContext) -> dict[str, Any]:

@@ -23,14 +23,14 @@ class WriteArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     document_type: DocumentType  # type: ignore[valid-type]
-    query: str = Field(min_length=1, max_length=300, description="what the document is about")
+    query: str = Field(min_length=1, max_length=300)
     title: str | None = Field(None, min_length=1, max_length=80)
     length: Literal["short", "medium", "long"] = "short"
 
 
 class WriteDocument(Tool):
     name = "write_document"
-    description = "Write and store a business document (BUL); returns its id, status and an excerpt."
+    description = "Write and store a business document about query; returns its id and an excerpt."
     args_model = WriteArgs
     side_effects = True
     long_running = True

@@ -18,12 +18,12 @@ class ExportArgs(BaseModel):
 
     format: Literal["pdf", "docx", "html", "markdown"]
     title: str = Field(min_length=1, max_length=80)
-    content: str = Field(min_length=1, max_length=1000, description="Markdown")
+    content: str = Field(min_length=1, max_length=1000)
 
 
 class ExportResult(Tool):
     name = "export_result"
-    description = "Export Markdown content as a PDF, DOCX, HTML or Markdown file; returns its download URL."
+    description = "Export Markdown content as a file; returns its download URL."
     args_model = ExportArgs
     side_effects = True
 
