@@ -57,7 +57,22 @@ class LLMIngress(ServiceIngress):
             max_tokens_limit=settings.max_tokens_limit,
             overloaded_errors=(BatcherOverloaded,),
             model_info=model_info(settings),
+            tokenizer_fn=self._tokenizer_call,
+            version=blatam_version(),
         )
+
+    async def _tokenizer_call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        # A keyword, not the router's ``request``: the cache-aware router leaves it to power of two choices.
+        return await getattr(self._server, method).remote(body=body)
+
+
+def blatam_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("blatam")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 DEMO_NOTE = ("the built-in demo model (random weights): its answers are not readable text; "

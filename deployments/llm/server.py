@@ -31,6 +31,7 @@ from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
 from cache_actors.engine.batching import BatcherConfig
 from cache_actors.engine.batching.scheduler import CompileFormat, collect
 from cache_actors.engine.demo_model import DEMO_MODEL_ID
+from deployments.llm.openai.tokenization import detokenize_body, tokenize_body
 from cache_actors.engine.structured import RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS, TokenizerGrammar, compile_response_format
 from deployments.llm.metrics import LLMMetrics
 from cache_actors.engine.requests import LLMRequest
@@ -126,6 +127,14 @@ class LLMServer:
     async def generate(self, request: LLMRequest | Mapping[str, Any]) -> dict[str, Any]:
         """``{"text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", ...}``."""
         return {"model": self.model_id, **await collect(self.generate_stream(request))}
+
+    def tokenize(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``/tokenize`` (a body the ingress validated): ``{"count", "max_model_len", "tokens"}``."""
+        return tokenize_body(self.engine.runner.prompts, dict(body), max_model_len=self.batcher.max_model_len)
+
+    def detokenize(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``/detokenize``: ``{"prompt"}``; ValueError for an id outside the vocabulary."""
+        return detokenize_body(self.engine.runner.prompts, dict(body))
 
     def record_routing_stats(self) -> dict[str, Any]:
         """What the cache-aware router needs: our shard, how to hash prompts, our load."""

@@ -547,3 +547,25 @@ def test_echo_with_logprobs_scores_the_prompt_as_lm_eval_asks(client: httpx.Clie
         assert abs(lp["token_logprobs"][position] - float(full[position - 1, ids[position]])) < 1e-3
     by_ids = client.post("/completions", json={**body, "prompt": ids, "logprobs": None}).json()["choices"][0]
     assert by_ids["text"] == got["text"] and by_ids["logprobs"] is None  # echo of a token-id prompt: its text
+
+
+def test_tokenize_detokenize_and_version_as_vllm_answers_them(client: httpx.Client, reference: ModelRunner) -> None:
+    text = "Quarterly revenue grew by 12%"
+    counted = client.post("/tokenize", json={"model": model_id(client), "prompt": text}).json()
+    assert counted == {"count": len(reference.encode(text)), "max_model_len": MAX_MODEL_LEN,
+                       "tokens": reference.encode(text)}
+    back = client.post("/detokenize", json={"tokens": counted["tokens"]}).json()
+    assert back == {"prompt": reference.tokenizer.decode(counted["tokens"])}
+    messages = [{"role": "user", "content": text}]
+    chat = client.post("/tokenize", json={"messages": messages}).json()
+    used = client.post("/chat/completions", json={"messages": messages, "max_tokens": 1}).json()["usage"]
+    assert chat["count"] == used["prompt_tokens"]
+    assert client.get("/version").json()["version"]
+    for path, body, status in (("/tokenize", {"prompt": text, "model": "gpt-4o"}, 404),
+                               ("/tokenize", {"prompt": text, "messages": messages}, 400),
+                               ("/tokenize", {"prompt": text, "extra": 1}, 400),
+                               ("/detokenize", {"tokens": [1, 10**9]}, 400),
+                               ("/detokenize", {"tokens": "1 2"}, 400)):
+        response = client.post(path, json=body)
+        assert response.status_code == status, (path, body, response.text)
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}

@@ -6,7 +6,8 @@ Routes (inside the app; Serve mounts it under ``/v1``):
 - ``POST /completions``, ``POST /chat/completions``: OpenAI's bodies and
   responses; ``stream: true`` answers server-sent events ending in
   ``data: [DONE]`` (`deployments.llm.openai.sse`).
-- ``GET /health``.
+- ``GET /health``, ``GET /version``; ``POST /tokenize``, ``POST /detokenize`` (vLLM's bodies:
+  `deployments.llm.openai.tokenization`), which harnesses use to size prompts.
 
 The app does no generation itself: ``stream_fn(request)`` starts one backend
 request (a `cache_actors.engine.requests.LLMRequest`) and returns its
@@ -23,13 +24,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deployments.common.forwarding import forwarded_caller
 from cache_actors.engine.tool_calls import ToolCallParser
@@ -40,9 +41,10 @@ from deployments.llm.openai.protocol import ChatCompletionRequest, CompletionReq
 from deployments.llm.openai.logprob_format import completion_logprobs
 from deployments.llm.openai.responses import ID_PREFIX, ChoiceResult, ChunkShaper, Kind, full_response, usage
 from deployments.llm.openai.sse import SSE_DONE, SSEResponse, sse_event
+from deployments.llm.openai.tokenization import DetokenizeRequest, TokenizeRequest
 
 OWNED_BY = "blatam"
-Body = TypeVar("Body", CompletionRequest, ChatCompletionRequest)
+Body = TypeVar("Body", bound=BaseModel)
 
 
 async def parse_body(request: Request, model: type[Body]) -> Body:
@@ -81,6 +83,8 @@ def build_openai_app(
     overloaded_errors: tuple[type[BaseException], ...] = (),
     title: str = "Blatam LLM (OpenAI-compatible)",
     model_info: dict[str, Any] | None = None,
+    tokenizer_fn: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None,
+    version: str = "",
 ) -> FastAPI:
     """The app serving `model_id` through `stream_fn` (see the module docstring).
 
@@ -92,7 +96,9 @@ def build_openai_app(
     (503 with Retry-After), besides Serve's back pressure.
     ``model_info`` (e.g. ``{"kind": "demo", "note": ...}``) joins the model
     card under ``blatam`` and ``/health``, so a client sees that it talks to
-    the demo model and why.
+    the demo model and why. ``tokenizer_fn(method, body)`` runs ``tokenize``
+    or ``detokenize`` where the tokenizer is (``/tokenize``, ``/detokenize``
+    answer 404 without it); ``version`` is what ``/version`` says.
     """
     if max_tokens_limit < 1:
         raise ValueError(f"max_tokens_limit must be at least 1, got {max_tokens_limit}")
@@ -111,6 +117,30 @@ def build_openai_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_id, **(model_info or {})}
+
+    @app.get("/version")
+    async def get_version() -> dict[str, Any]:
+        return {"version": version}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        return await _tokenizer_call(request, TokenizeRequest, "tokenize")
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        return await _tokenizer_call(request, DetokenizeRequest, "detokenize")
+
+    async def _tokenizer_call(request: Request, model: type[BaseModel], method: str) -> dict[str, Any]:
+        if tokenizer_fn is None:
+            raise OpenAIError(404, f"/{method} is not available on this server.", code="not_found")
+        body = await parse_body(request, model)
+        if body.model is not None and body.model != model_id:
+            raise OpenAIError(404, f"The model `{body.model}` does not exist. This server serves `{model_id}`.",
+                              param="model", code="model_not_found")
+        try:
+            return await tokenizer_fn(method, body.model_dump(exclude_none=True))
+        except Exception as exc:  # noqa: BLE001 - mapped to the client's error in one place
+            raise from_backend_exception(exc, overloaded=overloaded_errors) from None
 
     @app.get("/models")
     async def list_models() -> dict[str, Any]:
