@@ -23,15 +23,11 @@ are measured in this run, on this machine.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +35,7 @@ import typer
 
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
+from scripts.bench.service_cluster import local_cluster, wait_routed
 
 GOALS = {"token_hit_rate_on": 0.6, "ttft_ratio_max": 0.3, "jobs_per_min_ratio_min": 1.3}
 LLM_APP = "bench-llm"
@@ -109,52 +106,6 @@ def ratios(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def _create_key(data_dir: Path) -> str:
-    from business_modules.auth import AuthService
-    from business_modules.auth import repository as _auth_repository  # noqa: F401
-    from business_modules.storage import open_database
-
-    db = await open_database(None, data_dir=data_dir, components=["auth"])
-    try:
-        auth = AuthService(db, secret_key="bench-only-secret-" + "x" * 32, token_ttl_s=3600)
-        await auth.create_user(username="bench", password="bench-password", scopes="bul", tenant="bench")
-        return (await auth.create_api_key(username="bench", name="bench")).secret
-    finally:
-        await db.close()
-
-
-@contextmanager
-def local_cluster(data_dir: Path) -> Iterator[tuple[str, str]]:
-    """A private Ray + Serve with the gateway; yields (base_url, api_key)."""
-    import ray
-    from ray import serve
-
-    from deployments.app_builder import build_gateway
-    from scripts.serve_stop import stop_serve
-
-    os.environ["BLATAM_DATA_DIR"] = str(data_dir)
-    os.environ.pop("DATABASE_URL", None)
-    api_key = asyncio.run(_create_key(data_dir))
-    port = _free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_gateway({"settings": {"rate_limits": {"bul": "1000000/minute"},
-                                              "gateway_request_timeout_s": 120}}), name="gateway", route_prefix="/")
-        yield f"http://127.0.0.1:{port}", api_key
-    finally:
-        try:
-            stop_serve()
-        finally:
-            ray.shutdown()
-
-
 def run_mode(base: str, api_key: str, data_dir: Path, *, cache: dict[str, Any], bodies: list[dict[str, Any]],
              bul_settings: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """Deploy the LLM with ``cache`` and a fresh bul app, run ``bodies``, tear both down; the run's summary."""
@@ -172,7 +123,7 @@ def run_mode(base: str, api_key: str, data_dir: Path, *, cache: dict[str, Any], 
     key = {"X-API-Key": api_key}
     try:
         with httpx.Client(base_url=base, timeout=120) as http:
-            _wait_ready(http, key)
+            wait_routed(http, "bul", key)
             started = time.perf_counter()
             ids = []
             for body in bodies:
@@ -199,18 +150,6 @@ def run_mode(base: str, api_key: str, data_dir: Path, *, cache: dict[str, Any], 
         serve.delete(LLM_APP)
 
 
-def _wait_ready(http: Any, key: dict[str, str], timeout_s: float = 120.0) -> None:
-    """Until the gateway routes to the new bul app (its view of Serve is refreshed every second)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = http.get("/api/v1/bul/health", headers=key)
-        if response.status_code == 200:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"bul is not reachable through the gateway: {response.status_code} {response.text[:300]}")
-        time.sleep(0.5)
-
-
 @bench_app.command("services")
 def services_bench(
     jobs: Annotated[int, typer.Option(help="BUL jobs per run (mixed document types).", min=1)] = 20,
@@ -229,7 +168,7 @@ def services_bench(
     with tempfile.TemporaryDirectory(prefix="blatam-bench-services-") as tmp:
         data_dir = Path(tmp)
         with console.status("starting Ray + Serve (gateway)"):
-            cluster = local_cluster(data_dir)
+            cluster = local_cluster(data_dir, scopes="bul", rate_limits={"bul": "1000000/minute"})
             base, api_key = cluster.__enter__()
         try:
             for mode, cache in (("cache_on", CACHE_ON), ("cache_off", CACHE_OFF)):
