@@ -23,13 +23,16 @@ CHECK_METHOD = "containment"
 SNIPPET_CHARS = 240
 PASSAGE_CHARS = 160
 CORPUS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+HAS_WORD = r"^\W{0,8}\w[\s\S]*$"
+"""A text the redundancy service can read has a word (it refuses one without); the grammar holds the model to
+it, so a random-weight model's query is a query, not a run of punctuation."""
 
 
 class SearchArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     corpus: str = Field(pattern=CORPUS_PATTERN, max_length=64)
-    query: str = Field(min_length=1, max_length=300)
+    query: str = Field(min_length=1, max_length=300, pattern=HAS_WORD)
     top_k: int = Field(3, ge=1, le=5)
 
 
@@ -37,7 +40,7 @@ class CheckArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     corpus: str = Field(pattern=CORPUS_PATTERN, max_length=64)
-    text: str = Field(min_length=1, max_length=1000)
+    text: str = Field(min_length=1, max_length=1000, pattern=HAS_WORD)
 
 
 class _CorpusTool(Tool):
