@@ -87,13 +87,14 @@ class RunLoop:
         """What the run offers the model, decided once (and stored) so every step's prompt head is the same."""
         corpora: list[str] = []
         note = None
-        if self.services.corpora is not None and any(TOOLS[name].uses_corpora for name in capability.tools):
+        permitted = [name for name in capability.tools if TOOLS[name].permitted(run.scopes)]
+        if self.services.corpora is not None and any(TOOLS[name].uses_corpora for name in permitted):
             try:
                 corpora = await self.services.corpora.list_corpora(tenant=run.owner, limit=C.MAX_CORPORA_OFFERED)
             except ToolUnavailable as exc:
                 note = f"the document corpora could not be listed: {exc}"
                 logger.warning("run %s: %s", run.id, note)
-        offered = [name for name in capability.tools if TOOLS[name].available(self.services, corpora)]
+        offered = [name for name in permitted if TOOLS[name].available(self.services, corpora)]
         today = datetime.fromtimestamp(run.created_at, tz=timezone.utc).date().isoformat()
         context: dict[str, Any] = {"tools": offered, "corpora": corpora[: C.MAX_CORPORA_OFFERED], "today": today}
         if note:

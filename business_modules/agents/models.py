@@ -98,6 +98,8 @@ class Run:
     status: RunStatus
     created_at: float
     updated_at: float
+    scopes: tuple[str, ...] | None = None
+    """The caller's gateway scopes (None: a direct call); the run offers only tools within them."""
     context: dict[str, Any] | None = None
     result: Any = None
     error: str | None = None

@@ -44,7 +44,10 @@ def system_message(agent: AgentDefinition, capability: CapabilityDefinition, *, 
 
 
 def inputs_message(inputs: dict[str, Any]) -> str:
-    return "Inputs (JSON data):\n" + json.dumps(inputs, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """The inputs as JSON, ``<`` escaped as the LLM escapes tool results: no input can open a tool-call or
+    tool-response block in the prompt."""
+    text = json.dumps(inputs, ensure_ascii=False, sort_keys=True, separators=(",", ":")).replace("<", "\\u003c")
+    return "Inputs (JSON data):\n" + text
 
 
 def tool_outcome(step: Step) -> dict[str, Any]:

@@ -87,11 +87,13 @@ register_migrations(
                 PRIMARY KEY (tenant, id)
             );
             """,
-        )
+        ),
+        Migration(2, "agent runs keep their caller's scopes",
+                  "ALTER TABLE agent_runs ADD COLUMN scopes_json TEXT"),
     ],
 )
 
-_RUN_COLUMNS = ("id, owner, agent_id, capability, agent_json, inputs_json, parameters_json, dry_run, status,"
+_RUN_COLUMNS = ("id, owner, agent_id, capability, agent_json, inputs_json, parameters_json, dry_run, status, scopes_json,"
                 " context_json, result_json, error, steps_used, prompt_tokens, completion_tokens, cached_tokens,"
                 " runner_id, attempt_id, lease_until, created_at, updated_at, started_at, finished_at")
 _STEP_COLUMNS = ("run_id, idx, kind, status, tool_name, call_id, arguments, result_json, error, attempts, text,"
@@ -110,6 +112,7 @@ def _run(row: dict[str, Any]) -> Run:
         agent=json.loads(row["agent_json"]), inputs=json.loads(row["inputs_json"]),
         parameters=json.loads(row["parameters_json"]), dry_run=bool(row["dry_run"]),
         status=RunStatus(row["status"]), context=_loads(row["context_json"]), result=_loads(row["result_json"]),
+        scopes=None if row["scopes_json"] is None else tuple(json.loads(row["scopes_json"])),
         error=row["error"], steps_used=int(row["steps_used"]), prompt_tokens=int(row["prompt_tokens"]),
         completion_tokens=int(row["completion_tokens"]), cached_tokens=int(row["cached_tokens"]),
         runner_id=row["runner_id"], attempt_id=row["attempt_id"], lease_until=row["lease_until"],
@@ -144,13 +147,14 @@ def _step_params(step: Step) -> dict[str, Any]:
 async def insert_run(db: Database, run: Run) -> None:
     await db.execute(
         "INSERT INTO agent_runs (id, owner, agent_id, capability, agent_json, inputs_json, parameters_json, dry_run,"
-        " status, runner_id, lease_until, created_at, updated_at)"
+        " status, scopes_json, runner_id, lease_until, created_at, updated_at)"
         " VALUES (:id, :owner, :agent_id, :capability, :agent_json, :inputs_json, :parameters_json, :dry_run,"
-        " :status, :runner_id, :lease_until, :now, :now)",
+        " :status, :scopes_json, :runner_id, :lease_until, :now, :now)",
         {"id": run.id, "owner": run.owner, "agent_id": run.agent_id, "capability": run.capability,
          "agent_json": json.dumps(run.agent, ensure_ascii=False),
          "inputs_json": json.dumps(run.inputs, ensure_ascii=False),
          "parameters_json": json.dumps(run.parameters), "dry_run": int(run.dry_run), "status": run.status.value,
+         "scopes_json": None if run.scopes is None else json.dumps(list(run.scopes)),
          "runner_id": run.runner_id, "lease_until": run.lease_until, "now": run.created_at},
     )
 

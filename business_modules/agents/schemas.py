@@ -12,21 +12,51 @@ construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import jsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
+from pydantic_core import SchemaValidator
+from pydantic_core import ValidationError as CoreValidationError
+from pydantic_core import core_schema
 
 NUMBER_CHARS = 24
 """Characters assumed for a number without bounds (``-1.2345678901234567e+300`` is 24)."""
 
 _MAX_ERRORS = 5
+MAX_SCHEMA_DEPTH = 12
+"""Nesting of a tenant's schema at most (a deeper one could exhaust the validator's recursion)."""
+
+
+@functools.lru_cache(maxsize=512)
+def _linear_regex(pattern: str) -> SchemaValidator:
+    """A matcher for a JSON Schema ``pattern`` on Rust's regex engine, whose time is linear in the text: a
+    tenant's pattern (``^(a+)+$``) cannot stall the replica the way Python's backtracking ``re`` would."""
+    return SchemaValidator(core_schema.str_schema(pattern=pattern),
+                           config=core_schema.CoreConfig(regex_engine="rust-regex"))
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:
+    if not validator.is_type(instance, "string"):
+        return
+    try:
+        _linear_regex(pattern).validate_python(instance)
+    except CoreValidationError:
+        yield jsonschema.ValidationError(f"{instance[:80]!r} does not match {pattern!r}")
+
+
+Validator = jsonschema.validators.extend(Draft202012Validator, {"pattern": _pattern})
+"""Draft 2020-12 with ``pattern`` on the linear-time engine."""
 
 
 def check_schema(schema: Any, *, what: str) -> None:
-    """Raise ValueError when ``schema`` is not a JSON Schema (draft 2020-12) describing an object."""
+    """Raise ValueError when ``schema`` is not a JSON Schema (draft 2020-12) describing an object that the
+    agents can use safely: local ``$ref`` only (nothing is fetched), no ``patternProperties``, patterns the
+    linear-time engine compiles (no look-around or back-references), at most `MAX_SCHEMA_DEPTH` deep."""
     if not isinstance(schema, Mapping):
         raise ValueError(f"{what} must be a JSON Schema object")
     try:
@@ -35,11 +65,36 @@ def check_schema(schema: Any, *, what: str) -> None:
         raise ValueError(f"{what} is not a valid JSON Schema: {exc.message}") from None
     if schema.get("type") != "object":
         raise ValueError(f"{what} must describe an object (\"type\": \"object\")")
+    _check_node(schema, what=what, depth=0)
+
+
+def _check_node(node: Any, *, what: str, depth: int) -> None:
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"{what} nests deeper than {MAX_SCHEMA_DEPTH} levels")
+    if isinstance(node, list):
+        for item in node:
+            _check_node(item, what=what, depth=depth + 1)
+        return
+    if not isinstance(node, Mapping):
+        return
+    for key in ("$ref", "$dynamicRef"):
+        if key in node and not str(node[key]).startswith("#"):
+            raise ValueError(f"{what}: only local references (\"#/$defs/...\") are allowed, not {node[key]!r}")
+    if "patternProperties" in node:
+        raise ValueError(f"{what}: patternProperties is not supported; name the properties")
+    if isinstance(node.get("pattern"), str):
+        try:
+            _linear_regex(node["pattern"])
+        except Exception as exc:  # noqa: BLE001 - pydantic-core's SchemaError; its first line says why
+            raise ValueError(f"{what}: pattern {node['pattern']!r} is not supported (no look-around or "
+                             f"back-references): {str(exc).splitlines()[-1][:120]}") from None
+    for value in node.values():
+        _check_node(value, what=what, depth=depth + 1)
 
 
 def validation_errors(schema: Mapping[str, Any], value: Any) -> list[str]:
     """Why ``value`` does not validate against ``schema`` (empty when it does), as short ``path: message`` lines."""
-    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    errors = sorted(Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
     lines = []
     for error in errors[:_MAX_ERRORS]:
         where = ".".join(str(p) for p in error.absolute_path) or "(root)"

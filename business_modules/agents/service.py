@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from business_modules.agents import agent_store
@@ -54,8 +54,9 @@ class AgentEntry:
 
 @dataclass(frozen=True, slots=True)
 class RunEvent:
-    """A change of a run: ``step`` (a step was stored or changed), ``status`` (the run's state changed) or
-    ``end`` (the run finished)."""
+    """A change of a run: ``step`` (a step was stored or changed), ``status`` (the run's state changed),
+    ``end`` (the run finished), or ``ping`` (nothing changed for a while: a stream stays open through proxies
+    that end silent ones, e.g. while a run waits for an approval)."""
 
     kind: str
     run: Run
@@ -125,7 +126,10 @@ class AgentsService:
         if found is None:
             names = ", ".join(c.name for c in agent.capabilities)
             raise CapabilityNotFoundError(f"agent {agent.id} has no capability {capability[:64]!r}; it has: {names}")
-        size = len(json.dumps(request.inputs, ensure_ascii=False))
+        try:
+            size = len(json.dumps(request.inputs, ensure_ascii=False, allow_nan=False))
+        except ValueError:
+            raise InvalidInputsError("inputs must be plain JSON: NaN and Infinity are not numbers there") from None
         if size > C.MAX_INPUTS_CHARS:
             raise InputTooLargeError(f"inputs too large: {size} characters as JSON; at most {C.MAX_INPUTS_CHARS}")
         errors = validation_errors(found.input_schema, request.inputs)
@@ -143,23 +147,27 @@ class AgentsService:
             if value is not None and value > limit:
                 raise InvalidInputsError(f"parameters.{name}: at most {limit:g}, got {value:g}")
 
-    async def submit(self, agent_id: str, capability: str, request: ExecuteRequest, *, owner: str | None) -> Run:
-        """Store a queued run, then run it in the background."""
+    async def submit(self, agent_id: str, capability: str, request: ExecuteRequest, *, owner: str | None,
+                     scopes: Sequence[str] | None = None) -> Run:
+        """Store a queued run, then run it in the background. ``scopes``: the caller's gateway scopes, which
+        bound the tools the run may use (None: a direct call)."""
         agent, found = await self.prepare(agent_id, capability, request, owner=owner)
         self.runner.check_capacity(owner)
         now = self._clock()
         run = Run(id=uuid.uuid4().hex, owner=owner, agent_id=agent.id, capability=found.name,
                   agent=agent.model_dump(), inputs=request.inputs,
                   parameters=request.parameters.model_dump(exclude={"wait_s"}), dry_run=request.dry_run,
-                  status=RunStatus.QUEUED, created_at=now, updated_at=now, runner_id=self.runner_id,
+                  status=RunStatus.QUEUED, scopes=None if scopes is None else tuple(scopes), created_at=now,
+                  updated_at=now, runner_id=self.runner_id,
                   lease_until=self.runner.lease_until())
         await repo.insert_run(self.db, run)
         self.runner.launch(run.id, owner)
         return run
 
-    async def execute(self, agent_id: str, capability: str, request: ExecuteRequest, *, owner: str | None) -> Run:
+    async def execute(self, agent_id: str, capability: str, request: ExecuteRequest, *, owner: str | None,
+                      scopes: Sequence[str] | None = None) -> Run:
         """Submit, then wait up to ``parameters.wait_s`` for the run to finish or to wait for an approval."""
-        run = await self.submit(agent_id, capability, request, owner=owner)
+        run = await self.submit(agent_id, capability, request, owner=owner, scopes=scopes)
         wait_s = request.parameters.wait_s
         return await self.wait(run.id, owner=owner,
                                timeout_s=self.settings.default_wait_s if wait_s is None else wait_s)
@@ -217,25 +225,30 @@ class AgentsService:
         self.runner.launch(run_id, owner)
         return await self.get(run_id, owner=owner)
 
-    async def events(self, run_id: str, *, owner: str | None, poll_s: float = 0.2,
+    async def events(self, run_id: str, *, owner: str | None, poll_s: float = 0.2, ping_s: float = 15.0,
                      timeout_s: float = 900.0) -> AsyncIterator[RunEvent]:
         """Each step as it is stored or changes, each change of the run's state, and ``end`` when it finishes."""
         seen: dict[int, tuple[object, ...]] = {}
         status: RunStatus | None = None
         deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
         while True:
             run, steps = await self.steps(run_id, owner=owner)
             for step in steps:
                 key = (step.status, step.attempts, step.updated_at)
                 if seen.get(step.index) != key:
                     seen[step.index] = key
+                    last = time.monotonic()
                     yield RunEvent("step", run, step)
             if run.status.finished:
                 yield RunEvent("end", run)
                 return
             if run.status is not status:
-                status = run.status
+                status, last = run.status, time.monotonic()
                 yield RunEvent("status", run)
+            if time.monotonic() - last >= ping_s:
+                last = time.monotonic()
+                yield RunEvent("ping", run)
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(poll_s)

@@ -51,7 +51,13 @@ from business_modules.agents import (
 from deployments.agents import schemas as s
 from deployments.agents import views
 from deployments.agents.runtime import AgentsAppConfig, Runtime
-from deployments.common import BodySizeLimitMiddleware, ErrorSpec, RequestIdMiddleware, install_error_handlers
+from deployments.common import (
+    BodySizeLimitMiddleware,
+    ErrorSpec,
+    RequestIdMiddleware,
+    forwarded_caller,
+    install_error_handlers,
+)
 from deployments.common.service_app import STORAGE_ERRORS, caller_tenant, client_base_path
 
 GATEWAY_PREFIX = "/api/v1/agents"
@@ -82,8 +88,15 @@ async def _service(request: Request) -> AgentsService:
     return await _runtime(request).service()
 
 
+def _caller_scopes(request: Request) -> tuple[str, ...] | None:
+    """The gateway caller's scopes, which bound the tools a run may use (None: a direct call)."""
+    caller = forwarded_caller(request)
+    return None if caller is None else caller.scopes
+
+
 Service = Annotated[AgentsService, Depends(_service)]
 Owner = Annotated[str | None, Depends(caller_tenant)]
+Scopes = Annotated[tuple[str, ...] | None, Depends(_caller_scopes)]
 
 
 def _base(request: Request) -> str:
@@ -125,8 +138,8 @@ async def delete_agent(agent_id: str, service: Service, owner: Owner) -> Respons
              responses={202: {"model": s.Execution, "description": "Still running, or waiting for an approval"}},
              summary="Run a capability (200 when done within wait_s, else 202)")
 async def execute(agent_id: str, capability: str, body: ExecuteRequest, request: Request, service: Service,
-                  owner: Owner) -> JSONResponse:
-    run = await service.execute(agent_id, capability, body, owner=owner)
+                  owner: Owner, scopes: Scopes) -> JSONResponse:
+    run = await service.execute(agent_id, capability, body, owner=owner, scopes=scopes)
     steps = None if run.status.finished else (await service.steps(run.id, owner=owner))[1]
     answer = views.execution(run, steps, _base(request))
     return JSONResponse(answer.model_dump(mode="json"), status_code=200 if run.status.finished else 202)
@@ -135,8 +148,8 @@ async def execute(agent_id: str, capability: str, body: ExecuteRequest, request:
 @agents.post("/business-agents/agents/{agent_id}/capabilities/{capability}/execute", response_model=s.Execution,
              include_in_schema=False)
 async def execute_original(agent_id: str, capability: str, body: ExecuteRequest, request: Request, service: Service,
-                           owner: Owner) -> JSONResponse:
-    return await execute(agent_id, capability, body, request, service, owner)
+                           owner: Owner, scopes: Scopes) -> JSONResponse:
+    return await execute(agent_id, capability, body, request, service, owner, scopes)
 
 
 @agents.get("/business-agents/agents", response_model=list[s.AgentOut], include_in_schema=False)
@@ -176,6 +189,9 @@ async def run_events(run_id: str, request: Request, service: Service, owner: Own
 
     async def events() -> AsyncIterator[bytes]:
         async for event in service.events(first.id, owner=owner):
+            if event.kind == "ping":
+                yield b": ping\n\n"
+                continue
             if event.kind == "step":
                 data = views.step_out(event.step).model_dump_json()  # type: ignore[arg-type]
             else:

@@ -371,6 +371,9 @@ async def test_bad_requests_and_tenants(env: Env) -> None:
     with pytest.raises(InputTooLargeError):
         await service.execute("sales_001", "lead_qualification",
                               ExecuteRequest(inputs={"company": "G", "need": "x" * 9000}), owner="acme")
+    with pytest.raises(InvalidInputsError, match="NaN"):
+        await service.execute("sales_001", "sales_forecast", ExecuteRequest(inputs={"pipeline": [
+            {"deal": "x", "value": float("nan"), "probability": 0.5}]}), owner="acme")
     with pytest.raises(InvalidInputsError, match="parameters.max_steps"):
         await service.execute("sales_001", "lead_qualification",
                               ExecuteRequest(inputs=lead.inputs, parameters={"max_steps": 1000}), owner="acme")
@@ -405,3 +408,35 @@ async def test_bad_requests_and_tenants(env: Env) -> None:
     await service.delete_agent("acme_sales", owner="acme")
     _, steps = await service.steps(own.id, owner="acme")  # the run keeps the definition it started with
     assert steps[0].kind is StepKind.MODEL
+
+
+async def test_a_run_reaches_only_the_services_its_caller_may(env: Env) -> None:
+    corpora = Flaky(env.corpora, "search", failures=0)
+    llm = ScriptedLLM(by_turn(tool_call("check_text", {"corpus": "sales-notes", "text": NOTE}),
+                              final(CONTENT_ANSWER)))
+    service = await env.service(llm, corpora=corpora)
+    run = await service.execute("marketing_001", "content_creation", ExecuteRequest(inputs=CONTENT), owner="acme",
+                                scopes=("agents", "export"))
+    assert [t.name for t in llm.requests[0].tools] == ["export_result", "final_answer"]
+    _, steps = await service.steps(run.id, owner="acme")
+    assert steps[1].status is StepStatus.INVALID and "no tool 'check_text'" in steps[1].error
+    assert corpora.calls == 0 and run.status is RunStatus.COMPLETED  # the key cannot reach redundancy: nor can its run
+    everything = ScriptedLLM(by_turn(final(CONTENT_ANSWER)))
+    service = await env.service(everything)
+    await service.execute("marketing_001", "content_creation", ExecuteRequest(inputs=CONTENT), owner="acme",
+                          scopes=("*",))
+    assert [t.name for t in everything.requests[0].tools] == ["search_documents", "check_text", "export_result",
+                                                              "final_answer"]
+
+
+async def test_the_event_stream_pings_while_a_run_waits(env: Env) -> None:
+    service = await env.service(ScriptedLLM(by_turn(tool_call("export_result", EXPORT_ARGS))))
+    run = await service.execute("marketing_001", "content_creation", ExecuteRequest(inputs=CONTENT), owner="acme")
+    assert run.status is RunStatus.AWAITING_APPROVAL
+    kinds_seen = []
+    async for event in service.events(run.id, owner="acme", poll_s=0.01, ping_s=0.05):
+        kinds_seen.append(event.kind)
+        if event.kind == "ping":
+            break
+    assert kinds_seen == ["step", "step", "status", "ping"]
+    await service.cancel(run.id, owner="acme")

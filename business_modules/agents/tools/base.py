@@ -44,6 +44,8 @@ class Tool(ABC):
     description: ClassVar[str]
     args_model: ClassVar[type[BaseModel]]
     side_effects: ClassVar[bool] = False
+    service: ClassVar[str | None] = None
+    """The service the tool calls for the run's tenant (its gateway scope), if any."""
     uses_corpora: ClassVar[bool] = False
     """The ``corpus`` argument names one of the tenant's corpora (listed when a run starts)."""
     long_running: ClassVar[bool] = False
@@ -57,6 +59,11 @@ class Tool(ABC):
     def available(self, services: Services, corpora: Sequence[str]) -> bool:
         """Whether this replica (and this tenant) can offer the tool at all."""
         return True
+
+    def permitted(self, scopes: Sequence[str] | None) -> bool:
+        """Whether a caller with these gateway scopes may use the tool: an agent acts for its caller and never
+        reaches a service the caller's key cannot (None: a direct call, which has no scopes to narrow)."""
+        return self.service is None or scopes is None or "*" in scopes or self.service in scopes
 
     def parameters(self, corpora: Sequence[str]) -> dict[str, Any]:
         """The JSON Schema of the arguments as the model is shown it (a subclass may narrow it)."""

@@ -44,6 +44,7 @@ class CheckArgs(BaseModel):
 
 
 class _CorpusTool(Tool):
+    service = "redundancy"
     uses_corpora = True
 
     def available(self, services: Services, corpora: Sequence[str]) -> bool:

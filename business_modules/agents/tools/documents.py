@@ -32,6 +32,7 @@ class WriteDocument(Tool):
     name = "write_document"
     description = "Write and store a business document about query; returns its id and an excerpt."
     args_model = WriteArgs
+    service = "bul"
     side_effects = True
     long_running = True
 

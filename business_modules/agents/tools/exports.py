@@ -25,6 +25,7 @@ class ExportResult(Tool):
     name = "export_result"
     description = "Export Markdown content as a file; returns its download URL."
     args_model = ExportArgs
+    service = "export"
     side_effects = True
 
     def available(self, services: Services, corpora: Sequence[str]) -> bool:
