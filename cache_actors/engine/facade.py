@@ -22,6 +22,7 @@ import torch
 from cache_actors.core.backend import KVCacheBackend
 from cache_actors.engine.batching.scheduler import BatcherConfig, CompileFormat, ContinuousBatcher, collect
 from cache_actors.engine.batching.sequence import SequenceRequest
+from cache_actors.engine.compute_thread import ComputeThread
 from cache_actors.codecs import KVShape, make_codec
 from cache_actors.engine.config import KVCacheConfig
 from cache_actors.core.hashing import BlockHash, CacheNamespace, check_test_vector, hash_prompt_blocks
@@ -51,9 +52,11 @@ class UltraAdaptiveKVCacheEngine:
     ) -> None:
         check_test_vector()
         self.config = config or KVCacheConfig()
+        # Every torch op of this engine runs on this one thread (why: cache_actors.engine.compute_thread).
+        self.compute = ComputeThread()
         if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
-        self.runner = runner or ModelRunner.load(self.config.model_path, dtype=self.config.dtype)
+            self.compute.call(torch.set_num_threads, self.config.num_threads)
+        self.runner = runner or self.compute.call(ModelRunner.load, self.config.model_path, dtype=self.config.dtype)
         geometry = self.runner.geometry
         block_size = self.config.block_size
         codec = make_codec(
@@ -75,7 +78,8 @@ class UltraAdaptiveKVCacheEngine:
 
             self.cache = DistributedKVCache.from_config(self.config, self.runner, num_blocks)
         else:
-            self.cache = cache_cls(
+            self.cache = self.compute.call(
+                cache_cls,
                 codec=codec,
                 block_size=block_size,
                 num_blocks=num_blocks,
@@ -90,7 +94,6 @@ class UltraAdaptiveKVCacheEngine:
             kv_layout=geometry.layout,
         )
         self._roots: dict[str, BlockHash] = {}
-        self._compute = threading.Lock()  # the batcher's iterations, or one persist/load/clear: never both
         self._batcher: ContinuousBatcher | None = None
         self._batcher_guard = threading.Lock()
         self.stats = RequestStats()
@@ -137,7 +140,7 @@ class UltraAdaptiveKVCacheEngine:
                 raise RuntimeError("this engine's batcher is already running")
             context = self.runner.max_context
             config = config or BatcherConfig(max_batch_size=4, max_model_len=context, max_prefill_tokens=context)
-            self._batcher = ContinuousBatcher(self, config, compile_format=compile_format, lock=self._compute)
+            self._batcher = ContinuousBatcher(self, config, compile_format=compile_format)
             return self._batcher
 
     @property
@@ -231,8 +234,7 @@ class UltraAdaptiveKVCacheEngine:
         self._require_local_cache("persist")
         if target is None:
             raise ValueError("persist() needs a path (or persistence_path in the config)")
-        with self._compute:
-            written = save_cache(self.cache, self.persistence_namespace(), target)
+        written = self.compute.call(save_cache, self.cache, self.persistence_namespace(), target)
         logger.info("persisted %d blocks to %s", written, target)
         return True
 
@@ -242,8 +244,7 @@ class UltraAdaptiveKVCacheEngine:
         self._require_local_cache("load")
         if source is None:
             raise ValueError("load() needs a path (or persistence_path in the config)")
-        with self._compute:
-            load_cache(self.cache, self.persistence_namespace(), source)
+        self.compute.call(load_cache, self.cache, self.persistence_namespace(), source)
         return True
 
     def _require_local_cache(self, what: str) -> None:
@@ -251,8 +252,7 @@ class UltraAdaptiveKVCacheEngine:
             raise ValueError(f"{what}() saves an in-process cache; the distributed cache keeps blocks in its shards and tiers")
 
     def clear_cache(self) -> None:
-        with self._compute:
-            self.cache.clear()
+        self.compute.call(self.cache.clear)
 
     def close(self) -> None:
         """Stop the batcher (its requests in flight fail), then persist when persistence is enabled."""
@@ -262,3 +262,4 @@ class UltraAdaptiveKVCacheEngine:
             batcher.close()
         if self.config.enable_persistence and self.config.persistence_path:
             self.persist(self.config.persistence_path)
+        self.compute.close()

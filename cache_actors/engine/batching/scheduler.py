@@ -30,6 +30,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import torch
 
 from cache_actors.engine.batching.chunked_prefill import ChunkedPrefill
+from cache_actors.engine.compute_thread import ComputeThread
 from cache_actors.engine.batching.detokenizer import IncrementalText
 from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.batching.sequence import Sequence, SequenceRequest, TokenConstraint
@@ -92,7 +93,6 @@ class ContinuousBatcher:
         config: BatcherConfig = BatcherConfig(),
         *,
         compile_format: CompileFormat | None = None,
-        lock: threading.Lock | None = None,
     ) -> None:
         self.engine = engine
         self.runner = engine.runner
@@ -103,13 +103,14 @@ class ContinuousBatcher:
         self.max_model_len = min(model_len, self.runner.max_context)
         geometry = self.runner.geometry
         rounded = -(-self.max_model_len // self.block_size) * self.block_size
-        self.kv = RaggedKVBuffer(
-            num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads, head_dim=geometry.head_dim,
-            max_rows=config.max_batch_size, max_len=rounded, dtype=geometry.dtype, device=self.runner.device,
+        # The engine's one torch thread: the loop runs there, and the buffer is filled there (see compute_thread).
+        self.compute: ComputeThread = engine.compute
+        self.kv = self.compute.call(
+            RaggedKVBuffer, num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads,
+            head_dim=geometry.head_dim, max_rows=config.max_batch_size, max_len=rounded, dtype=geometry.dtype,
+            device=self.runner.device,
         )
         self._compile_format = compile_format
-        # Held for each iteration's model and cache work, so the engine's persist/load/clear run between iterations.
-        self._lock = lock or threading.Lock()
         self._stop_ids = frozenset(self.runner.eos_token_ids)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []  # index == row in self.kv
@@ -123,8 +124,7 @@ class ContinuousBatcher:
         self.jumped_tokens = 0  # grammar-forced tokens computed by jump-forward instead of decode steps
         self._torch_threads: int | None = None
         self._worker_started = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
-        self._thread.start()
+        self._loop_done = self.compute.start_loop(self._loop, wake=self._notify)
 
     # --- caller side -----------------------------------------------------------------
     def check(self, request: SequenceRequest) -> Callable[[], TokenConstraint] | None:
@@ -199,8 +199,8 @@ class ContinuousBatcher:
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread still runs (a replica whose batcher died must be restarted)."""
-        return self._thread.is_alive()
+        """Whether the loop still runs (a replica whose batcher died must be restarted)."""
+        return not self._loop_done.done()
 
     def worker_torch_threads(self, timeout_s: float = 10.0) -> int | None:
         """The torch threads the worker thread runs the model with, as torch reports them there.
@@ -219,7 +219,16 @@ class ContinuousBatcher:
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._thread.join(timeout=10)
+        if not self.compute.on_thread():
+            try:
+                self._loop_done.result(timeout=10)
+            except Exception:  # noqa: BLE001 - a loop that died is closed too
+                logger.exception("the continuous batcher's loop ended with an error")
+
+    def _notify(self) -> None:
+        """A call is queued on the compute thread: leave the idle wait to serve it."""
+        with self._wake:
+            self._wake.notify()
 
     # --- worker side -------------------------------------------------------------------
     def _loop(self) -> None:
@@ -227,17 +236,18 @@ class ContinuousBatcher:
         self._worker_started.set()
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self._running and self._partial is None:
+                while (not self._closed and not self._waiting and not self._running and self._partial is None
+                       and not self.compute.has_pending()):
                     self._wake.wait()
                 if self._closed:
                     break
             try:
-                with self._lock:
-                    self._drop_cancelled()
-                    self._admit()
-                    if self._running:
-                        self.steps_during_chunked_prefill += self._partial is not None
-                        self._step()
+                self.compute.run_pending()  # the engine's persist/load/clear, between iterations
+                self._drop_cancelled()
+                self._admit()
+                if self._running:
+                    self.steps_during_chunked_prefill += self._partial is not None
+                    self._step()
             except Exception as exc:  # a bug must fail the requests in flight, not hang them
                 logger.exception("continuous batcher step failed")
                 self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
