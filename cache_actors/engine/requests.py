@@ -169,6 +169,7 @@ class LLMRequest(BaseModel):
     session_id: str | None = None
     request_id: str = ""
     clamp_max_tokens: bool = False
+    stream_deltas: bool = True  # False: the whole text comes as one delta before done (nobody reads tokens live)
 
     @model_validator(mode="before")
     @classmethod

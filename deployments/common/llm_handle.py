@@ -34,9 +34,14 @@ LLM_APP = "llm"
 LLM_DEPLOYMENT = "LLMServer"
 
 
-def backend_request(spec: LLMRequestSpec) -> dict[str, Any]:
-    """The `LLMRequest` fields for ``spec`` (a plain dict crosses the handle)."""
+def backend_request(spec: LLMRequestSpec, *, live: bool = True) -> dict[str, Any]:
+    """The `LLMRequest` fields for ``spec`` (a plain dict crosses the handle).
+
+    ``live`` False: the replica sends the text as one delta at the end (a
+    caller that waits for the whole answer saves a stream item per token).
+    """
     request: dict[str, Any] = {
+        "stream_deltas": live,
         "sampling": {"max_new_tokens": spec.max_tokens, "temperature": spec.temperature, "top_p": spec.top_p,
                      "stop": list(spec.stop), "seed": spec.seed},
         "tenant_id": spec.tenant_id,
@@ -78,20 +83,23 @@ class LLMHandleClient:
 
     async def generate(self, spec: LLMRequestSpec) -> Generation:
         done: Generation | None = None
-        async for event in self.stream(spec):
+        async for event in self._events(spec, live=False):
             if event.done is not None:
                 done = event.done
         if done is None:  # pragma: no cover - stream() always ends with done or raises
             raise LLMUnavailable("the LLM stream ended without a result")
         return done
 
-    async def stream(self, spec: LLMRequestSpec) -> AsyncIterator[StreamEvent]:
+    def stream(self, spec: LLMRequestSpec) -> AsyncIterator[StreamEvent]:
         """Deltas, then the whole `Generation`; raises `LLMTimeout` past ``spec.timeout_s``."""
+        return self._events(spec, live=True)
+
+    async def _events(self, spec: LLMRequestSpec, *, live: bool) -> AsyncIterator[StreamEvent]:
         started = time.perf_counter()
         deadline = started + spec.timeout_s
         reader = _OutputReader(ToolCallParser() if _calls_possible(spec) else None)
         try:
-            events = call_as_own_request(self._streaming_handle().generate_stream.remote, backend_request(spec))
+            events = call_as_own_request(self._streaming_handle().generate_stream.remote, backend_request(spec, live=live))
         except LLMError:
             raise
         except Exception as exc:  # noqa: BLE001 - Serve's errors when the app is gone

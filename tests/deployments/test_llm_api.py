@@ -569,3 +569,20 @@ def test_tokenize_detokenize_and_version_as_vllm_answers_them(client: httpx.Clie
         response = client.post(path, json=body)
         assert response.status_code == status, (path, body, response.text)
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_non_streamed_answer_crosses_the_handle_as_one_delta(base_url: str, reference: ModelRunner) -> None:
+    """``stream_deltas: false`` (what the ingress sends for ``stream: false``): one delta, then done, same text."""
+    server = serve.get_deployment_handle("LLMServer", app_name="llm").options(stream=True)
+    prompt = "Draft a two-line business update."
+
+    async def events(live: bool) -> list[dict]:
+        request = {"prompt": prompt, "sampling": {"max_new_tokens": 12}, "stream_deltas": live}
+        return [event async for event in server.generate_stream.remote(request)]
+
+    import asyncio
+
+    live, whole = asyncio.run(events(True)), asyncio.run(events(False))
+    assert [e["type"] for e in whole] == ["delta", "done"] and len(live) > 2
+    assert whole[0]["text"] == "".join(e["text"] for e in live if e["type"] == "delta")
+    assert whole[0]["token_ids"] == [t for e in live if e["type"] == "delta" for t in e["token_ids"]]

@@ -69,7 +69,7 @@ async def collect(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     raise RuntimeError("the stream ended without a result")
 
 
-def _merge(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
+def merge_deltas(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
     """Two deltas as one: text, token ids and logprob entries joined, anything else (prompt logprobs) kept."""
     if pending is None:
         return event
@@ -178,10 +178,10 @@ class ContinuousBatcher:
                 # tokens that piled up as one delta, so streaming overhead never throttles the batch.
                 pending: dict[str, Any] | None = None
                 while event["type"] == "delta" and not queue.empty():
-                    pending = _merge(pending, event)
+                    pending = merge_deltas(pending, event)
                     event = queue.get_nowait()
                 if event["type"] == "delta":
-                    yield _merge(pending, event)
+                    yield merge_deltas(pending, event)
                     continue
                 if pending is not None:
                     yield pending

@@ -96,6 +96,7 @@ def to_backend_requests(request: CompletionRequest | ChatCompletionRequest, *, r
             },
             "response_format": response_format,
             "clamp_max_tokens": explicit is None,
+            "stream_deltas": bool(request.stream),
         }))
     return out
 
