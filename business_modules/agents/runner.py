@@ -31,6 +31,7 @@ from business_modules.agents.ports import Services
 from business_modules.llm_client import LLMClient
 from business_modules.storage import Database, StorageError
 from business_modules.storage.heartbeat import run_heartbeat
+from business_modules.storage.tenant_tasks import TenantTasks
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,7 @@ class RunRunner:
         self.runner_id = runner_id
         self._clock = clock
         self.loop = RunLoop(db=db, llm=llm, settings=settings, services=services, clock=clock, caller=caller)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._tenant_of: dict[str, str] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._jobs = TenantTasks(max_running_per_tenant=settings.max_running_per_tenant, name="agent-run")
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._adopting = asyncio.Lock()
@@ -67,48 +66,30 @@ class RunRunner:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.wait({self._heartbeat}, timeout=grace_s)
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace_s)
-            if pending:
-                logger.warning("%d agent run task(s) did not stop within %g s", len(pending), grace_s)
+        await self._jobs.stop_all(grace_s=grace_s)
 
     @property
     def running(self) -> list[str]:
-        return list(self._tasks)
+        return self._jobs.keys()
 
     def lease_until(self) -> float:
         return self._clock() + self.settings.run_lease_s
 
     def check_capacity(self, owner: str | None) -> None:
         """Raise `AgentsBusyError` when the tenant already has its most unfinished runs here."""
-        tenant = owner or ""
-        pending = sum(1 for t in self._tenant_of.values() if t == tenant)
+        pending = self._jobs.unfinished(owner)
         if pending >= self.settings.max_pending_per_tenant:
             raise AgentsBusyError(f"this tenant already has {pending} unfinished runs here; retry in a few seconds")
 
     def launch(self, run_id: str, owner: str | None) -> None:
         """Run a stored run (queued on this replica) once one of its tenant's slots is free."""
-        if run_id in self._tasks or self._stopping.is_set():
+        if run_id in self._jobs or self._stopping.is_set():
             return
-        tenant = owner or ""
-        self._tenant_of[run_id] = tenant
-        task = asyncio.create_task(self._run(run_id, tenant), name=f"agent-run-{run_id}")
-        self._tasks[run_id] = task
-
-        def done(_: asyncio.Task[None]) -> None:
-            self._tasks.pop(run_id, None)
-            self._tenant_of.pop(run_id, None)
-
-        task.add_done_callback(done)
+        self._jobs.launch(run_id, owner, lambda: self._run(run_id))
 
     def stop(self, run_id: str) -> None:
         """Cancel the run's task in this replica, if it has one (a cancelled run's LLM call is closed with it)."""
-        task = self._tasks.get(run_id)
-        if task is not None:
-            task.cancel()
+        self._jobs.stop(run_id)
 
     async def adopt_stale(self) -> int:
         """Take over unfinished runs whose lease is past and resume them here; how many were adopted."""
@@ -127,34 +108,27 @@ class RunRunner:
                 adopted += 1
             return adopted
 
-    def _slot(self, tenant: str) -> asyncio.Semaphore:
-        slot = self._slots.get(tenant)
-        if slot is None:
-            slot = self._slots[tenant] = asyncio.Semaphore(self.settings.max_running_per_tenant)
-        return slot
-
-    async def _run(self, run_id: str, tenant: str) -> None:
-        async with self._slot(tenant):
-            attempt = uuid.uuid4().hex
-            try:
-                if not await repo.claim(self.db, run_id, runner_id=self.runner_id, attempt_id=attempt,
-                                        now=self._clock(), lease_until=self.lease_until()):
-                    logger.info("agent run %s was no longer queued here when its slot came up", run_id)
-                    return
-                run = await repo.get_run(self.db, run_id)
-                assert run is not None and run.status is RunStatus.RUNNING
-                await self.loop.drive(run, attempt)
-            except asyncio.CancelledError:
-                await asyncio.shield(self._release(run_id, attempt))
-                raise
-            except RunLost:
-                logger.info("agent run %s was cancelled or taken over while it ran", run_id)
-            except StorageError as exc:
-                # Not failed: its lease runs out (this task no longer renews it) and a replica resumes it.
-                logger.error("agent run %s: database error; it resumes once its lease runs out: %s", run_id, exc)
-            except Exception as exc:  # noqa: BLE001 - recorded on the run and logged, never silent
-                logger.exception("agent run %s failed unexpectedly", run_id)
-                await self._fail(run_id, attempt, f"internal error: {type(exc).__name__}")
+    async def _run(self, run_id: str) -> None:
+        attempt = uuid.uuid4().hex
+        try:
+            if not await repo.claim(self.db, run_id, runner_id=self.runner_id, attempt_id=attempt,
+                                    now=self._clock(), lease_until=self.lease_until()):
+                logger.info("agent run %s was no longer queued here when its slot came up", run_id)
+                return
+            run = await repo.get_run(self.db, run_id)
+            assert run is not None and run.status is RunStatus.RUNNING
+            await self.loop.drive(run, attempt)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(run_id, attempt))
+            raise
+        except RunLost:
+            logger.info("agent run %s was cancelled or taken over while it ran", run_id)
+        except StorageError as exc:
+            # Not failed: its lease runs out (this task no longer renews it) and a replica resumes it.
+            logger.error("agent run %s: database error; it resumes once its lease runs out: %s", run_id, exc)
+        except Exception as exc:  # noqa: BLE001 - recorded on the run and logged, never silent
+            logger.exception("agent run %s failed unexpectedly", run_id)
+            await self._fail(run_id, attempt, f"internal error: {type(exc).__name__}")
 
     async def _release(self, run_id: str, attempt: str) -> None:
         try:

@@ -35,6 +35,7 @@ from business_modules.bul.repository import Document, Task
 from business_modules.llm_client import Generation, LLMClient, LLMError, LLMRequestSpec
 from business_modules.storage import Database, StorageError
 from business_modules.storage.heartbeat import run_heartbeat
+from business_modules.storage.tenant_tasks import TenantTasks
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,7 @@ class JobRunner:
         self.settings = settings
         self.runner_id = runner_id
         self._clock = clock
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._tenant_of: dict[str, str] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._jobs = TenantTasks(max_running_per_tenant=settings.max_running_per_tenant, name="bul")
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -72,13 +71,7 @@ class JobRunner:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.wait({self._heartbeat}, timeout=grace_s)
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace_s)
-            if pending:
-                logger.warning("%d BUL task(s) did not stop within %g s", len(pending), grace_s)
+        await self._jobs.stop_all(grace_s=grace_s)
 
     def new_task(self, document_id: str, owner: str | None, kind: TaskKind, index: int | None, request_json: str,
                  priority: int, progress: list[dict[str, Any]], now: float) -> Task:
@@ -90,29 +83,17 @@ class JobRunner:
 
     def check_capacity(self, owner: str | None) -> None:
         """Raise `BulBusyError` when the tenant already has its most unfinished tasks here."""
-        tenant = owner or ""
-        pending = sum(1 for t in self._tenant_of.values() if t == tenant)
+        pending = self._jobs.unfinished(owner)
         if pending >= self.settings.max_pending_per_tenant:
             raise BulBusyError(f"this tenant already has {pending} unfinished BUL tasks here; retry in a few seconds")
 
     def launch(self, task_id: str, owner: str | None) -> None:
         """Run a stored task in the background once one of its tenant's slots is free."""
-        tenant = owner or ""
-        self._tenant_of[task_id] = tenant
-        task = asyncio.create_task(self._run(task_id, tenant), name=f"bul-{task_id}")
-        self._tasks[task_id] = task
-
-        def done(_: asyncio.Task[None]) -> None:
-            self._tasks.pop(task_id, None)
-            self._tenant_of.pop(task_id, None)
-
-        task.add_done_callback(done)
+        self._jobs.launch(task_id, owner, lambda: self._run(task_id))
 
     def stop(self, task_id: str) -> None:
         """Cancel the task's run in this replica, if it has one (its LLM stream closes, ending the generation)."""
-        running = self._tasks.get(task_id)
-        if running is not None:
-            running.cancel()
+        self._jobs.stop(task_id)
 
     async def fail_stale(self) -> int:
         """Mark failed every unfinished task whose lease is past (its replica stopped renewing it)."""
@@ -121,41 +102,34 @@ class JobRunner:
             logger.warning("marked %d BUL task(s) failed: their replica stopped renewing them", count)
         return count
 
-    def _slot(self, tenant: str) -> asyncio.Semaphore:
-        slot = self._slots.get(tenant)
-        if slot is None:
-            slot = self._slots[tenant] = asyncio.Semaphore(self.settings.max_running_per_tenant)
-        return slot
-
-    async def _run(self, task_id: str, tenant: str) -> None:
-        async with self._slot(tenant):
-            attempt = uuid.uuid4().hex
-            now = self._clock()
-            if not await repo.claim(self.db, task_id, runner_id=self.runner_id, attempt_id=attempt, now=now,
-                                    lease_until=now + self.settings.job_lease_s):
-                logger.info("BUL task %s was no longer queued when its slot came up", task_id)
-                return
-            try:
-                task = await repo.get_task(self.db, task_id)
-                assert task is not None
-                if task.kind is TaskKind.GENERATE:
-                    await self._generate(task, attempt)
-                else:
-                    await self._regenerate(task, attempt)
-            except asyncio.CancelledError:
-                await asyncio.shield(self._record_failure(task_id, attempt, STOPPED))
-                raise
-            except _Lost:
-                logger.info("BUL task %s was cancelled or taken over while it ran", task_id)
-            except LLMError as exc:
-                await self._record_failure(task_id, attempt, f"LLM call failed: {exc}")
-            except OutlineError as exc:
-                await self._record_failure(task_id, attempt, str(exc))
-            except StorageError as exc:
-                logger.error("BUL task %s: database error, left for the lease sweeper: %s", task_id, exc)
-            except Exception as exc:  # noqa: BLE001 - recorded on the task and logged, never silent
-                logger.exception("BUL task %s failed unexpectedly", task_id)
-                await self._record_failure(task_id, attempt, f"internal error: {type(exc).__name__}")
+    async def _run(self, task_id: str) -> None:
+        attempt = uuid.uuid4().hex
+        now = self._clock()
+        if not await repo.claim(self.db, task_id, runner_id=self.runner_id, attempt_id=attempt, now=now,
+                                lease_until=now + self.settings.job_lease_s):
+            logger.info("BUL task %s was no longer queued when its slot came up", task_id)
+            return
+        try:
+            task = await repo.get_task(self.db, task_id)
+            assert task is not None
+            if task.kind is TaskKind.GENERATE:
+                await self._generate(task, attempt)
+            else:
+                await self._regenerate(task, attempt)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._record_failure(task_id, attempt, STOPPED))
+            raise
+        except _Lost:
+            logger.info("BUL task %s was cancelled or taken over while it ran", task_id)
+        except LLMError as exc:
+            await self._record_failure(task_id, attempt, f"LLM call failed: {exc}")
+        except OutlineError as exc:
+            await self._record_failure(task_id, attempt, str(exc))
+        except StorageError as exc:
+            logger.error("BUL task %s: database error, left for the lease sweeper: %s", task_id, exc)
+        except Exception as exc:  # noqa: BLE001 - recorded on the task and logged, never silent
+            logger.exception("BUL task %s failed unexpectedly", task_id)
+            await self._record_failure(task_id, attempt, f"internal error: {type(exc).__name__}")
 
     async def _load(self, task: Task) -> tuple[Document, DocumentTypeSpec, GenerateRequest, CommonInputs]:
         document = await repo.get_document(self.db, task.document_id)
