@@ -35,6 +35,7 @@ from deployments.redundancy import build_redundancy
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.deployments.conftest import run_app
 from tests.storage_fixtures import drop_redis_keys, drop_schema, seed_api_keys, unique_schema
+from tests.deployments.sse_support import read_events
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -133,19 +134,6 @@ def wait_run(http: httpx.Client, run_id: str, headers: dict, *, until=("complete
         elif response.status_code != 503 or time.monotonic() > deadline:  # 503: the app is being redeployed
             raise AssertionError(response.text)
         time.sleep(0.3)
-
-
-def read_events(http: httpx.Client, url: str, headers: dict) -> list[tuple[str, dict]]:
-    events = []
-    with http.stream("GET", url, headers=headers) as response:
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-    return events
 
 
 def model_steps(run: dict) -> list[dict]:

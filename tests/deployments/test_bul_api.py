@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from deployments.llm import build_llm
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.deployments.conftest import ServeInstance, run_app
 from tests.storage_fixtures import drop_redis_keys, drop_schema, seed_api_keys, unique_schema
+from tests.deployments.sse_support import read_events
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -82,19 +82,6 @@ def wait_done(http: httpx.Client, prefix: str, task_id: str, headers: dict | Non
         if body["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
             return body
         time.sleep(0.2)
-
-
-def read_events(http: httpx.Client, url: str, headers: dict | None = None) -> list[tuple[str, dict]]:
-    events = []
-    with http.stream("GET", url, headers=headers) as response:
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-    return events
 
 
 def test_generate_stream_versions_and_exports_on_the_demo_model(apps) -> None:
