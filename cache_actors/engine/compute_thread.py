@@ -35,6 +35,7 @@ class ComputeThread:
         self._jobs: collections.deque[tuple[Callable[[], Any], Future]] = collections.deque()
         self._cond = threading.Condition()
         self._loop_wake: Callable[[], None] | None = None
+        self._has_loop = False
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
@@ -61,9 +62,15 @@ class ComputeThread:
             wake()
         return future
 
+    @property
+    def has_loop(self) -> bool:
+        """A long job holds the thread (a second one could only run inside its iterations)."""
+        with self._cond:
+            return self._has_loop
+
     def start_loop(self, loop: Callable[[], None], *, wake: Callable[[], None]) -> Future:
         """Run ``loop`` there until it returns; it must call `run_pending` between iterations and wake
-        from its idle wait when ``wake`` is called (a job arrived)."""
+        from its idle wait when ``wake`` is called (a job arrived). One loop at a time (RuntimeError)."""
 
         def run() -> None:
             with self._cond:
@@ -73,8 +80,18 @@ class ComputeThread:
             finally:
                 with self._cond:
                     self._loop_wake = None
+                    self._has_loop = False
 
-        return self.submit(run)
+        with self._cond:
+            if self._has_loop:
+                raise RuntimeError("a loop already runs on this compute thread")
+            self._has_loop = True
+        try:
+            return self.submit(run)
+        except BaseException:
+            with self._cond:
+                self._has_loop = False
+            raise
 
     def has_pending(self) -> bool:
         with self._cond:

@@ -53,3 +53,29 @@ def test_engine_work_and_the_batcher_share_one_thread(make_engine, tiny_runner):
     assert batcher.alive
     engine.close()
     assert not batcher.alive
+
+
+def test_two_batchers_on_one_engine_both_run(make_engine, tiny_runner):
+    """The second loop cannot share the engine's thread (it would run inside the first): it gets its own."""
+    from cache_actors.engine.batching import BatcherConfig, ContinuousBatcher
+
+    engine = make_engine()
+    first = ContinuousBatcher(engine, BatcherConfig(max_batch_size=2, max_model_len=256))
+    second = ContinuousBatcher(engine, BatcherConfig(max_batch_size=2, max_model_len=256, max_prefill_tokens=32))
+    assert first.compute is engine.compute and second.compute is not engine.compute
+    request = SequenceRequest(token_ids=tiny_runner.encode("Hello there"), sampling=SamplingParams(max_new_tokens=6))
+
+    async def run():
+        return await asyncio.wait_for(asyncio.gather(first.generate(request), second.generate(request)), 60)
+
+    one, two = asyncio.run(run())
+    assert one["token_ids"] == two["token_ids"] and len(one["token_ids"]) == 6
+    second.close()
+    first.close()
+    assert not engine.compute.has_loop  # the first loop ended with close()
+    release = threading.Event()
+    held = engine.compute.start_loop(lambda: release.wait(5), wake=lambda: None)
+    with pytest.raises(RuntimeError, match="already runs"):
+        engine.compute.start_loop(lambda: None, wake=lambda: None)
+    release.set()
+    held.result(timeout=5)

@@ -104,7 +104,9 @@ class ContinuousBatcher:
         geometry = self.runner.geometry
         rounded = -(-self.max_model_len // self.block_size) * self.block_size
         # The engine's one torch thread: the loop runs there, and the buffer is filled there (see compute_thread).
-        self.compute: ComputeThread = engine.compute
+        # A second batcher on the same engine (a benchmark comparing settings) gets a thread of its own.
+        self._own_compute = engine.compute.has_loop
+        self.compute: ComputeThread = ComputeThread("continuous-batcher") if self._own_compute else engine.compute
         self.kv = self.compute.call(
             RaggedKVBuffer, num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads,
             head_dim=geometry.head_dim, max_rows=config.max_batch_size, max_len=rounded, dtype=geometry.dtype,
@@ -224,6 +226,8 @@ class ContinuousBatcher:
                 self._loop_done.result(timeout=10)
             except Exception:  # noqa: BLE001 - a loop that died is closed too
                 logger.exception("the continuous batcher's loop ended with an error")
+        if self._own_compute:
+            self.compute.close()
 
     def _notify(self) -> None:
         """A call is queued on the compute thread: leave the idle wait to serve it."""
