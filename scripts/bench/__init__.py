@@ -21,4 +21,5 @@ from scripts.bench import serve as _serve  # noqa: E402,F401
 from scripts.bench import prefill_stall as _prefill_stall  # noqa: E402,F401
 from scripts.bench import quality as _quality  # noqa: E402,F401
 from scripts.bench import services as _services  # noqa: E402,F401
+from scripts.bench import agents as _agents  # noqa: E402,F401
 from scripts.bench import peers as _peers  # noqa: E402,F401
