@@ -5,8 +5,8 @@ a body with `CompletionRequest` / `ChatCompletionRequest`; then
 `deployments.llm.openai.backend_requests` checks it against the served model and
 fans it out into the `LLMRequest`s the engine's ``generate_stream`` takes.
 
-Why so strict: a client that sends a feature we do not implement (logprobs,
-penalties, parallel tool calls, ...) must hear so with a 400 that names the parameter; a
+Why so strict: a client that sends a feature we do not implement (penalties,
+logit_bias, parallel tool calls, ...) must hear so with a 400 that names the parameter; a
 silently ignored parameter returns plausible but wrong answers. Unknown fields
 are refused like OpenAI does ("Unrecognized request argument supplied").
 Validators raise `PydanticCustomError` whose *type* becomes the OpenAI error
