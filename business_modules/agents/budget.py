@@ -27,6 +27,17 @@ TOOLS_PREAMBLE_TOKENS = 300
 """Tokens of the LLM's own words around the tool list (how to call, the ``<tools>`` block)."""
 
 
+def result_tokens(name: str, outcome: str) -> int:
+    """Tokens of a tool's outcome as the LLM renders it, at most: JSON data (the outcome's JSON text escaped
+    again, ``"`` as two characters) with ``<`` as ``\\u003c``, inside ``<tool_response>``, as
+    `cache_actors.engine.tool_calls.tool_response_text` writes it (this module may not import it). Its UTF-8
+    bytes: exact for the demo model's byte tokens, an overestimate for real tokenizers. Counting the
+    outcome's characters instead undercounted (758 characters became 935 tokens) and the LLM refused the
+    next prompt as over the context."""
+    data = json.dumps({"name": name, "content": outcome}, ensure_ascii=False, separators=(",", ":"))
+    return len(data.replace("<", "\\u003c").encode("utf-8")) + len("<tool_response>\n\n</tool_response>")
+
+
 def call_overhead(name: str) -> int:
     """Tokens around a call's arguments: ``<tool_call>{"name":"NAME","arguments":`` ... ``}</tool_call>`` and EOS."""
     return 48 + len(name)
@@ -78,7 +89,7 @@ def next_prompt_estimate(steps: Sequence[Step], *, result_chars: int) -> int | N
         total += len(NO_CALL_REMINDER) + MESSAGE_OVERHEAD_TOKENS
     for step in steps[last + 1:]:
         if step.kind is StepKind.TOOL and step.status.settled:
-            total += len(outcome_text(step, result_chars)) + MESSAGE_OVERHEAD_TOKENS
+            total += result_tokens(step.tool_name or "", outcome_text(step, result_chars)) + MESSAGE_OVERHEAD_TOKENS
     return total
 
 
