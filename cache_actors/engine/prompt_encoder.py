@@ -54,21 +54,21 @@ class PromptEncoder:
     def load(cls, model_path: str | None) -> "PromptEncoder":
         return cls(load_tokenizer(model_path))
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a prompt, with the model's special tokens (BOS)."""
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a prompt, with the model's special tokens (BOS) unless told otherwise."""
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
         """The chat as text through the tokenizer's own template (ValueError if it has none)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("this model's tokenizer has no chat template; use a completion prompt instead")
         return self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+            [dict(m) for m in messages], add_generation_prompt=add_generation_prompt, tokenize=False
         )
 
-    def encode_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a chat; BOS is added only if the template did not write it."""
-        rendered = self.render_chat(messages)
+        rendered = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
         bos = self.tokenizer.bos_token or "\0"
         return list(self.tokenizer(rendered, add_special_tokens=not rendered.startswith(bos))["input_ids"])
 

@@ -50,8 +50,9 @@ def backend_request(spec: LLMRequestSpec, *, live: bool = True) -> dict[str, Any
     if spec.messages is not None:
         tools = [FunctionTool(t.name, t.description, dict(t.parameters)) for t in spec.tools]
         request["messages"] = render_messages(spec.messages, tools)
-        if tools and spec.tool_choice != "none":
-            request["response_format"] = tool_call_format(tools, spec.tool_choice)
+        calls = tool_call_format(tools, spec.tool_choice)  # None when there are no tools or the choice is none
+        if calls is not None:
+            request["response_format"] = calls
     else:
         request["prompt"] = spec.prompt
     if spec.json_schema is not None and "response_format" not in request:

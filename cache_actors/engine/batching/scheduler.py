@@ -134,8 +134,8 @@ class ContinuousBatcher:
         if not request.token_ids:
             raise ValueError("the prompt has no tokens")
         vocab = self.runner.vocab_size
-        if any(not 0 <= token < vocab for token in request.token_ids):
-            bad = next(token for token in request.token_ids if not 0 <= token < vocab)
+        bad = next((token for token in request.token_ids if not 0 <= token < vocab), None)
+        if bad is not None:
             raise ValueError(f"prompt token id {bad} is outside this model's vocabulary [0, {vocab})")
         check_context(len(request.token_ids), request.sampling.max_new_tokens, self.max_model_len, max_name="max_tokens")
         if self._compile_format is not None and request.response_format is not None:
@@ -406,7 +406,7 @@ class ContinuousBatcher:
         seq = self._running[row]
         if seq.request.sampling.logprobs is not None:
             return 0  # every token's logprob needs its own step's logits
-        if seq.constraint is None or seq.finished or seq.jump_forward() == 0 or seq.finished:
+        if seq.jump_forward() == 0 or seq.finished:  # nothing forced, or the forced tokens ended it
             return 0
         fed = seq.fed_ids()
         length = self.kv.lengths[row]

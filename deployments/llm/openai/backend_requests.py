@@ -120,7 +120,5 @@ def function_tools(request: ChatCompletionRequest) -> list[FunctionTool]:
 def chat_messages(request: ChatCompletionRequest) -> tuple[list[dict[str, str]], dict | None]:
     """The chat as plain turns (tools written into the system prompt) and the grammar the choice needs."""
     tools = function_tools(request)
-    messages = render_messages(request.messages, tools)
-    if tools and request.tool_choice != "none":
-        return messages, tool_call_format(tools, request.tool_choice)
-    return messages, request.response_format
+    calls = tool_call_format(tools, request.tool_choice or "none")  # None without tools or with choice none
+    return render_messages(request.messages, tools), request.response_format if calls is None else calls

@@ -9,11 +9,14 @@ tokenizer does the work (`tokenize_body`, `detokenize_body`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from deployments.llm.openai.protocol import _content, _invalid
+
+if TYPE_CHECKING:  # the ingress validates bodies without loading transformers
+    from cache_actors.engine.prompt_encoder import PromptEncoder
 
 MAX_DETOKENIZE_TOKENS = 1_000_000
 
@@ -62,20 +65,16 @@ class DetokenizeRequest(BaseModel):
         return value
 
 
-def tokenize_body(encoder: Any, body: dict[str, Any], *, max_model_len: int) -> dict[str, Any]:
-    """``/tokenize`` on the replica: the ids the model would see (a chat through its template)."""
+def tokenize_body(encoder: PromptEncoder, body: dict[str, Any], *, max_model_len: int) -> dict[str, Any]:
+    """``/tokenize`` on the replica: the ids the model would see (a chat through its template, as served)."""
     if body.get("messages") is not None:
-        rendered = encoder.tokenizer.apply_chat_template(
-            body["messages"], add_generation_prompt=body.get("add_generation_prompt", True), tokenize=False)
-        bos = encoder.tokenizer.bos_token or "\0"
-        tokens = list(encoder.tokenizer(rendered, add_special_tokens=not rendered.startswith(bos))["input_ids"])
+        tokens = encoder.encode_chat(body["messages"], add_generation_prompt=body.get("add_generation_prompt", True))
     else:
-        tokens = list(encoder.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
-                      ["input_ids"])
+        tokens = encoder.encode(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
     return {"count": len(tokens), "max_model_len": max_model_len, "tokens": tokens}
 
 
-def detokenize_body(encoder: Any, body: dict[str, Any]) -> dict[str, Any]:
+def detokenize_body(encoder: PromptEncoder, body: dict[str, Any]) -> dict[str, Any]:
     """``/detokenize`` on the replica; ids outside the vocabulary are a ValueError (a 400)."""
     vocab = len(encoder.tokenizer)
     bad = [t for t in body["tokens"] if t >= vocab]
