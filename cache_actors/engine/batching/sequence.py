@@ -72,7 +72,7 @@ class Sequence:
     cancelled: bool = False
     finish_reason: str | None = None
     token_text: Callable[[int], str] | None = None  # one id decoded alone (logprob entries name tokens)
-    _logprob: dict[str, Any] | None = None  # the entry of the token being chosen, sent with its delta
+    _logprob: dict[str, Any] | None = field(default=None, init=False, repr=False)  # sent with its token's delta
 
     def __post_init__(self) -> None:
         self.generator = make_generator(self.request.sampling)

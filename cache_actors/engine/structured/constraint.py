@@ -68,7 +68,7 @@ class GrammarSpec:
     def compile_grammar(cls, text: str, grammar: TokenizerGrammar, *, description: str, what: str) -> "GrammarSpec":
         matcher = llguidance.LLMatcher(grammar.ll_tokenizer, text, log_level=0)
         if matcher.is_error():
-            raise ValueError(f"invalid or unsupported {what}: {_first_line(matcher.get_error())}")
+            raise ValueError(f"invalid or unsupported {what}: {_without_grammar_listing(matcher.get_error())}")
         for warning in matcher.get_grammar_warnings():
             logger.warning("response format %s: %s", description, warning)
         return cls(grammar, matcher, description=description)
@@ -78,7 +78,7 @@ class GrammarSpec:
         return TokenConstraint(self.grammar, self._prototype.deep_copy())
 
 
-def _first_line(error: str) -> str:
+def _without_grammar_listing(error: str) -> str:
     """llguidance's error without the grammar listing it quotes (whole tool schemas), on one line."""
     kept = [line.strip() for line in error.splitlines()
             if line.strip() and not re.match(r"^\s*\d+ \|", line) and not re.fullmatch(r"\s*\^+\s*", line)]
