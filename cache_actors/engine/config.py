@@ -89,6 +89,8 @@ class KVCacheConfig(BaseSettings):
     )
     max_new_tokens: int = Field(64, gt=0, le=8192, description="Default generation length.")
     num_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None leaves torch's default.")
+    packed_weights: bool = Field(True, description="On CPU, run linear layers on oneDNN-packed weights "
+                                                   "(cache_actors/engine/packed_linear.py); false: plain F.linear.")
     seed: int = 0
 
     # --- isolation ------------------------------------------------------------

@@ -56,7 +56,9 @@ class UltraAdaptiveKVCacheEngine:
         self.compute = ComputeThread()
         if self.config.num_threads:
             self.compute.call(torch.set_num_threads, self.config.num_threads)
-        self.runner = runner or self.compute.call(ModelRunner.load, self.config.model_path, dtype=self.config.dtype)
+        self.runner = runner or self.compute.call(
+            ModelRunner.load, self.config.model_path, dtype=self.config.dtype, packed_weights=self.config.packed_weights
+        )
         geometry = self.runner.geometry
         block_size = self.config.block_size
         codec = make_codec(

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from cache_actors.engine.packed_linear import pack_linears
 from cache_actors.engine.demo_model import DEMO_MODEL_ID, DemoModelSpec, build_demo_model, build_demo_tokenizer
 from cache_actors.engine.prompt_encoder import PromptEncoder, hf_model_folder, load_tokenizer
 
@@ -134,22 +135,30 @@ class ModelRunner:
         dtype: str = "float32",
         demo_spec: DemoModelSpec | None = None,
         device: str = "cpu",
+        packed_weights: bool = True,
     ) -> "ModelRunner":
-        """The model in ``model_path`` (a local Hugging Face folder), or the demo model."""
+        """The model in ``model_path`` (a local Hugging Face folder), or the demo model.
+
+        ``packed_weights``: on CPU, linear layers run on oneDNN-packed weights
+        (`cache_actors.engine.packed_linear`: about twice as fast per decode step).
+        """
         torch_dtype = resolve_dtype(dtype, device)
         if model_path is None:
             spec = demo_spec or DemoModelSpec()
             model = build_demo_model(spec, torch_dtype).to(device)
-            return cls(model, build_demo_tokenizer(), model_id=model_id_for(None, spec))
-        path = hf_model_folder(model_path)
-        tokenizer = load_tokenizer(model_path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device)
+            tokenizer, model_id, path = build_demo_tokenizer(), model_id_for(None, spec), "the demo spec"
+        else:
+            path = hf_model_folder(model_path)
+            tokenizer = load_tokenizer(model_path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device)
+            model_id = model_id_for(model_path)
         model.eval()
         model.requires_grad_(False)
-        runner = cls(model, tokenizer, model_id=model_id_for(model_path))
-        logger.info("loaded %s from %s: %s, context %d, end tokens %s, torch threads %d", runner.model_id, path,
-                    str(runner.dtype).removeprefix("torch."), runner.max_context, list(runner.eos_token_ids),
-                    torch.get_num_threads())
+        packed = pack_linears(model) if packed_weights else 0
+        runner = cls(model, tokenizer, model_id=model_id)
+        logger.info("loaded %s from %s: %s, context %d, end tokens %s, torch threads %d, %d packed linear layers",
+                    runner.model_id, path, str(runner.dtype).removeprefix("torch."), runner.max_context,
+                    list(runner.eos_token_ids), torch.get_num_threads(), packed)
         return runner
 
     @torch.inference_mode()
