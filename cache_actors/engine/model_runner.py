@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from cache_actors.engine.gqa_attention import use_gqa_sdpa
 from cache_actors.engine.packed_linear import pack_linears
 from cache_actors.engine.demo_model import DEMO_MODEL_ID, DemoModelSpec, build_demo_model, build_demo_tokenizer
 from cache_actors.engine.prompt_encoder import PromptEncoder, hf_model_folder, load_tokenizer
@@ -141,6 +142,7 @@ class ModelRunner:
 
         ``packed_weights``: on CPU, linear layers run on oneDNN-packed weights
         (`cache_actors.engine.packed_linear`: about twice as fast per decode step).
+        Attention shares grouped KV heads in place (`cache_actors.engine.gqa_attention`).
         """
         torch_dtype = resolve_dtype(dtype, device)
         if model_path is None:
@@ -155,6 +157,7 @@ class ModelRunner:
         model.eval()
         model.requires_grad_(False)
         packed = pack_linears(model) if packed_weights else 0
+        use_gqa_sdpa(model)
         runner = cls(model, tokenizer, model_id=model_id)
         logger.info("loaded %s from %s: %s, context %d, end tokens %s, torch threads %d, %d packed linear layers",
                     runner.model_id, path, str(runner.dtype).removeprefix("torch."), runner.max_context,
