@@ -328,13 +328,13 @@ class ContinuousBatcher:
                 self.cache.read_blocks(hit, block_views(self.kv.row_view(row), bs)[: hit.num_blocks])
             logits, kv = self.runner.prefill(ids, self.kv.row_cache(row, cached))
             self.kv.set_length(row, len(ids))
-            self._store_prompt(hashes, hit.num_blocks, kv)
         except BaseException:
             self.kv.remove(row)
             raise
         finally:
             self.cache.release(hit)
-        self._start(seq, hashes, cached, logits)
+        known = hit.num_blocks
+        self._start(seq, hashes, cached, logits, store=lambda: self._store_prompt(hashes, known, kv))
         return len(ids) - cached
 
     @torch.inference_mode()
@@ -350,8 +350,8 @@ class ContinuousBatcher:
         row = self.kv.add_row()
         partial.copy_into(self.kv.row_view(row))
         self.kv.set_length(row, partial.done)
-        self._store_prompt(partial.hashes, partial.cached_tokens // self.block_size, partial.cache)
-        self._start(partial.seq, partial.hashes, partial.cached_tokens, logits)
+        self._start(partial.seq, partial.hashes, partial.cached_tokens, logits,
+                    store=lambda: self._store_prompt(partial.hashes, partial.cached_tokens // self.block_size, partial.cache))
         return partial.done - before
 
     def _store_prompt(self, hashes: list, known_blocks: int, kv: Any) -> None:
@@ -361,8 +361,15 @@ class ContinuousBatcher:
     def _token_text(self, token_id: int) -> str:
         return self.runner.decode([token_id])
 
-    def _start(self, seq: Sequence, hashes: list, cached: int, logits: torch.Tensor) -> None:
-        """``seq`` holds the last row, prefilled: it runs from its first token on."""
+    def _start(self, seq: Sequence, hashes: list, cached: int, logits: torch.Tensor,
+               store: Callable[[], None] | None = None) -> None:
+        """``seq`` holds the last row, prefilled: it runs from its first token on.
+
+        ``store`` writes the prompt's new blocks to the cache. It runs after the
+        first token is sent (the client should not wait for a cache write: a
+        2,048-token prompt is 128 blocks) and before the row can be retired.
+        A failed write costs later requests a hit, not this one its answer.
+        """
         seq.cached_tokens = cached
         seq.prompt_hashes = hashes
         top = seq.request.sampling.prompt_logprobs
@@ -372,6 +379,11 @@ class ContinuousBatcher:
                       "prompt_logprobs": entries, "prompt_text": self.runner.decode(seq.prompt_ids)})
         self._running.append(seq)
         seq.append(seq.choose(logits))
+        if store is not None:
+            try:
+                store()
+            except Exception:  # noqa: BLE001 - see the docstring
+                logger.exception("storing the prompt's blocks failed")
         self._jump_forward(len(self._running) - 1)
         if seq.finished:
             self._retire(len(self._running) - 1, store=False)
