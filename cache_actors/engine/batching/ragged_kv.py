@@ -19,19 +19,19 @@ from cache_actors.core.kv_layout import cache_from_buffer
 
 
 class RaggedLayer(DynamicLayer):
-    """One layer's view of the active rows; `update` writes each row at its own length."""
+    """One layer's view of some rows; `update` writes row i's new tokens at its own columns ``cols[i]``."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor, kv_len: int) -> None:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, kv_len: int) -> None:
         super().__init__()
         self.lazy_initialization(keys[:, :, :1], values[:, :, :1])
         self._keys_buf, self._values_buf = keys, values
-        self._rows, self._lengths, self._kv_len = rows, lengths, kv_len
+        self._rows, self._cols, self._kv_len = rows[:, None], cols, kv_len
         self.keys, self.values = keys[:, :, : kv_len - 1], values[:, :, : kv_len - 1]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003
-        # key_states: [rows, H, 1, D] -> column lengths[i] of row i.
-        self._keys_buf[self._rows, :, self._lengths] = key_states[:, :, 0]
-        self._values_buf[self._rows, :, self._lengths] = value_states[:, :, 0]
+        # key_states: [rows, H, T, D] -> columns cols[i] of row i ([rows, T] indices give [rows, T, H, D]).
+        self._keys_buf[self._rows, :, self._cols] = key_states.transpose(1, 2)
+        self._values_buf[self._rows, :, self._cols] = value_states.transpose(1, 2)
         self.keys, self.values = self._keys_buf[:, :, : self._kv_len], self._values_buf[:, :, : self._kv_len]
         return self.keys, self.values
 
@@ -104,14 +104,39 @@ class RaggedKVBuffer:
         if int(lengths.max()) >= self.max_len:
             raise RuntimeError("a row is full; the scheduler must retire it before this step")
         kv_len = int(lengths.max()) + 1
-        rows = torch.arange(n, device=device)
-        cache = DynamicCache()
-        for layer in range(self.buffer.shape[0]):
-            keys = self.buffer[layer, 0, :n]
-            values = self.buffer[layer, 1, :n]
-            cache.layers.append(RaggedLayer(keys, values, rows, lengths, kv_len))
+        cache = self._layers(0, n, lengths[:, None], kv_len)
         mask = torch.arange(kv_len, device=device)[None, :] <= lengths[:, None]
         return cache, lengths[:, None], mask[:, None, None, :]
+
+    def extend_inputs(self, first_row: int, starts: list[int], counts: list[int]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """``(cache, position_ids [n, T], attention_mask [n, 1, T, kv_len])`` to feed ``counts[i]`` tokens to row
+        ``first_row + i`` after its first ``starts[i]`` (its cached prefix), all rows in one forward.
+
+        Inputs are right-padded to ``T = max(counts)``: a padding position
+        writes its key past its row's tokens (never read before a later token
+        overwrites it) and no real token attends to it.
+        """
+        n, width = len(starts), max(counts)
+        if first_row < 0 or first_row + n > self.active:
+            raise ValueError("extend_inputs needs active rows")
+        device = self.buffer.device
+        start = torch.tensor(starts, dtype=torch.long, device=device)
+        positions = start[:, None] + torch.arange(width, device=device)[None, :]
+        kv_len = max(s + c for s, c in zip(starts, counts))
+        if kv_len > self.max_len:
+            raise ValueError(f"row length {kv_len} exceeds the buffer's {self.max_len}")
+        cache = self._layers(first_row, n, positions.clamp(max=self.max_len - 1), kv_len)
+        mask = torch.arange(kv_len, device=device)[None, None, :] <= positions[:, :, None]
+        return cache, positions, mask[:, None]
+
+    def _layers(self, first_row: int, n: int, cols: torch.Tensor, kv_len: int) -> DynamicCache:
+        rows = torch.arange(n, device=self.buffer.device)
+        cache = DynamicCache()
+        for layer in range(self.buffer.shape[0]):
+            keys = self.buffer[layer, 0, first_row : first_row + n]
+            values = self.buffer[layer, 1, first_row : first_row + n]
+            cache.layers.append(RaggedLayer(keys, values, rows, cols, kv_len))
+        return cache
 
     def advance(self) -> None:
         """Every active row gained the token of the step just run."""

@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 
 import torch
 
+from cache_actors.engine.batching.batched_prefill import prefill_rows
 from cache_actors.engine.batching.chunked_prefill import ChunkedPrefill
 from cache_actors.engine.compute_thread import ComputeThread
 from cache_actors.engine.batching.detokenizer import IncrementalText
@@ -80,6 +81,21 @@ def merge_deltas(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[
     return merged
 
 
+@dataclass(frozen=True, slots=True)
+class _Reserved:
+    """A sequence given a batch row this iteration: the row holds its ``cached`` prefix tokens."""
+
+    seq: Sequence
+    row: int
+    hashes: list
+    known_blocks: int
+    cached: int
+
+
+def _raise(exc: Exception) -> int:
+    raise exc
+
+
 class BatcherOverloaded(RuntimeError):
     """The waiting queue is full; the caller should retry later (HTTP 503)."""
 
@@ -124,6 +140,7 @@ class ContinuousBatcher:
         self.step_rows = 0  # sum of batch sizes over steps (mean batch = step_rows / steps)
         self.steps_during_chunked_prefill = 0  # decode steps that ran while a long prompt was half prefilled
         self.jumped_tokens = 0  # grammar-forced tokens computed by jump-forward instead of decode steps
+        self.grouped_prefills = 0  # prompts prefilled together with others in one forward (batched_prefill)
         self._torch_threads: int | None = None
         self._worker_started = threading.Event()
         self._loop_done = self.compute.start_loop(self._loop, wake=self._notify)
@@ -276,18 +293,20 @@ class ContinuousBatcher:
         budget = self.config.max_prefill_tokens
         if self._partial is not None:
             budget -= self._guard(self._partial.seq, "prefill", lambda: self._continue_partial(budget))
+        group: list[_Reserved] = []  # prompts given a row this iteration, prefilled together after the loop
         while budget > 0 and self._free_rows() > 0:
             with self._wake:
                 if not self._waiting:
-                    return
+                    break
                 seq = self._waiting.popleft()
             if seq.cancelled:
                 continue
             if self._partial is not None and len(seq.prompt_ids) > budget:
                 with self._wake:  # may not fit now: it waits for the long prompt to finish
                     self._waiting.appendleft(seq)
-                return
-            budget -= self._guard(seq, "prefill", lambda: self._prefill(seq, budget))
+                break
+            budget -= self._guard(seq, "prefill", lambda: self._prefill(seq, budget, group))
+        self._prefill_group(group)
 
     def _guard(self, seq: Sequence, what: str, work: Callable[[], int]) -> int:
         """Run ``work`` for ``seq``; a failure fails that sequence only. Returns the tokens computed."""
@@ -302,10 +321,10 @@ class ContinuousBatcher:
             return 0
 
     @torch.inference_mode()
-    def _prefill(self, seq: Sequence, budget: int) -> int:
-        """Prefill ``seq`` on top of its cached prefix, whole into a new row or, over ``budget``, a first chunk.
+    def _prefill(self, seq: Sequence, budget: int, group: list[_Reserved]) -> int:
+        """Give ``seq`` a row holding its cached prefix, to be prefilled with ``group``; over ``budget``, a first chunk.
 
-        Returns the tokens computed.
+        Returns the tokens computed (or to compute, for the group).
         """
         ids = seq.prompt_ids
         bs = self.block_size
@@ -326,16 +345,51 @@ class ContinuousBatcher:
         try:
             if hit.num_blocks:
                 self.cache.read_blocks(hit, block_views(self.kv.row_view(row), bs)[: hit.num_blocks])
-            logits, kv = self.runner.prefill(ids, self.kv.row_cache(row, cached))
-            self.kv.set_length(row, len(ids))
         except BaseException:
             self.kv.remove(row)
             raise
         finally:
             self.cache.release(hit)
-        known = hit.num_blocks
-        self._start(seq, hashes, cached, logits, store=lambda: self._store_prompt(hashes, known, kv))
+        group.append(_Reserved(seq, row, hashes, hit.num_blocks, cached))
         return len(ids) - cached
+
+    @torch.inference_mode()
+    def _prefill_group(self, group: list[_Reserved]) -> None:
+        """Prefill the rows reserved this iteration, then start their sequences (one alone runs as before).
+
+        The sequences start in row order (a row is its index in ``_running``)
+        and only then are finished ones retired, last row first, so retiring
+        one never moves a row another is still to start in.
+        """
+        if not group:
+            return
+        first = group[0].row
+        try:
+            if len(group) == 1 or not self.runner.supports_prefix_reuse:
+                logits = []
+                for reserved in group:
+                    out, _ = self.runner.prefill(reserved.seq.prompt_ids, self.kv.row_cache(reserved.row, reserved.cached))
+                    self.kv.set_length(reserved.row, len(reserved.seq.prompt_ids))
+                    logits.append(out)
+            else:
+                assert [r.row for r in group] == list(range(first, first + len(group)))
+                logits = list(prefill_rows(self.runner.model, self.kv, first, [r.seq.prompt_ids for r in group],
+                                           [r.cached for r in group]))
+                self.grouped_prefills += len(group)
+        except Exception as exc:
+            for reserved in reversed(group):
+                self.kv.remove(reserved.row)
+                self._guard(reserved.seq, "prefill", lambda error=exc: _raise(error))
+            return
+        for reserved, row_logits in zip(group, logits):
+            def store(reserved: _Reserved = reserved) -> None:
+                length = len(reserved.seq.prompt_ids)
+                self._store_prompt(reserved.hashes, reserved.known_blocks, self.kv.row_cache(reserved.row, length))
+
+            self._start(reserved.seq, reserved.hashes, reserved.cached, row_logits, store=store, retire=False)
+        for row in range(first + len(group) - 1, first - 1, -1):
+            if self._running[row].finished:
+                self._retire(row, store=False)
 
     @torch.inference_mode()
     def _continue_partial(self, budget: int) -> int:
@@ -362,7 +416,7 @@ class ContinuousBatcher:
         return self.runner.decode([token_id])
 
     def _start(self, seq: Sequence, hashes: list, cached: int, logits: torch.Tensor,
-               store: Callable[[], None] | None = None) -> None:
+               store: Callable[[], None] | None = None, retire: bool = True) -> None:
         """``seq`` holds the last row, prefilled: it runs from its first token on.
 
         ``store`` writes the prompt's new blocks to the cache. It runs after the
@@ -385,7 +439,7 @@ class ContinuousBatcher:
             except Exception:  # noqa: BLE001 - see the docstring
                 logger.exception("storing the prompt's blocks failed")
         self._jump_forward(len(self._running) - 1)
-        if seq.finished:
+        if retire and seq.finished:
             self._retire(len(self._running) - 1, store=False)
 
     @torch.inference_mode()

@@ -1,0 +1,89 @@
+"""Prompts admitted together are prefilled in one forward, with what each would get alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import torch
+
+from cache_actors.engine.batching.batched_prefill import prefill_rows
+from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
+from tests.cache_actors.test_continuous_batching import PROMPTS, _reference, _request
+
+
+def _buffer(runner, rows: int) -> RaggedKVBuffer:
+    g = runner.geometry
+    return RaggedKVBuffer(num_layers=g.num_layers, num_kv_heads=g.num_kv_heads, head_dim=g.head_dim, max_rows=rows,
+                          max_len=256, dtype=g.dtype)
+
+
+def test_rows_with_different_prefixes_get_the_logits_and_kv_of_one_at_a_time(tiny_runner) -> None:
+    prompts = [tiny_runner.encode(PROMPTS[i]) for i in (0, 2, 3, 4)]
+    starts = [0, 16, 3, len(prompts[3]) - 1]  # nothing cached, a block, an odd prefix, all but one token
+    alone, together = _buffer(tiny_runner, 4), _buffer(tiny_runner, 4)
+    want = []
+    for row, (prompt, start) in enumerate(zip(prompts, starts)):
+        for kv in (alone, together):
+            kv.add_row()
+            if start:  # the cached prefix, as a cache read would have put it in the row
+                tiny_runner.prefill(prompt[:start], kv.row_cache(row, 0))
+        logits, _ = tiny_runner.prefill(prompt, alone.row_cache(row, start))
+        want.append(logits)
+    got = prefill_rows(tiny_runner.model, together, 0, prompts, starts)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-4, atol=1e-4)
+    assert got.argmax(-1).tolist() == [int(w.argmax()) for w in want]
+    assert together.lengths == [len(p) for p in prompts]
+    for row, prompt in enumerate(prompts):  # each row holds exactly its own prompt's KV
+        n = len(prompt)
+        torch.testing.assert_close(together.row_view(row)[:, :, :, :n], alone.row_view(row)[:, :, :, :n],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_requests_queued_together_share_one_prefill_and_keep_their_output(make_engine, batcher) -> None:
+    expected = [_reference(make_engine(cache_strategy="lru", max_tokens=16), p) for p in PROMPTS]
+    b = batcher(max_batch_size=8, max_prefill_tokens=4096)
+    hold, holding = threading.Event(), threading.Event()
+
+    def pause() -> None:  # runs on the batcher's thread: every request queues up meanwhile
+        holding.set()
+        hold.wait(30)
+
+    async def run():
+        paused = asyncio.get_running_loop().run_in_executor(None, b.compute.call, pause)
+        await asyncio.get_running_loop().run_in_executor(None, holding.wait, 30)
+        tasks = [asyncio.ensure_future(b.generate(_request(b.runner, p))) for p in PROMPTS]
+        while b.load()["waiting"] < len(PROMPTS):
+            await asyncio.sleep(0.005)
+        hold.set()
+        await paused
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(run())
+    assert b.grouped_prefills == len(PROMPTS)
+    for got, want in zip(results, expected):
+        assert got["token_ids"] == want["token_ids"] and got["finish_reason"] == want["finish_reason"]
+
+
+def test_one_finishing_at_its_first_token_does_not_disturb_the_others(make_engine, batcher) -> None:
+    b = batcher(max_batch_size=8, max_prefill_tokens=4096)
+    reference = make_engine(cache_strategy="lru", max_tokens=16)
+    lengths = [1, 5, 1, 7, 3]
+    expected = [_reference(reference, p, n) for p, n in zip(PROMPTS, lengths)]
+    hold, holding = threading.Event(), threading.Event()
+
+    async def run():
+        paused = asyncio.get_running_loop().run_in_executor(None, b.compute.call, lambda: (holding.set(), hold.wait(30)))
+        await asyncio.get_running_loop().run_in_executor(None, holding.wait, 30)
+        tasks = [asyncio.ensure_future(b.generate(_request(b.runner, p, max_new_tokens=n)))
+                 for p, n in zip(PROMPTS, lengths)]
+        while b.load()["waiting"] < len(PROMPTS):
+            await asyncio.sleep(0.005)
+        hold.set()
+        await paused
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(run())
+    assert b.grouped_prefills == len(PROMPTS) and b.load()["running"] == 0
+    for got, want in zip(results, expected):
+        assert got["token_ids"] == want["token_ids"]
