@@ -43,8 +43,11 @@ Load of a replica = max(in-flight requests this router sent there, including
 ones chosen but not yet confirmed; Serve's queue-length cache, which also
 sees other routers' requests).
 
+With a single replica there is nothing to choose: it gets every request
+with no tokenizing, hashing or lookup (decision kind ``single``).
+
 Metrics: ``ray_llm_router_decisions_total{deployment, kind}`` (kind: affinity,
-balanced, pow2, fallback) and ``ray_llm_router_coordinator_lookups_total
+balanced, pow2, fallback, single) and ``ray_llm_router_coordinator_lookups_total
 {deployment, outcome}`` (ok, timeout, error).
 """
 
@@ -68,6 +71,7 @@ from cache_actors.engine.requests import LLMRequest
 from deployments.llm.routing_policy import (
     DECISION_KINDS,
     FALLBACK,
+    SINGLE,
     Candidate,
     DecayedShares,
     Decision,
@@ -179,7 +183,7 @@ class CacheAwareRouter(RequestRouter):
 
             self._decision_metric = metrics.Counter(
                 "llm_router_decisions",
-                description="Cache-aware routing decisions by kind (affinity, balanced, pow2, fallback).",
+                description="Cache-aware routing decisions by kind (affinity, balanced, pow2, fallback, single).",
                 tag_keys=("deployment", "kind"),
             )
             self._coordinator_metric = metrics.Counter(
@@ -201,6 +205,11 @@ class CacheAwareRouter(RequestRouter):
         if pending_request is not None:
             # Every replica is ranked below: once all refuse, back off instead of spinning.
             pending_request.routing_context.should_backoff = True
+        if len(candidate_replicas) == 1:
+            # The decision would cost a tokenization, a hash chain and a coordinator round trip (up to
+            # coordinator_timeout_s) on every request's path to the only replica there is.
+            self._note_decision(SINGLE)
+            return [candidate_replicas]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         self._expire_tracked()
         try:
@@ -218,6 +227,8 @@ class CacheAwareRouter(RequestRouter):
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult) -> None:
         request_id = pending_request.metadata.internal_request_id
         tracked = self._tracked.get(request_id)
+        if tracked is None and len(self.curr_replicas) <= 1:
+            return  # routed without a decision (the only replica): nothing to learn from it
         if tracked is None:  # its entry expired or a rejection's cleanup raced the retry
             tracked = self._track_sync(pending_request)
             if tracked is None:

@@ -57,7 +57,8 @@ AFFINITY = "affinity"  # the chosen replica holds a useful prefix
 BALANCED = "balanced"  # a prefix was held, but the bounds or the cost sent the request elsewhere
 POW2 = "pow2"  # no useful prefix anywhere: power of two choices
 FALLBACK = "fallback"  # the request could not be tokenized or no replica reports stats yet
-DECISION_KINDS = (AFFINITY, BALANCED, POW2, FALLBACK)
+SINGLE = "single"  # one replica: nothing to choose, so no tokenizing, hashing or coordinator lookup
+DECISION_KINDS = (AFFINITY, BALANCED, POW2, FALLBACK, SINGLE)
 _NAMESPACE_KEYS = ("model_id", "dtype", "block_size", "kv_layout")
 
 

@@ -372,3 +372,25 @@ def test_router_sticks_prefixes_spreads_tenants_and_yields_to_load(probe):
     during = [_send(handle, "alpha", f" while busy {i}") for i in range(3)]
     assert [r.result(timeout_s=30) for r in held] == [home["alpha"]] * 3
     assert during == [home["beta"]] * 3
+
+
+def test_a_single_replica_gets_every_request_without_a_lookup(serve_instance):
+    coordinator_name = f"router-single-{uuid.uuid4().hex[:8]}"
+    coordinator = StandInCoordinator.options(name=coordinator_name, namespace="router-test").remote()
+    config = RequestRouterConfig(
+        request_router_class=CacheAwareRouter,
+        request_router_kwargs={"coordinator_name": coordinator_name, "coordinator_namespace": "router-test",
+                               "coordinator_timeout_s": 2.0},
+        request_routing_stats_period_s=STATS_PERIOD_S,
+    )
+    handle = serve.run(PrefixProbe.options(num_replicas=1, request_router_config=config).bind(),
+                       name="llm-router-single", route_prefix=None)
+    try:
+        time.sleep(3 * STATS_PERIOD_S)  # its routing stats have arrived: a decision would now ask the coordinator
+        ray.get(coordinator.set_holder.remote("probe-shard-elsewhere"))
+        got = {_send(handle, tenant, f" q{i}") for i in range(4) for tenant in ("alpha", "beta")}
+        assert len(got) == 1
+        assert ray.get(coordinator.num_calls.remote()) == 0
+    finally:
+        serve.delete("llm-router-single")
+        ray.kill(coordinator)
