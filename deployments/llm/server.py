@@ -29,7 +29,7 @@ from ray import serve
 
 from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
 from cache_actors.engine.batching import BatcherConfig
-from cache_actors.engine.batching.scheduler import CompileFormat, collect, merge_deltas
+from cache_actors.engine.batching.scheduler import CompileFormat, collect
 from cache_actors.engine.demo_model import DEMO_MODEL_ID
 from deployments.llm.openai.tokenization import detokenize_body, tokenize_body
 from cache_actors.engine.structured import RANDOM_WEIGHTS_CLOSE_AFTER_TOKENS, TokenizerGrammar, compile_response_format
@@ -116,16 +116,9 @@ class LLMServer:
         parsed = LLMRequest.parse(request)
         seq = sequence_request(parsed, self.engine.runner.prompts, default_max_tokens=self.settings.default_max_tokens,
                                max_model_len=self.batcher.max_model_len)
-        pending: dict[str, Any] | None = None  # deltas held back for a caller that reads the whole answer
-        async for event in self.batcher.stream(seq):
-            if event["type"] == "delta" and not parsed.stream_deltas:
-                # One stream item per token costs the replica's event loop about a millisecond of CPU that
-                # the model's threads need: a non-streamed answer is sent as one item.
-                pending = merge_deltas(pending, event)
-                continue
-            if pending is not None:
-                yield pending
-                pending = None
+        # One stream item per token costs the replica's event loop about a millisecond of CPU that the
+        # model's threads need: a non-streamed answer comes from the batcher, and is sent, as one item.
+        async for event in self.batcher.stream(seq, whole=not parsed.stream_deltas):
             if event["type"] == "done":
                 self.metrics.finished(event)
                 event = {**event, "replica": self.replica_id, "shard": self.shard}

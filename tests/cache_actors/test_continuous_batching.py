@@ -229,3 +229,17 @@ def test_prompt_logprobs_of_a_prompt_longer_than_one_chunk(batcher):
     got = torch.tensor([e["logprob"] for e in listed[1:]])
     want = full[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
     assert torch.allclose(got, want, atol=1e-3)
+
+
+def test_a_whole_answer_comes_as_one_delta_with_every_token(batcher):
+    b = batcher()
+
+    async def events(whole: bool) -> list[dict]:
+        return [e async for e in b.stream(_request(b.runner, PROMPTS[0], max_new_tokens=12), whole=whole)]
+
+    tokenwise, whole = asyncio.run(events(False)), asyncio.run(events(True))
+    assert [e["type"] for e in whole] == ["delta", "done"]
+    assert len([e for e in tokenwise if e["type"] == "delta"]) > 1
+    assert whole[0]["token_ids"] == [t for e in tokenwise if e["type"] == "delta" for t in e["token_ids"]]
+    assert whole[0]["text"] == "".join(e["text"] for e in tokenwise if e["type"] == "delta")
+    assert whole[1]["completion_tokens"] == tokenwise[-1]["completion_tokens"] == 12
