@@ -40,9 +40,8 @@ def test_rows_with_different_prefixes_get_the_logits_and_kv_of_one_at_a_time(tin
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_requests_queued_together_share_one_prefill_and_keep_their_output(make_engine, batcher) -> None:
-    expected = [_reference(make_engine(cache_strategy="lru", max_tokens=16), p) for p in PROMPTS]
-    b = batcher(max_batch_size=8, max_prefill_tokens=4096)
+def _queued_together(b, requests) -> list[dict]:
+    """Run ``requests`` on ``b`` with all of them queued before its next iteration (so admitted together)."""
     hold, holding = threading.Event(), threading.Event()
 
     def pause() -> None:  # runs on the batcher's thread: every request queues up meanwhile
@@ -50,16 +49,23 @@ def test_requests_queued_together_share_one_prefill_and_keep_their_output(make_e
         hold.wait(30)
 
     async def run():
-        paused = asyncio.get_running_loop().run_in_executor(None, b.compute.call, pause)
-        await asyncio.get_running_loop().run_in_executor(None, holding.wait, 30)
-        tasks = [asyncio.ensure_future(b.generate(_request(b.runner, p))) for p in PROMPTS]
-        while b.load()["waiting"] < len(PROMPTS):
+        loop = asyncio.get_running_loop()
+        paused = loop.run_in_executor(None, b.compute.call, pause)
+        await loop.run_in_executor(None, holding.wait, 30)
+        tasks = [asyncio.ensure_future(b.generate(request)) for request in requests]
+        while b.load()["waiting"] < len(requests):
             await asyncio.sleep(0.005)
         hold.set()
         await paused
         return await asyncio.gather(*tasks)
 
-    results = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_requests_queued_together_share_one_prefill_and_keep_their_output(make_engine, batcher) -> None:
+    expected = [_reference(make_engine(cache_strategy="lru", max_tokens=16), p) for p in PROMPTS]
+    b = batcher(max_batch_size=8, max_prefill_tokens=4096)
+    results = _queued_together(b, [_request(b.runner, p) for p in PROMPTS])
     assert b.grouped_prefills == len(PROMPTS)
     for got, want in zip(results, expected):
         assert got["token_ids"] == want["token_ids"] and got["finish_reason"] == want["finish_reason"]
@@ -70,20 +76,7 @@ def test_one_finishing_at_its_first_token_does_not_disturb_the_others(make_engin
     reference = make_engine(cache_strategy="lru", max_tokens=16)
     lengths = [1, 5, 1, 7, 3]
     expected = [_reference(reference, p, n) for p, n in zip(PROMPTS, lengths)]
-    hold, holding = threading.Event(), threading.Event()
-
-    async def run():
-        paused = asyncio.get_running_loop().run_in_executor(None, b.compute.call, lambda: (holding.set(), hold.wait(30)))
-        await asyncio.get_running_loop().run_in_executor(None, holding.wait, 30)
-        tasks = [asyncio.ensure_future(b.generate(_request(b.runner, p, max_new_tokens=n)))
-                 for p, n in zip(PROMPTS, lengths)]
-        while b.load()["waiting"] < len(PROMPTS):
-            await asyncio.sleep(0.005)
-        hold.set()
-        await paused
-        return await asyncio.gather(*tasks)
-
-    results = asyncio.run(run())
+    results = _queued_together(b, [_request(b.runner, p, max_new_tokens=n) for p, n in zip(PROMPTS, lengths)])
     assert b.grouped_prefills == len(PROMPTS) and b.load()["running"] == 0
     for got, want in zip(results, expected):
         assert got["token_ids"] == want["token_ids"]
