@@ -41,7 +41,10 @@ def test_rows_with_different_prefixes_get_the_logits_and_kv_of_one_at_a_time(tin
 
 
 def _queued_together(b, requests) -> list[dict]:
-    """Run ``requests`` on ``b`` with all of them queued before its next iteration (so admitted together)."""
+    """Run ``requests`` on ``b`` with all of them queued before its next iteration (so admitted together).
+
+    A request that failed gives its exception in its place.
+    """
     hold, holding = threading.Event(), threading.Event()
 
     def pause() -> None:  # runs on the batcher's thread: every request queues up meanwhile
@@ -57,7 +60,7 @@ def _queued_together(b, requests) -> list[dict]:
             await asyncio.sleep(0.005)
         hold.set()
         await paused
-        return await asyncio.gather(*tasks)
+        return await asyncio.gather(*tasks, return_exceptions=True)
 
     return asyncio.run(run())
 
@@ -80,3 +83,19 @@ def test_one_finishing_at_its_first_token_does_not_disturb_the_others(make_engin
     assert b.grouped_prefills == len(PROMPTS) and b.load()["running"] == 0
     for got, want in zip(results, expected):
         assert got["token_ids"] == want["token_ids"]
+
+
+def test_a_failed_group_prefill_fails_its_requests_and_frees_their_rows(batcher, monkeypatch) -> None:
+    import cache_actors.engine.batching.scheduler as scheduler
+
+    b = batcher(max_batch_size=8, max_prefill_tokens=4096)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(scheduler, "prefill_rows", broken)
+    failed = _queued_together(b, [_request(b.runner, p) for p in PROMPTS[:3]])
+    assert all(isinstance(f, RuntimeError) and "out of memory" in str(f) for f in failed)
+    assert b.load()["running"] == 0 and b.kv.active == 0 and b.alive
+    monkeypatch.undo()
+    assert asyncio.run(b.generate(_request(b.runner, PROMPTS[0], max_new_tokens=3)))["completion_tokens"] == 3
