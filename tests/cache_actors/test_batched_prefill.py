@@ -99,3 +99,16 @@ def test_a_failed_group_prefill_fails_its_requests_and_frees_their_rows(batcher,
     assert b.load()["running"] == 0 and b.kv.active == 0 and b.alive
     monkeypatch.undo()
     assert asyncio.run(b.generate(_request(b.runner, PROMPTS[0], max_new_tokens=3)))["completion_tokens"] == 3
+
+
+def test_prompts_sharing_new_blocks_are_not_computed_twice_in_one_forward(batcher) -> None:
+    b = batcher(max_batch_size=8, max_prefill_tokens=4096)
+    shared = "Shared instructions for every branch of this conversation, long enough for blocks. " * 3
+    prompts = [shared + "first", shared + "second", PROMPTS[0], shared + "third"]
+    results = _queued_together(b, [_request(b.runner, p, max_new_tokens=4) for p in prompts])
+    block = b.block_size
+    full_shared = (len(b.runner.encode(shared)) // block) * block
+    assert results[0]["cached_tokens"] == 0
+    # The later ones came after the first's prompt was stored: they reused the shared blocks.
+    assert results[1]["cached_tokens"] >= full_shared - block and results[3]["cached_tokens"] >= full_shared - block
+    assert b.grouped_prefills >= 2  # the others still shared a forward

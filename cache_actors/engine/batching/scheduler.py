@@ -320,8 +320,23 @@ class ContinuousBatcher:
                 with self._wake:  # may not fit now: it waits for the long prompt to finish
                     self._waiting.appendleft(seq)
                 break
+            if group and self._would_share(seq, group):
+                self._prefill_group(group)  # then its prefix is cached, not computed twice in one forward
+                group = []
             budget -= self._guard(seq, "prefill", lambda: self._prefill(seq, budget, group))
         self._prefill_group(group)
+
+    def _would_share(self, seq: Sequence, group: list[_Reserved]) -> bool:
+        """Whether ``seq``'s prompt starts with blocks a member of ``group`` is about to compute.
+
+        Prefilled in the same forward, both would compute them (n choices of
+        one prompt, requests sharing a new system prompt); after the group,
+        ``seq`` reuses them from the cache.
+        """
+        if not self.runner.supports_prefix_reuse:
+            return False
+        pending = {block for member in group for block in member.hashes[member.known_blocks:]}
+        return bool(pending) and any(block in pending for block in self.engine.block_hashes(seq.prompt_ids, seq.request.tenant_id))
 
     def _guard(self, seq: Sequence, what: str, work: Callable[[], int]) -> int:
         """Run ``work`` for ``seq``; a failure fails that sequence only. Returns the tokens computed."""
