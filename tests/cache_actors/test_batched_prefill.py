@@ -86,14 +86,14 @@ def test_one_finishing_at_its_first_token_does_not_disturb_the_others(make_engin
 
 
 def test_a_failed_group_prefill_fails_its_requests_and_frees_their_rows(batcher, monkeypatch) -> None:
-    import cache_actors.engine.batching.scheduler as scheduler
+    import cache_actors.engine.batching.admission as admission
 
     b = batcher(max_batch_size=8, max_prefill_tokens=4096)
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(scheduler, "prefill_rows", broken)
+    monkeypatch.setattr(admission, "prefill_rows", broken)
     failed = _queued_together(b, [_request(b.runner, p) for p in PROMPTS[:3]])
     assert all(isinstance(f, RuntimeError) and "out of memory" in str(f) for f in failed)
     assert b.load()["running"] == 0 and b.kv.active == 0 and b.alive

@@ -7,10 +7,11 @@ so the replica's event loop stays responsive). Each loop iteration:
 2. prefills at most ``max_prefill_tokens`` of uncached prompt, so neither a
    burst of prompts nor one long prompt stalls everyone's decoding for long:
    first the next chunk of a prompt too long for one iteration (one at a
-   time, see `chunked_prefill`), then waiting sequences while rows are free.
-   Each is prefilled on top of its cached prefix, straight into its row of
-   the batch buffer, and its prompt blocks are stored at once so a concurrent
-   request with the same prefix already hits;
+   time, see `chunked_prefill`), then waiting sequences while rows are free
+   (`admission`). They are prefilled on top of their cached prefixes,
+   straight into their rows of the batch buffer, together in one forward
+   (`batched_prefill`), and their prompt blocks are stored right after their
+   first token so a later request with the same prefix already hits;
 3. runs one decode step for every running sequence and retires the finished
    ones, storing the blocks their generated tokens filled.
 
@@ -29,13 +30,13 @@ from typing import Any, AsyncIterator, Callable, Mapping
 
 import torch
 
-from cache_actors.engine.batching.batched_prefill import prefill_rows
+from cache_actors.engine.batching.admission import AdmissionMixin
 from cache_actors.engine.batching.chunked_prefill import ChunkedPrefill
 from cache_actors.engine.compute_thread import ComputeThread
 from cache_actors.engine.batching.detokenizer import IncrementalText
 from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.batching.sequence import Sequence, SequenceRequest, TokenConstraint
-from cache_actors.core.kv_layout import block_views, blocks_from_cache
+from cache_actors.core.kv_layout import blocks_from_cache
 from cache_actors.engine.logprobs import prompt_entries
 from cache_actors.engine.requests import check_context
 
@@ -81,26 +82,11 @@ def merge_deltas(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[
     return merged
 
 
-@dataclass(frozen=True, slots=True)
-class _Reserved:
-    """A sequence given a batch row this iteration: the row holds its ``cached`` prefix tokens."""
-
-    seq: Sequence
-    row: int
-    hashes: list
-    known_blocks: int
-    cached: int
-
-
-def _raise(exc: Exception) -> int:
-    raise exc
-
-
 class BatcherOverloaded(RuntimeError):
     """The waiting queue is full; the caller should retry later (HTTP 503)."""
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(AdmissionMixin):
     """Serves generation requests for one engine (its runner and KV cache) with continuous batching."""
 
     def __init__(
@@ -299,148 +285,6 @@ class ContinuousBatcher:
                 self._retire(row, store=False)
         if self._partial is not None and self._partial.seq.cancelled:
             self._partial = None
-
-    def _free_rows(self) -> int:
-        """Rows a new sequence may take (the half-prefilled prompt has one promised)."""
-        return self.kv.max_rows - self.kv.active - (self._partial is not None)
-
-    def _admit(self) -> None:
-        budget = self.config.max_prefill_tokens
-        if self._partial is not None:
-            budget -= self._guard(self._partial.seq, "prefill", lambda: self._continue_partial(budget))
-        group: list[_Reserved] = []  # prompts given a row this iteration, prefilled together after the loop
-        while budget > 0 and self._free_rows() > 0:
-            with self._wake:
-                if not self._waiting:
-                    break
-                seq = self._waiting.popleft()
-            if seq.cancelled:
-                continue
-            if self._partial is not None and len(seq.prompt_ids) > budget:
-                with self._wake:  # may not fit now: it waits for the long prompt to finish
-                    self._waiting.appendleft(seq)
-                break
-            if group and self._would_share(seq, group):
-                self._prefill_group(group)  # then its prefix is cached, not computed twice in one forward
-                group = []
-            budget -= self._guard(seq, "prefill", lambda: self._prefill(seq, budget, group))
-        self._prefill_group(group)
-
-    def _would_share(self, seq: Sequence, group: list[_Reserved]) -> bool:
-        """Whether ``seq``'s prompt starts with blocks a member of ``group`` is about to compute.
-
-        Prefilled in the same forward, both would compute them (n choices of
-        one prompt, requests sharing a new system prompt); after the group,
-        ``seq`` reuses them from the cache.
-        """
-        if not self.runner.supports_prefix_reuse:
-            return False
-        pending = {block for member in group for block in member.hashes[member.known_blocks:]}
-        return bool(pending) and any(block in pending for block in self.engine.block_hashes(seq.prompt_ids, seq.request.tenant_id))
-
-    def _guard(self, seq: Sequence, what: str, work: Callable[[], int]) -> int:
-        """Run ``work`` for ``seq``; a failure fails that sequence only. Returns the tokens computed."""
-        try:
-            return work()
-        except Exception as exc:
-            logger.exception("%s failed", what)
-            if self._partial is not None and self._partial.seq is seq:
-                self._partial = None
-            seq.finish_reason = "error"
-            seq.emit({"type": "error", "message": f"{what} failed: {type(exc).__name__}: {exc}"})
-            return 0
-
-    @torch.inference_mode()
-    def _prefill(self, seq: Sequence, budget: int, group: list[_Reserved]) -> int:
-        """Give ``seq`` a row holding its cached prefix, to be prefilled with ``group``; over ``budget``, a first chunk.
-
-        Returns the tokens computed (or to compute, for the group).
-        """
-        ids = seq.prompt_ids
-        bs = self.block_size
-        hashes, hit = self.engine.match_prefix(ids, seq.request.tenant_id)
-        cached = hit.num_blocks * bs
-        if len(ids) - cached > budget and self._partial is None:
-            try:
-                if self._scratch is None:
-                    row_shape = self.kv.row_view(0).shape
-                    self._scratch = torch.zeros(row_shape, dtype=self.kv.buffer.dtype, device=self.kv.buffer.device)
-                if hit.num_blocks:
-                    self.cache.read_blocks(hit, block_views(self._scratch, bs)[: hit.num_blocks])
-            finally:
-                self.cache.release(hit)
-            self._partial = ChunkedPrefill(seq, hashes, cached, self._scratch)
-            return self._continue_partial(budget)
-        row = self.kv.add_row()
-        try:
-            if hit.num_blocks:
-                self.cache.read_blocks(hit, block_views(self.kv.row_view(row), bs)[: hit.num_blocks])
-        except BaseException:
-            self.kv.remove(row)
-            raise
-        finally:
-            self.cache.release(hit)
-        group.append(_Reserved(seq, row, hashes, hit.num_blocks, cached))
-        return len(ids) - cached
-
-    @torch.inference_mode()
-    def _prefill_group(self, group: list[_Reserved]) -> None:
-        """Prefill the rows reserved this iteration, then start their sequences (one alone runs as before).
-
-        The sequences start in row order (a row is its index in ``_running``)
-        and only then are finished ones retired, last row first, so retiring
-        one never moves a row another is still to start in.
-        """
-        if not group:
-            return
-        first = group[0].row
-        try:
-            if len(group) == 1 or not self.runner.supports_prefix_reuse:
-                logits = []
-                for reserved in group:
-                    out, _ = self.runner.prefill(reserved.seq.prompt_ids, self.kv.row_cache(reserved.row, reserved.cached))
-                    self.kv.set_length(reserved.row, len(reserved.seq.prompt_ids))
-                    logits.append(out)
-            else:
-                assert [r.row for r in group] == list(range(first, first + len(group)))
-                logits = list(prefill_rows(self.runner.model, self.kv, first, [r.seq.prompt_ids for r in group],
-                                           [r.cached for r in group]))
-                self.grouped_prefills += len(group)
-        except Exception as exc:
-            for reserved in reversed(group):
-                self.kv.remove(reserved.row)
-                self._guard(reserved.seq, "prefill", lambda error=exc: _raise(error))
-            return
-        for reserved, row_logits in zip(group, logits):
-            def store(reserved: _Reserved = reserved) -> None:
-                length = len(reserved.seq.prompt_ids)
-                self._store_prompt(reserved.hashes, reserved.known_blocks, self.kv.row_cache(reserved.row, length))
-
-            self._start(reserved.seq, reserved.hashes, reserved.cached, row_logits, store=store, retire=False)
-        for row in range(first + len(group) - 1, first - 1, -1):
-            if self._running[row].finished:
-                self._retire(row, store=False)
-
-    @torch.inference_mode()
-    def _continue_partial(self, budget: int) -> int:
-        """The next chunk of the long prompt; when it is complete, the sequence joins the batch."""
-        partial = self._partial
-        assert partial is not None
-        before = partial.done
-        logits = partial.advance(self.runner, budget)
-        if logits is None:
-            return partial.done - before
-        self._partial = None
-        row = self.kv.add_row()
-        partial.copy_into(self.kv.row_view(row))
-        self.kv.set_length(row, partial.done)
-        self._start(partial.seq, partial.hashes, partial.cached_tokens, logits,
-                    store=lambda: self._store_prompt(partial.hashes, partial.cached_tokens // self.block_size, partial.cache))
-        return partial.done - before
-
-    def _store_prompt(self, hashes: list, known_blocks: int, kv: Any) -> None:
-        if self.runner.supports_prefix_reuse and len(hashes) > known_blocks:
-            self.cache.store(hashes, known_blocks, lambda first, count: blocks_from_cache(kv, first, count, self.block_size))
 
     def _token_text(self, token_id: int) -> str:
         return self.runner.decode([token_id])
