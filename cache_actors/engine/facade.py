@@ -121,12 +121,14 @@ class UltraAdaptiveKVCacheEngine:
         parent = hashes[-1] if hashes else self.root_hash(tenant_id)
         return hashes + hash_prompt_blocks(parent, token_ids[len(hashes) * self.config.block_size :], self.config.block_size)
 
-    def match_prefix(self, token_ids: Sequence[int], tenant_id: str | None = None) -> tuple[list[BlockHash], Any]:
+    def match_prefix(self, token_ids: Sequence[int], tenant_id: str | None = None,
+                     hashes: list[BlockHash] | None = None) -> tuple[list[BlockHash], Any]:
         """The prompt's block hashes and its longest cached prefix, held until ``cache.release``.
 
+        ``hashes``: the prompt's block hashes when the caller already computed them.
         At least one prompt token is always left to compute: the model needs it to give logits.
         """
-        hashes = self.block_hashes(token_ids, tenant_id)
+        hashes = self.block_hashes(token_ids, tenant_id) if hashes is None else hashes
         reusable = min(len(hashes), (len(token_ids) - 1) // self.config.block_size) if self.runner.supports_prefix_reuse else 0
         return hashes, self.cache.match(hashes, limit=reusable)
 

@@ -42,8 +42,15 @@ class _Reserved:
     cached: int
 
 
-def _raise(exc: Exception) -> int:
-    raise exc
+def _would_share(hashes: list, group: list[_Reserved]) -> bool:
+    """Whether a prompt with block ``hashes`` starts with blocks a member of ``group`` is about to compute.
+
+    Prefilled in the same forward, both would compute them (n choices of one
+    prompt, requests sharing a new system prompt); after the group, the
+    prompt reuses them from the cache.
+    """
+    pending = {block for member in group for block in member.hashes[member.known_blocks:]}
+    return bool(pending) and any(block in pending for block in hashes)
 
 
 class AdmissionMixin:
@@ -69,23 +76,14 @@ class AdmissionMixin:
                 with self._wake:  # may not fit now: it waits for the long prompt to finish
                     self._waiting.appendleft(seq)
                 break
-            if group and self._would_share(seq, group):
-                self._prefill_group(group)  # then its prefix is cached, not computed twice in one forward
-                group = []
-            budget -= self._guard(seq, "prefill", lambda: self._prefill(seq, budget, group))
+            hashes = None
+            if group and self.runner.supports_prefix_reuse:
+                hashes = self.engine.block_hashes(seq.prompt_ids, seq.request.tenant_id)
+                if _would_share(hashes, group):
+                    self._prefill_group(group)  # then its prefix is cached, not computed twice in one forward
+                    group = []
+            budget -= self._guard(seq, "prefill", lambda: self._prefill(seq, budget, group, hashes))
         self._prefill_group(group)
-
-    def _would_share(self, seq: Sequence, group: list[_Reserved]) -> bool:
-        """Whether ``seq``'s prompt starts with blocks a member of ``group`` is about to compute.
-
-        Prefilled in the same forward, both would compute them (n choices of
-        one prompt, requests sharing a new system prompt); after the group,
-        ``seq`` reuses them from the cache.
-        """
-        if not self.runner.supports_prefix_reuse:
-            return False
-        pending = {block for member in group for block in member.hashes[member.known_blocks:]}
-        return bool(pending) and any(block in pending for block in self.engine.block_hashes(seq.prompt_ids, seq.request.tenant_id))
 
     def _guard(self, seq: Sequence, what: str, work: Callable[[], int]) -> int:
         """Run ``work`` for ``seq``; a failure fails that sequence only. Returns the tokens computed."""
@@ -93,21 +91,25 @@ class AdmissionMixin:
             return work()
         except Exception as exc:
             logger.exception("%s failed", what)
-            if self._partial is not None and self._partial.seq is seq:
-                self._partial = None
-            seq.finish_reason = "error"
-            seq.emit({"type": "error", "message": f"{what} failed: {type(exc).__name__}: {exc}"})
+            self._fail(seq, what, exc)
             return 0
 
+    def _fail(self, seq: Sequence, what: str, exc: Exception) -> None:
+        if self._partial is not None and self._partial.seq is seq:
+            self._partial = None
+        seq.finish_reason = "error"
+        seq.emit({"type": "error", "message": f"{what} failed: {type(exc).__name__}: {exc}"})
+
     @torch.inference_mode()
-    def _prefill(self, seq: Sequence, budget: int, group: list[_Reserved]) -> int:
+    def _prefill(self, seq: Sequence, budget: int, group: list[_Reserved], hashes: list | None = None) -> int:
         """Give ``seq`` a row holding its cached prefix, to be prefilled with ``group``; over ``budget``, a first chunk.
 
-        Returns the tokens computed (or to compute, for the group).
+        ``hashes``: its block hashes, if already computed. Returns the tokens
+        computed (or to compute, for the group).
         """
         ids = seq.prompt_ids
         bs = self.block_size
-        hashes, hit = self.engine.match_prefix(ids, seq.request.tenant_id)
+        hashes, hit = self.engine.match_prefix(ids, seq.request.tenant_id, hashes)
         cached = hit.num_blocks * bs
         if len(ids) - cached > budget and self._partial is None:
             try:
@@ -156,9 +158,10 @@ class AdmissionMixin:
                                            [r.cached for r in group]))
                 self.grouped_prefills += len(group)
         except Exception as exc:
+            logger.exception("prefill of %d prompts failed", len(group))
             for reserved in reversed(group):
                 self.kv.remove(reserved.row)
-                self._guard(reserved.seq, "prefill", lambda error=exc: _raise(error))
+                self._fail(reserved.seq, "prefill", exc)
             return
         for reserved, row_logits in zip(group, logits):
             def store(reserved: _Reserved = reserved) -> None:
