@@ -11,9 +11,11 @@ the Ray actors can supply their own.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,6 +38,25 @@ from cache_actors.core.stats import RequestStats
 from cache_actors.engine.validation import validate_configuration
 
 logger = logging.getLogger(__name__)
+
+_OPEN_ENGINES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    """Close engines their owners left open, while the interpreter still runs threads.
+
+    Why: the compute thread is a daemon. If it is inside a torch op (storing a
+    finished request's blocks, say) when the interpreter finalizes, it exits as
+    it takes the GIL back, and that unwind through torch's C++ frames calls
+    std::terminate: the process aborts ("terminate called without an active
+    exception") after its work is done, as `blatam bench ttft` once did in CI.
+    """
+    for engine in list(_OPEN_ENGINES):
+        try:
+            engine.close()
+        except Exception:  # noqa: BLE001 - the process is exiting; say why, close the others
+            logger.exception("closing a KV cache engine at exit failed")
 
 
 class UltraAdaptiveKVCacheEngine:
@@ -99,6 +120,8 @@ class UltraAdaptiveKVCacheEngine:
         self._batcher: ContinuousBatcher | None = None
         self._batcher_guard = threading.Lock()
         self.stats = RequestStats()
+        self._closed = False
+        _OPEN_ENGINES.add(self)
         if self.config.enable_persistence and self.config.persistence_path and Path(self.config.persistence_path).exists():
             loaded = self.load(self.config.persistence_path)
             logger.info("loaded %d cached blocks from %s", loaded, self.config.persistence_path)
@@ -140,6 +163,8 @@ class UltraAdaptiveKVCacheEngine:
         a prompt prefilled at once (nobody else's decoding to keep going).
         """
         with self._batcher_guard:
+            if self._closed:
+                raise RuntimeError("this engine is closed")
             if self._batcher is not None:
                 raise RuntimeError("this engine's batcher is already running")
             context = self.runner.max_context
@@ -259,9 +284,16 @@ class UltraAdaptiveKVCacheEngine:
         self.compute.call(self.cache.clear)
 
     def close(self) -> None:
-        """Stop the batcher (its requests in flight fail), then persist when persistence is enabled."""
+        """Stop the batcher (its requests in flight fail), then persist when persistence is enabled.
+
+        Idempotent; an engine still open at interpreter exit is closed then.
+        """
         with self._batcher_guard:
+            if self._closed:
+                return
+            self._closed = True
             batcher, self._batcher = self._batcher, None
+        _OPEN_ENGINES.discard(self)
         if batcher is not None:
             batcher.close()
         if self.config.enable_persistence and self.config.persistence_path:

@@ -180,9 +180,14 @@ def ttft_command(
             actor_engine = UltraAdaptiveKVCacheEngine(actor_config, runner=engine.runner)
     from rich.progress import Progress
 
-    with Progress(console=console, transient=True) as progress:
-        result = measure_ttft(engine, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, progress=progress,
-                              actor_engine=actor_engine)
+    try:
+        with Progress(console=console, transient=True) as progress:
+            result = measure_ttft(engine, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, progress=progress,
+                                  actor_engine=actor_engine)
+    finally:  # their compute threads stop here, not in a torch op while the interpreter exits
+        for opened in (actor_engine, engine):
+            if opened is not None:
+                opened.close()
     print_table(
         f"TTFT, {prompt_tokens} prompt tokens, {prompt_tokens - new_tokens} shared ({result['model']})",
         ["path", "median ms"],

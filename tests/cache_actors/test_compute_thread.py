@@ -79,3 +79,35 @@ def test_two_batchers_on_one_engine_both_run(make_engine, tiny_runner):
         engine.compute.start_loop(lambda: None, wake=lambda: None)
     release.set()
     held.result(timeout=5)
+
+
+_EXIT_WHILE_BUSY = """
+import time, torch
+from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
+from cache_actors.engine.demo_model import TINY_SPEC
+from cache_actors.engine.model_runner import ModelRunner
+
+engine = UltraAdaptiveKVCacheEngine(KVCacheConfig(block_size=16, max_tokens=1024), runner=ModelRunner.load(None, demo_spec=TINY_SPEC))
+engine.batcher  # its loop holds the compute thread, as in every served engine
+x = torch.randn(256, 256)
+
+def busy():
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        torch.mm(x, x)  # releases the GIL: the thread is in torch when the interpreter would finalize
+    print("finished", flush=True)
+
+engine.compute.submit(busy)
+time.sleep(0.05)
+"""
+
+
+def test_an_engine_left_open_at_exit_is_closed_before_the_interpreter_finalizes():
+    """A daemon compute thread caught in a torch op at finalization aborts the process (seen in CI)."""
+    import subprocess
+    import sys
+
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _EXIT_WHILE_BUSY], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "finished"  # the exit waited for the queued work instead of cutting it

@@ -268,10 +268,25 @@ class PrefixProbe:
     async def generate(self, request: dict) -> str:
         self.running += 1
         try:
-            await asyncio.sleep(float(request.get("hold_s", 0.0)))
+            if request.get("gate"):  # held in flight until the test opens the gate: no timing race
+                await ray.get_actor(request["gate"], namespace="router-test").wait_open.remote()
         finally:
             self.running -= 1
         return self.replica_id
+
+
+@ray.remote(num_cpus=0)
+class Gate:
+    """Holds requests until opened, so a test knows they are still running when it sends more."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+
+    async def wait_open(self) -> None:
+        await asyncio.wait_for(self.opened.wait(), 60)
+
+    async def open(self) -> None:
+        self.opened.set()
 
 
 @ray.remote(num_cpus=0)
@@ -365,12 +380,19 @@ def test_router_sticks_prefixes_spreads_tenants_and_yields_to_load(probe):
     # Skewed load: three slow alpha requests pile on alpha's replica (up to the bound of 2 over
     # the idle one); further alpha requests must go to the other replica until they finish.
     # Each is assigned to a replica before the next is sent, so every decision sees the ones before it.
+    gate_name = f"router-gate-{uuid.uuid4().hex[:8]}"
+    gate = Gate.options(name=gate_name, namespace="router-test").remote()
     held = []
-    for i in range(3):
-        held.append(handle.generate.remote({"prompt": _prefix("alpha") + f" slow {i}", "tenant_id": "alpha", "hold_s": 4.0}))
-        held[-1]._to_object_ref_sync(_timeout_s=30)
-    during = [_send(handle, "alpha", f" while busy {i}") for i in range(3)]
+    try:
+        for i in range(3):
+            request = {"prompt": _prefix("alpha") + f" slow {i}", "tenant_id": "alpha", "gate": gate_name}
+            held.append(handle.generate.remote(request))
+            held[-1]._to_object_ref_sync(_timeout_s=30)
+        during = [_send(handle, "alpha", f" while busy {i}") for i in range(3)]
+    finally:
+        ray.get(gate.open.remote())
     assert [r.result(timeout_s=30) for r in held] == [home["alpha"]] * 3
+    ray.kill(gate)
     assert during == [home["beta"]] * 3
 
 
