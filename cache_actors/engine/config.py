@@ -91,6 +91,8 @@ class KVCacheConfig(BaseSettings):
     num_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None leaves torch's default.")
     packed_weights: bool = Field(True, description="On CPU, run linear layers on oneDNN-packed weights "
                                                    "(cache_actors/engine/packed_linear.py); false: plain F.linear.")
+    lean_forward: bool = Field(True, description="A Llama on CPU runs the lean forward (cache_actors/engine/lean_llama.py: "
+                                                 "same logits, less time per step); false: Transformers' forward.")
     seed: int = 0
 
     # --- isolation ------------------------------------------------------------

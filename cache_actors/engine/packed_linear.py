@@ -18,7 +18,9 @@ inference, and nothing saves or trains it (conversions load their own copy).
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +40,18 @@ class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear, *, batch_hint: int = PACK_BATCH_HINT) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
         # Plain attributes, not parameters: a packed (mkldnn-layout) tensor cannot be a state_dict entry.
         self.packed_bias = None if linear.bias is None else linear.bias.detach().clone()
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, batch_hint: int = PACK_BATCH_HINT) -> "PackedLinear":
+        """Pack a weight that no ``nn.Linear`` holds (a fused projection)."""
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        linear.weight = nn.Parameter(weight, requires_grad=False)
+        if bias is not None:
+            linear.bias = nn.Parameter(bias, requires_grad=False)
+        return cls(linear, batch_hint=batch_hint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
@@ -50,6 +60,7 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.packed_bias is not None}"
 
 
+@functools.lru_cache(maxsize=None)
 def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether this build and device can run packed linears, checked on a probe against ``F.linear``."""
     if device.type != "cpu" or dtype not in _PACKABLE_DTYPES or not torch.backends.mkldnn.is_available():
@@ -79,3 +90,21 @@ def pack_linears(model: nn.Module, *, batch_hint: int = PACK_BATCH_HINT) -> int:
     for parent, name, linear in targets:
         setattr(parent, name, PackedLinear(linear, batch_hint=batch_hint))
     return len(targets)
+
+
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, *, pack: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> x @ weight.T + bias``, on a packed copy of ``weight`` when ``pack`` and this CPU supports it."""
+    if pack and packing_supported(weight.device, weight.dtype):
+        return linear_call(PackedLinear.from_weight(weight, bias))
+    return lambda x: F.linear(x, weight, bias)
+
+
+def linear_call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The op a linear module runs, without the module call around it (a decode step makes ~50 of these)."""
+    if isinstance(module, PackedLinear):
+        packed, bias = module.packed, module.packed_bias
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    if type(module) is nn.Linear:
+        weight, bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, bias)
+    return module

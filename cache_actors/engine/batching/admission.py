@@ -154,7 +154,7 @@ class AdmissionMixin:
                     logits.append(out)
             else:
                 assert [r.row for r in group] == list(range(first, first + len(group)))
-                logits = list(prefill_rows(self.runner.model, self.kv, first, [r.seq.prompt_ids for r in group],
+                logits = list(prefill_rows(self.runner.forward, self.kv, first, [r.seq.prompt_ids for r in group],
                                            [r.cached for r in group]))
                 self.grouped_prefills += len(group)
         except Exception as exc:

@@ -12,7 +12,8 @@ tokens attend to its own prefix and earlier tokens only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -20,9 +21,11 @@ from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 
 
 @torch.inference_mode()
-def prefill_rows(model: torch.nn.Module, kv: RaggedKVBuffer, first_row: int, prompts: Sequence[Sequence[int]],
+def prefill_rows(model: Callable[..., Any], kv: RaggedKVBuffer, first_row: int, prompts: Sequence[Sequence[int]],
                  starts: Sequence[int]) -> torch.Tensor:
     """Feed ``prompts[i][starts[i]:]`` to row ``first_row + i`` (which holds its first ``starts[i]`` tokens).
+
+    ``model``: the runner's forward (`ModelRunner.forward`) or a Transformers model.
 
     Returns each prompt's last logits ``[n, vocab]``; the rows' lengths are
     set to their prompts'. Only the distinct last positions reach the LM head.

@@ -302,7 +302,7 @@ class ContinuousBatcher(AdmissionMixin):
         seq.prompt_hashes = hashes
         top = seq.request.sampling.prompt_logprobs
         if top is not None:  # echo with logprobs: every prompt position, computed apart from the cache
-            entries = prompt_entries(self.runner.model, seq.prompt_ids, top, self._token_text, self.runner.device)
+            entries = prompt_entries(self.runner.forward, seq.prompt_ids, top, self._token_text, self.runner.device)
             seq.emit({"type": "delta", "text": "", "token_ids": [], "prompt_tokens": len(seq.prompt_ids),
                       "prompt_logprobs": entries, "prompt_text": self.runner.decode(seq.prompt_ids)})
         self._running.append(seq)
@@ -321,7 +321,7 @@ class ContinuousBatcher(AdmissionMixin):
         rows = len(self._running)
         last = torch.tensor([[s.generated[-1]] for s in self._running], dtype=torch.long, device=self.runner.device)
         cache, positions, mask = self.kv.decode_inputs()
-        out = self.runner.model(
+        out = self.runner.forward(
             input_ids=last, cache=cache, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1
         )
         self.kv.advance()

@@ -1,0 +1,233 @@
+"""`LeanLlama`: a Llama's forward as one flat loop over its tensors, for serving on CPU.
+
+Why: on a small model most of a decode step is not arithmetic but the cost
+of calling it. Transformers' Llama runs about 45 PyTorch calls and a dozen
+module and decorator layers per decoder layer (RMSNorm as six ops, rotary as
+eleven, three projections for q, k and v, two for gate and up). This loop runs
+about 20: `F.rms_norm`, one fused q|k|v projection, rotary on q and k together
+from a cos/sin table, one fused gate|up projection, and the same SDPA calls.
+Measured on this project's 2-core machine, one decode step (ms, Transformers
+-> lean): the 24M-parameter Llama 9.5 -> 6.5 for one row and 16.0 -> 12.3 for
+16 rows; SmolLM2-135M 46 -> 35 for one row.
+
+It computes what Transformers computes, with the same kernels in the same
+order (the same SDPA calls for decode, prefill and masked prefill; RMSNorm in
+float32), so its logits equal Transformers' on the same weights (checked
+bit for bit in the tests). The fused projections replace the model's own
+``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj``
+(`SliceOfFused`: the fused product, sliced), so the weights exist once and the
+Transformers forward still works on them, for reference and for tests.
+
+Covered: ``LlamaForCausalLM`` (SmolLM2, Llama 2/3, the demo model) on CPU,
+with SDPA attention and a rotary embedding that depends on positions only.
+Anything else (another architecture, a GPU, rope scaling that depends on the
+sequence length) keeps Transformers' forward (`lean_unsupported` says why).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from cache_actors.engine.packed_linear import linear_call, make_linear
+
+logger = logging.getLogger(__name__)
+
+_SDPA_IMPLEMENTATIONS = ("sdpa", "blatam_gqa_sdpa")
+_SEQUENCE_DEPENDENT_ROPE = ("dynamic", "longrope")
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LeanOutput(NamedTuple):
+    """What callers read of a Transformers output: ``logits`` and the ``cache`` written to."""
+
+    logits: torch.Tensor
+    cache: Any
+
+
+class SliceOfFused(nn.Module):
+    """One projection of a fused one (``q_proj`` of q|k|v): the fused product, sliced.
+
+    Keeps Transformers' forward of the model working on the single copy of
+    the weights; it computes the whole fused product for each slice, so it
+    is for reference use, not serving.
+    """
+
+    def __init__(self, fused: Linear, start: int, end: int) -> None:
+        super().__init__()
+        self.fused, self.start, self.end = fused, start, end  # a callable, not a module: packing leaves it alone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)[..., self.start : self.end]
+
+    def extra_repr(self) -> str:
+        return f"columns {self.start}:{self.end} of a fused projection"
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    input_norm: torch.Tensor
+    qkv: Linear
+    o: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+def lean_unsupported(model: PreTrainedModel) -> str | None:
+    """Why `LeanLlama` cannot run ``model`` (None: it can)."""
+    config = model.config
+    if type(model).__name__ != "LlamaForCausalLM" or getattr(config, "model_type", None) != "llama":
+        return f"{type(model).__name__} is not a LlamaForCausalLM"
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        return f"the model is on {device.type}"
+    if getattr(config, "_attn_implementation", None) not in _SDPA_IMPLEMENTATIONS:
+        return f"attention implementation {config._attn_implementation!r} is not SDPA"
+    if getattr(config, "hidden_act", None) != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    rope = getattr(model.model.rotary_emb, "rope_type", "default")
+    if rope in _SEQUENCE_DEPENDENT_ROPE:
+        return f"rope type {rope!r} depends on the sequence length"
+    if getattr(config, "pretraining_tp", 1) != 1:
+        return "pretraining_tp > 1"
+    return None
+
+
+def fuse_projections(model: PreTrainedModel, *, pack: bool) -> list[tuple[Linear, Linear]]:
+    """Fuse each layer's q|k|v and gate|up projections in place (`SliceOfFused`); the fused linears per layer.
+
+    ``pack``: in oneDNN's packed layout (`packed_linear`) where this CPU
+    supports it. Run it before `pack_linears`, which then packs the rest.
+    """
+    return [
+        (_fuse_into(layer.self_attn, ("q_proj", "k_proj", "v_proj"), pack), _fuse_into(layer.mlp, ("gate_proj", "up_proj"), pack))
+        for layer in model.model.layers[: model.config.num_hidden_layers]
+    ]
+
+
+class LeanLlama:
+    """Call it like the model: ``lean(input_ids=..., cache=..., position_ids=..., attention_mask=..., logits_to_keep=...)``."""
+
+    def __init__(self, model: PreTrainedModel, fused: list[tuple[Linear, Linear]]) -> None:
+        """``fused``: `fuse_projections` of ``model``; its other linears are read as they are now (packed or not)."""
+        config = model.config
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        self.eps = float(config.rms_norm_eps)
+        self.scale = self.head_dim**-0.5
+        self.dtype = next(model.parameters()).dtype
+        self.embed = model.model.embed_tokens.weight
+        self.final_norm = model.model.norm.weight
+        self.head = linear_call(model.lm_head)
+        self._rotary = model.model.rotary_emb
+        self._cos = self._sin = torch.empty(0)
+        self.layers = [
+            _Layer(block.input_layernorm.weight, qkv, linear_call(block.self_attn.o_proj),
+                   block.post_attention_layernorm.weight, gate_up, linear_call(block.mlp.down_proj))
+            for block, (qkv, gate_up) in zip(model.model.layers, fused)
+        ]
+
+    # --- forward ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        cache: Any = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+        logits_to_keep: int | torch.Tensor = 0,
+    ) -> LeanOutput:
+        """Transformers' arguments and meaning; ``attention_mask`` is None (causal) or a 4D boolean mask."""
+        rows, width = input_ids.shape
+        if cache is None:
+            cache = DynamicCache()
+        past = cache.get_seq_length() if position_ids is None or attention_mask is None else 0
+        if position_ids is None:
+            position_ids = (torch.arange(width, device=input_ids.device) + past)[None, :].expand(rows, width)
+        mask, causal = self._mask(attention_mask, width, past, input_ids.device)
+        cos, sin = self._rope(position_ids)
+        x = F.embedding(input_ids, self.embed)
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        half = dim // 2
+        for index, layer in enumerate(self.layers):
+            h = self._norm(x, layer.input_norm)
+            qkv = layer.qkv(h).view(rows, width, heads + 2 * kv_heads, dim).transpose(1, 2)
+            qk = qkv[:, : heads + kv_heads]
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            keys, values = cache.update(qk[:, heads:], qkv[:, heads + kv_heads :], index)
+            attended = self._attend(qk[:, :heads], keys, values, mask, causal)
+            x = x + layer.o(attended.transpose(1, 2).reshape(rows, width, heads * dim))
+            h = self._norm(x, layer.post_norm)
+            gate_up = layer.gate_up(h)
+            inner = gate_up.shape[-1] // 2
+            x = x + layer.down(F.silu(gate_up[..., :inner]) * gate_up[..., inner:])
+        x = self._norm(x, self.final_norm)
+        if isinstance(logits_to_keep, int):
+            x = x[:, -logits_to_keep:] if logits_to_keep else x
+        else:
+            x = x[:, logits_to_keep]
+        return LeanOutput(self.head(x), cache)
+
+    def _attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                causal: bool) -> torch.Tensor:
+        """``[rows, heads, width, dim]``, by the SDPA call Transformers (with `gqa_attention`) makes for these shapes."""
+        rows, heads, width, dim = query.shape
+        groups = heads // self.num_kv_heads
+        if groups > 1 and width == 1 and mask is not None:  # Transformers' pack_gqa (without a mask: enable_gqa)
+            packed = query.reshape(rows, self.num_kv_heads, groups, dim)
+            out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=self.scale)
+            return out.reshape(rows, heads, 1, dim)
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=self.scale,
+                                              is_causal=causal, enable_gqa=groups > 1)
+
+    @staticmethod
+    def _mask(attention_mask: torch.Tensor | None, width: int, past: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        if attention_mask is not None:
+            if attention_mask.dim() != 4 or attention_mask.dtype != torch.bool:
+                raise ValueError("the lean forward takes a 4D boolean attention mask (or None: causal)")
+            return attention_mask, False
+        if width == 1 or past == 0:
+            return None, width > 1
+        queries = torch.arange(width, device=device) + past
+        return (torch.arange(past + width, device=device)[None, :] <= queries[:, None])[None, None], False
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)  # Transformers' order
+
+    def _rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[rows, 1, width, dim]`` from a table grown on demand (the model's own rotary module fills it)."""
+        needed = int(position_ids.max()) + 1
+        if needed > self._cos.shape[0]:
+            size = max(needed, 2 * self._cos.shape[0], 256)
+            positions = torch.arange(size, device=self.embed.device)[None, :]
+            cos, sin = self._rotary(self.embed[:1].to(self.dtype), positions)
+            self._cos, self._sin = cos[0], sin[0]
+        return self._cos[position_ids].unsqueeze(1), self._sin[position_ids].unsqueeze(1)
+
+
+def _fuse_into(parent: nn.Module, names: tuple[str, ...], pack: bool) -> Linear:
+    """One linear for ``parent``'s projections ``names``, each replaced by its `SliceOfFused`."""
+    parts = [getattr(parent, name) for name in names]
+    weight = torch.cat([part.weight.detach() for part in parts])
+    biases = [part.bias for part in parts]
+    bias = None if all(b is None for b in biases) else torch.cat([
+        (b.detach() if b is not None else torch.zeros(p.out_features, dtype=weight.dtype, device=weight.device))
+        for b, p in zip(biases, parts)
+    ])
+    fused = make_linear(weight, bias, pack=pack)
+    start = 0
+    for name, part in zip(names, parts):
+        setattr(parent, name, SliceOfFused(fused, start, start + part.out_features))
+        start += part.out_features
+    return fused
