@@ -40,6 +40,7 @@ import torch
 from ray.exceptions import ActorDiedError, RayError
 
 from cache_actors.actors.metrics import metrics
+from cache_actors.actors.ray_join import join_ray
 from cache_actors.actors.placement import get_or_create_coordinator, node_shards, pick_local_shard
 from cache_actors.actors.shard import MatchReply, ReserveReply
 from cache_actors.actors.spec import ShardSpec, Timeouts
@@ -94,9 +95,12 @@ class DistributedKVCache:
     # --- connection ----------------------------------------------------------------------------------
     @classmethod
     def connect(cls, spec: ShardSpec, *, ray_address: str | None = None, shard_index: int | None = None) -> "DistributedKVCache":
-        """Join (or start) Ray, make sure this node's shards and the coordinator exist, pick our shard."""
-        if not ray.is_initialized():
-            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+        """Join (or start) Ray, make sure this node's shards and the coordinator exist, pick our shard.
+
+        ``ray_address``: None starts a private local cluster (outside Ray); ``auto`` or ``host:port`` joins
+        one, with a bounded wait (`ray_join`): a dead cluster raises `RayUnreachableError`, never hangs.
+        """
+        join_ray(ray_address, include_dashboard=False, log_to_driver=False)
         node_id = ray.get_runtime_context().get_node_id()
         try:
             coordinator = get_or_create_coordinator(spec)

@@ -103,7 +103,8 @@ class KVCacheConfig(BaseSettings):
     ray_address: str | None = Field(
         None,
         validation_alias=AliasChoices("ray_address", "KV_CACHE_RAY_ADDRESS", "RAY_ADDRESS"),
-        description="Ray cluster to join; None starts a local one if none is running.",
+        description="Ray cluster to join (host:port, or auto: the one RAY_ADDRESS or Ray's bootstrap file names), "
+                    "with a bounded wait; None starts a private local one (outside Ray).",
     )
     cpu_shards: int = Field(1, ge=1, le=64, description="Shards per node without GPUs.")
     shard_index: int | None = Field(

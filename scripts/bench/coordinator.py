@@ -186,10 +186,10 @@ def measure_actor_events(num_senders: int, *, batches: int = 200) -> dict[str, A
     import ray
 
     from cache_actors.actors.placement import get_or_create_coordinator
+    from cache_actors.actors.ray_join import join_ray
     from cache_actors.actors.spec import NAMESPACE, ShardSpec
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    join_ray(None, num_cpus=2, include_dashboard=False, log_to_driver=False)  # a private cluster, never a stale one
     spec = ShardSpec(model_id="bench-coordinator", model_dtype="float32", kv_layout="L1H1D1", codec="native",
                      num_layers=1, num_kv_heads=1, head_dim=1, block_size=16, num_blocks=1, health_interval_s=30.0)
     coordinator = get_or_create_coordinator(spec)

@@ -45,17 +45,16 @@ def measure_dataplane(
     ``threads`` sets torch's intra-op threads for the whole run (copies are
     memory-bound; one thread keeps a shared machine's noise out of them).
     """
-    import ray
     import torch
 
     from cache_actors.actors.client import DistributedKVCache
+    from cache_actors.actors.ray_join import join_ray
     from cache_actors.actors.spec import ShardSpec
     from cache_actors.core.hashing import CacheNamespace, hash_prompt_blocks
 
     if threads:
         torch.set_num_threads(threads)
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    join_ray(None, num_cpus=2, include_dashboard=False, log_to_driver=False)  # a private cluster, never a stale one
     spec = ShardSpec(model_id="bench-dataplane", model_dtype="float32", kv_layout="L8H4D64", codec="native",
                      num_blocks=max(sizes) * 3, prefetch_size=0, **GEOMETRY)
     client = DistributedKVCache.connect(spec)
