@@ -128,7 +128,7 @@ class LeanLlama:
         self.final_norm = model.model.norm.weight
         self.head = linear_call(model.lm_head)
         self._rotary = model.model.rotary_emb
-        self._cos = self._sin = torch.empty(0)
+        self._rope_table = (torch.empty(0), torch.empty(0))  # (cos, sin): replaced whole, never mutated
         self.layers = [
             _Layer(block.input_layernorm.weight, qkv, linear_call(block.self_attn.o_proj),
                    block.post_attention_layernorm.weight, gate_up, linear_call(block.mlp.down_proj))
@@ -208,12 +208,13 @@ class LeanLlama:
     def _rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin ``[rows, 1, width, dim]`` from a table grown on demand (the model's own rotary module fills it)."""
         needed = int(position_ids.max()) + 1
-        if needed > self._cos.shape[0]:
-            size = max(needed, 2 * self._cos.shape[0], 256)
+        cos, sin = self._rope_table
+        if needed > cos.shape[0]:
+            size = max(needed, 2 * cos.shape[0], 256)
             positions = torch.arange(size, device=self.embed.device)[None, :]
-            cos, sin = self._rotary(self.embed[:1].to(self.dtype), positions)
-            self._cos, self._sin = cos[0], sin[0]
-        return self._cos[position_ids].unsqueeze(1), self._sin[position_ids].unsqueeze(1)
+            cos, sin = (table[0] for table in self._rotary(self.embed[:1].to(self.dtype), positions))
+            self._rope_table = (cos, sin)
+        return cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1)
 
 
 def _fuse_into(parent: nn.Module, names: tuple[str, ...], pack: bool) -> Linear:
