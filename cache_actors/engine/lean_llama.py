@@ -12,8 +12,10 @@ Measured on this project's 2-core machine, one decode step (ms, Transformers
 
 It computes what Transformers computes, with the same kernels in the same
 order (the same SDPA calls for decode, prefill and masked prefill; RMSNorm in
-float32), so its logits equal Transformers' on the same weights (checked
-bit for bit in the tests). The fused projections replace the model's own
+float32), so its logits equal Transformers' on the same weights: bit for bit
+on this project's machine (the tests allow float rounding, for a CPU whose
+fused RMSNorm or GEMM blocking rounds differently, and require the same
+greedy tokens). The fused projections replace the model's own
 ``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj``
 (`SliceOfFused`: the fused product, sliced), so the weights exist once and the
 Transformers forward still works on them, for reference and for tests.

@@ -43,7 +43,7 @@ def test_the_exported_demo_is_a_plain_llama_other_servers_load(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "demo", local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "demo", local_files_only=True)
     demo = ModelRunner.load(None)
-    plain = ModelRunner.load(None, packed_weights=False)  # the same weights through the same kernels as theirs
+    plain = ModelRunner.load(None, packed_weights=False, lean=False)  # the same weights through the same kernels as theirs
     ids = tokenizer("Hello wörld")["input_ids"]
     assert ids == demo.encode("Hello wörld") and ids[0] == tokenizer.bos_token_id == 1
     with torch.inference_mode():
