@@ -12,6 +12,7 @@ import base64
 import json
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -99,3 +100,27 @@ def test_a_key_without_the_service_scope_is_refused_on_every_service_route(http:
             response = http.request(method, other, headers=key, json={} if method in {"POST", "PUT", "PATCH"} else None)
             assert response.status_code == 403, (method, other, response.text)
             assert response.json()["error"]["code"] == "insufficient_scope", response.text
+
+
+def test_passwords_keys_and_tokens_never_reach_the_logs(http: httpx.Client, gateway: Env) -> None:  # noqa: F811
+    """Every file under this Ray session's logs (Serve's, every worker's) after logins, key uses and failures."""
+    import ray
+
+    token = http.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}).json()["access_token"]
+    wrong = "wrong-" + PASSWORD  # a failed login's password must not be logged either
+    assert http.post("/api/v1/auth/login", json={"username": "alice", "password": wrong}).status_code == 401
+    for headers in ({"Authorization": f"Bearer {token}"}, {"X-API-Key": gateway.keys["alice"]},
+                    {"Authorization": f"Bearer {gateway.keys['bob']}"}):
+        assert http.post("/api/v1/echo/echo", json={"x": 1}, headers=headers).status_code == 200
+    time.sleep(2)  # log lines are flushed by the workers' log monitors
+    logs = ray._private.worker._global_node.get_logs_dir_path()  # the session's log folder (private, stable)
+    secrets = {"password": PASSWORD, "wrong password": wrong, "token": token,
+               **{f"key {name}": secret for name, secret in gateway.keys.items()}}
+    found, logged_requests = [], 0
+    for path in Path(logs).rglob("*"):
+        if path.is_file():
+            text = path.read_bytes()
+            logged_requests += text.count(b"POST /api/v1/auth/login 401")
+            found += [f"{what} in {path}" for what, secret in secrets.items() if secret.encode() in text]
+    assert logged_requests >= 1  # the search read the logs these requests wrote (the failed login's access line)
+    assert not found, found
