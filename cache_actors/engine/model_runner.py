@@ -119,7 +119,6 @@ class ModelRunner:
         self.model = model
         # What every forward of the engine calls: the lean loop where it covers the model, else the model itself.
         self.forward: Callable[..., Any] = lean if lean is not None else model
-        self.lean = lean is not None
         self.tokenizer = tokenizer
         self.prompts = PromptEncoder(tokenizer)
         self.model_id = model_id
@@ -130,6 +129,11 @@ class ModelRunner:
         self.vocab_size = int(config.vocab_size)
         self.eos_token_ids = end_token_ids(model, tokenizer)
         self.geometry, self.supports_prefix_reuse = self._probe_cache()
+
+    @property
+    def lean(self) -> bool:
+        """Whether forwards run the lean loop (`cache_actors.engine.lean_llama`) rather than Transformers'."""
+        return self.forward is not self.model
 
     # --- construction ---------------------------------------------------------------
     @classmethod

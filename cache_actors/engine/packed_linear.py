@@ -95,16 +95,10 @@ def pack_linears(model: nn.Module, *, batch_hint: int = PACK_BATCH_HINT) -> int:
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, *, pack: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> x @ weight.T + bias``, on a packed copy of ``weight`` when ``pack`` and this CPU supports it."""
     if pack and packing_supported(weight.device, weight.dtype):
-        return linear_call(PackedLinear.from_weight(weight, bias))
+        return PackedLinear.from_weight(weight, bias).forward
     return lambda x: F.linear(x, weight, bias)
 
 
 def linear_call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The op a linear module runs, without the module call around it (a decode step makes ~50 of these)."""
-    if isinstance(module, PackedLinear):
-        packed, bias = module.packed, module.packed_bias
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    if type(module) is nn.Linear:
-        weight, bias = module.weight, module.bias
-        return lambda x: F.linear(x, weight, bias)
-    return module
+    """A linear module's ``forward``, without the module call (hooks, dispatch) around it: a decode step makes ~50."""
+    return module.forward if isinstance(module, (PackedLinear, nn.Linear)) else module

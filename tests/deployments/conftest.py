@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -72,6 +73,13 @@ def wait_app_running(name: str, *, timeout_s: float = APP_START_TIMEOUT_S) -> No
         if time.monotonic() > deadline:
             raise TimeoutError(f"Serve application {name!r} not RUNNING after {timeout_s:g} s: {app}")
         time.sleep(0.2)
+
+
+def ray_logs_dir() -> Path:
+    """This Ray session's log folder (Serve's files are under ``serve/``); a private Ray name, stable in 2.60."""
+    import ray
+
+    return Path(ray._private.worker._global_node.get_logs_dir_path())
 
 
 def wait_http(url: str, *, timeout_s: float = 60.0, ok=lambda r: r.status_code < 500) -> httpx.Response:

@@ -11,13 +11,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.deployments.conftest import ServeInstance, run_app
+from tests.deployments.conftest import ServeInstance, ray_logs_dir, run_app
 from tests.storage_fixtures import drop_redis_keys, drop_schema, seed_api_keys, unique_schema
 
 pytestmark = pytest.mark.ray
@@ -55,9 +54,7 @@ def two_gateways(serve_instance: ServeInstance) -> Iterator[tuple[str, dict[str,
 
 def _replicas_that_answered(request_ids: list[str]) -> int:
     """How many gateway replica log files name one of ``request_ids`` (access lines carry the request id)."""
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    logs = ray_logs_dir() / "serve"
     answered = 0
     for path in logs.glob("replica_gateway_Gateway_*.log"):
         text = path.read_text(errors="replace")

@@ -12,13 +12,13 @@ import base64
 import json
 import re
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from business_modules.auth import AuthService
 from business_modules.auth.tokens import issue_access_token
+from tests.deployments.conftest import ray_logs_dir
 from tests.deployments.test_gateway import PASSWORD, SECRET, Env, gateway, http  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.ray
@@ -104,8 +104,6 @@ def test_a_key_without_the_service_scope_is_refused_on_every_service_route(http:
 
 def test_passwords_keys_and_tokens_never_reach_the_logs(http: httpx.Client, gateway: Env) -> None:  # noqa: F811
     """Every file under this Ray session's logs (Serve's, every worker's) after logins, key uses and failures."""
-    import ray
-
     token = http.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}).json()["access_token"]
     wrong = "wrong-" + PASSWORD  # a failed login's password must not be logged either
     assert http.post("/api/v1/auth/login", json={"username": "alice", "password": wrong}).status_code == 401
@@ -113,11 +111,10 @@ def test_passwords_keys_and_tokens_never_reach_the_logs(http: httpx.Client, gate
                     {"Authorization": f"Bearer {gateway.keys['bob']}"}):
         assert http.post("/api/v1/echo/echo", json={"x": 1}, headers=headers).status_code == 200
     time.sleep(2)  # log lines are flushed by the workers' log monitors
-    logs = ray._private.worker._global_node.get_logs_dir_path()  # the session's log folder (private, stable)
     secrets = {"password": PASSWORD, "wrong password": wrong, "token": token,
                **{f"key {name}": secret for name, secret in gateway.keys.items()}}
     found, logged_requests = [], 0
-    for path in Path(logs).rglob("*"):
+    for path in ray_logs_dir().rglob("*"):
         if path.is_file():
             text = path.read_bytes()
             logged_requests += text.count(b"POST /api/v1/auth/login 401")
