@@ -167,7 +167,8 @@ def keys_create(
     print(f"API key {new.key.key_id} for {user} (scopes {' '.join(new.key.scopes)}, "
           f"expires {_when(new.key.expires_at)}):")
     print(new.secret)
-    print("Store it now: it cannot be shown again. Send it as the X-API-Key header.", file=sys.stderr)
+    print("Store it now: it cannot be shown again. Send it as the X-API-Key header or as Authorization: Bearer "
+          "(an OpenAI client's api_key).", file=sys.stderr)
 
 
 @keys_app.command("list")

@@ -169,7 +169,10 @@ def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None,
         f"  Health:          {base}/health",
     ]
     for app in config.applications:
-        lines.append(f"  app {app.name:<12} {base}{app.route_prefix}")
+        where = f"{base}{app.route_prefix}" if app.route_prefix else "by handle (no HTTP route of its own)"
+        lines.append(f"  app {app.name:<12} {where}")
+    if any(app.name == "llm" and app.route_prefix is None for app in config.applications):
+        lines.append(f"  OpenAI API:      {base}/v1  (through the gateway: an API key as the bearer credential)")
     token = f"token auth: token in {token_location()}" if token_auth_enabled() else "no token auth"
     if dashboard_url:
         lines.append(f"  Ray dashboard:   {dashboard_url}  ({token})")
@@ -181,6 +184,7 @@ def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None,
     lines += [f"  {note}" for note in notes]
     lines += [
         "  Create a user:   blatam users create alice --scopes '*'   (then POST /api/v1/auth/login)",
+        "  An API key:      blatam keys create --user alice --name dev   (printed once; OpenAI clients' api_key)",
         "Press Ctrl-C to stop.",
         "",
     ]

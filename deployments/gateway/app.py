@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from deployments.common.body_limit import BodySizeLimitMiddleware
 from deployments.common.request_id import RequestIdMiddleware
 from deployments.gateway.errors import install_gateway_errors
-from deployments.gateway.routes import auth, health, legacy, proxy
+from deployments.gateway.routes import auth, health, legacy, openai, proxy
 from deployments.gateway.routes.docs import install_docs
 from deployments.gateway.service_schemas import ServiceSchemas
 from deployments.gateway.state import GatewayState
@@ -19,7 +19,9 @@ from deployments.gateway.state import GatewayState
 DESCRIPTION = """\
 Entry point of the Blatam services. Authenticate with a bearer token from
 `POST /api/v1/auth/login` or an `X-API-Key`; call a service at
-`/api/v1/<service>/<route>` or through the original `POST /api/v1/gateway/route`.
+`/api/v1/<service>/<route>` or through the original `POST /api/v1/gateway/route`,
+and the LLM's OpenAI-compatible API at `/v1/...` (an API key as the bearer
+credential, as OpenAI clients send theirs).
 The routes of every service that runs are listed below under their gateway
 paths (`GET /health` says which services are configured). Every error has the
 body `{"error": {"code", "message", "request_id"}}`.
@@ -49,7 +51,7 @@ def create_app(state: GatewayState, *, echo_request_id: bool = True) -> FastAPI:
     install_docs(app, ServiceSchemas(state.services, ttl_s=state.settings.gateway_openapi_ttl_s,
                                      timeout_s=state.settings.gateway_openapi_timeout_s))
     own_routes: dict[str, set[str]] = {}
-    for router in (health.router, auth.router, legacy.router, proxy.router):
+    for router in (health.router, auth.router, legacy.router, openai.router, proxy.router):
         app.include_router(router)
         for route in router.routes:
             if isinstance(route, APIRoute) and "{" not in route.path:

@@ -12,6 +12,7 @@ from business_modules.settings import load_settings
 from deployments.common.grpc_limits import GRPC_ENV
 from deployments.gateway.app import create_app
 from deployments.gateway.configured import check_expected
+from deployments.gateway.llm_front import ServeOpenAIFront
 from deployments.gateway.services import ServeServiceClient, ServiceRegistry
 from deployments.gateway.state import GatewayState
 
@@ -43,7 +44,7 @@ class Gateway:
         registry = ServiceRegistry(resolved.gateway_services)
         check_expected(registry, resolved.gateway_expected_services)
         client = ServeServiceClient(registry, transport=resolved.gateway_handle_transport)
-        self._state = await GatewayState.open(resolved, client)
+        self._state = await GatewayState.open(resolved, client, openai_front=ServeOpenAIFront(client))
         # Read Serve's status once now: the first serve.status() of a process is slow, and the
         # first /health after start-up must not wait for it (it would report "unknown").
         self._warmup = asyncio.ensure_future(client.app_states())

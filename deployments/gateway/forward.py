@@ -29,7 +29,7 @@ _HOP_HEADERS = {"content-length", "connection", "keep-alive", "transfer-encoding
                 REQUEST_ID_HEADER}
 
 
-async def _admit(state: GatewayState, request: Request, principal: Principal, service: str) -> tuple[Caller, RateLimitDecision]:
+async def admit(state: GatewayState, request: Request, principal: Principal, service: str) -> tuple[Caller, RateLimitDecision]:
     """Scope check (403) and rate limit (429); the caller the service will see."""
     require_scope(principal, service)
     decision = await enforce_rate_limit(state, request, key=f"{principal.tenant}:{service}",
@@ -60,7 +60,7 @@ async def forward(
     only the head). In every other case ``chunks`` is None and the response
     carries the whole (normalised) body.
     """
-    caller, decision = await _admit(state, request, principal, service)
+    caller, decision = await admit(state, request, principal, service)
     call = dict(method=method, path=path, body=body, query=query, headers={**headers, REQUEST_ID_HEADER: caller.request_id},
                 caller=caller.to_dict(), timeout_s=state.settings.gateway_request_timeout_s)
     if not stream:

@@ -16,6 +16,8 @@ sends instead of only the generic ``/api/v1/{service}/{path}``.
   suffix: OpenAPI wants them unique. Operations are grouped under one tag
   per service.
 - The gateway's own paths win over a service path that collides with them.
+- A service the gateway also serves under a prefix of its own (the LLM at
+  ``/v1``) is documented there as well.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _rewrite_refs(node: Any, service: str) -> Any:
 
 
 def _add_service(merged: dict[str, Any], service: str, spec: Mapping[str, Any],
-                 security: list[dict[str, list[str]]]) -> None:
+                 security: list[dict[str, list[str]]], prefix: str | None = None) -> None:
     spec = _rewrite_refs(spec, service)  # a fresh copy: changed below without touching the cached original
     components = merged.setdefault("components", {})
     for section, entries in spec.get("components", {}).items():
@@ -70,14 +72,14 @@ def _add_service(merged: dict[str, Any], service: str, spec: Mapping[str, Any],
             target[f"{service}.{name}"] = entry
     paths = merged.setdefault("paths", {})
     for path, item in spec.get("paths", {}).items():
-        where = gateway_path(service, path)
+        where = gateway_path(service, path) if prefix is None else prefix + (path if path.startswith("/") else "/" + path)
         if where in paths or not isinstance(item, dict):
             continue
         for method, operation in item.items():
             if method not in _METHODS or not isinstance(operation, dict):
                 continue
             if "operationId" in operation:
-                operation["operationId"] = f"{service}_{operation['operationId']}"
+                operation["operationId"] = f"{service if prefix is None else prefix.strip('/')}_{operation['operationId']}"
             operation["tags"] = [service]
             if security:
                 operation["security"] = copy.deepcopy(security)
@@ -97,16 +99,21 @@ def _unique_operation_ids(document: dict[str, Any]) -> None:
             operation["operationId"] = f"{operation['operationId']}_{method}"
 
 
-def merge_service_schemas(gateway: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def merge_service_schemas(gateway: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]],
+                          also_at: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A new document: `gateway` plus each service's paths and components (see the module docstring).
 
     Args:
         gateway: the gateway's own OpenAPI document (left unchanged).
         services: service name -> that service's OpenAPI document (left unchanged).
+        also_at: service name -> another prefix the gateway serves it under (the LLM's ``/v1``);
+            its operations there get that prefix's name before their ids.
     """
     merged = copy.deepcopy(dict(gateway))
     security = gateway_security(gateway)
     for service in sorted(services):
         _add_service(merged, service, services[service], security)
+        if service in (also_at or {}):
+            _add_service(merged, service, services[service], security, prefix=also_at[service])
     _unique_operation_ids(merged)
     return merged

@@ -94,6 +94,10 @@ class ServiceClient(Protocol):
         """The last view `app_states` read, without asking Serve (empty before the first read)."""
         ...
 
+    async def routable_app(self, service: str) -> str:
+        """The Serve app of `service` if it can take requests (`ServiceUnavailable`, `UnknownService` otherwise)."""
+        ...
+
     async def forward(self, service: str, *, method: str, path: str, body: bytes, query: list[tuple[str, str]],
                       headers: dict[str, str], caller: dict[str, Any] | None, timeout_s: float) -> ForwardedResponse: ...
 
@@ -199,10 +203,8 @@ class ServeServiceClient:
             self._handles[key] = handle
         return handle
 
-    async def _routable_handle(self, service: str, *, stream: bool, body: bytes) -> tuple[str, Any]:
-        """The app of `service` and a handle to it, or `ServiceUnavailable` when it cannot take requests."""
-        from ray.serve.exceptions import RayServeException
-
+    async def routable_app(self, service: str) -> str:
+        """The app of `service`, or `ServiceUnavailable` when Serve says it cannot take requests."""
         app = self.registry.app_for(service)
         state = (await self.app_states()).get(app)
         if state is None and self._states_at > float("-inf"):
@@ -211,6 +213,13 @@ class ServeServiceClient:
         # longer than its budget on a busy node), try the handle: it fails fast if the app is absent.
         if state is not None and state.status not in _ROUTABLE:
             raise ServiceUnavailable(service, f"application is {state.status}", retry_after_s=5)
+        return app
+
+    async def _routable_handle(self, service: str, *, stream: bool, body: bytes) -> tuple[str, Any]:
+        """The app of `service` and a handle to it, or `ServiceUnavailable` when it cannot take requests."""
+        from ray.serve.exceptions import RayServeException
+
+        app = await self.routable_app(service)
         try:
             handle = await self._handle(app, self.transport_for(body), stream)
         except (RayServeException, TimeoutError) as exc:

@@ -10,6 +10,7 @@ from business_modules.auth import repository as _auth_repository  # noqa: F401  
 from business_modules.ratelimit import LoginThrottle, RateLimiter
 from business_modules.settings import Settings
 from business_modules.storage import Database, open_database
+from deployments.gateway.llm_front import OpenAIFront
 from deployments.gateway.services import ServiceClient
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,11 @@ class GatewayState:
     limiter: RateLimiter
     login_throttle: LoginThrottle
     services: ServiceClient
+    openai_front: OpenAIFront | None = None  # serves /v1 (routes/openai.py); None: the LLM only by forwarding
 
     @classmethod
-    async def open(cls, settings: Settings, services: ServiceClient) -> GatewayState:
+    async def open(cls, settings: Settings, services: ServiceClient, *,
+                   openai_front: OpenAIFront | None = None) -> GatewayState:
         """Open the database (applying migrations) and build auth and the limiter from `settings`."""
         db = await open_database(
             settings.database_url,
@@ -54,7 +57,7 @@ class GatewayState:
                                        per_address=settings.rate_limit_login_per_address)
         logger.info("Gateway ready: database %s, rate limits in %s", db.dialect, limiter.backend)
         return cls(settings=settings, db=db, auth=auth, limiter=limiter, login_throttle=login_throttle,
-                   services=services)
+                   services=services, openai_front=openai_front)
 
     async def close(self) -> None:
         await self.limiter.close()

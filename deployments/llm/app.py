@@ -24,7 +24,7 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
-from cache_actors.engine.batching.scheduler import BatcherOverloaded
+from cache_actors.engine.overload import BatcherOverloaded
 from cache_actors.engine.model_runner import model_identity
 from deployments.common import ServiceIngress
 from deployments.common.serve_calls import call_as_own_request
@@ -46,24 +46,30 @@ class LLMIngress(ServiceIngress):
         self._settings = LLMSettings.model_validate(args or {})
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook
-        settings = self._settings
-        model_id, context = model_identity(settings.model_path)
         streaming = self._server.options(stream=True)
         return build_openai_app(
             # Each choice of an ``n > 1`` request is its own call (see deployments.common.serve_calls).
             lambda request: call_as_own_request(streaming.generate_stream.remote, request),
-            model_id=settings.served_model_name or model_id,
-            max_context=min(context, settings.max_model_len),
-            max_tokens_limit=settings.max_tokens_limit,
+            **openai_options(self._settings),
             overloaded_errors=(BatcherOverloaded,),
-            model_info=model_info(settings),
             tokenizer_fn=self._tokenizer_call,
-            version=blatam_version(),
         )
+
+    async def openai_config(self) -> dict[str, Any]:
+        """What the gateway needs to serve this app's OpenAI API itself (`deployments.gateway.llm_front`)."""
+        return openai_options(self._settings)
 
     async def _tokenizer_call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         # A keyword, not the router's ``request``: the cache-aware router leaves it to power of two choices.
         return await getattr(self._server, method).remote(body=body)
+
+
+def openai_options(settings: LLMSettings) -> dict[str, Any]:
+    """The `build_openai_app` options these settings give: the same wherever the app is built."""
+    model_id, context = model_identity(settings.model_path)
+    return {"model_id": settings.served_model_name or model_id, "max_context": min(context, settings.max_model_len),
+            "max_tokens_limit": settings.max_tokens_limit, "model_info": model_info(settings),
+            "version": blatam_version()}
 
 
 def blatam_version() -> str:

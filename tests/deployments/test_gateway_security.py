@@ -76,7 +76,7 @@ def test_every_route_but_health_login_and_docs_refuses_bad_credentials(http: htt
     routes = _routes(http)
     protected = [(method, path) for method, path in routes if path not in PUBLIC]
     paths = {path for _, path in protected}
-    assert {"/api/v1/auth/me", "/api/v1/gateway/route", "/api/v1/echo/x1"} <= paths, routes
+    assert {"/api/v1/auth/me", "/api/v1/gateway/route", "/api/v1/echo/x1", "/v1/x1"} <= paths, routes
     failures = []
     for name, headers in _bad_credentials(http, gateway).items():
         for method, path in protected:
@@ -94,12 +94,15 @@ def test_public_routes_answer_without_credentials(http: httpx.Client) -> None:  
 
 def test_a_key_without_the_service_scope_is_refused_on_every_service_route(http: httpx.Client, gateway: Env) -> None:  # noqa: F811
     key = {"X-API-Key": gateway.keys["alice_echo"]}  # scope: echo only
+    checked = 0
     for method, path in _routes(http):
-        if path.startswith("/api/v1/echo/"):
+        if path.startswith(("/api/v1/echo/", "/v1/")):  # the LLM's OpenAI API at /v1 needs the llm scope
+            checked += 1
             other = path.replace("/api/v1/echo/", "/api/v1/redundancy/", 1)
             response = http.request(method, other, headers=key, json={} if method in {"POST", "PUT", "PATCH"} else None)
             assert response.status_code == 403, (method, other, response.text)
             assert response.json()["error"]["code"] == "insufficient_scope", response.text
+    assert checked >= 10  # the echo service's routes, the generic route's five methods, /v1's two
 
 
 def test_passwords_keys_and_tokens_never_reach_the_logs(http: httpx.Client, gateway: Env) -> None:  # noqa: F811

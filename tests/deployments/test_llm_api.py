@@ -30,8 +30,9 @@ ARGS = {
 
 @pytest.fixture(scope="module")
 def base_url(serve_instance) -> Iterator[str]:
-    run_app(build_llm(ARGS), name="llm", route_prefix="/v1")
-    yield f"{serve_instance.base_url}/v1"
+    # Off the gateway's /v1 (the proxy routes by longest prefix), so both are reachable here.
+    run_app(build_llm(ARGS), name="llm", route_prefix="/direct/v1")
+    yield f"{serve_instance.base_url}/direct/v1"
     serve.delete("llm")
 
 
@@ -233,6 +234,8 @@ def test_disconnected_client_frees_its_slot(client: httpx.Client) -> None:
 
 # --- through the gateway: API keys, tenants ------------------------------------------------------
 SECRET = "llm-gateway-test-secret-0123456789-abcdefgh"
+GATEWAY_PREFIXES = ["/v1", "/api/v1/llm"]
+"""Where the gateway serves the LLM's OpenAI API: its own /v1, and the service path."""
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +256,9 @@ def gateway(base_url: str, serve_instance) -> Iterator[tuple[str, dict[str, str]
     run_app(build_gateway({"settings": settings}), name="gateway", route_prefix="/")
 
     by_user = asyncio.run(seed_api_keys(TEST_DATABASE_URL, schema, secret=SECRET,
-                                        users={"ann": ("acme", "llm"), "bo": ("globex", "llm")}))
-    keys = {"acme": by_user["ann"], "globex": by_user["bo"]}
+                                        users={"ann": ("acme", "llm"), "bo": ("globex", "llm"),
+                                               "cy": ("acme", "redundancy")}))
+    keys = {"acme": by_user["ann"], "globex": by_user["bo"], "no-llm-scope": by_user["cy"]}
     try:
         yield serve_instance.base_url, keys
     finally:
@@ -262,14 +266,16 @@ def gateway(base_url: str, serve_instance) -> Iterator[tuple[str, dict[str, str]
         asyncio.run(drop_schema(TEST_DATABASE_URL, schema))
 
 
-def test_gateway_forwards_with_tenant_isolated_cache(gateway: tuple[str, dict[str, str]]) -> None:
+@pytest.mark.parametrize("prefix", GATEWAY_PREFIXES)
+def test_gateway_forwards_with_tenant_isolated_cache(gateway: tuple[str, dict[str, str]], prefix: str) -> None:
     url, keys = gateway
-    body = {"messages": [{"role": "user", "content": "Our shared onboarding checklist. " * 6}], "max_tokens": 4, "temperature": 0}
+    body = {"messages": [{"role": "user", "content": f"{prefix}: " + "Our shared onboarding checklist. " * 6}],
+            "max_tokens": 4, "temperature": 0}
 
     def ask(tenant: str) -> httpx.Response:
-        return httpx.post(f"{url}/api/v1/llm/chat/completions", json=body, headers={"X-API-Key": keys[tenant]}, timeout=120)
+        return httpx.post(f"{url}{prefix}/chat/completions", json=body, headers={"X-API-Key": keys[tenant]}, timeout=120)
 
-    assert httpx.post(f"{url}/api/v1/llm/chat/completions", json=body, timeout=60).status_code == 401
+    assert httpx.post(f"{url}{prefix}/chat/completions", json=body, timeout=60).status_code == 401
     first, again, other = ask("acme"), ask("acme"), ask("globex")
     assert first.status_code == 200, first.text
     assert first.json()["object"] == "chat.completion"
@@ -279,12 +285,13 @@ def test_gateway_forwards_with_tenant_isolated_cache(gateway: tuple[str, dict[st
     assert other.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
 
 
-def test_gateway_streams_events_as_they_are_produced(gateway: tuple[str, dict[str, str]]) -> None:
+@pytest.mark.parametrize("prefix", GATEWAY_PREFIXES)
+def test_gateway_streams_events_as_they_are_produced(gateway: tuple[str, dict[str, str]], prefix: str) -> None:
     url, keys = gateway
     body = {"messages": [{"role": "user", "content": "Write a short product update."}], "max_tokens": 24,
             "temperature": 0, "stream": True}
     reads: list[bytes] = []
-    with httpx.stream("POST", f"{url}/api/v1/llm/chat/completions", json=body, headers={"X-API-Key": keys["acme"]},
+    with httpx.stream("POST", f"{url}{prefix}/chat/completions", json=body, headers={"X-API-Key": keys["acme"]},
                       timeout=120) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -296,20 +303,21 @@ def test_gateway_streams_events_as_they_are_produced(gateway: tuple[str, dict[st
     assert len(reads) >= 2, reads
     streamed = "".join(json.loads(e.removeprefix("data: "))["choices"][0]["delta"].get("content", "")
                        for e in events[:-1])
-    whole = httpx.post(f"{url}/api/v1/llm/chat/completions", json=body | {"stream": False},
+    whole = httpx.post(f"{url}{prefix}/chat/completions", json=body | {"stream": False},
                        headers={"X-API-Key": keys["acme"]}, timeout=120)
     assert whole.status_code == 200 and whole.json()["choices"][0]["message"]["content"] == streamed
 
 
-def test_gateway_stream_errors_and_disconnects(gateway: tuple[str, dict[str, str]]) -> None:
+@pytest.mark.parametrize("prefix", GATEWAY_PREFIXES)
+def test_gateway_stream_errors_and_disconnects(gateway: tuple[str, dict[str, str]], prefix: str) -> None:
     url, keys = gateway
-    bad = httpx.post(f"{url}/api/v1/llm/chat/completions", headers={"X-API-Key": keys["acme"]}, timeout=60,
+    bad = httpx.post(f"{url}{prefix}/chat/completions", headers={"X-API-Key": keys["acme"]}, timeout=60,
                      json={"messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": -1})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
     assert bad.json()["error"]["request_id"] == bad.headers["x-request-id"]
     server = serve.get_deployment_handle("LLMServer", app_name="llm")
     body = {"prompt": "Tell me a very long story.", "max_tokens": 256, "stream": True}
-    with httpx.stream("POST", f"{url}/api/v1/llm/completions", json=body, headers={"X-API-Key": keys["globex"]},
+    with httpx.stream("POST", f"{url}{prefix}/completions", json=body, headers={"X-API-Key": keys["globex"]},
                       timeout=120) as response:
         for line in response.iter_lines():
             if line.startswith("data: {"):
@@ -320,12 +328,13 @@ def test_gateway_stream_errors_and_disconnects(gateway: tuple[str, dict[str, str
     assert server.get_stats.remote().result()["running"] == 0
 
 
-def test_openai_client_through_the_gateway_with_an_api_key(gateway: tuple[str, dict[str, str]]) -> None:
+@pytest.mark.parametrize("prefix", GATEWAY_PREFIXES)
+def test_openai_client_through_the_gateway_with_an_api_key(gateway: tuple[str, dict[str, str]], prefix: str) -> None:
     """An OpenAI client sends its api_key as a bearer credential; streams arrive through the gateway."""
     import openai
 
     url, keys = gateway
-    client = openai.OpenAI(base_url=f"{url}/api/v1/llm", api_key=keys["acme"], max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=f"{url}{prefix}", api_key=keys["acme"], max_retries=0, timeout=120)
     model = client.models.list().data[0].id
     messages = [{"role": "user", "content": "Name three colours."}]
     stream = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0, stream=True)
@@ -333,29 +342,46 @@ def test_openai_client_through_the_gateway_with_an_api_key(gateway: tuple[str, d
     whole = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0)
     assert streamed == whole.choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{url}/api/v1/llm", api_key="blt_000000000000_" + "x" * 43,
+        openai.OpenAI(base_url=f"{url}{prefix}", api_key="blt_000000000000_" + "x" * 43,
                       max_retries=0).models.list()
 
 
-def test_readme_samples_against_the_llm(base_url: str) -> None:
-    """The README's samples that talk to `/v1` of a running system, pointed at this Serve instance."""
+@pytest.mark.parametrize("prefix", GATEWAY_PREFIXES)
+def test_gateway_openai_api_needs_the_llm_scope(gateway: tuple[str, dict[str, str]], prefix: str) -> None:
+    url, keys = gateway
+    for method, path in (("GET", "/models"), ("POST", "/chat/completions"), ("POST", "/tokenize")):
+        refused = httpx.request(method, f"{url}{prefix}{path}", timeout=60, json={"prompt": "hi"},
+                                headers={"Authorization": f"Bearer {keys['no-llm-scope']}"})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "insufficient_scope"
+        anonymous = httpx.request(method, f"{url}{prefix}{path}", timeout=60, json={"prompt": "hi"})
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+    tokens = httpx.post(f"{url}{prefix}/tokenize", timeout=60, json={"prompt": "hello there"},
+                        headers={"Authorization": f"Bearer {keys['acme']}"})
+    assert tokens.status_code == 200 and tokens.json()["count"] == len(tokens.json()["tokens"]) > 0, tokens.text
+
+
+def test_readme_samples_against_the_llm(gateway: tuple[str, dict[str, str]]) -> None:
+    """The README's samples that talk to `/v1` of a running system, pointed at this Serve instance's gateway."""
+    import os
     import subprocess
     import sys
 
     from tests.readme_samples import LOCAL_SERVER, code_blocks, needs_server
 
-    origin = base_url.removesuffix("/v1")
+    origin, keys = gateway
+    env = {**os.environ, "BLATAM_API_KEY": keys["acme"]}
     python = [b for b in code_blocks("python") if needs_server(b)]
     curl = [b for b in code_blocks("bash") if needs_server(b) and b.lstrip().startswith("curl localhost:8000/v1")]
     assert python and curl
     for sample in python:
         done = subprocess.run([sys.executable, "-c", sample.replace(LOCAL_SERVER, origin)], capture_output=True,
-                              text=True, timeout=300)
+                              text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
     for sample in curl:
         script = "set -euo pipefail\n" + sample.replace("curl ", "curl -sS --fail-with-body -m 120 ").replace(
             "localhost:8000", origin.removeprefix("http://"))
-        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert "data: [DONE]" in done.stdout
 
@@ -384,7 +410,8 @@ def test_deeply_nested_json_is_a_400(client: httpx.Client) -> None:
         assert response.json()["error"]["code"] == "invalid_json"
 
 
-def test_gateway_n_choices_do_not_hang_or_block_other_tenants(gateway: tuple[str, dict[str, str]]) -> None:
+@pytest.mark.parametrize("prefix", GATEWAY_PREFIXES)
+def test_gateway_n_choices_do_not_hang_or_block_other_tenants(gateway: tuple[str, dict[str, str]], prefix: str) -> None:
     import asyncio
 
     url, keys = gateway
@@ -392,7 +419,7 @@ def test_gateway_n_choices_do_not_hang_or_block_other_tenants(gateway: tuple[str
 
     async def ask(tenant: str, n: int) -> httpx.Response:
         async with httpx.AsyncClient(timeout=60) as http:
-            return await http.post(f"{url}/api/v1/llm/chat/completions", json={**body, "n": n},
+            return await http.post(f"{url}{prefix}/chat/completions", json={**body, "n": n},
                                    headers={"X-API-Key": keys[tenant]})
 
     async def together() -> list[httpx.Response]:
@@ -403,16 +430,17 @@ def test_gateway_n_choices_do_not_hang_or_block_other_tenants(gateway: tuple[str
     assert [len(a.json()["choices"]) for a in answers] == [2, 2, 1]
 
 
-def test_gateway_bodies_up_to_the_limit_reach_the_llm(gateway: tuple[str, dict[str, str]]) -> None:
+@pytest.mark.parametrize("prefix", GATEWAY_PREFIXES)
+def test_gateway_bodies_up_to_the_limit_reach_the_llm(gateway: tuple[str, dict[str, str]], prefix: str) -> None:
     """A 5 MB prompt is within the gateway's 10 MiB body limit: the LLM itself answers (context too long)."""
     url, keys = gateway
     headers = {"X-API-Key": keys["acme"], "content-type": "application/json"}
     prompt = "word " * 1_000_000
-    big = httpx.post(f"{url}/api/v1/llm/chat/completions", headers=headers, timeout=120,
+    big = httpx.post(f"{url}{prefix}/chat/completions", headers=headers, timeout=120,
                      json={"messages": [{"role": "user", "content": prompt}], "max_tokens": 2})
     assert big.status_code == 400, big.text[:500]
     assert big.json()["error"]["code"] == "context_length_exceeded", big.text[:500]
-    deep = httpx.post(f"{url}/api/v1/llm/chat/completions", headers=headers, timeout=60,
+    deep = httpx.post(f"{url}{prefix}/chat/completions", headers=headers, timeout=60,
                       content='{"messages": ' + "[" * 1000 + "]" * 1000 + "}")
     assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json", deep.text[:500]
     assert deep.json()["error"]["request_id"] == deep.headers["x-request-id"]

@@ -12,6 +12,7 @@ in a terminal does) and expects a clean exit, without Ray's
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -90,6 +91,22 @@ def start_up(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subproces
     return proc, Output(proc), port, dashboard_port
 
 
+def admin_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    """`blatam users ...` / `blatam keys ...` run while `blatam up` serves (they write the same SQLite file)."""
+    app = "users_app" if args[0] == "users" else "keys_app"
+    done = subprocess.run([sys.executable, "-c", f"from scripts.admin import {app}; {app}()", *args[1:]],
+                          cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def api_key(env: dict[str, str], user: str, scopes: str) -> dict[str, str]:
+    """A new user with a key of `scopes`; the header an OpenAI client sends with it."""
+    admin_cli(env, "users", "create", user, "--scopes", scopes, "--password-stdin", stdin="a long enough password\n")
+    key = json.loads(admin_cli(env, "keys", "create", "--user", user, "--name", "test", "--json"))["api_key"]
+    return {"Authorization": f"Bearer {key}"}
+
+
 def base_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "MODEL_PATH",
                                                                "LLM_MODEL_PATH", *RAY_VARS)}
@@ -122,8 +139,13 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         assert "CPUs: llm/LLMServer reserves 2 per replica = torch threads 2 of each model replica" in output.text
         output.wait_for("torch threads 2 (set from num_cpus, num_cpus 2)", proc, 30)  # the replica's own log line
         assert not list((tmp_path / "data" / "models").glob("*")), "a failed pull left files behind"
-        card = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]
+        # Secure by default: the OpenAI API is the gateway's /v1, behind a key; no service has a route of its own.
+        assert f"OpenAI API:      {base}/v1" in output.text and f"app {'llm':<12} by handle" in output.text
+        assert httpx.get(f"{base}/v1/models", timeout=30).status_code == 401
+        card = httpx.get(f"{base}/v1/models", timeout=30, headers=api_key(env, "ops", "llm")).json()["data"][0]
         assert card["blatam"]["kind"] == "demo" and "could not be pulled" in card["blatam"]["note"], card
+        direct = httpx.post(f"{base}/redundancy/analyze", timeout=30, json={"content": "x"})
+        assert direct.status_code == 404 and direct.json()["error"]["code"] == "not_found", direct.text
         assert f"http://127.0.0.1:{dashboard_port}" in output.text
 
         # The printed line is all another shell needs for Ray's CLI (address + token auth).
@@ -153,12 +175,8 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         assert report["services"]["redundancy"]["status"] == "healthy"
         assert (tmp_path / "data" / "blatam.db").exists()
 
-        created = subprocess.run(
-            [sys.executable, "-c", "from scripts.admin import users_app; users_app()", "create", "alice",
-             "--scopes", "redundancy", "--password-stdin"],
-            cwd=ROOT, env=env, input="a long enough password\n", capture_output=True, text=True, timeout=60,
-        )
-        assert created.returncode == 0, created.stderr
+        admin_cli(env, "users", "create", "alice", "--scopes", "redundancy", "--password-stdin",
+                  stdin="a long enough password\n")
         login = httpx.post(f"{base}/api/v1/auth/login", timeout=30,
                            json={"username": "alice", "password": "a long enough password"})
         assert login.status_code == 200, login.text
@@ -191,9 +209,10 @@ def test_blatam_up_serves_the_installed_real_model_by_default(tmp_path: Path, sm
     try:
         output.wait_for("Press Ctrl-C to stop.", proc, START_TIMEOUT_S)
         assert "Model: SmolLM2-135M-Instruct (" in output.text, output.text[-3000:]
-        card = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]
+        key = api_key(base_env(tmp_path), "ops", "llm")
+        card = httpx.get(f"{base}/v1/models", timeout=30, headers=key).json()["data"][0]
         assert card["id"] == "SmolLM2-135M-Instruct" and card["blatam"] == {"kind": "huggingface"}, card
-        answer = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
+        answer = httpx.post(f"{base}/v1/chat/completions", timeout=120, headers=key, json={
             "messages": [{"role": "user", "content": "What is a cash-flow forecast?"}], "max_tokens": 24,
             "temperature": 0}).json()
         words = answer["choices"][0]["message"]["content"].split()

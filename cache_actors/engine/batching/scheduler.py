@@ -38,6 +38,7 @@ from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.batching.sequence import Sequence, SequenceRequest, TokenConstraint
 from cache_actors.core.kv_layout import blocks_from_cache
 from cache_actors.engine.logprobs import prompt_entries
+from cache_actors.engine.overload import BatcherOverloaded
 from cache_actors.engine.requests import check_context
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,6 @@ def merge_deltas(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[
     if "logprobs" in pending or "logprobs" in event:
         merged["logprobs"] = pending.get("logprobs", []) + event.get("logprobs", [])
     return merged
-
-
-class BatcherOverloaded(RuntimeError):
-    """The waiting queue is full; the caller should retry later (HTTP 503)."""
 
 
 class ContinuousBatcher(AdmissionMixin):

@@ -8,7 +8,8 @@ defaults load them from a CDN and show a blank page there).
 ``/openapi.json`` is the gateway's own document plus, under
 ``/api/v1/<service>/...``, the routes, request bodies and models of every
 configured service that runs (`deployments.gateway.configured`,
-`deployments.gateway.openapi_merge`); the services' schemas come through the
+`deployments.gateway.openapi_merge`), and the LLM's also under ``/v1/...``;
+the services' schemas come through the
 forwarding protocol, cached (`deployments.gateway.service_schemas`). A
 service that is down or slow adds nothing: the document itself always answers.
 """
@@ -24,7 +25,9 @@ from fastapi.staticfiles import StaticFiles
 
 from deployments.gateway.configured import configured_services
 from deployments.gateway.deps import StateDep
+from deployments.gateway.llm_front import OPENAI_SERVICE
 from deployments.gateway.openapi_merge import merge_service_schemas
+from deployments.gateway.routes.openai import OPENAI_PREFIX
 from deployments.gateway.service_schemas import ServiceSchemas
 
 DOCS_ASSETS_PATH = "/docs/static"
@@ -53,8 +56,9 @@ async def openapi(request: Request, state: StateDep) -> JSONResponse:
              or (app in configured.app_states and configured.app_states[app].status in _ANSWERING)]
     schemas: ServiceSchemas = request.app.state.service_schemas
     fetched = await asyncio.gather(*(schemas.get(name) for name in names))
+    also_at = {OPENAI_SERVICE: OPENAI_PREFIX} if state.openai_front is not None else {}
     document = merge_service_schemas(request.app.openapi(),
-                                     {name: schema for name, schema in zip(names, fetched) if schema})
+                                     {name: schema for name, schema in zip(names, fetched) if schema}, also_at)
     root_path = _root(request)
     if root_path and root_path not in {server.get("url") for server in document.get("servers", [])}:
         document["servers"] = [{"url": root_path}, *document.get("servers", [])]

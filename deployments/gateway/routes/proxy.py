@@ -1,8 +1,9 @@
 """``/api/v1/<service>/<path>``: any method, forwarded to the service's own route ``/<path>``.
 
-For the services in ``GATEWAY_STREAM_SERVICES`` (the LLM by default) the call
-goes through the service's stream, so server-sent events reach the client as
-they are produced instead of when the response is complete.
+For the services in ``GATEWAY_STREAM_SERVICES`` the call goes through the
+service's stream, so server-sent events reach the client as they are
+produced instead of when the response is complete. The LLM is served by the
+gateway's own OpenAI app (`deployments.gateway.routes.openai`), not forwarded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from deployments.common.forwarding import FORWARDED_HEADERS
 from deployments.gateway.deps import PrincipalDep, ServiceDep, StateDep
 from deployments.gateway.errors import rate_limit_headers
 from deployments.gateway.forward import forward, pass_through_headers
+from deployments.gateway.llm_front import OPENAI_SERVICE
+from deployments.gateway.routes.openai import serve_openai
 
 router = APIRouter(tags=["services"])
 
@@ -21,6 +24,8 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 async def _proxy(service: str, path: str, request: Request, principal, state) -> Response:
+    if service == OPENAI_SERVICE and state.openai_front is not None:  # the LLM: served here, one hop fewer
+        return await serve_openai(state, request, principal, path)
     body = await request.body()
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
     result, chunks, decision = await forward(
