@@ -11,16 +11,20 @@ from datetime import datetime, timezone
 
 from fastapi import Request
 
-from business_modules.storage import StorageError, StorageTimeoutError, StorageUnavailableError
+from business_modules.storage import StorageError, StorageTimeoutError, StorageUnavailableError, UnstorableValueError
 from deployments.common.errors import ErrorSpec
 from deployments.common.forwarding import forwarded_caller
 
 STORAGE_ERRORS: dict[type[BaseException], ErrorSpec] = {
-    StorageTimeoutError: ErrorSpec(503, "storage_timeout", message="The database did not answer in time"),
-    StorageUnavailableError: ErrorSpec(503, "storage_unavailable", message="The database is unavailable"),
-    StorageError: ErrorSpec(503, "storage_error", message="The database failed on this request"),
+    UnstorableValueError: ErrorSpec(422, "invalid_text"),
+    StorageTimeoutError: ErrorSpec(503, "storage_timeout", {"Retry-After": "1"},
+                                   "The database did not answer in time"),
+    StorageUnavailableError: ErrorSpec(503, "storage_unavailable", {"Retry-After": "5"}, "The database is unavailable"),
+    StorageError: ErrorSpec(503, "storage_error", {"Retry-After": "5"}, "The database failed on this request"),
 }
-"""A database failure is the service's outage, never the caller's fault: 503 with a stable code."""
+"""A database failure is the service's outage, never the caller's fault: 503 with a stable code and
+``Retry-After`` (a client retries when the database is back; tests/faults restarts it under load); but text the
+database cannot hold (a NUL character) is the caller's: 422 ``invalid_text``."""
 
 
 def caller_tenant(request: Request) -> str | None:
