@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from cache_actors.engine.demo_model import TINY_SPEC
@@ -272,6 +272,9 @@ async def test_bodies_that_are_not_requests(client, backend, path):
     assert_openai_error(await client.post(path, content=b"{not json"), 400, None)
     assert_openai_error(await client.post(path, content=b"\xff\xfe"), 400, None)
     assert_openai_error(await client.post(path, json=[1, 2]), 400, None)
+    lone = b'"\\ud800 and \\udfff"'  # escapes of lone surrogates: not characters; a tokenizer failed on them (500)
+    body = b'{"prompt": ' + lone + b'}' if path == COMPLETIONS else b'{"messages": [{"role": "user", "content": ' + lone + b'}]}'
+    assert assert_openai_error(await client.post(path, content=body), 400, None)["code"] == "invalid_json"
     required = "messages" if path == CHAT else "prompt"
     assert assert_openai_error(await client.post(path, json={"max_tokens": 3}), 400, required)["code"] == \
         "missing_required_parameter"
@@ -337,6 +340,7 @@ class QueueFull(RuntimeError):
 
 @pytest.mark.parametrize(("error", "status"), [(QueueFull("waiting queue is full"), 503),
                                                 (BackPressureError(num_queued_requests=9, max_queued_requests=8), 503),
+                                                (ActorDiedError(), 503),  # the replica died under the request
                                                 (RuntimeError("boom"), 500)])
 async def test_overload_is_503_and_other_failures_500(runner, error, status):
     async def failing(request):
@@ -347,6 +351,18 @@ async def test_overload_is_503_and_other_failures_500(runner, error, status):
         response = await http.post(CHAT, json=CHAT_BODY)
     assert_openai_error(response, status, None)
     assert ("retry-after" in response.headers) == (status == 503)
+
+
+async def test_replica_dying_midway_is_a_retryable_error_event(backend, runner):
+    async def dies_midway(request):
+        async for event in backend.generate_stream(request):
+            yield event
+            raise ActorDiedError()
+
+    body = {**CHAT_BODY, "temperature": 0, "stream": True}
+    async with client_for(make_app(dies_midway, runner)) as http:
+        payloads = sse_payloads((await http.post(CHAT, json=body)).text)
+    assert payloads[-1] == "[DONE]" and payloads[-2]["error"]["code"] == "backend_unavailable"
 
 
 async def test_failure_after_the_stream_started(backend, runner):

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -97,7 +97,9 @@ def from_backend_exception(exc: BaseException, *,
 
     ValueError: the backend refused the request (400, with ``param``/``code``
     when it raised `RequestRefused`). Serve's back pressure and the types in
-    `overloaded` (e.g. the batcher's full queue): 503 with Retry-After.
+    `overloaded` (e.g. the batcher's full queue): 503 with Retry-After. The
+    replica dying or restarting under the request: 503 ``backend_unavailable``
+    with Retry-After (nothing of it was stored; a retry is safe).
     Anything else: 500, logged.
     """
     if isinstance(exc, OpenAIError):  # already the client's error (a check on the way to the backend)
@@ -109,6 +111,10 @@ def from_backend_exception(exc: BaseException, *,
     if isinstance(cause, (BackPressureError, DeploymentUnavailableError, *overloaded)):
         return OpenAIError(503, "The model server is overloaded or not ready; retry shortly.", type="server_error",
                            code="overloaded", headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
+    if isinstance(cause, RayActorError):  # the replica died or restarts mid-request (ActorDiedError, ActorUnavailableError)
+        logger.warning("The LLM replica serving a request went away: %s", str(cause).splitlines()[0][:200])
+        return OpenAIError(503, "The model replica serving this request went away; retry.", type="server_error",
+                           code="backend_unavailable", headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
     logger.error("The LLM backend failed", exc_info=exc)
     return OpenAIError(500, "The model server failed on this request.", type="server_error", code="backend_error")
 
