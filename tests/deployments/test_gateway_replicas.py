@@ -19,7 +19,7 @@ from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.deployments.conftest import ServeInstance, ray_logs_dir, run_app
 from tests.storage_fixtures import drop_redis_keys, drop_schema, seed_api_keys, unique_schema
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.security]
 
 SECRET = "gateway-replicas-test-secret-0123456789-abcdef"
 LIMIT = 4

@@ -21,7 +21,7 @@ from business_modules.auth.tokens import issue_access_token
 from tests.deployments.conftest import ray_logs_dir
 from tests.deployments.test_gateway import PASSWORD, SECRET, Env, gateway, http  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.security]
 
 PUBLIC = {"/health", "/ready", "/api/v1/auth/login", "/docs", "/redoc", "/openapi.json"}
 """Answered without credentials: what a load balancer, a login form and a docs reader need."""
