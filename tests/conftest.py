@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -15,3 +17,11 @@ from tests.storage_fixtures import database  # noqa: E402,F401
 
 # `tiny_index` (a package index on disk serving a tiny GGUF model) and `smollm2_path` (the real model, pulled once).
 from tests.model_fixtures import smollm2_path, tiny_index  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def serve_instance():
+    """One local Ray + Serve instance for the whole session (tests/deployments/conftest.py `serve_instance_session`)."""
+    from tests.deployments.conftest import serve_instance_session
+
+    yield from serve_instance_session()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,7 +24,7 @@ from business_modules.agents import repository as repo
 from business_modules.agents.calls import ToolCaller
 from business_modules.agents.catalogue import builtin, catalogue
 from business_modules.agents.config import AgentsSettings
-from business_modules.agents.definitions import AgentDefinition, CapabilityDefinition
+from business_modules.agents.definitions import ID_PATTERN, AgentDefinition, CapabilityDefinition
 from business_modules.agents.errors import (
     AgentExistsError,
     AgentLimitError,
@@ -94,6 +95,7 @@ class AgentsService:
         found = builtin(agent_id)
         if found is not None:
             return AgentEntry(found, True)
+        _check_agent_id(agent_id)
         own = await agent_store.get_agent(self.db, owner, agent_id)
         if own is None:
             raise AgentNotFoundError(f"no agent {agent_id[:64]!r}")
@@ -114,6 +116,7 @@ class AgentsService:
         """Delete a tenant's agent (its runs keep the definition they started with)."""
         if builtin(agent_id) is not None:
             raise BuiltinAgentError(f"{agent_id!r} is a catalogue agent and cannot be deleted")
+        _check_agent_id(agent_id)
         if not await agent_store.delete_agent(self.db, owner, agent_id):
             raise AgentNotFoundError(f"no agent {agent_id[:64]!r}")
 
@@ -252,3 +255,10 @@ class AgentsService:
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(poll_s)
+
+
+def _check_agent_id(agent_id: str) -> None:
+    """No agent has an id outside `ID_PATTERN`: such an id is not looked up (PostgreSQL refuses a NUL in text, which
+    answered 503 ``storage_error`` to ``GET /agents/%00``)."""
+    if re.fullmatch(ID_PATTERN, agent_id) is None:
+        raise AgentNotFoundError(f"no agent {agent_id[:64]!r}")

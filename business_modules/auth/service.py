@@ -112,7 +112,8 @@ class AuthService:
             InvalidCredentials: unknown user, wrong password or disabled user
                 (one message, and the same hashing cost, for all three).
         """
-        found = await repo.get_user_with_hash(self._db, username) if isinstance(username, str) else None
+        known = isinstance(username, str) and "\x00" not in username  # no stored name has a NUL (nor can have)
+        found = await repo.get_user_with_hash(self._db, username) if known else None
         stored_hash = found[1] if found else dummy_hash()
         ok, new_hash = await asyncio.to_thread(verify_password, str(password), stored_hash)
         if found is None or not ok or not found[0].is_active:

@@ -23,6 +23,7 @@ from business_modules.storage.errors import (
     StorageError,
     StorageTimeoutError,
     StorageUnavailableError,
+    UnstorableValueError,
 )
 from business_modules.storage.factory import default_sqlite_path, open_database
 from business_modules.settings import StorageSettings
@@ -37,6 +38,7 @@ __all__ = [
     "StorageError",
     "StorageTimeoutError",
     "StorageUnavailableError",
+    "UnstorableValueError",
     "StorageSettings",
     "default_sqlite_path",
     "open_database",

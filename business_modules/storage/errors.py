@@ -20,6 +20,12 @@ class IntegrityError(StorageError):
     """
 
 
+class UnstorableValueError(StorageError, ValueError):
+    """A value no backend stores: text with a NUL character (U+0000), which PostgreSQL refuses in ``text`` and
+    ``jsonb``. Refused on every backend before the statement runs, so SQLite and PostgreSQL answer alike; the
+    caller sent it (a 4xx), the database is fine."""
+
+
 class StorageTimeoutError(StorageError):
     """A statement, a lock or a pool slot took longer than its time budget."""
 

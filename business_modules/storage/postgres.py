@@ -25,6 +25,7 @@ from business_modules.storage.errors import (
     StorageError,
     StorageTimeoutError,
     StorageUnavailableError,
+    UnstorableValueError,
 )
 from business_modules.storage.sql import compile_named, rows_affected
 
@@ -46,6 +47,9 @@ def _translate(exc: BaseException, what: str) -> StorageError:
     message = f"{what}: {exc}"
     if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
         return IntegrityError(message)
+    if isinstance(exc, (asyncpg.exceptions.CharacterNotInRepertoireError,
+                        asyncpg.exceptions.UntranslatableCharacterError)):  # e.g. "\u0000" inside a jsonb value
+        return UnstorableValueError(f"{what}: text with a NUL character (U+0000) cannot be stored")
     if isinstance(exc, (TimeoutError, asyncpg.exceptions.QueryCanceledError)):
         return StorageTimeoutError(message or what)
     if isinstance(exc, _UNAVAILABLE):

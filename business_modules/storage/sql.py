@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from business_modules.storage.errors import UnstorableValueError
+
 Placeholder = Literal["$", "?"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -33,6 +35,7 @@ class CompiledSQL:
 
         Raises:
             ValueError: a placeholder has no value in `params`.
+            UnstorableValueError: a text value has a NUL character.
         """
         if not self.names:
             return []
@@ -40,7 +43,11 @@ class CompiledSQL:
         missing = [name for name in self.names if name not in params]
         if missing:
             raise ValueError(f"Missing SQL parameter(s) {missing} for statement: {self.text[:120]!r}")
-        return [params[name] for name in self.names]
+        values = [params[name] for name in self.names]
+        for name, value in zip(self.names, values):
+            if isinstance(value, str) and "\x00" in value:
+                raise UnstorableValueError(f"{name}: text with a NUL character (U+0000) cannot be stored")
+        return values
 
 
 def _skip_quoted(sql: str, start: int, quote: str) -> int:

@@ -179,5 +179,10 @@ async def _aiter(events: Any) -> AsyncIterator[dict[str, Any]]:
 
 
 def _short(exc: BaseException) -> str:
+    """The reason on one line, bounded. A `RayTaskError` (what a failed replica call raises, also an instance of
+    the replica's exception class) prints the replica's traceback, so its ``cause`` is quoted instead."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:300]

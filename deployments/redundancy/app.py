@@ -41,7 +41,6 @@ from business_modules.redundancy import (
 from business_modules.redundancy.models import CorpusRecord, DocumentRecord
 from business_modules.redundancy.report import report_csv
 from business_modules.redundancy.service import RedundancyService
-from business_modules.storage import StorageError, StorageTimeoutError, StorageUnavailableError
 from deployments.common import (
     BodySizeLimitMiddleware,
     ErrorSpec,
@@ -49,6 +48,7 @@ from deployments.common import (
     forwarded_caller,
     install_error_handlers,
 )
+from deployments.common.service_app import STORAGE_ERRORS
 from deployments.redundancy import schemas as s
 from deployments.redundancy.runtime import RedundancyAppConfig, Runtime
 
@@ -59,9 +59,7 @@ ERRORS: dict[type[BaseException], ErrorSpec] = {
     ConflictError: ErrorSpec(409, "conflict"),
     InvalidInputError: ErrorSpec(422, "invalid_input"),
     LimitExceededError: ErrorSpec(413, "limit_exceeded"),
-    StorageTimeoutError: ErrorSpec(503, "storage_timeout", message="The database did not answer in time"),
-    StorageUnavailableError: ErrorSpec(503, "storage_unavailable", message="The database is unavailable"),
-    StorageError: ErrorSpec(503, "storage_error", message="The database failed on this request"),
+    **STORAGE_ERRORS,
 }
 
 CorpusName = Annotated[str, Path(pattern=s.CORPUS_NAME_PATTERN)]

@@ -65,7 +65,8 @@ async def test_passwords_are_stored_as_argon2_hashes(auth: AuthService, database
     assert stored.startswith("$argon2id$") and "s3cret-pass" not in stored
 
 
-@pytest.mark.parametrize(("username", "password"), [("alice", "wrong password"), ("nobody", "correct horse")])
+@pytest.mark.parametrize(("username", "password"), [("alice", "wrong password"), ("nobody", "correct horse"),
+                                                    ("alice\x00", "correct horse")])  # a NUL: was a database error
 async def test_bad_credentials_get_one_error(auth: AuthService, username: str, password: str) -> None:
     await auth.create_user(username="alice", password="correct horse", scopes="*")
     with pytest.raises(InvalidCredentials, match="Incorrect username or password"):

@@ -17,8 +17,10 @@ from business_modules.storage import (
     StorageError,
     StorageTimeoutError,
     StorageUnavailableError,
+    UnstorableValueError,
     open_database,
 )
+from business_modules.storage.postgres import PostgresDatabase
 from business_modules.storage.sql import compile_named, split_statements
 from tests.conftest import TEST_DATABASE_URL
 from tests.storage_fixtures import BACKENDS, drop_schema, unique_schema
@@ -98,6 +100,19 @@ async def test_unique_violation_is_an_integrity_error(items: Database) -> None:
     with pytest.raises(IntegrityError):
         await items.execute("INSERT INTO st_items (id, name) VALUES (2, 'a')")
     assert await items.fetch_value("SELECT COUNT(*) FROM st_items") == 1
+
+
+async def test_text_with_a_nul_is_refused_alike_on_both_backends(items: Database) -> None:
+    """PostgreSQL cannot store U+0000 in text; SQLite could, but both refuse it, as the caller's error (tests/fuzz)."""
+    for statement in ("INSERT INTO st_items (id, name) VALUES (1, :name)", "SELECT id FROM st_items WHERE name = :name"):
+        with pytest.raises(UnstorableValueError, match="name: text with a NUL"):
+            await items.execute(statement, {"name": "a\x00b"})
+    assert issubclass(UnstorableValueError, StorageError) and issubclass(UnstorableValueError, ValueError)
+    await items.execute("INSERT INTO st_items (id, name) VALUES (1, :name)", {"name": "a\\u0000b"})  # no NUL: kept
+    assert await items.fetch_value("SELECT name FROM st_items") == "a\\u0000b"
+    if isinstance(items, PostgresDatabase):  # the escape is refused inside jsonb, by the server: translated alike
+        with pytest.raises(UnstorableValueError, match="text with a NUL"):
+            await items.fetch_value("SELECT CAST(:doc AS jsonb)", {"doc": '{"a": "\\u0000"}'})
 
 
 async def test_transaction_is_all_or_nothing(items: Database) -> None:

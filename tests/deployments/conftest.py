@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 SERVE_NUM_CPUS = 2
 APP_START_TIMEOUT_S = 120.0
@@ -98,9 +97,11 @@ def wait_http(url: str, *, timeout_s: float = 60.0, ok=lambda r: r.status_code <
     raise TimeoutError(f"{url} did not answer in {timeout_s:g} s (last: {last!r})")
 
 
-@pytest.fixture(scope="session")
-def serve_instance() -> Iterator[ServeInstance]:
-    """A local Ray cluster (2 CPUs, no dashboard) with Serve's proxy on a free port.
+def serve_instance_session() -> Iterator[ServeInstance]:
+    """The body of the session fixture `serve_instance` (registered in tests/conftest.py, so that every test
+    folder, tests/deployments and tests/fuzz alike, shares ONE Ray cluster: a process can init Ray once).
+
+    A local Ray cluster (2 CPUs, no dashboard) with Serve's proxy on a free port.
 
     The controller gets serve_config.yaml's ``controller_options`` (its proxies
     install `deployments.common.request_id.proxy_middlewares`), as in production.

@@ -60,6 +60,12 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         raise from_validation_errors([{"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON"}]) from None
     except RecursionError:  # nested deeper than the parser's stack allows
         raise _too_deep() from None
+    if b"\\u" in raw:  # an escape such as "\ud800" decodes to a lone surrogate, which no tokenizer can encode
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise OpenAIError(400, "The JSON body has a \\u escape of a lone UTF-16 surrogate (\\ud800 to "
+                                   "\\udfff without its pair), which is not a character.", code="invalid_json") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
