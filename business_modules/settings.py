@@ -6,10 +6,13 @@ Serve application args may override any of them (``Settings(**overrides)``).
 Validated once, at construction: a bad value fails the replica at start, not
 the first request.
 
-The built-in `DEFAULT_SECRET_KEY` only signs tokens in development (the
-default ``BLATAM_ENV``); any other environment refuses to start with it, as
-the FastAPI full-stack template does, because anyone who reads this file
-could forge tokens.
+The built-in `DEFAULT_SECRET_KEY` only signs tokens in development; any
+other environment refuses to start with it, as the FastAPI full-stack
+template does, because anyone who reads this file could forge tokens.
+``BLATAM_ENV`` defaults to production, so a cluster deployed with
+``serve deploy`` and no settings refuses to run on that key instead of
+accepting forged tokens; `blatam up` (one machine, for trying it) sets
+development when the variable is unset.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ class Settings(StorageSettings):
 
     model_config = SettingsConfigDict(extra="ignore", validate_default=True, case_sensitive=False)
 
-    blatam_env: Environment = Field("development", description="development, test, staging or production.")
+    blatam_env: Environment = Field(
+        "production", description="development, test, staging or production (default: production, so the built-in "
+                                  "SECRET_KEY is refused unless development is asked for; `blatam up` asks for it).")
 
     redis_url: str | None = Field(None, description="redis://host:port/db; unset: per-process rate limits.")
     redis_timeout_s: PositiveFloat = Field(0.25, description="Budget of one Redis call before falling back.")

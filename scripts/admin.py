@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -46,7 +47,10 @@ def _run(database_url: str | None, action: Callable[[AuthService], Awaitable[T]]
     from business_modules.storage import StorageError, open_database
 
     async def main() -> T:
-        settings = load_settings({"database_url": database_url} if database_url else None)
+        # These commands sign no tokens, so the secret's check does not concern them: unless BLATAM_ENV says
+        # otherwise they run as development, so `blatam users create` works beside `blatam up` with no settings.
+        overrides = {"blatam_env": os.environ.get("BLATAM_ENV") or "development"}
+        settings = load_settings({**overrides, "database_url": database_url} if database_url else overrides)
         db = await open_database(settings.database_url, data_dir=settings.blatam_data_dir,
                                  schema=settings.database_schema, components=["auth"],
                                  command_timeout_s=settings.db_command_timeout_s,

@@ -95,6 +95,8 @@ def prepare_environment(data_dir: Path | None) -> list[str]:
     from business_modules.settings import load_settings
 
     notes: list[str] = []
+    # One machine, for trying it: development unless told otherwise (the settings' default is production).
+    os.environ.setdefault("BLATAM_ENV", "development")
     if data_dir is not None:
         os.environ["BLATAM_DATA_DIR"] = str(data_dir)
     os.environ["BLATAM_DATA_DIR"] = str(Path(os.environ.get("BLATAM_DATA_DIR", "data")).expanduser().resolve())

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from business_modules.settings import load_settings
+from business_modules.settings import StorageSettings
 from business_modules.storage import Database, StorageError, open_database
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class ServiceRuntime(Generic[S]):
     """The migration component of the service's tables (``export``, ``bul``, ...)."""
 
     def __init__(self, config: DatabaseArgs) -> None:
-        shared = load_settings({})
+        shared = StorageSettings()  # storage only: a job service signs no tokens, so the secret is not its concern
         self.data_dir = Path(config.data_dir or shared.blatam_data_dir)
         self.database_url = config.database_url or shared.database_url
         self._database_schema = config.database_schema

@@ -121,7 +121,8 @@ def local_services(redis_url: str | None) -> Iterator[tuple[str, str, str]]:
         os.environ["BLATAM_DATA_DIR"] = str(data_dir)
         os.environ.pop("DATABASE_URL", None)
         api_key = asyncio.run(_create_key(data_dir))
-        settings: dict[str, Any] = {"rate_limits": {"redundancy": "1000000/minute"}, "redis_url": redis_url,
+        settings: dict[str, Any] = {"blatam_env": "development", "rate_limits": {"redundancy": "1000000/minute"},
+                                    "redis_url": redis_url,
                                     "rate_limit_key_prefix": f"bench-{os.getpid()}"}
         port = _free_port()
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -54,7 +54,8 @@ def local_cluster(data_dir: Path, *, scopes: str, rate_limits: dict[str, str]) -
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_gateway({"settings": {"rate_limits": rate_limits, "gateway_request_timeout_s": 120}}),
+        serve.run(build_gateway({"settings": {"blatam_env": "development", "rate_limits": rate_limits,
+                                                "gateway_request_timeout_s": 120}}),
                   name="gateway", route_prefix="/")
         yield f"http://127.0.0.1:{port}", api_key
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
@@ -20,8 +21,10 @@ def test_serve_config_is_a_valid_deploy_schema() -> None:
     assert [app.name for app in schema.applications if app.route_prefix is not None] == ["gateway"]
 
 
-def test_every_import_path_builds_its_application() -> None:
+def test_every_import_path_builds_its_application(monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.serve import Application
+
+    monkeypatch.setenv("BLATAM_ENV", "development")  # what `blatam up` sets; production refuses the built-in key
 
     schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
     for app in schema.applications:
@@ -29,6 +32,20 @@ def test_every_import_path_builds_its_application() -> None:
         assert module_name.startswith("deployments."), app.import_path
         builder = getattr(importlib.import_module(module_name), attr)
         assert isinstance(builder(app.args), Application), app.import_path
+
+
+def test_deployed_as_shipped_without_settings_the_gateway_refuses_the_builtin_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve deploy serve_config.yaml` on a cluster with no BLATAM_ENV and no SECRET_KEY: production, refused."""
+    for name in ("BLATAM_ENV", "SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    gateway = schema.applications[0]
+    module_name, _, attr = gateway.import_path.partition(":")
+    with pytest.raises(ValueError, match="SECRET_KEY is the built-in default.*here production"):
+        getattr(importlib.import_module(module_name), attr)(gateway.args)
+    monkeypatch.setenv("SECRET_KEY", "a-real-secret-" + "k" * 40)
+    getattr(importlib.import_module(module_name), attr)(gateway.args)  # a key of its own: it builds
 
 
 def test_every_application_keeps_its_replica_environment() -> None:

@@ -108,9 +108,11 @@ def api_key(env: dict[str, str], user: str, scopes: str) -> dict[str, str]:
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
+    # No BLATAM_ENV, no SECRET_KEY: as on a fresh machine (`blatam up` and the admin commands choose development).
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "MODEL_PATH",
-                                                               "LLM_MODEL_PATH", *RAY_VARS)}
-    env.update(BLATAM_DATA_DIR=str(tmp_path / "data"), BLATAM_ENV="development", PYTHONUNBUFFERED="1")
+                                                               "LLM_MODEL_PATH", "BLATAM_ENV", "SECRET_KEY",
+                                                               *RAY_VARS)}
+    env.update(BLATAM_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
     return env
 
 
@@ -133,6 +135,7 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     try:
         output.wait_for("Press Ctrl-C to stop.", proc, START_TIMEOUT_S)
         assert f"{base}/docs" in output.text and "embedded SQLite" in output.text and "REDIS_URL not set" in output.text
+        assert "Environment: development (default SECRET_KEY: development only)" in output.text
         assert "Could not pull smollm2" in output.text and "serving the built-in demo model instead" in output.text
         assert "Model: built-in demo model (smollm2 could not be pulled" in output.text
         # serve_config.yaml's LLMServer reserves both cores, its torch threads; everything else fits beside it.
