@@ -4,9 +4,12 @@ Two deployments, because Serve routes a request to a replica of the
 *downstream* deployment with a custom router (the ingress gets ASGI
 arguments, not prompts):
 
-- ``LLMIngress`` (route prefix ``/v1``): the FastAPI app of
-  `deployments.llm.openai.routes`; it also serves the gateway
-  (``/api/v1/llm/...``) through `ServiceIngress`.
+- ``LLMIngress``: the FastAPI app of `deployments.llm.openai.routes`. In
+  serve_config.yaml it has no route: the gateway serves ``/v1`` itself,
+  with the same app built from `openai_config` over the ``LLMServer``
+  handle (`deployments.gateway.llm_front`). Deployed with a route prefix
+  (tests, benchmarks, a tool inside the cluster) it answers directly; it
+  also gives the gateway its OpenAPI schema through `ServiceIngress`.
 - ``LLMServer``: the model replicas (continuous batching, KV shard of their
   device), routed by `deployments.llm.router.CacheAwareRouter` when
   ``routing: affinity`` (the default), or by Serve's power of two choices.
