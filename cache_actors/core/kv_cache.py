@@ -161,8 +161,8 @@ class BaseKVCache:
     ) -> tuple[list[BlockNode], list[tuple[int, BlockNode]]]:
         """Lock blocks ``start..`` of a chain whose blocks ``< start`` are cached, inserting missing ones.
 
-        Returns ``(held, new)``: every block locked (inserted ones included) and
-        the inserted ones with their positions. Stops at the first block that is
+        Returns ``(held, new)``: every block locked (the parent and the inserted
+        ones included) and the inserted ones with their positions. Stops at the first block that is
         not admitted, finds no room, or is cached but not ``usable``; a parent
         that is gone or not usable means nothing can be claimed (a block
         without its parent saves nothing). Holding the whole chain means that
@@ -172,7 +172,10 @@ class BaseKVCache:
         parent = self.index.get(hashes[start - 1]) if start > 0 else None
         if start > 0 and (parent is None or not usable(parent)):
             return [], []
-        held: list[BlockNode] = []
+        # The parent is held too: unheld, it is an evictable leaf that making room for its first
+        # child could evict (a shard's client releases its read lease before it reserves).
+        held: list[BlockNode] = [parent] if parent is not None else []
+        self.index.lock(held)
         new: list[tuple[int, BlockNode]] = []
         try:
             for position in range(start, len(hashes)):

@@ -122,6 +122,21 @@ def test_leaves_are_evicted_before_their_ancestors():
     assert evicted_order == list(reversed(chain))
 
 
+def test_storing_after_release_never_evicts_the_parent_of_the_new_blocks():
+    """The engine releases its prefix hit before it stores the rest of the prompt, so the parent of the
+    first new block is an unheld leaf, and with a full pool the least recently used one: making room
+    must take another block. (It was evicted, its child's insert failed, and the slot leaked.)"""
+    cache = make_cache(2)
+    first = add(cache, list(range(8)))[:1]  # one block
+    other = add(cache, [900 + i for i in range(4)])  # pool full; `first` is the least recently used
+    prompt = list(range(4)) + [500 + i for i in range(4)]
+    hashes = hash_prompt_blocks(ROOT, prompt, 4)
+    assert hashes[0] == first[0] and len(cache) == 2
+    assert cache.store(hashes, 1, kv_for(prompt)) == 1
+    assert hashes[0] in cache.index and hashes[1] in cache.index and other[0] not in cache.index
+    assert cache.pool.num_used == len(cache) == 2
+
+
 def test_held_blocks_are_never_evicted_and_store_stops_without_room():
     cache = make_cache(3)
     hashes = add(cache, list(range(12)))

@@ -86,6 +86,26 @@ def test_a_request_shows_the_policy_every_block_while_reuse_stops_at_the_limit()
     assert touched == hashes[:2] + hashes[:3] + hashes[:3]
 
 
+def test_reserve_after_a_released_lookup_keeps_the_parent_and_leaks_no_slot():
+    """A client reads its prefix, releases the lease, prefills, then reserves the rest: with a full pool
+    the parent is the least recently used leaf, and must not be what makes room (it was, the reserve
+    failed, and each failure leaked a slot until the pool held no cached block)."""
+    store, clock = make_store(num_blocks=2)
+    prompt, other = chain(2), chain(1, salt=7)
+    write(store, prompt[:1])
+    clock.now = 1.0
+    write(store, other)  # pool full; the prompt's first block is the least recently used
+    clock.now = 2.0
+    hit = store.lookup(prompt, request=True)
+    store.release_lease(hit.lease_id)
+    clock.now = 3.0
+    store.release_lease(store.lookup(other).lease_id)  # another request used the other block since
+    assert len(hit.slots) == 1
+    write(store, prompt, start=1)
+    assert len(store.lookup(prompt).slots) == 2
+    assert store.pool.num_used == len(store.index) == 2
+
+
 def test_pending_blocks_are_invisible_and_not_extended_by_other_writers():
     store, _ = make_store()
     hashes = chain(3)
