@@ -10,10 +10,12 @@ import typer
 import yaml
 from rich.console import Console
 
+from scripts.cluster_cache_cli import clear_command, shutdown_command
+
 # Every command imports `cache_actors` (torch, transformers: seconds) inside itself, under a spinner,
 # so that `blatam --help` and the other commands never pay for it.
-cache_app = typer.Typer(help="The KV cache engine in this process: try it, check a config, export the demo model.",
-                        no_args_is_help=True)
+cache_app = typer.Typer(help="The KV cache engine in this process (try it, check a config, export the demo model), "
+                             "and the KV actors of a running cluster (clear, shutdown).", no_args_is_help=True)
 console = Console()
 
 
@@ -69,3 +71,8 @@ def export_demo_command(path: Path = typer.Argument(..., help="Folder to write."
 
         out = export_demo_model(path)
     console.print(f"wrote {out}")
+
+
+# The KV actors of a running cluster (scripts/cluster_cache_cli.py).
+cache_app.command("clear")(clear_command)
+cache_app.command("shutdown")(shutdown_command)

@@ -67,3 +67,20 @@ def cli_env(gcs_address: str, dashboard_url: str | None, environ: Mapping[str, s
 def export_line(env: Mapping[str, str]) -> str:
     """One ``export A=1 B=2`` line a POSIX shell accepts as pasted (values quoted when they need it)."""
     return "export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+
+
+def send_token_when_present(environ: dict[str, str] | None = None) -> bool:
+    """Before joining a cluster from a CLI: send the token if this host has one (True when it will).
+
+    A cluster that `blatam up` or `ray.init` started wants the token, and Ray's
+    client sends it only with ``RAY_AUTH_MODE=token``; an operator should not
+    have to paste that line for every `blatam` verb. An explicit
+    ``RAY_AUTH_MODE`` (``disabled`` included) is left as it is.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(AUTH_MODE_VAR):
+        return env[AUTH_MODE_VAR].strip().lower() == "token"
+    if env.get(TOKEN_VAR) or env.get(TOKEN_PATH_VAR) or DEFAULT_TOKEN_PATH.expanduser().is_file():
+        env[AUTH_MODE_VAR] = "token"
+        return True
+    return False

@@ -93,7 +93,8 @@ def join_ray(address: str | None = None, *, timeout_s: float = JOIN_TIMEOUT_S, *
     thread.start()
     thread.join(timeout_s)
     if "error" not in outcome:
-        raise _unreachable(shown, f"it accepts connections but ray.init did not finish in {timeout_s:g} s")
+        raise _unreachable(shown, f"it accepts connections but ray.init did not finish in {timeout_s:g} s; "
+                                  "if it wants a token, set RAY_AUTH_MODE=token")
     if outcome["error"] is not None:
         raise _unreachable(shown, str(outcome["error"]).splitlines()[0]) from outcome["error"]
     logger.info("joined the Ray cluster at %s", target)

@@ -1,0 +1,78 @@
+"""Operate the KV actors of a running cluster: list, clear and remove the shards and the coordinator.
+
+The shards and the coordinator are detached on purpose: they outlive the
+`LLMServer` replica that created them, so a replica restarted by Serve (or a
+redeploy of the app) finds the cache still warm. The price is that
+``serve shutdown`` leaves them running with their pools; `shutdown_kv_actors`
+is how an operator removes them (``blatam cache shutdown``). Every call is
+bounded: an actor that does not answer is killed anyway and reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import ray
+
+from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE
+
+
+@dataclass(frozen=True, slots=True)
+class ActorOutcome:
+    """What happened to one KV actor; ``note`` says what went wrong, if anything."""
+
+    name: str
+    kind: str  # "shard" or "coordinator"
+    ok: bool
+    note: str = ""
+
+
+def kv_actor_names() -> list[str]:
+    """Names of the live KV actors in the connected cluster, the coordinator last."""
+    names = sorted(e["name"] for e in ray.util.list_named_actors(all_namespaces=True) if e.get("namespace") == NAMESPACE)
+    return sorted(names, key=lambda name: name == COORDINATOR_NAME)
+
+
+def _kind(name: str) -> str:
+    return "coordinator" if name == COORDINATOR_NAME else "shard"
+
+
+def clear_shards(*, timeout_s: float = 30.0) -> list[ActorOutcome]:
+    """Drop every cached block of every shard (pools stay allocated; the coordinator's index empties with them)."""
+    outcomes = []
+    for name in kv_actor_names():
+        if _kind(name) != "shard":
+            continue
+        try:
+            ray.get(ray.get_actor(name, namespace=NAMESPACE).clear.remote(), timeout=timeout_s)
+            outcomes.append(ActorOutcome(name, "shard", True))
+        except (ValueError, ray.exceptions.RayError) as exc:  # gone meanwhile, dead, or too slow
+            outcomes.append(ActorOutcome(name, "shard", False, f"{type(exc).__name__}: {str(exc)[:200]}"))
+    return outcomes
+
+
+def shutdown_kv_actors(*, close_timeout_s: float = 10.0, gone_timeout_s: float = 30.0) -> list[ActorOutcome]:
+    """Close each shard (tiers, pool), then kill every KV actor without restart; wait until none is listed."""
+    outcomes = []
+    for name in kv_actor_names():
+        try:
+            handle = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            continue  # gone meanwhile
+        note = ""
+        if _kind(name) == "shard":
+            try:
+                ray.get(handle.close.remote(), timeout=close_timeout_s)
+            except ray.exceptions.RayError as exc:  # killed below either way
+                note = f"did not close cleanly ({type(exc).__name__}); killed"
+        ray.kill(handle, no_restart=True)
+        outcomes.append(ActorOutcome(name, _kind(name), not note, note))
+    deadline = time.monotonic() + gone_timeout_s
+    while left := kv_actor_names():
+        if time.monotonic() > deadline:
+            outcomes += [ActorOutcome(name, _kind(name), False, f"still listed after {gone_timeout_s:g} s")
+                         for name in left]
+            break
+        time.sleep(0.2)
+    return outcomes
