@@ -22,8 +22,9 @@ class IntegrityError(StorageError):
 
 class UnstorableValueError(StorageError, ValueError):
     """A value no backend stores: text with a NUL character (U+0000), which PostgreSQL refuses in ``text`` and
-    ``jsonb``. Refused on every backend before the statement runs, so SQLite and PostgreSQL answer alike; the
-    caller sent it (a 4xx), the database is fine."""
+    ``jsonb``, or an integer outside 64 bits (PostgreSQL's bigint, SQLite's INTEGER). Refused on every backend
+    before the statement runs, so SQLite and PostgreSQL answer alike; the caller sent it (a 4xx), the database is
+    fine."""
 
 
 class StorageTimeoutError(StorageError):

@@ -20,6 +20,7 @@ from business_modules.storage.errors import UnstorableValueError
 Placeholder = Literal["$", "?"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INT64 = range(-(2**63), 2**63)
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
@@ -35,7 +36,7 @@ class CompiledSQL:
 
         Raises:
             ValueError: a placeholder has no value in `params`.
-            UnstorableValueError: a text value has a NUL character.
+            UnstorableValueError: a text value has a NUL character, or an integer does not fit in 64 bits.
         """
         if not self.names:
             return []
@@ -47,6 +48,8 @@ class CompiledSQL:
         for name, value in zip(self.names, values):
             if isinstance(value, str) and "\x00" in value:
                 raise UnstorableValueError(f"{name}: text with a NUL character (U+0000) cannot be stored")
+            if isinstance(value, int) and value not in _INT64:
+                raise UnstorableValueError(f"{name}: {value} does not fit in a 64-bit integer")
         return values
 
 

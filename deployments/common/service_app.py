@@ -16,7 +16,7 @@ from deployments.common.errors import ErrorSpec
 from deployments.common.forwarding import forwarded_caller
 
 STORAGE_ERRORS: dict[type[BaseException], ErrorSpec] = {
-    UnstorableValueError: ErrorSpec(422, "invalid_text"),
+    UnstorableValueError: ErrorSpec(422, "unstorable_value"),
     StorageTimeoutError: ErrorSpec(503, "storage_timeout", {"Retry-After": "1"},
                                    "The database did not answer in time"),
     StorageUnavailableError: ErrorSpec(503, "storage_unavailable", {"Retry-After": "5"}, "The database is unavailable"),
@@ -24,7 +24,7 @@ STORAGE_ERRORS: dict[type[BaseException], ErrorSpec] = {
 }
 """A database failure is the service's outage, never the caller's fault: 503 with a stable code and
 ``Retry-After`` (a client retries when the database is back; tests/faults restarts it under load); but text the
-database cannot hold (a NUL character) is the caller's: 422 ``invalid_text``."""
+database cannot hold (a NUL character, an integer past 64 bits) is the caller's: 422 ``unstorable_value``."""
 
 
 def caller_tenant(request: Request) -> str | None:

@@ -102,11 +102,16 @@ async def test_unique_violation_is_an_integrity_error(items: Database) -> None:
     assert await items.fetch_value("SELECT COUNT(*) FROM st_items") == 1
 
 
-async def test_text_with_a_nul_is_refused_alike_on_both_backends(items: Database) -> None:
-    """PostgreSQL cannot store U+0000 in text; SQLite could, but both refuse it, as the caller's error (tests/fuzz)."""
+async def test_text_with_a_nul_and_integers_past_64_bits_are_refused_alike_on_both_backends(items: Database) -> None:
+    """PostgreSQL cannot store U+0000 in text; SQLite could, but both refuse it, as the caller's error (tests/fuzz).
+    An integer past 64 bits was a driver error on both (a 503 for ``?offset=2**63``)."""
     for statement in ("INSERT INTO st_items (id, name) VALUES (1, :name)", "SELECT id FROM st_items WHERE name = :name"):
         with pytest.raises(UnstorableValueError, match="name: text with a NUL"):
             await items.execute(statement, {"name": "a\x00b"})
+    for big in (2**63, -(2**63) - 1, 2**70):
+        with pytest.raises(UnstorableValueError, match="does not fit in a 64-bit integer"):
+            await items.fetch_all("SELECT id FROM st_items ORDER BY id LIMIT 10 OFFSET :offset", {"offset": big})
+    assert await items.fetch_all("SELECT id FROM st_items LIMIT 10 OFFSET :offset", {"offset": 2**63 - 1}) == []
     assert issubclass(UnstorableValueError, StorageError) and issubclass(UnstorableValueError, ValueError)
     await items.execute("INSERT INTO st_items (id, name) VALUES (1, :name)", {"name": "a\\u0000b"})  # no NUL: kept
     assert await items.fetch_value("SELECT name FROM st_items") == "a\\u0000b"

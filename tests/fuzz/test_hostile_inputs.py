@@ -125,12 +125,22 @@ def test_text_with_a_nul_is_refused_not_a_database_failure(http: httpx.Client) -
         ("/api/v1/redundancy/corpora/nul-corpus/documents", {"documents": [{"name": "doc", "text": f"text {nul}"}]}),
         ("/api/v1/bul/documents/generate", {"query": f"A business plan for a bakery {nul}"}),
     ]:
-        assert_error(http.post(path, json=body), 422, code="invalid_text")
+        assert_error(http.post(path, json=body), 422, code="unstorable_value")
     assert_error(http.post("/api/v1/auth/login", json={"username": nul, "password": nul}), 401,
                  code="invalid_credentials")
     assert_error(http.get("/api/v1/agents/agents/%00"), 404, code="agent_not_found")
     assert_error(http.delete("/api/v1/agents/agents/a%00b"), 404, code="agent_not_found")
     assert http.get("/api/v1/redundancy/corpora/nul-corpus/documents").json()["documents"] == []  # nothing stored
+
+
+@pytest.mark.parametrize("offset", [2**63, 2**70])
+def test_offsets_past_64_bits_are_refused_not_a_database_failure(http: httpx.Client, offset: int) -> None:
+    """``?offset=`` has no upper bound; past 64 bits the driver failed: 503 storage_error."""
+    assert http.post("/api/v1/redundancy/corpora", json={"name": "offsets"}).status_code in (201, 409)
+    for path in ("/api/v1/redundancy/corpora", "/api/v1/redundancy/corpora/offsets/documents", "/api/v1/agents/runs"):
+        assert_error(http.get(path, params={"offset": offset}), 422, code="unstorable_value")
+        last = http.get(path, params={"offset": 2**63 - 1})
+        assert last.status_code == 200 and list(last.json().values()) == [[]], last.text
 
 
 # -- numbers ----------------------------------------------------------------------------------------
