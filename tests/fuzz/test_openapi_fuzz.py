@@ -76,6 +76,7 @@ def test_gateway_openapi(stack: Stack) -> None:
     ran, failures = fuzz(schema, stack, skip=SKIPPED_SERVICE_ROUTES)
     services = {label.split()[1].split("/")[3] for label in ran if label.split()[1].startswith("/api/v1/")}
     assert {"redundancy", "export", "bul", "gamma", "agents", "auth", "gateway"} <= services, ran
+    assert {"POST /v1/chat/completions", "POST /v1/completions"} <= set(ran), ran  # the gateway's OpenAI API
     assert not failures, "\n\n".join(failures)
 
 
