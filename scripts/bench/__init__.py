@@ -23,3 +23,4 @@ from scripts.bench import quality as _quality  # noqa: E402,F401
 from scripts.bench import services as _services  # noqa: E402,F401
 from scripts.bench import agents as _agents  # noqa: E402,F401
 from scripts.bench import peers as _peers  # noqa: E402,F401
+from scripts.bench import bench_report as _bench_report  # noqa: E402,F401
