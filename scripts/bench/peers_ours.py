@@ -43,6 +43,9 @@ def llm_only(config: Any, model_path: str | None) -> Any:
     if not apps:
         raise ValueError("the deploy file has no llm application")
     config.applications = apps[:1]
+    # The shipped file gives the llm app no route (only the gateway is public); measured alone, as a peer
+    # server is, it answers on its own /v1 like vLLM's.
+    config.applications[0].route_prefix = config.applications[0].route_prefix or "/v1"
     apply_model(config, ModelChoice(model_path, None if model_path else "blatam bench peers: the demo model"))
     return config
 
