@@ -114,4 +114,6 @@ class ProxyRequestIdMiddleware:
 
 def proxy_middlewares() -> list[Middleware]:
     """Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, see `PROXY_ENV`)."""
-    return [Middleware(ProxyRequestIdMiddleware)]
+    from deployments.common.proxy_failures import ProxyFailureMiddleware
+
+    return [Middleware(ProxyFailureMiddleware), Middleware(ProxyRequestIdMiddleware)]
