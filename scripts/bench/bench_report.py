@@ -41,7 +41,8 @@ TAIL_LINES = 25
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
-    """How big each part runs: `FULL` (~25 min on 2 cores) or `QUICK` (a few minutes, smaller samples)."""
+    """How big each part runs: `FULL` (~25 min on 2 shared cores) or `QUICK` (~15 min: smaller samples; most of
+    what is left is starting Ray, Serve and the test stacks)."""
 
     ttft_lengths: tuple[int, ...]
     ttft_runs: int
@@ -244,7 +245,7 @@ def report_command(
                                                                "next to --out).")] = None,
     work: Annotated[Path | None, typer.Option("--work", help="Folder for each part's JSON and log (default: a new "
                                                              "temporary folder, kept).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes: a few minutes instead of ~25.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes: ~15 min on 2 cores instead of ~25.")] = False,
     skip: Annotated[list[str] | None, typer.Option("--skip", help=f"Leave a part out (repeatable): "
                                                                   f"{', '.join(PARTS)}.")] = None,
     peer_url: Annotated[str | None, typer.Option("--peer-url", help="Also run `bench peers` against this "
