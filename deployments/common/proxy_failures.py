@@ -17,7 +17,6 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.common.errors import error_body
 
 RETRY_AFTER_S = 1
 
@@ -47,8 +46,10 @@ class ProxyFailureMiddleware:
                 replaced = True
                 request_id = next((v.decode("latin-1") for k, v in message.get("headers", ())
                                    if k.lower() == b"x-request-id"), None)
-                body = json.dumps(error_body("service_unavailable", "The service replica serving this request "
-                                             "went away; retry.", request_id)).encode()
+                # The uniform body (deployments.common.errors.error_body), spelled out: that module reaches the
+                # request-id one, which installs this middleware, so importing it here would close a circle.
+                body = json.dumps({"error": {"code": "service_unavailable", "message": "The service replica serving "
+                                             "this request went away; retry.", "request_id": request_id}}).encode()
                 headers = [(k, v) for k, v in message.get("headers", ())
                            if k.lower() not in (b"content-type", b"content-length")]
                 headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
