@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from starlette.responses import StreamingResponse
 
 from business_modules.auth import Principal, require_scope
 from business_modules.ratelimit import RateLimitDecision
@@ -22,6 +24,7 @@ from deployments.common.errors import code_for_status, error_body
 from deployments.common.forwarding import Caller, ForwardedResponse
 from deployments.common.request_id import REQUEST_ID_HEADER, get_request_id
 from deployments.gateway.deps import enforce_rate_limit
+from deployments.gateway.errors import rate_limit_headers
 from deployments.gateway.state import GatewayState
 
 # Response headers that describe the hop, not the content: the gateway sets its own.
@@ -66,10 +69,31 @@ async def forward(
     if not stream:
         return uniform_errors(await state.services.forward(service, **call), caller.request_id), None, decision
     head, chunks = await state.services.forward_stream(service, **call)
+    return *(await streamed_or_whole(head, chunks, caller.request_id)), decision
+
+
+async def streamed_or_whole(head: ForwardedResponse, chunks: AsyncIterator[bytes], request_id: str | None,
+                            ) -> tuple[ForwardedResponse, AsyncIterator[bytes] | None]:
+    """A successful event stream goes on as ``(head, chunks)``; anything else is collected and normalised."""
     if head.status_code < 400 and "text/event-stream" in (head.header("content-type") or ""):
-        return head, chunks, decision
-    head.body = b"".join([chunk async for chunk in chunks])
-    return uniform_errors(head, caller.request_id), None, decision
+        return head, chunks
+    async with aclosing(chunks):
+        head.body = b"".join([chunk async for chunk in chunks])
+    return uniform_errors(head, request_id), None
+
+
+def to_response(result: ForwardedResponse, chunks: AsyncIterator[bytes] | None,
+                decision: RateLimitDecision) -> Response:
+    """The client's response: streamed when there are `chunks`, with the service's and the limit's headers."""
+    response: Response
+    if chunks is not None:  # server-sent events: passed on as the service produces them
+        response = StreamingResponse(chunks, status_code=result.status_code)
+    else:
+        response = Response(content=result.body, status_code=result.status_code)
+    for name, value in pass_through_headers(result):
+        response.headers.append(name, value)
+    response.headers.update(rate_limit_headers(decision))
+    return response
 
 
 def pass_through_headers(response: ForwardedResponse) -> list[tuple[str, str]]:

@@ -16,14 +16,12 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from fastapi import APIRouter, Request, Response
-from starlette.responses import StreamingResponse
 
 from business_modules.auth import Principal
 from deployments.common.forwarding import FORWARDED_HEADERS, ForwardedResponse, stream_asgi
 from deployments.gateway.deps import PrincipalDep, StateDep
-from deployments.gateway.errors import rate_limit_headers
 from deployments.common.request_id import REQUEST_ID_HEADER
-from deployments.gateway.forward import admit, pass_through_headers, uniform_errors
+from deployments.gateway.forward import admit, streamed_or_whole, to_response
 from deployments.gateway.llm_front import OPENAI_SERVICE, OpenAIFront
 from deployments.gateway.services import ServiceUnavailable
 from deployments.gateway.state import GatewayState
@@ -47,18 +45,8 @@ async def serve_openai(state: GatewayState, request: Request, principal: Princip
                          query=list(request.query_params.multi_items()), headers=headers, caller=caller.to_dict())
     head = await anext(stream)
     assert isinstance(head, ForwardedResponse)  # stream_asgi yields the head first
-    response: Response
-    if "text/event-stream" in (head.header("content-type") or ""):
-        response = StreamingResponse(_body(stream), status_code=head.status_code)
-    else:
-        async with aclosing(stream):
-            body = b"".join([chunk async for chunk in stream if isinstance(chunk, bytes)])
-        head = uniform_errors(ForwardedResponse(head.status_code, head.headers, body), caller.request_id)
-        response = Response(content=head.body, status_code=head.status_code)
-    for name, value in pass_through_headers(head):
-        response.headers.append(name, value)
-    response.headers.update(rate_limit_headers(decision))
-    return response
+    result, chunks = await streamed_or_whole(head, _body(stream), caller.request_id)
+    return to_response(result, chunks, decision)
 
 
 async def _body(stream: AsyncIterator[ForwardedResponse | bytes]) -> AsyncIterator[bytes]:

@@ -9,12 +9,10 @@ gateway's own OpenAI app (`deployments.gateway.routes.openai`), not forwarded.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from starlette.responses import StreamingResponse
 
 from deployments.common.forwarding import FORWARDED_HEADERS
 from deployments.gateway.deps import PrincipalDep, ServiceDep, StateDep
-from deployments.gateway.errors import rate_limit_headers
-from deployments.gateway.forward import forward, pass_through_headers
+from deployments.gateway.forward import forward, to_response
 from deployments.gateway.llm_front import OPENAI_SERVICE
 from deployments.gateway.routes.openai import serve_openai
 
@@ -33,15 +31,7 @@ async def _proxy(service: str, path: str, request: Request, principal, state) ->
         query=list(request.query_params.multi_items()), headers=headers,
         stream=service in state.settings.gateway_stream_services,
     )
-    response: Response
-    if chunks is not None:  # server-sent events: passed on as the service produces them
-        response = StreamingResponse(chunks, status_code=result.status_code)
-    else:
-        response = Response(content=result.body, status_code=result.status_code)
-    for name, value in pass_through_headers(result):
-        response.headers.append(name, value)
-    response.headers.update(rate_limit_headers(decision))
-    return response
+    return to_response(result, chunks, decision)
 
 
 async def proxy(service: ServiceDep, path: str, request: Request, principal: PrincipalDep,
