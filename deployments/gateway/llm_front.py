@@ -24,11 +24,9 @@ from typing import Any, Protocol
 
 from starlette.types import ASGIApp
 
-from cache_actors.engine.overload import BatcherOverloaded
 from deployments.common.llm_handle import LLM_DEPLOYMENT
-from deployments.common.serve_calls import call_as_own_request
 from deployments.gateway.services import ServiceClient, ServiceUnavailable
-from deployments.llm.openai.routes import build_openai_app
+from deployments.llm.openai.over_handle import openai_app_over
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +93,4 @@ class ServeOpenAIFront:
 
         server = await asyncio.wait_for(asyncio.to_thread(serve.get_deployment_handle, LLM_DEPLOYMENT, name),
                                         timeout=self._timeout_s)
-        streaming = server.options(stream=True)
-
-        async def tokenizer_call(method: str, body: dict[str, Any]) -> dict[str, Any]:
-            # A keyword, not the router's ``request``: the cache-aware router leaves it to power of two choices.
-            return await getattr(server, method).remote(body=body)
-
-        return build_openai_app(
-            # Each choice of an ``n > 1`` request is its own call (see deployments.common.serve_calls).
-            lambda request: call_as_own_request(streaming.generate_stream.remote, request),
-            **options, overloaded_errors=(BatcherOverloaded,), tokenizer_fn=tokenizer_call)
+        return openai_app_over(server, options)

@@ -27,11 +27,9 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
-from cache_actors.engine.overload import BatcherOverloaded
 from cache_actors.engine.model_runner import model_identity
 from deployments.common import ServiceIngress
-from deployments.common.serve_calls import call_as_own_request
-from deployments.llm.openai.routes import build_openai_app
+from deployments.llm.openai.over_handle import openai_app_over
 from deployments.llm.server import LLMServer
 from deployments.llm.settings import LLMSettings
 from deployments.common.grpc_limits import GRPC_ENV
@@ -49,22 +47,11 @@ class LLMIngress(ServiceIngress):
         self._settings = LLMSettings.model_validate(args or {})
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook
-        streaming = self._server.options(stream=True)
-        return build_openai_app(
-            # Each choice of an ``n > 1`` request is its own call (see deployments.common.serve_calls).
-            lambda request: call_as_own_request(streaming.generate_stream.remote, request),
-            **openai_options(self._settings),
-            overloaded_errors=(BatcherOverloaded,),
-            tokenizer_fn=self._tokenizer_call,
-        )
+        return openai_app_over(self._server, openai_options(self._settings))
 
     async def openai_config(self) -> dict[str, Any]:
         """What the gateway needs to serve this app's OpenAI API itself (`deployments.gateway.llm_front`)."""
         return openai_options(self._settings)
-
-    async def _tokenizer_call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
-        # A keyword, not the router's ``request``: the cache-aware router leaves it to power of two choices.
-        return await getattr(self._server, method).remote(body=body)
 
 
 def openai_options(settings: LLMSettings) -> dict[str, Any]:
