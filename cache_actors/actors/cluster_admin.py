@@ -52,8 +52,10 @@ def clear_shards(*, timeout_s: float = 30.0) -> list[ActorOutcome]:
     return outcomes
 
 
-def shutdown_kv_actors(*, close_timeout_s: float = 10.0, gone_timeout_s: float = 30.0) -> list[ActorOutcome]:
-    """Close each shard (tiers, pool), then kill every KV actor without restart; wait until none is listed."""
+def shutdown_kv_actors(*, close: bool = True, close_timeout_s: float = 10.0,
+                       gone_timeout_s: float = 30.0) -> list[ActorOutcome]:
+    """Close each shard (tiers, pool; unless not `close`), then kill every KV actor without restart; wait until
+    none is listed (an actor still listed after `gone_timeout_s` is an outcome that is not ok)."""
     outcomes = []
     for name in kv_actor_names():
         try:
@@ -61,7 +63,7 @@ def shutdown_kv_actors(*, close_timeout_s: float = 10.0, gone_timeout_s: float =
         except ValueError:
             continue  # gone meanwhile
         note = ""
-        if _kind(name) == "shard":
+        if close and _kind(name) == "shard":
             try:
                 ray.get(handle.close.remote(), timeout=close_timeout_s)
             except ray.exceptions.RayError as exc:  # killed below either way

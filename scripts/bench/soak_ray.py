@@ -72,24 +72,10 @@ def kill_kv_actors(timeout_s: float = 30.0) -> int:
     earlier one with the same model and block size would reuse that app's
     shard, with that app's budget: a soak starts (and ends) without any.
     """
-    import time
+    from cache_actors.actors.cluster_admin import shutdown_kv_actors
 
-    import ray
-
-    from cache_actors.actors.spec import NAMESPACE
-
-    def names() -> list[str]:
-        return [e["name"] for e in ray.util.list_named_actors(all_namespaces=True) if e.get("namespace") == NAMESPACE]
-
-    found = names()
-    for name in found:
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        except ValueError:  # gone meanwhile
-            pass
-    deadline = time.monotonic() + timeout_s
-    while names():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"KV actors still listed {timeout_s:g} s after being killed: {names()}")
-        time.sleep(0.2)
-    return len(found)
+    outcomes = shutdown_kv_actors(close=False, gone_timeout_s=timeout_s)
+    left = [o.name for o in outcomes if not o.ok]
+    if left:
+        raise TimeoutError(f"KV actors still listed {timeout_s:g} s after being killed: {left}")
+    return len(outcomes)
