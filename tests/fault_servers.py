@@ -21,13 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.deployments.conftest import free_port
+
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_port(port: int, *, up: bool, timeout_s: float = START_TIMEOUT_S) -> None:
