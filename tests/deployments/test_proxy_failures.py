@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
@@ -33,3 +36,48 @@ async def test_a_plain_text_500_becomes_a_503_with_retry_after_and_the_uniform_b
         assert ours.status_code == 500 and ours.json()["error"]["code"] == "internal_error"
         fine = await http.get("/fine")
         assert fine.status_code == 200 and fine.text == "ok"
+
+
+async def test_an_app_that_returns_or_raises_without_answering_gets_the_503_not_uvicorns_500() -> None:
+    """Ray's proxy sends nothing for a dead replica (uvicorn then writes a plain-text 500): answer for it."""
+    async def silent(scope, receive, send):
+        scope["headers"].append((b"x-request-id", b"r-3"))  # as Serve's RequestIdMiddleware leaves it
+
+    async def raising(scope, receive, send):
+        raise RuntimeError("replica died")
+
+    for inner, request_id in ((silent, "r-3"), (raising, None)):
+        transport = httpx.ASGITransport(app=ProxyFailureMiddleware(inner))
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
+            answer = await http.post("/api/v1/export", json={})
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert answer.json()["error"]["code"] == "service_unavailable"
+        assert answer.json()["error"]["request_id"] == request_id
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_replica_dying_under_a_request_is_a_retryable_503_through_the_real_proxy(serve_instance) -> None:
+    """The path a user takes: Serve's proxy with serve_config.yaml's proxy callback, a replica that dies mid-request."""
+    from ray import serve
+
+    from tests.deployments.conftest import run_app
+
+    @serve.deployment(max_ongoing_requests=4, health_check_period_s=1)
+    class DiesOnRequest:
+        async def __call__(self, request) -> dict:
+            if request.url.path.endswith("/die"):
+                os._exit(1)
+            return {"ok": True}
+
+    run_app(DiesOnRequest.bind(), name="proxy-dies", route_prefix="/proxy-dies")
+    try:
+        assert httpx.get(f"{serve_instance.base_url}/proxy-dies/alive", timeout=30).json() == {"ok": True}
+        answer = httpx.get(f"{serve_instance.base_url}/proxy-dies/die", timeout=60,
+                           headers={"x-request-id": "dying-request-1"})
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "1" and answer.headers["content-type"] == "application/json"
+        assert answer.json() == {"error": {"code": "service_unavailable", "request_id": "dying-request-1",
+                                           "message": "The service replica serving this request went away; retry."}}
+    finally:
+        serve.delete("proxy-dies")
