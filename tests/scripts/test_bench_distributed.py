@@ -21,9 +21,11 @@ def test_coordinator_index_measure_reports_rates_memory_and_lookups():
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """This process's Ray cluster (the session's Serve one when it runs), else a private local one."""
     if ray.is_initialized():
-        pytest.skip("another Ray instance is running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:

@@ -184,30 +184,49 @@ def _record_the_rest() -> Any:
     return recorder  # kept alive so its process keeps exporting
 
 
-@pytest.fixture(scope="module")
-def traffic(ray_metrics_port) -> Iterator[None]:
-    """Requests through the distributed KV cache (a small cache, so blocks are also evicted)."""
+def _run_traffic() -> Any:
+    """An actor sending requests through the distributed KV cache (a small cache, so blocks are also evicted).
+
+    In an actor, as in production (the engine runs in LLM replicas), so the counters it records are exported by
+    a fresh worker: in a long pytest session the driver may share a cluster other tests used and killed actors of.
+    The actor is kept alive while Prometheus scrapes, since a dead worker's counters are no longer exported."""
     import ray
 
-    from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-    from cache_actors.engine.demo_model import TINY_SPEC
-    from cache_actors.engine.model_runner import ModelRunner
-    from cache_actors.engine.requests import parse_request
+    @ray.remote(num_cpus=0)
+    class Traffic:
+        def run(self) -> int:
+            from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
+            from cache_actors.engine.demo_model import TINY_SPEC
+            from cache_actors.engine.model_runner import ModelRunner
+            from cache_actors.engine.requests import parse_request
 
-    engine = UltraAdaptiveKVCacheEngine(
-        KVCacheConfig(block_size=16, max_tokens=256, cache_strategy="lru", max_new_tokens=4,
-                      enable_distributed=True, redis_url=None),
-        runner=ModelRunner.load(None, demo_spec=TINY_SPEC),
-    )
-    cached = 0
-    for i in range(6):
-        text = SYSTEM + f"Question {i}: what is covered?"
-        parsed = parse_request({"text": text}, default_max_new_tokens=4)
-        cached += engine.generate_ids(parsed, engine.runner.encode(text))["cached_tokens"]
-    assert cached > 0  # the traffic hit the cache, so hit counters exist
-    recorder = _record_the_rest()
+            engine = UltraAdaptiveKVCacheEngine(
+                KVCacheConfig(block_size=16, max_tokens=256, cache_strategy="lru", max_new_tokens=4,
+                              enable_distributed=True, redis_url=None),
+                runner=ModelRunner.load(None, demo_spec=TINY_SPEC),
+            )
+            cached = 0
+            for i in range(6):
+                text = SYSTEM + f"Question {i}: what is covered?"
+                parsed = parse_request({"text": text}, default_max_new_tokens=4)
+                cached += engine.generate_ids(parsed, engine.runner.encode(text))["cached_tokens"]
+            self.engine = engine  # its client and shard stay up while the test runs
+            return cached
+
+    traffic = Traffic.remote()
+    assert ray.get(traffic.run.remote(), timeout=300) > 0  # the traffic hit the cache, so hit counters exist
+    return traffic
+
+
+@pytest.fixture(scope="module")
+def traffic(ray_metrics_port) -> Iterator[None]:
+    """Real cache traffic, and what it does not cause recorded through the production metric objects."""
+    import ray
+
+    actors = [_run_traffic(), _record_the_rest()]
     yield
-    ray.kill(recorder)
+    for actor in actors:
+        ray.kill(actor)
 
 
 @pytest.fixture(scope="module")
