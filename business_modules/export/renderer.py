@@ -15,6 +15,7 @@ from business_modules.export.models import ExportRequest
 from business_modules.export.pdf_render import render_pdf
 from business_modules.export.pptx_render import render_pptx
 from business_modules.export.quality import QualityReport, assess
+from business_modules.export.render_cycles import collect_render_cycles
 from business_modules.export.source import SourceDocument, build_source
 
 
@@ -60,6 +61,8 @@ def render_document(request: ExportRequest, *, now: datetime) -> RenderedDocumen
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as exc:
         raise RenderError(f"{source.options.format.value} rendering failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        collect_render_cycles(source.options.format)
     return RenderedDocument(
         data=data,
         media_type=source.options.format.media_type,

@@ -47,6 +47,7 @@ from business_modules.bul import (
 )
 from deployments.bul import schemas as s
 from deployments.bul.runtime import BulAppConfig, Runtime
+from deployments.common.heap import freeze_startup_heap
 from deployments.common import (
     BodySizeLimitMiddleware,
     ErrorSpec,
@@ -249,6 +250,7 @@ def create_app(config: BulAppConfig | None = None, *, llm: Any = None) -> FastAP
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.try_start()
+        freeze_startup_heap()  # the renders' cycle collections stay cheap (deployments.common.heap)
         yield
         await runtime.close()
 

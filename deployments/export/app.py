@@ -52,6 +52,7 @@ from business_modules.export import (
     ResultGoneError,
     preview_document,
 )
+from deployments.common.heap import freeze_startup_heap
 from deployments.common import (
     BodySizeLimitMiddleware,
     ErrorSpec,
@@ -266,6 +267,7 @@ def create_app(config: ExportAppConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.try_start()
+        freeze_startup_heap()  # the renders' cycle collections stay cheap (deployments.common.heap)
         yield
         await runtime.close()
 

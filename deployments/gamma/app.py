@@ -53,6 +53,7 @@ from business_modules.gamma import (
 )
 from business_modules.gamma.models import Deck
 from business_modules.llm_client import LLMClient
+from deployments.common.heap import freeze_startup_heap
 from deployments.common import (
     ApiError,
     BodySizeLimitMiddleware,
@@ -242,6 +243,7 @@ def create_app(config: GammaAppConfig | None = None, *, llm_factory: Callable[[]
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.try_start()
+        freeze_startup_heap()  # the renders' cycle collections stay cheap (deployments.common.heap)
         yield
         await runtime.close()
 
