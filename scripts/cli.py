@@ -14,6 +14,9 @@ from scripts.cache_cli import cache_app
 from scripts.health import health
 from scripts.model_cli import model_app
 from scripts.observability.cli import dashboards_app
+from scripts.ops.monitor_cli import monitor_command
+from scripts.ops.stats_cli import stats_command
+from scripts.ops.status_cli import status_command
 from scripts.up import up
 
 app = typer.Typer(
@@ -28,6 +31,9 @@ app.add_typer(dashboards_app, name="dashboards")
 app.add_typer(model_app, name="model")
 app.command("up")(up)
 app.command("health")(health)
+app.command("status")(status_command)
+app.command("stats")(stats_command)
+app.command("monitor")(monitor_command)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 

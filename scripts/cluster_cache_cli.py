@@ -1,43 +1,26 @@
 """`blatam cache clear` and `blatam cache shutdown`: the KV actors of a running cluster.
 
-Both join the cluster at ``--address`` (default ``auto``: ``RAY_ADDRESS`` or
-the cluster this host started last, e.g. by `blatam up`) with a bounded
-wait, and send the host's Ray token when there is one
-(`scripts.ray_access.send_token_when_present`). Exit codes: 0 done, 1 some
-actor did not clear or close cleanly (listed), 2 the cluster could not be
-reached (one line naming the address tried).
+Both join the cluster at ``--address`` as every cluster verb does
+(`scripts.ops.join`). Exit codes: 0 done, 1 some actor did not clear or close
+cleanly (listed), 2 the cluster could not be reached (one line naming the
+address tried).
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from scripts.ops.join import AddressOpt, JsonOpt, join_cluster
 
-AddressOpt = Annotated[str, typer.Option(
-    "--address", help="Ray cluster: host:port of its GCS, or auto (RAY_ADDRESS, else the cluster this host started).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-JOIN_TIMEOUT_S = 15.0
+console = Console()
 
 
 def _join(address: str) -> None:
-    """Join the cluster or exit 2 with one line that names the address."""
-    from scripts.ray_access import send_token_when_present
-
-    send_token_when_present()  # before Ray is imported: its auth mode is read once, at import
-    from cache_actors.actors.ray_join import RayUnreachableError, join_ray
-    try:
-        with console.status(f"joining the Ray cluster at {address}"):
-            join_ray(address, timeout_s=JOIN_TIMEOUT_S, log_to_driver=False)
-    except RayUnreachableError as exc:
-        print(f"blatam cache: {exc}", file=sys.stderr, flush=True)
-        raise typer.Exit(2) from None
+    join_cluster(address, "cache", console)
 
 
 def _report(outcomes: list, verb: str, as_json: bool) -> None:

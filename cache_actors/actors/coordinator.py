@@ -58,6 +58,7 @@ class KVCacheCoordinator:
         self._prefetching: set[str] = set()
         self.redis = RedisTier(spec.redis_url, key_prefix="blatam:kv", timeout_s=spec.timeouts.tier_op_s) if spec.redis_url else None
         self.started = time.monotonic()
+        self.last_snapshot_at: float | None = None  # monotonic time of the last snapshot written
         self.counters: dict[str, int] = {"prefetch_plans": 0, "snapshots": 0, "restored_blocks": 0, "shards_created": 0}
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._startup()), loop.create_task(self._maintenance())]
@@ -222,6 +223,8 @@ class KVCacheCoordinator:
             return False
         ok = await self.redis.set_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}", self.index.snapshot(), timeout_s=2.0)
         self.counters["snapshots"] += ok
+        if ok:
+            self.last_snapshot_at = time.monotonic()
         return ok
 
     # --- introspection -----------------------------------------------------------------------------------
@@ -229,7 +232,9 @@ class KVCacheCoordinator:
         return {"uptime_s": time.monotonic() - self.started, "blocks": len(self.index), "shards": len(self.index.shards)}
 
     def stats(self) -> dict[str, Any]:
-        return {**self.index.stats(), **self.counters, "resyncing": sorted(self._resyncing), "specs": sorted(self.specs)}
+        age = None if self.last_snapshot_at is None else time.monotonic() - self.last_snapshot_at
+        return {**self.index.stats(), **self.counters, "resyncing": sorted(self._resyncing), "specs": sorted(self.specs),
+                "uptime_s": time.monotonic() - self.started, "snapshot_age_s": age, "snapshots_on": self.redis is not None}
 
 
 CoordinatorActor = ray.remote(KVCacheCoordinator)

@@ -346,6 +346,14 @@ class KVCacheShard:
             "device": self.device, "tiers": {t.name: t.counters.as_dict() for t in self.tiers},
         }
 
+    async def probe_tiers(self) -> dict[str, dict[str, Any]]:
+        """Each lower tier's reachability now (`blatam status`), with its counters."""
+        out = {}
+        for tier in self.tiers:
+            reachable, detail = await tier.probe()
+            out[tier.name] = {"reachable": reachable, "detail": detail, **tier.counters.as_dict()}
+        return out
+
     async def close(self) -> None:
         """Stop the background loop and release tier connections (before a planned kill)."""
         self._background_task.cancel()

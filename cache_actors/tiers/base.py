@@ -32,6 +32,10 @@ class BlockTier(Protocol):
         """The blob of each hash (None where missing or on failure), in order."""
         ...
 
+    async def probe(self) -> tuple[bool, str]:
+        """(reachable, detail) for an operator's status view; bounded, never raises."""
+        ...
+
     async def put(self, block_hash: bytes, blob: bytes) -> bool:
         """Store a blob; False if it was not written."""
         ...

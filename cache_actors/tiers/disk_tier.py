@@ -88,5 +88,16 @@ class DiskTier:
         self.counters.writes += 1
         return True
 
+    async def probe(self) -> tuple[bool, str]:
+        """(reachable, detail): the folder exists and is writable, checked in a thread under a deadline."""
+        def check() -> bool:
+            return self.directory.is_dir() and os.access(self.directory, os.W_OK | os.X_OK)
+
+        try:
+            ok = await asyncio.wait_for(asyncio.to_thread(check), self.timeout_s * 10)
+        except (asyncio.TimeoutError, TimeoutError):
+            return False, f"{self.directory}: no answer within {self.timeout_s * 10:g} s"
+        return ok, f"{self.directory} ({len(self._files)} blocks)" if ok else f"{self.directory}: not a writable folder"
+
     async def close(self) -> None:
         return None

@@ -93,6 +93,14 @@ class RedisTier:
         self.counters.writes += 1
         return True
 
+    async def probe(self) -> tuple[bool, str]:
+        """(reachable, detail) by a PING bounded by the tier's timeout (for `blatam status`; no back-off)."""
+        try:
+            await asyncio.wait_for(self._client.ping(), self.timeout_s * 10)
+        except (RedisError, OSError, asyncio.TimeoutError, TimeoutError) as exc:
+            return False, f"{self.url}: {type(exc).__name__}"
+        return True, self.url
+
     async def warm_up(self, timeout_s: float = 1.0) -> bool:
         """Open the first connection with a looser bound than an operation's (called once at start)."""
         try:

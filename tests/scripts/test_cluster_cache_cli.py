@@ -9,12 +9,6 @@ then the CLI in another process with ``--address``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,51 +16,19 @@ from pathlib import Path
 import pytest
 
 from tests.deployments.conftest import free_port
+from tests.scripts.ray_head import ray_env, ray_head, run_blatam, run_python
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-RAY_CLI = Path(sys.executable).with_name("ray")
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return {**env, "RAY_TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bc{os.getpid()}"  # Ray's socket paths must stay short
-    tmp.mkdir(exist_ok=True)
-    port = free_port()
-    env = _env(tmp)
-    head = subprocess.Popen([str(RAY_CLI), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
-                             "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        yield f"127.0.0.1:{port}", env
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _python(code: str, env: dict[str, str], timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout_s)
-
-
-def _blatam(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return _python(f"from scripts.cli import app; app({list(args)!r})", env)
+def cluster() -> Iterator[tuple[str, dict[str, str]]]:
+    with ray_head("bc") as head:
+        yield head
 
 
 def _make_kv_actors(address: str, env: dict[str, str]) -> None:
     """A cache client that connects (creating its shard and the coordinator), then exits: both stay."""
-    done = _python(f"""
+    done = run_python(f"""
         import time
         from cache_actors.actors.client import DistributedKVCache
         from cache_actors.actors.spec import ShardSpec
@@ -87,7 +49,7 @@ def _make_kv_actors(address: str, env: dict[str, str]) -> None:
 
 
 def _kv_actors(address: str, env: dict[str, str]) -> list[str]:
-    done = _python(f"""
+    done = run_python(f"""
         import json, ray
         ray.init(address="{address}", log_to_driver=False)
         print(json.dumps(sorted(e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
@@ -102,23 +64,23 @@ def test_clear_then_shutdown_remove_what_serve_shutdown_leaves(cluster) -> None:
     _make_kv_actors(address, env)
     assert len(_kv_actors(address, env)) == 2  # one shard and the coordinator, outliving their client
 
-    cleared = _blatam(env, "cache", "clear", "--address", address, "--json")  # RAY_AUTH_MODE unset: the CLI sends
+    cleared = run_blatam(env, "cache", "clear", "--address", address, "--json")  # RAY_AUTH_MODE unset: the CLI sends
     assert cleared.returncode == 0, cleared.stdout + cleared.stderr[-3000:]  # the host's token itself
     assert [o["kind"] for o in json.loads(cleared.stdout.strip().splitlines()[-1])] == ["shard"]
 
-    removed = _blatam(env, "cache", "shutdown", "--address", address, "--json")
+    removed = run_blatam(env, "cache", "shutdown", "--address", address, "--json")
     assert removed.returncode == 0, removed.stdout + removed.stderr[-3000:]
     outcomes = json.loads(removed.stdout.strip().splitlines()[-1])
     assert sorted(o["kind"] for o in outcomes) == ["coordinator", "shard"] and all(o["ok"] for o in outcomes)
     assert _kv_actors(address, env) == []
-    again = _blatam(env, "cache", "shutdown", "--address", address)
+    again = run_blatam(env, "cache", "shutdown", "--address", address)
     assert again.returncode == 0 and "nothing to shut down" in again.stdout
 
 
 def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
-    done = _blatam(_env(tmp_path), "cache", "shutdown", "--address", address)
+    done = run_blatam(ray_env(tmp_path), "cache", "shutdown", "--address", address)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and address in lines[0] and lines[0].startswith("blatam cache: "), done.stderr

@@ -1,0 +1,1 @@
+"""Verbs against a running cluster: status, stats, monitor (and the shared way they join it)."""

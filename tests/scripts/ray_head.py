@@ -1,0 +1,63 @@
+"""A `ray start --head --block` cluster of a test's own, and running the CLI against it in another process.
+
+The head runs in its own process group (only that group is stopped
+afterwards, never the test session's Ray) with a short temp dir (Ray's
+socket paths must stay short) and no RAY_* variables of the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.deployments.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+RAY_CLI = Path(sys.executable).with_name("ray")
+
+
+def ray_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, "RAY_TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
+
+
+@contextlib.contextmanager
+def ray_head(tag: str, *extra: str, num_cpus: int = 1,
+             head_env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+    """(GCS address, environment for processes that talk to it) of a fresh head; stopped on exit.
+
+    `head_env` goes to the head's processes only (e.g. ``RAY_metrics_report_interval_ms``)."""
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"{tag}{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    port = free_port()
+    env = ray_env(tmp)
+    head = subprocess.Popen([str(RAY_CLI), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
+                             "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats", *extra],
+                            env={**env, **(head_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_python(code: str, env: dict[str, str], timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+def run_blatam(env: dict[str, str], *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    """The CLI as an operator runs it (no RAY_AUTH_MODE: it sends the host's token itself)."""
+    return run_python(f"from scripts.cli import app; app({list(args)!r})", env, timeout_s)
