@@ -10,12 +10,12 @@ import typer
 import yaml
 from rich.console import Console
 
-from scripts.cluster_cache_cli import clear_command, shutdown_command
+from scripts.cluster_cache_cli import clear_command, load_command, persist_command, shutdown_command
 
 # Every command imports `cache_actors` (torch, transformers: seconds) inside itself, under a spinner,
 # so that `blatam --help` and the other commands never pay for it.
 cache_app = typer.Typer(help="The KV cache engine in this process (try it, check a config, export the demo model), "
-                             "and the KV actors of a running cluster (clear, shutdown).", no_args_is_help=True)
+                             "and the KV actors of a running cluster (clear, shutdown, persist, load).", no_args_is_help=True)
 console = Console()
 
 
@@ -76,3 +76,5 @@ def export_demo_command(path: Path = typer.Argument(..., help="Folder to write."
 # The KV actors of a running cluster (scripts/cluster_cache_cli.py).
 cache_app.command("clear")(clear_command)
 cache_app.command("shutdown")(shutdown_command)
+cache_app.command("persist")(persist_command)
+cache_app.command("load")(load_command)

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -40,6 +41,15 @@ from cache_actors.actors.metrics import metrics
 from cache_actors.actors.remote_fetch import RemoteFetcher
 from cache_actors.actors.spec import ShardSpec
 from cache_actors.core.hashing import BlockHash
+from cache_actors.core.persistence import (
+    MANIFEST,
+    PersistenceError,
+    file_sha256,
+    insert_verified_blocks,
+    read_verified,
+    snapshot_cache,
+    write_snapshot,
+)
 from cache_actors.cluster.part_arrays import parts_from_numpy
 from cache_actors.policies import make_policy
 from cache_actors.cluster.shard_store import Entry, ShardStore
@@ -345,6 +355,32 @@ class KVCacheShard:
             **self.store.get_stats(), **self.counters, "name": self.name, "epoch": self.epoch, "node_id": self.node_id,
             "device": self.device, "tiers": {t.name: t.counters.as_dict() for t in self.tiers},
         }
+
+    # --- persistence (blatam cache persist / load) -------------------------------------------------------
+    def _namespace(self) -> dict[str, Any]:
+        """What a persisted part must match to be loaded here (blocks of another model or layout are refused)."""
+        return {"kind": "kv-shard", "fingerprint": self.spec.fingerprint(), "model_id": self.spec.model_id,
+                "model_dtype": self.spec.model_dtype, "kv_layout": self.spec.kv_layout}
+
+    async def persist(self, directory: str) -> dict[str, Any]:
+        """Write this shard's blocks to `directory`: copied on the loop (requests wait for the copy only), then
+        checksummed and written in a thread. Returns the block count and the manifest's SHA-256."""
+        snapshot = snapshot_cache(self.store, self._namespace())
+        written = await asyncio.to_thread(write_snapshot, snapshot, directory)
+        digest = await asyncio.to_thread(file_sha256, Path(directory) / MANIFEST)
+        return {"blocks": written, "manifest_sha256": digest}
+
+    async def verify_persisted(self, directory: str) -> int:
+        """Check a part completely without loading it (`PersistenceError` otherwise); the blocks it holds."""
+        blocks = await asyncio.to_thread(read_verified, self.store, self._namespace(), directory)
+        if len(blocks.entries) > self.spec.num_blocks:
+            raise PersistenceError(f"{directory}: {len(blocks.entries)} blocks, this shard holds {self.spec.num_blocks}")
+        return len(blocks.entries)
+
+    async def load_persisted(self, directory: str) -> int:
+        """Verify a part again (it may have changed since `verify_persisted`), then insert it: blocks added."""
+        blocks = await asyncio.to_thread(read_verified, self.store, self._namespace(), directory)
+        return insert_verified_blocks(self.store, blocks, directory)
 
     async def probe_tiers(self) -> dict[str, dict[str, Any]]:
         """Each lower tier's reachability now (`blatam status`), with its counters."""

@@ -291,6 +291,34 @@ class ShardStore(BaseKVCache):
         self.pool.write([slot for _, slot in slots], {name: t.index_select(0, index) for name, t in tensors.items()})
         return self.commit(lease_id, [entries[row][2] for row in rows]), mismatches
 
+    def blocks_in_order(self) -> list[BlockNode]:
+        """Published blocks only, parents first (a block still being written has no bytes yet, nor its children)."""
+        kept: set[int] = set()
+        out = []
+        for node in super().blocks_in_order():
+            if _ready(node) and (node.parent is None or id(node.parent) in kept):
+                kept.add(id(node))
+                out.append(node)
+        return out
+
+    def insert_encoded(
+        self, entries: Sequence[tuple[BlockHash, BlockHash | None, int]], parts: dict[str, torch.Tensor]
+    ) -> int:
+        """A persisted set's blocks (a forest, parents first; `cache_actors.core.persistence`): the base
+        insert, then each new block gets the shard's checksum and a STORED event, as a committed write does,
+        so readers can verify it and the coordinator indexes it."""
+        new = {block_hash: row for row, (block_hash, _, _) in enumerate(entries) if block_hash not in self.index}
+        inserted = super().insert_encoded(entries, parts)
+        rows = list(new.values())
+        for block_hash, checksum in zip(new, block_checksums(parts, rows)):
+            node = self.index.get(block_hash)
+            if node is None:  # evicted again to make room for a later one of the same set
+                continue
+            node.extra["ready"] = True
+            node.extra["sum"] = bytes(checksum)
+            self._emit((STORED, node.key, node.parent.key if node.parent is not None else None))
+        return inserted
+
     def read_blocks(
         self, hashes: Sequence[BlockHash], *, limit: int | None = None, request: bool = False,
     ) -> tuple[list[Entry], dict[str, np.ndarray]]:

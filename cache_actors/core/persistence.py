@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ class PersistenceError(ValueError):
     """A persisted cache that must not be loaded (corrupt, truncated or foreign)."""
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -64,42 +65,65 @@ def _codec_spec(cache: BaseKVCache) -> dict[str, Any]:
     }
 
 
-def save_cache(cache: BaseKVCache, namespace: dict[str, Any], path: str | Path) -> int:
-    """Write every cached block to ``path`` (a directory), atomically. Returns blocks written."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True, slots=True)
+class CacheSnapshot:
+    """A copy of every cached block and what the manifest says of it, taken at one moment."""
+
+    namespace: dict[str, Any]
+    codec: dict[str, Any]
+    block_size: int
+    entries: list[tuple[BlockHash, BlockHash | None, int]]
+    """(hash, parent hash, hits), parents first."""
+    parts: dict[str, torch.Tensor]
+
+
+def snapshot_cache(cache: BaseKVCache, namespace: dict[str, Any]) -> CacheSnapshot:
+    """Copy the cache's blocks (fast, in memory): the part that must not race the cache's own thread or loop."""
     nodes = cache.blocks_in_order()
     parts = cache.read_encoded(nodes) if nodes else {
         name: torch.empty((0, *shape), dtype=dtype) for name, (shape, dtype) in cache.codec.part_specs().items()
     }
-    checksums = _block_checksums(parts, len(nodes))
+    entries = [(node.key, node.parent.key if node.parent is not None else None, node.hits) for node in nodes]
+    return CacheSnapshot(dict(namespace), _codec_spec(cache), cache.block_size, entries, parts)
+
+
+def write_snapshot(snapshot: CacheSnapshot, path: str | Path) -> int:
+    """Write `snapshot` to ``path`` (a directory), atomically (slow: checksums and disk; any thread)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    checksums = _block_checksums(snapshot.parts, len(snapshot.entries))
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        save_file({_TENSOR_PREFIX + name: t.contiguous() for name, t in parts.items()}, str(staging / TENSORS))
+        save_file({_TENSOR_PREFIX + name: t.contiguous() for name, t in snapshot.parts.items()}, str(staging / TENSORS))
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "hash_scheme": HASH_SCHEME_VERSION,
-            "namespace": namespace,
-            "codec": _codec_spec(cache),
-            "block_size": cache.block_size,
+            "namespace": snapshot.namespace,
+            "codec": snapshot.codec,
+            "block_size": snapshot.block_size,
             "blocks": [
                 {
-                    "hash": bytes(node.key).hex(),
-                    "parent": bytes(node.parent.key).hex() if node.parent is not None else None,
-                    "hits": node.hits,
+                    "hash": bytes(block_hash).hex(),
+                    "parent": bytes(parent).hex() if parent is not None else None,
+                    "hits": hits,
                     "sha256": checksum,
                 }
-                for node, checksum in zip(nodes, checksums)
+                for (block_hash, parent, hits), checksum in zip(snapshot.entries, checksums)
             ],
-            "file": {"name": TENSORS, "bytes": (staging / TENSORS).stat().st_size, "sha256": _file_sha256(staging / TENSORS)},
+            "file": {"name": TENSORS, "bytes": (staging / TENSORS).stat().st_size, "sha256": file_sha256(staging / TENSORS)},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return len(nodes)
+    return len(snapshot.entries)
+
+
+def save_cache(cache: BaseKVCache, namespace: dict[str, Any], path: str | Path) -> int:
+    """Write every cached block to ``path`` (a directory), atomically. Returns blocks written."""
+    return write_snapshot(snapshot_cache(cache, namespace), path)
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
@@ -148,8 +172,17 @@ def _check_compatible(manifest: dict[str, Any], cache: BaseKVCache, namespace: d
         )
 
 
-def load_cache(cache: BaseKVCache, namespace: dict[str, Any], path: str | Path) -> int:
-    """Verify ``path`` completely, then add its blocks to ``cache``. Returns blocks added."""
+@dataclass(frozen=True, slots=True)
+class VerifiedBlocks:
+    """A persisted cache that passed every check, ready to insert."""
+
+    entries: list[tuple[BlockHash, BlockHash | None, int]]
+    parts: dict[str, torch.Tensor]
+
+
+def read_verified(cache: BaseKVCache, namespace: dict[str, Any], path: str | Path) -> VerifiedBlocks:
+    """Read ``path`` and check all of it against `cache` (format, model, codec, sizes, every checksum) without
+    touching the cache: `PersistenceError` on anything wrong (slow: any thread)."""
     directory = Path(path)
     manifest = _read_manifest(directory)
     _check_compatible(manifest, cache, namespace)
@@ -160,7 +193,7 @@ def load_cache(cache: BaseKVCache, namespace: dict[str, Any], path: str | Path) 
         raise PersistenceError(f"{directory}: manifest lists no blocks or {TENSORS} is missing")
     if tensor_path.stat().st_size != file_info.get("bytes"):
         raise PersistenceError(f"{tensor_path}: size {tensor_path.stat().st_size} != {file_info.get('bytes')} (truncated?)")
-    if _file_sha256(tensor_path) != file_info.get("sha256"):
+    if file_sha256(tensor_path) != file_info.get("sha256"):
         raise PersistenceError(f"{tensor_path}: checksum mismatch (corrupted)")
     try:
         raw = load_file(str(tensor_path))
@@ -185,7 +218,17 @@ def load_cache(cache: BaseKVCache, namespace: dict[str, Any], path: str | Path) 
         for (block_hash, _, _, expected), actual in zip(parsed, _block_checksums(parts, count)):
             if expected != actual:
                 raise PersistenceError(f"{directory}: block {block_hash.hex()[:16]} fails its checksum")
+    return VerifiedBlocks([(h, p, hits) for h, p, hits, _ in parsed], parts)
+
+
+def insert_verified_blocks(cache: BaseKVCache, blocks: VerifiedBlocks, directory: str | Path = "") -> int:
+    """Add verified blocks to `cache` (all or nothing: `PersistenceError` if they do not fit)."""
     try:
-        return cache.insert_encoded([(h, p, hits) for h, p, hits, _ in parsed], parts)
+        return cache.insert_encoded(blocks.entries, blocks.parts)
     except ValueError as exc:
         raise PersistenceError(f"{directory}: {exc}") from None
+
+
+def load_cache(cache: BaseKVCache, namespace: dict[str, Any], path: str | Path) -> int:
+    """Verify ``path`` completely, then add its blocks to ``cache``. Returns blocks added."""
+    return insert_verified_blocks(cache, read_verified(cache, namespace, path), path)

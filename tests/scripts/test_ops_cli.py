@@ -8,7 +8,9 @@ then each verb in another process with ``--address``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -137,6 +139,57 @@ def test_monitor_shows_the_request_rate_while_requests_run(served) -> None:
     row = last.strip("│ ").split()
     assert float(row[0].replace(",", "")) > 0, frame  # requests/s over the last interval
     assert float(row[1].replace(",", "")) > 0, frame  # generated tokens/s
+
+
+def _shard_blocks(address: str, env: dict[str, str]) -> int:
+    return sum(shard["blocks"] for shard in _json(run_blatam(env, "status", "--address", address, "--json"))["shards"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_persist_clear_load_brings_the_hits_back_and_a_damaged_or_foreign_set_changes_nothing(served, tmp_path) -> None:
+    address, env, base, model = served
+    _complete(base, model, "What is the refund policy?")
+    held = _shard_blocks(address, env)
+    assert held > 0
+    backup = tmp_path / "kv-backup"
+    parts = _json(run_blatam(env, "cache", "persist", str(backup), "--address", address, "--json"))
+    assert [p["ok"] for p in parts] == [True] and parts[0]["blocks"] == held
+    assert (backup / "cluster.json").is_file() and (backup / "part-000" / "blocks.safetensors").is_file()
+
+    _json(run_blatam(env, "cache", "clear", "--address", address, "--json"))
+    assert _shard_blocks(address, env) == 0
+    loaded = _json(run_blatam(env, "cache", "load", str(backup), "--address", address, "--json"))
+    assert [p["ok"] for p in loaded] == [True] and loaded[0]["blocks"] == held
+    assert _shard_blocks(address, env) == held
+    again = _complete(base, model, "What is the refund policy?")  # the prompt's blocks came back from disk
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16 * (held // 2), again["usage"]
+
+    _json(run_blatam(env, "cache", "clear", "--address", address, "--json"))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(backup, damaged)
+    tensors = damaged / "part-000" / "blocks.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-7] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    refused = run_blatam(env, "cache", "load", str(damaged), "--address", address)
+    assert refused.returncode == 1 and "checksum mismatch" in refused.stdout + refused.stderr, refused.stdout
+    assert _shard_blocks(address, env) == 0
+
+    foreign = tmp_path / "foreign"  # a set from another model: its manifests are consistent, its blocks are not ours
+    shutil.copytree(backup, foreign)
+    part_manifest = foreign / "part-000" / "manifest.json"
+    manifest = json.loads(part_manifest.read_text())
+    manifest["namespace"]["model_id"] = "someone-elses-model"
+    part_manifest.write_text(json.dumps(manifest))
+    cluster = json.loads((foreign / "cluster.json").read_text())
+    cluster["parts"][0]["manifest_sha256"] = hashlib.sha256(part_manifest.read_bytes()).hexdigest()
+    (foreign / "cluster.json").write_text(json.dumps(cluster))
+    refused = run_blatam({**env, "COLUMNS": "300"}, "cache", "load", str(foreign), "--address", address)
+    assert refused.returncode == 1 and "another model" in refused.stdout, refused.stdout + refused.stderr
+    assert _shard_blocks(address, env) == 0
+    nothing = run_blatam(env, "cache", "load", str(tmp_path / "nowhere"), "--address", address)
+    assert nothing.returncode == 1 and "not a persisted cluster cache" in nothing.stderr, nothing.stderr
 
 
 def test_problems_name_what_is_not_healthy() -> None:
