@@ -17,7 +17,7 @@ from scripts.observability.cli import dashboards_app
 from scripts.ops.monitor_cli import monitor_command
 from scripts.ops.stats_cli import stats_command
 from scripts.ops.status_cli import status_command
-from scripts.up import up
+from scripts.up import down, up
 
 app = typer.Typer(
     name="blatam",
@@ -30,6 +30,7 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(dashboards_app, name="dashboards")
 app.add_typer(model_app, name="model")
 app.command("up")(up)
+app.command("down")(down)
 app.command("health")(health)
 app.command("status")(status_command)
 app.command("stats")(stats_command)

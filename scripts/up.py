@@ -46,6 +46,7 @@ from rich.console import Console
 from scripts.ray_access import cli_env, export_line, token_auth_enabled, token_location
 from scripts.serve_stop import SERVE_STOP_TIMEOUT_S, stop_serve
 from scripts.up_cpus import ReplicaCpus, fit_replica_cpus
+from scripts.up_detach import DETACHED_ENV, DetachError, start_detached, stop_detached
 from scripts.up_model import ModelChoiceError, apply_model, choose_model, configured_model, has_llm_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None,
     lines += [
         "  Create a user:   blatam users create alice --scopes '*'   (then POST /api/v1/auth/login)",
         "  An API key:      blatam keys create --user alice --name dev   (printed once; OpenAI clients' api_key)",
-        "Press Ctrl-C to stop.",
+        "Stop with: blatam down" if os.environ.get(DETACHED_ENV) else "Press Ctrl-C to stop.",
         "",
     ]
     print("\n".join(lines), flush=True)
@@ -330,8 +331,25 @@ def up(
     model: Annotated[str | None, typer.Option(
         "--model", help="demo, smollm2 or a local Hugging Face folder (default: the deploy file's model_path, else "
                         "smollm2, pulled on first start; the demo model if that pull is impossible).")] = None,
+    detach: Annotated[bool, typer.Option(
+        "--detach", "-d", help="Run in the background (log in <data dir>/blatam-up.log); `blatam down` stops it.")] = False,
 ) -> None:
-    """Start a local Ray cluster and every service in serve_config.yaml; Ctrl-C stops it all."""
+    """Start a local Ray cluster and every service in serve_config.yaml; Ctrl-C (or, detached, `blatam down`) stops it."""
+    if detach:
+        args = ["--config", str(config.resolve()), "--port", str(port), "--host", host, "--dashboard-port",
+                str(dashboard_port), "--deploy-timeout", str(deploy_timeout), "--dashboard" if dashboard else "--no-dashboard"]
+        args += ["--num-cpus", str(num_cpus)] if num_cpus else []
+        args += ["--model", model] if model else []
+        resolved = resolve_data_dir(data_dir)
+        args += ["--data-dir", str(resolved)]
+        try:
+            started = start_detached(args, resolved, timeout_s=deploy_timeout + 120)
+        except DetachError as exc:
+            print(f"blatam up --detach: {exc}", file=sys.stderr, flush=True)
+            raise typer.Exit(1) from None
+        print(started.ready_text)
+        print(f"Running in the background as pid {started.pid}; log: {started.log}", flush=True)
+        raise typer.Exit(0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         code = run_up(config_path=config, host=host, port=port, num_cpus=num_cpus, dashboard=dashboard,
@@ -341,6 +359,20 @@ def up(
         print(f"blatam up: {exc}", file=sys.stderr, flush=True)
         raise typer.Exit(exc.exit_code) from exc
     raise typer.Exit(code)
+
+
+def resolve_data_dir(data_dir: Path | None) -> Path:
+    """The data folder `blatam up` uses: --data-dir, else $BLATAM_DATA_DIR, else ./data (absolute)."""
+    return Path(data_dir or os.environ.get("BLATAM_DATA_DIR", "data")).expanduser().resolve()
+
+
+def down(
+    data_dir: Annotated[Path | None, typer.Option(help="The data folder `blatam up --detach` used (default: "
+                                                       "$BLATAM_DATA_DIR or ./data).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait before killing it.", min=1)] = 120.0,
+) -> None:
+    """Stop what `blatam up --detach` started: Serve, then its Ray cluster (KV shards and coordinator included)."""
+    print(stop_detached(resolve_data_dir(data_dir), timeout_s=timeout), flush=True)
 
 
 if __name__ == "__main__":  # `python -m scripts.up` = `blatam up`

@@ -225,3 +225,46 @@ def test_blatam_up_serves_the_installed_real_model_by_default(tmp_path: Path, sm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+def test_up_detach_then_status_then_down_stops_everything(tmp_path: Path) -> None:
+    """`blatam up --detach` returns once up; `blatam status` sees every app; `blatam down` stops it all."""
+    env = unreachable_index_env(base_env(tmp_path))
+    port = free_port()
+    started = subprocess.run(
+        [sys.executable, "-c", "from scripts.cli import app; app()", "up", "--detach", "--model", "demo",
+         "--port", str(port), "--no-dashboard", "--num-cpus", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S + 60)
+    state = tmp_path / "data" / "blatam-up.json"
+    try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        assert "Blatam is up." in started.stdout and "Stop with: blatam down" in started.stdout
+        pid = json.loads(state.read_text())["pid"]
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code in (200, 503)
+        again = subprocess.run([sys.executable, "-c", "from scripts.cli import app; app()", "up", "--detach"],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and f"already running (pid {pid}" in again.stderr, again.stderr
+
+        ray_address = pasted_env(started.stdout)["RAY_ADDRESS"]
+        status = subprocess.run([sys.executable, "-c", "from scripts.cli import app; app()", "status", "--address",
+                                 ray_address, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert status.returncode in (0, 1), status.stderr[-3000:]
+        apps = {a["name"]: a["status"] for a in json.loads(status.stdout.strip().splitlines()[-1])["applications"]}
+        assert set(apps) >= {"gateway", "llm", "redundancy", "export"} and set(apps.values()) == {"RUNNING"}, apps
+
+        down = subprocess.run([sys.executable, "-c", "from scripts.cli import app; app()", "down"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=STOP_TIMEOUT_S + 150)
+        assert down.returncode == 0 and f"Stopped `blatam up` (pid {pid}): stopped Serve" in down.stdout, down.stdout
+        assert not state.exists()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        gone = subprocess.run([sys.executable, "-c", "from scripts.cli import app; app()", "status", "--address",
+                               ray_address], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert gone.returncode == 2 and ray_address in gone.stderr, gone.stderr  # its Ray cluster went with it
+        twice = subprocess.run([sys.executable, "-c", "from scripts.cli import app; app()", "down"],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert twice.returncode == 0 and "Nothing to stop" in twice.stdout
+    finally:
+        if state.exists():
+            subprocess.run([sys.executable, "-c", "from scripts.cli import app; app()", "down", "--timeout", "30"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
