@@ -1,9 +1,11 @@
-"""`blatam status`, `blatam stats` and `blatam monitor` against a running cluster, as an operator runs them.
+"""The operator's verbs on the system `blatam up --detach` runs, as an operator runs them.
 
-A `ray start --head` cluster of the test's own (tests/scripts/ray_head.py)
-reporting metrics every second, the LLM app deployed on it by a driver that
-then exits (Serve apps are detached), real completions sent to it over HTTP,
-then each verb in another process with ``--address``.
+`blatam up --detach` (demo model, embedded defaults, free ports) starts the
+whole system in the background; a user and an API key are made with the
+admin CLI; real completions go through the gateway's `/v1` with that key;
+then `blatam status`, `stats`, `monitor`, `cache persist|clear|load` run in
+other processes with the Ray address `up` printed; last, `blatam down`
+stops it all (and its Ray cluster with it).
 """
 
 from __future__ import annotations
@@ -11,59 +13,73 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from scripts.ops.status_cli import _problems
 from cache_actors.actors.cluster_view import CacheView, CoordinatorView, ShardView
 from scripts.ops.serve_view import AppView
+from scripts.ops.status_cli import _problems
 from tests.deployments.conftest import free_port
-from tests.scripts.ray_head import ray_env, ray_head, run_blatam, run_python
+from tests.scripts.ray_head import ROOT, ray_env, run_blatam
+from tests.scripts.test_up import START_TIMEOUT_S, STOP_TIMEOUT_S, api_key, base_env, pasted_env, unreachable_index_env
 
-ARGS = {"num_replicas": 1, "max_model_len": 512, "max_batch_size": 4, "max_tokens_limit": 64,
-        "cache": {"enable_distributed": True, "block_size": 16, "max_memory_mb": 8}}
 PROMPT = "You are the assistant of ACME Corp. Answer briefly, in plain words, and cite the policy. " * 3
 
 
-def _complete(base: str, model: str, question: str) -> dict:
-    body = {"model": model, "prompt": PROMPT + question, "max_tokens": 4, "temperature": 0}
-    answer = httpx.post(f"{base}/completions", json=body, timeout=120)
+@dataclass(frozen=True)
+class Served:
+    address: str
+    env: dict[str, str]
+    base: str
+    model: str
+    headers: dict[str, str]
+    port: int
+    state: Path
+    pid: int
+
+
+def _complete(served: Served, question: str) -> dict:
+    body = {"model": served.model, "prompt": PROMPT + question, "max_tokens": 4, "temperature": 0}
+    answer = httpx.post(f"{served.base}/completions", json=body, headers=served.headers, timeout=120)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
 
+def _blatam(env: dict[str, str], *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from scripts.cli import app; app()", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, dict[str, str], str, str]]:
-    with ray_head("bo", f"--metrics-export-port={free_port()}", num_cpus=2,
-                  head_env={"RAY_metrics_report_interval_ms": "1000"}) as (address, env):
-        port = free_port()
-        deployed = run_python(f"""
-            import time, ray
-            from ray import serve
-            from deployments.llm import build_llm
-            deadline = time.monotonic() + 60
-            while True:  # the head may still be starting
-                try:
-                    ray.init(address="{address}", log_to_driver=False)
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(1)
-            serve.start(http_options={{"host": "127.0.0.1", "port": {port}}})
-            serve.run(build_llm({ARGS!r}), name="llm", route_prefix="/v1")
-            """, {**env, "RAY_AUTH_MODE": "token"}, timeout_s=420)
-        assert deployed.returncode == 0, deployed.stderr[-3000:]
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("ops")
+    env = unreachable_index_env(base_env(tmp))
+    port = free_port()
+    started = _blatam(env, "up", "--detach", "--model", "demo", "--port", str(port), "--no-dashboard",
+                      "--num-cpus", "2", timeout_s=START_TIMEOUT_S + 60)
+    state = tmp / "data" / "blatam-up.json"
+    try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        assert "Blatam is up." in started.stdout and "Stop with: blatam down" in started.stdout
+        headers = api_key(env, "ops", "llm")
         base = f"http://127.0.0.1:{port}/v1"
-        model = httpx.get(f"{base}/models", timeout=60).json()["data"][0]["id"]
+        model = httpx.get(f"{base}/models", headers=headers, timeout=60).json()["data"][0]["id"]
+        served = Served(pasted_env(started.stdout)["RAY_ADDRESS"], env, base, model, headers, port, state,
+                        json.loads(state.read_text())["pid"])
         for i in range(3):  # the shared prefix is cached by the first, hit by the others
-            _complete(base, model, f"Question {i}?")
-        yield address, env, base, model
+            _complete(served, f"Question {i}?")
+        yield served
+    finally:
+        if state.exists():
+            _blatam(env, "down", "--timeout", "30", timeout_s=120)
 
 
 def _json(done) -> dict:
@@ -73,18 +89,26 @@ def _json(done) -> dict:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_status_lists_the_app_its_replicas_the_shard_and_the_coordinator(served) -> None:
-    address, env, _, _ = served
+def test_a_second_detached_up_is_refused_while_one_runs(served: Served) -> None:
+    again = _blatam(served.env, "up", "--detach", timeout_s=60)
+    assert again.returncode == 1 and f"already running (pid {served.pid}" in again.stderr, again.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_status_lists_every_app_its_replicas_the_shard_and_the_coordinator(served: Served) -> None:
+    address, env = served.address, served.env
     status = _json(run_blatam(env, "status", "--address", address, "--json"))
     assert status["problems"] == [] and status["serve"] == "running"
-    (llm,) = [a for a in status["applications"] if a["name"] == "llm"]
-    assert llm["status"] == "RUNNING"
-    assert {d["name"]: d["replicas"] for d in llm["deployments"]}["LLMServer"] == {"RUNNING": 1}
+    apps = {a["name"]: a for a in status["applications"]}
+    assert set(apps) >= {"gateway", "llm", "redundancy", "export"}
+    assert {a["status"] for a in apps.values()} == {"RUNNING"}
+    assert {d["name"]: d["replicas"] for d in apps["llm"]["deployments"]}["LLMServer"] == {"RUNNING": 1}
     (shard,) = status["shards"]
     assert shard["reachable"] and 0 < shard["blocks"] <= shard["capacity_blocks"]
     assert 0 < shard["bytes_used"] <= shard["bytes_capacity"] and shard["seq"] > 0
     assert status["coordinator"]["reachable"] and status["coordinator"]["shards"] == 1
-    assert status["coordinator"]["snapshots_on"] is False  # no Redis in this app's config
+    assert status["coordinator"]["snapshots_on"] is False  # embedded defaults: no Redis
 
     table = run_blatam({**env, "COLUMNS": "200"}, "status", "--address", address)
     assert table.returncode == 0, table.stderr[-3000:]
@@ -94,10 +118,10 @@ def test_status_lists_the_app_its_replicas_the_shard_and_the_coordinator(served)
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_stats_count_the_hits_of_the_shared_prefix(served) -> None:
-    address, env, _, _ = served
-    deadline = time.monotonic() + 60
-    while True:  # Ray exports every second here; the replica's first counts may trail
+def test_stats_count_the_hits_of_the_shared_prefix(served: Served) -> None:
+    address, env = served.address, served.env
+    deadline = time.monotonic() + 90
+    while True:  # Ray exports every 10 s; the replica's first counts trail
         stats = _json(run_blatam(env, "stats", "--address", address, "--json"))
         total = stats["total"]
         if total["hit_tokens"].get("device", 0) > 0 or time.monotonic() > deadline:
@@ -113,21 +137,22 @@ def test_stats_count_the_hits_of_the_shared_prefix(served) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_monitor_shows_the_request_rate_while_requests_run(served) -> None:
-    address, env, base, model = served
+def test_monitor_shows_the_request_rate_while_requests_run(served: Served) -> None:
+    address, env = served.address, served.env
     stop = threading.Event()
 
-    def traffic() -> None:
+    def traffic() -> None:  # ~1 request/s: under the tenant's default limit of 100 a minute
         i = 100
-        while not stop.is_set():
-            _complete(base, model, f"Question {i}?")
+        while not stop.wait(0.8):
+            _complete(served, f"Question {i}?")
             i += 1
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
     try:
-        time.sleep(3)
-        done = run_blatam({**env, "COLUMNS": "200"}, "monitor", "--address", address, "--interval", "3", "--iterations", "2")
+        time.sleep(12)  # Ray exports every 10 s: the monitor's first interval should see requests
+        done = run_blatam({**env, "COLUMNS": "100"}, "monitor", "--address", address, "--interval", "12",
+                          "--iterations", "2")
     finally:
         stop.set()
         sender.join(timeout=120)
@@ -147,9 +172,10 @@ def _shard_blocks(address: str, env: dict[str, str]) -> int:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_persist_clear_load_brings_the_hits_back_and_a_damaged_or_foreign_set_changes_nothing(served, tmp_path) -> None:
-    address, env, base, model = served
-    _complete(base, model, "What is the refund policy?")
+def test_persist_clear_load_brings_the_hits_back_and_a_damaged_or_foreign_set_changes_nothing(served: Served,
+                                                                                              tmp_path: Path) -> None:
+    address, env = served.address, served.env
+    _complete(served, "What is the refund policy?")
     held = _shard_blocks(address, env)
     assert held > 0
     backup = tmp_path / "kv-backup"
@@ -162,7 +188,7 @@ def test_persist_clear_load_brings_the_hits_back_and_a_damaged_or_foreign_set_ch
     loaded = _json(run_blatam(env, "cache", "load", str(backup), "--address", address, "--json"))
     assert [p["ok"] for p in loaded] == [True] and loaded[0]["blocks"] == held
     assert _shard_blocks(address, env) == held
-    again = _complete(base, model, "What is the refund policy?")  # the prompt's blocks came back from disk
+    again = _complete(served, "What is the refund policy?")  # the prompt's blocks came back from disk
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16 * (held // 2), again["usage"]
 
     _json(run_blatam(env, "cache", "clear", "--address", address, "--json"))
@@ -212,3 +238,18 @@ def test_an_unreachable_cluster_is_one_line_and_exit_2(verb: str, tmp_path: Path
     assert done.returncode == 2, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and address in lines[0] and lines[0].startswith(f"blatam {verb}: "), done.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_down_stops_serve_ray_and_the_kv_actors(served: Served) -> None:
+    """Last in this module: `blatam down` stops what `up --detach` started, and says so twice over."""
+    down = _blatam(served.env, "down", timeout_s=STOP_TIMEOUT_S + 150)
+    assert down.returncode == 0 and f"Stopped `blatam up` (pid {served.pid}): stopped Serve" in down.stdout, down.stdout
+    assert not served.state.exists()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{served.port}/health", timeout=5)
+    gone = run_blatam(served.env, "status", "--address", served.address)
+    assert gone.returncode == 2 and served.address in gone.stderr, gone.stderr  # its Ray cluster went with it
+    twice = _blatam(served.env, "down", timeout_s=60)
+    assert twice.returncode == 0 and "Nothing to stop" in twice.stdout
