@@ -30,7 +30,7 @@ import ray
 
 from cache_actors.actors.cluster_admin import kv_actor_names
 from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE, parse_shard_name
-from cache_actors.core.persistence import MANIFEST, PersistenceError, file_sha256
+from cache_actors.core.persistence import MANIFEST, PersistenceError, file_sha256, read_versioned_json
 
 CLUSTER_MANIFEST = "cluster.json"
 FORMAT_NAME = "blatam-kv-cluster"
@@ -111,17 +111,8 @@ def read_cluster_manifest(directory: str | Path) -> list[dict[str, Any]]:
     """The parts of the set at `directory`, each part's manifest digest checked; `PersistenceError` otherwise."""
     root = Path(directory).resolve()
     path = root / CLUSTER_MANIFEST
-    if not path.is_file():
-        raise PersistenceError(f"{root}: no {CLUSTER_MANIFEST}; not a persisted cluster cache (or an interrupted one)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PersistenceError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise PersistenceError(f"{path}: not a {FORMAT_NAME} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise PersistenceError(f"{path}: format version {manifest.get('format_version')!r}, this build reads "
-                               f"{FORMAT_VERSION}")
+    manifest = read_versioned_json(path, FORMAT_NAME, FORMAT_VERSION,
+                                   "not a persisted cluster cache (or an interrupted one)")
     parts = manifest.get("parts")
     if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
         raise PersistenceError(f"{path}: no list of parts")

@@ -138,21 +138,26 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
-def _read_manifest(directory: Path) -> dict[str, Any]:
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise PersistenceError(f"{directory}: no {MANIFEST}; not a persisted KV cache")
+def read_versioned_json(path: Path, format_name: str, format_version: int, missing: str) -> dict[str, Any]:
+    """A manifest file: a JSON object naming `format_name` at `format_version`; `PersistenceError` otherwise
+    (`missing` says what a directory without the file is not)."""
+    if not path.is_file():
+        raise PersistenceError(f"{path.parent}: no {path.name}; {missing}")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PersistenceError(f"{manifest_path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise PersistenceError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+        raise PersistenceError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != format_name:
+        raise PersistenceError(f"{path}: not a {format_name} manifest")
+    if manifest.get("format_version") != format_version:
         raise PersistenceError(
-            f"{manifest_path}: format version {manifest.get('format_version')!r}, this build reads {FORMAT_VERSION}"
+            f"{path}: format version {manifest.get('format_version')!r}, this build reads {format_version}"
         )
     return manifest
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    return read_versioned_json(directory / MANIFEST, FORMAT_NAME, FORMAT_VERSION, "not a persisted KV cache")
 
 
 def _check_compatible(manifest: dict[str, Any], cache: BaseKVCache, namespace: dict[str, Any]) -> None:
