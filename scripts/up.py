@@ -214,7 +214,7 @@ def cpu_notes(reservations: list[ReplicaCpus]) -> list[str]:
     from deployments.llm.threads import choose_threads
 
     return [r.describe() + (f" = torch threads {choose_threads(None, r.given).threads} of each model replica"
-                            if r.deployment == "LLMServer" else "") for r in reservations]
+                            if r.deployment == "LLMServer" else "") + r.scaling_note() for r in reservations]
 
 
 def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, dashboard: bool,

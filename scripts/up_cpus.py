@@ -7,6 +7,11 @@ than exist never starts, and `blatam up` would wait for it until its deploy
 timeout. So the reservations are scaled down, all by the same factor, to what
 the cluster has, and the user is told; a bigger cluster keeps the file's
 numbers (raise ``num_cpus`` there to give the model more threads).
+
+An autoscaling deployment's ``max_replicas`` is capped the same way: only
+the replicas whose CPUs the cluster has beyond the minimum could ever start
+(serve_config.yaml's LLMServer autoscales to 4; on 2 cores, 1 fits), and a
+replica Serve keeps asking for but can never place only fills the logs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ class ReplicaCpus:
     replicas: int
     asked: float
     given: float
+    max_replicas: tuple[int, int] | None = None
+    """(the deploy file's, what fits here) for an autoscaling deployment."""
 
     def describe(self) -> str:
         """One line for the start-up notes."""
@@ -32,8 +39,20 @@ class ReplicaCpus:
             line += f" (the deploy file asks {self.asked:g}; this cluster has fewer)"
         return line
 
+    def scaling_note(self) -> str:
+        """``"; autoscales to at most N replicas ..."`` for an autoscaling deployment, else ``""``."""
+        if self.max_replicas is None:
+            return ""
+        asked, fits = self.max_replicas
+        note = f"; autoscales to at most {fits} replica{'s' if fits != 1 else ''}"
+        return note + (f" (the deploy file says {asked}; this cluster fits {fits})" if fits != asked else "")
+
 
 def _replicas(deployment: Any) -> int:
+    """Replicas it starts with: ``num_replicas``, else its autoscaling minimum."""
+    auto = getattr(deployment, "autoscaling_config", None)
+    if isinstance(auto, dict) and "min_replicas" in auto:
+        return max(1, int(auto["min_replicas"]))
     count = getattr(deployment, "num_replicas", 1)
     return count if isinstance(count, int) and count > 0 else 1
 
@@ -64,4 +83,24 @@ def fit_replica_cpus(config: Any, cluster_cpus: float) -> list[ReplicaCpus]:
         given = asked if factor == 1.0 else max(int(asked * factor * 100) / 100, 0.01)
         deployment.ray_actor_options.num_cpus = given
         fitted.append(ReplicaCpus(app, deployment.name, _replicas(deployment), asked, given))
+    spare = cluster_cpus - sum(r.given * r.replicas for r in fitted)
+    for i, (_, deployment) in enumerate(reserving):
+        cap = _cap_autoscaling(deployment, fitted[i].given, spare)
+        if cap is not None:
+            spare -= (cap[1] - fitted[i].replicas) * fitted[i].given
+            fitted[i] = ReplicaCpus(fitted[i].app, fitted[i].deployment, fitted[i].replicas, fitted[i].asked,
+                                    fitted[i].given, cap)
     return fitted
+
+
+def _cap_autoscaling(deployment: Any, given: float, spare_cpus: float) -> tuple[int, int] | None:
+    """Cap an autoscaling deployment's ``max_replicas`` (in place) to its minimum plus what `spare_cpus` holds."""
+    auto = getattr(deployment, "autoscaling_config", None)
+    if not isinstance(auto, dict) or "max_replicas" not in auto:
+        return None
+    asked = int(auto["max_replicas"])
+    low = int(auto.get("min_replicas", 1))
+    extra = int(max(0.0, spare_cpus) // given) if given else asked
+    fits = max(low, min(asked, low + extra))
+    auto["max_replicas"] = fits
+    return asked, fits

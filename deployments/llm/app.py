@@ -96,15 +96,17 @@ def router_config(settings: LLMSettings) -> RequestRouterConfig:
 def build_llm(args: dict[str, Any] | None = None) -> Application:
     """Application builder (serve_config.yaml ``import_path: deployments.llm:build_llm``).
 
-    ``args`` are `LLMSettings` fields; ``num_replicas`` (default 1) and
-    ``num_cpus`` (CPUs each server replica reserves, hence its torch threads:
-    `deployments.llm.threads`; default 0, so one thread) size the server here
-    so a benchmark or a test can do it without a config file. A deploy file's
-    ``deployments: - name: LLMServer`` options replace both.
+    ``args`` are `LLMSettings` fields; ``num_replicas`` (default 1) or
+    ``autoscaling_config`` (Serve's), and ``num_cpus`` (CPUs each server
+    replica reserves, hence its torch threads: `deployments.llm.threads`;
+    default 0, so one thread) size the server here so a benchmark or a test
+    can do it without a config file. A deploy file's ``deployments: - name:
+    LLMServer`` options replace them.
     """
     args = dict(args or {})
     replicas = int(args.pop("num_replicas", 1))
-    options: dict[str, Any] = {"num_replicas": replicas}
+    autoscaling = args.pop("autoscaling_config", None)
+    options: dict[str, Any] = {"autoscaling_config": dict(autoscaling)} if autoscaling else {"num_replicas": replicas}
     if "num_cpus" in args:
         options["ray_actor_options"] = {"num_cpus": float(args.pop("num_cpus"))}
     settings = LLMSettings.model_validate(args)

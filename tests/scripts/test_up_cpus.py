@@ -31,7 +31,24 @@ def test_a_cluster_with_enough_cpus_keeps_the_files_numbers() -> None:
         config = schema()
         (fitted,) = fit_replica_cpus(config, cpus)
         assert server_cpus(config) == 2.0 and fitted.given == fitted.asked == 2.0
-    assert cpu_notes([fitted]) == ["CPUs: llm/LLMServer reserves 2 per replica = torch threads 2 of each model replica"]
+    assert cpu_notes([fitted]) == ["CPUs: llm/LLMServer reserves 2 per replica = torch threads 2 of each model replica"
+                                   "; autoscales to at most 4 replicas"]
+
+
+def max_replicas(config: ServeDeploySchema) -> int:
+    llm = next(app for app in config.applications if app.name == "llm")
+    return next(d for d in llm.deployments if d.name == "LLMServer").autoscaling_config["max_replicas"]
+
+
+def test_autoscaling_is_capped_to_the_replicas_the_cluster_could_place() -> None:
+    for cpus, fits in ((1.0, 1), (2.0, 1), (5.0, 2), (6.0, 3), (16.0, 4)):
+        config = schema()
+        (fitted,) = fit_replica_cpus(config, cpus)
+        assert max_replicas(config) == fits and fitted.max_replicas == (4, fits), cpus
+    assert fitted.scaling_note() == "; autoscales to at most 4 replicas"
+    config = schema()
+    (fitted,) = fit_replica_cpus(config, 2.0)
+    assert fitted.scaling_note() == "; autoscales to at most 1 replica (the deploy file says 4; this cluster fits 1)"
 
 
 def test_a_smaller_cluster_scales_every_reservation_by_one_factor() -> None:
