@@ -65,8 +65,12 @@ def wait_for_gcs(address: str, timeout_s: float, *, shown: str | None = None) ->
     raise _unreachable(shown or address, f"nothing listens after {timeout_s:g} s: {last}")
 
 
-def join_ray(address: str | None = None, *, timeout_s: float = JOIN_TIMEOUT_S, **init_kwargs: Any) -> str:
+def join_ray(address: str | None = None, *, timeout_s: float = JOIN_TIMEOUT_S, listen_timeout_s: float | None = None,
+             **init_kwargs: Any) -> str:
     """Start (``None``/``local``) or join (``auto``, ``host:port``) Ray unless this process already is in it.
+
+    ``listen_timeout_s`` (default ``timeout_s``) bounds the wait for something to listen at the address: a
+    cluster still starting needs the whole wait; an operator's command on a running one needs a few seconds.
 
     Returns ``"already"``, ``"started"`` or the ``host:port`` joined. Raises
     `RayUnreachableError` when joining fails or takes over ``timeout_s``
@@ -79,7 +83,7 @@ def join_ray(address: str | None = None, *, timeout_s: float = JOIN_TIMEOUT_S, *
         return "started"
     target = resolve_address(address)
     shown = target if target == address else f"{address} ({target})"
-    wait_for_gcs(target, timeout_s, shown=shown)
+    wait_for_gcs(target, timeout_s if listen_timeout_s is None else listen_timeout_s, shown=shown)
     outcome: dict[str, BaseException | None] = {}
 
     def connect() -> None:

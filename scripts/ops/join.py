@@ -19,6 +19,8 @@ AddressOpt = Annotated[str, typer.Option(
     "--address", help="Ray cluster: host:port of its GCS, or auto (RAY_ADDRESS, else the cluster this host started).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 JOIN_TIMEOUT_S = 15.0
+LISTEN_TIMEOUT_S = 3.0
+"""A running cluster listens at once: three seconds of nothing is an answer an operator wants now."""
 UNREACHABLE_EXIT = 2
 
 
@@ -30,7 +32,7 @@ def join_cluster(address: str, verb: str, console: Console) -> None:
     from cache_actors.actors.ray_join import RayUnreachableError, join_ray
     try:
         with console.status(f"joining the Ray cluster at {address}"):
-            join_ray(address, timeout_s=JOIN_TIMEOUT_S, log_to_driver=False)
+            join_ray(address, timeout_s=JOIN_TIMEOUT_S, listen_timeout_s=LISTEN_TIMEOUT_S, log_to_driver=False)
     except RayUnreachableError as exc:
         print(f"blatam {verb}: {exc} (point --address or RAY_ADDRESS at a running cluster)", file=sys.stderr,
               flush=True)

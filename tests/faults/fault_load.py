@@ -9,8 +9,11 @@ Every request ends as one of:
 - **failed**: anything else (a 500, a wrong answer, a reset connection, a
   timeout): a fault test requires none.
 
-Acknowledged writes (document ids, export job ids) are collected so the test
-can check that every one still exists after the fault.
+Acknowledged writes (document ids; export, BUL and Gamma job ids; agent run
+ids) are collected so the test can check that every one still exists after
+the fault. The jobs run on in the background after their 202 (BUL's and
+Gamma's write with the LLM, the agent's run thinks with it): a fault may fail
+one, but none may vanish.
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ class Ledger:
     last_bad_s: float | None = None
     documents: list[str] = field(default_factory=list)
     export_jobs: list[str] = field(default_factory=list)
+    bul_tasks: list[str] = field(default_factory=list)
+    gamma_generations: list[str] = field(default_factory=list)
+    agent_runs: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return (len(self.documents) + len(self.export_jobs) + len(self.bul_tasks) + len(self.gamma_generations)
+                + len(self.agent_runs))
 
     def record(self, outcome: Outcome) -> None:
         verdict = "ok" if outcome.error is None else "refused" if outcome.error.startswith("Refused") else "failed"
@@ -77,7 +88,8 @@ def check(response: httpx.Response, status: int) -> httpx.Response:
 
 
 def fault_mix(model: str, expected: dict[str, str], ledger: Ledger, corpus: str) -> list[Kind]:
-    """Completions (whole and streamed, checked against `expected`), analyses, stored documents, export jobs."""
+    """Completions (whole and streamed, checked against `expected`), analyses, stored documents, and jobs of
+    export, BUL, Gamma and the agents."""
 
     def body(seq: int, stream: bool) -> dict:
         return {"model": model, "prompt": PROMPTS[seq % len(PROMPTS)], "max_tokens": MAX_TOKENS, "temperature": 0,
@@ -125,5 +137,25 @@ def fault_mix(model: str, expected: dict[str, str], ledger: Ledger, corpus: str)
         accepted = check(await client.post("/api/v1/export", json=job), 202).json()
         ledger.export_jobs.append(accepted["task_id"])
 
+    async def bul_task(client: httpx.AsyncClient, seq: int) -> None:
+        body = {"query": f"Meeting minutes of the drill on late batch {seq}", "priority": 2}
+        accepted = check(await client.post("/api/v1/bul/query", json=body), 202).json()
+        ledger.bul_tasks.append(accepted["task_id"])
+
+    async def gamma_generation(client: httpx.AsyncClient, seq: int) -> None:
+        body = {"inputText": f"Drill update: batch {seq} was late; 3 regions affected.", "format": "social",
+                "numCards": 1}
+        accepted = check(await client.post("/api/v1/gamma/generations", json=body), 202).json()
+        ledger.gamma_generations.append(accepted["generationId"])
+
+    async def agent_run(client: httpx.AsyncClient, seq: int) -> None:
+        body = {"inputs": {"market": f"bakeries of region {seq}", "region": "Lyon"},
+                "parameters": {"max_steps": 2, "wait_s": 0, "seed": seq}}
+        accepted = check(await client.post("/api/v1/agents/agents/marketing_001/capabilities/market_analysis/execute",
+                                           json=body), 202).json()
+        ledger.agent_runs.append(accepted["run_id"])
+
     return [Kind("llm_completion", 2, completion), Kind("llm_stream", 2, streamed), Kind("analyze", 2, analyze),
-            Kind("store_document", 1, store_document), Kind("export_job", 1, export_job)]
+            Kind("store_document", 1, store_document), Kind("export_job", 1, export_job),
+            Kind("bul_task", 1, bul_task), Kind("gamma_generation", 1, gamma_generation),
+            Kind("agent_run", 1, agent_run)]

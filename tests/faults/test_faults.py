@@ -86,8 +86,11 @@ def stack(serve_instance: ServeInstance, tmp_path_factory: pytest.TempPathFactor
         pytest.skip(f"fault tests need servers of their own: {reason}")
     from ray import serve
 
+    from deployments.agents import build_agents
     from deployments.app_builder import build_gateway
+    from deployments.bul import build_bul
     from deployments.export import build_export
+    from deployments.gamma import build_gamma
     from deployments.llm import build_llm
     from deployments.redundancy import build_redundancy
     from scripts.bench.soak_ray import kill_kv_actors
@@ -99,16 +102,19 @@ def stack(serve_instance: ServeInstance, tmp_path_factory: pytest.TempPathFactor
     settings = {"blatam_env": "test", "secret_key": SECRET, **database, "redis_url": redis.url,
                 "rate_limit_key_prefix": f"faults-{uuid.uuid4().hex[:8]}", "rate_limit_default": "100000/minute",
                 "gateway_request_timeout_s": 60}
-    apps = ("llm", "redundancy", "export", "gateway")
+    apps = ("llm", "redundancy", "export", "bul", "gamma", "agents", "gateway")
     kill_kv_actors()  # a shard left by an earlier module would bring its own budget
     try:
         run_app(build_llm(LLM_ARGS), name="llm", route_prefix=None)
         run_app(build_redundancy(dict(database)), name="redundancy", route_prefix=None)
         run_app(build_export({**database, "data_dir": str(tmp_path_factory.mktemp("faults-export"))}),
                 name="export", route_prefix=None)
+        run_app(build_bul({**database, "settings": {"section_tokens_short": 8, "section_tokens_medium": 8}}), name="bul", route_prefix=None)
+        run_app(build_gamma(dict(database)), name="gamma", route_prefix=None)
+        run_app(build_agents(dict(database)), name="agents", route_prefix=None)
         run_app(build_gateway({"settings": settings}), name="gateway", route_prefix="/")
         keys = asyncio.run(seed_api_keys(postgres.url, "public", secret=SECRET,
-                                         users={"drill": ("acme", "llm redundancy export")}))
+                                         users={"drill": ("acme", "llm redundancy export bul gamma agents")}))
         headers = {"Authorization": f"Bearer {keys['drill']}"}
         model = httpx.get(f"{serve_instance.base_url}/v1/models", headers=headers, timeout=60).json()["data"][0]["id"]
         created = httpx.post(f"{serve_instance.base_url}/api/v1/redundancy/corpora", headers=headers, timeout=60,
@@ -238,10 +244,14 @@ async def _acknowledged_writes_missing(stack: Stack, ledger: Ledger) -> list[str
             got = await client.get(f"/api/v1/redundancy/corpora/{CORPUS}/documents/{doc_id}")
             if got.status_code != 200:
                 missing.append(f"document {doc_id}: {got.status_code}")
-        for job_id in ledger.export_jobs:
-            got = await client.get(f"/api/v1/export/{job_id}/status")
-            if got.status_code != 200:
-                missing.append(f"export job {job_id}: {got.status_code}")
+        for kind, ids, path in (("export job", ledger.export_jobs, "/api/v1/export/{}/status"),
+                                ("BUL task", ledger.bul_tasks, "/api/v1/bul/tasks/{}/status"),
+                                ("Gamma generation", ledger.gamma_generations, "/api/v1/gamma/generations/{}"),
+                                ("agent run", ledger.agent_runs, "/api/v1/agents/runs/{}")):
+            for job_id in ids:
+                got = await client.get(path.format(job_id))
+                if got.status_code != 200:
+                    missing.append(f"{kind} {job_id}: {got.status_code}")
     return missing
 
 
@@ -258,13 +268,14 @@ def test_fault_under_load(stack: Stack, expected: dict[str, str], fault: str) ->
     RESULTS[fault] = {"sent": sent, "ok": ledger.total("ok"), "refused": ledger.total("refused"),
                       "failed": ledger.total("failed"), "recovery_s": round(ledger.recovery_s, 1),
                       "healthy_after_load_s": round(healthy_after_s, 1), "acknowledged_writes":
-                      len(ledger.documents) + len(ledger.export_jobs), "writes_missing": len(missing),
+                      ledger.writes, "writes_missing": len(missing),
                       "by_kind": {f"{k}:{v}": n for (k, v), n in sorted(ledger.counts.items())}}
     print(f"\n{fault}: {json.dumps(RESULTS[fault])}")
     assert ledger.total() == sent
     assert ledger.failures == [], "\n".join(ledger.failures[:10])
     assert missing == [], missing[:10]
     assert ledger.total("ok") > 0 and len(ledger.documents) > 0 and len(ledger.export_jobs) > 0
+    assert ledger.bul_tasks and ledger.gamma_generations and ledger.agent_runs
 
 
 def _print_table() -> None:

@@ -46,7 +46,7 @@ def ray_head(tag: str, *extra: str, num_cpus: int = 1,
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=10)  # a whole throw-away cluster: no need to wait for Ray's slow clean exit
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
