@@ -98,9 +98,7 @@ def prepare_environment(data_dir: Path | None) -> list[str]:
     notes: list[str] = []
     # One machine, for trying it: development unless told otherwise (the settings' default is production).
     os.environ.setdefault("BLATAM_ENV", "development")
-    if data_dir is not None:
-        os.environ["BLATAM_DATA_DIR"] = str(data_dir)
-    os.environ["BLATAM_DATA_DIR"] = str(Path(os.environ.get("BLATAM_DATA_DIR", "data")).expanduser().resolve())
+    os.environ["BLATAM_DATA_DIR"] = str(resolve_data_dir(data_dir))
     # Workers import `deployments`, `business_modules` ... from the project, wherever `blatam` was started.
     paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

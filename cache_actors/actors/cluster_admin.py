@@ -11,7 +11,9 @@ bounded: an actor that does not answer is killed anyway and reported.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
@@ -34,6 +36,37 @@ def kv_actor_names() -> list[str]:
     return sorted(names, key=lambda name: name == COORDINATOR_NAME)
 
 
+def one_line_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line`` of what went wrong; a RayTaskError is shown by the actor's own exception."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:limit]
+
+
+def gather_calls(calls: dict[Hashable, Any], timeout_s: float,
+                 on_done: Callable[[Hashable], None] | None = None) -> dict[Hashable, tuple[Any, str]]:
+    """{key: (result, "")} or {key: (None, why)} for remote calls sent at once, all under one deadline,
+    reporting each key as its call finishes (a dead or stuck actor costs one timeout, never a hang)."""
+    by_ref = {ref: key for key, ref in calls.items()}
+    pending = list(by_ref)
+    out: dict[Hashable, tuple[Any, str]] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        key = by_ref[ready[0]]
+        try:
+            out[key] = (ray.get(ready[0]), "")
+        except ray.exceptions.RayError as exc:
+            out[key] = (None, one_line_error(exc))
+        if on_done is not None:
+            on_done(key)
+    for ref in pending:
+        out[by_ref[ref]] = (None, f"no answer within {timeout_s:g} s")
+    return out
+
+
 def _kind(name: str) -> str:
     return "coordinator" if name == COORDINATOR_NAME else "shard"
 
@@ -48,7 +81,7 @@ def clear_shards(*, timeout_s: float = 30.0) -> list[ActorOutcome]:
             ray.get(ray.get_actor(name, namespace=NAMESPACE).clear.remote(), timeout=timeout_s)
             outcomes.append(ActorOutcome(name, "shard", True))
         except (ValueError, ray.exceptions.RayError) as exc:  # gone meanwhile, dead, or too slow
-            outcomes.append(ActorOutcome(name, "shard", False, f"{type(exc).__name__}: {str(exc)[:200]}"))
+            outcomes.append(ActorOutcome(name, "shard", False, one_line_error(exc)))
     return outcomes
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import ray
 
-from cache_actors.actors.cluster_admin import kv_actor_names
+from cache_actors.actors.cluster_admin import gather_calls, kv_actor_names
 from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE, parse_shard_name
 from cache_actors.core.persistence import MANIFEST, PersistenceError, file_sha256, read_versioned_json
 
@@ -51,34 +51,6 @@ def _shards() -> list[str]:
     return [name for name in kv_actor_names() if name != COORDINATOR_NAME]
 
 
-def _why(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the shard's own exception
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:300]
-
-
-def _gather(calls: dict[str, Any], timeout_s: float, on_done: Callable[[str], None] | None) -> dict[str, tuple[Any, str]]:
-    """{key: (result, "")} or {key: (None, why)} for remote calls, reporting each as it finishes."""
-    by_ref = {ref: key for key, ref in calls.items()}
-    pending = list(by_ref)
-    out: dict[str, tuple[Any, str]] = {}
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        key = by_ref[ready[0]]
-        try:
-            out[key] = (ray.get(ready[0]), "")
-        except ray.exceptions.RayError as exc:
-            out[key] = (None, _why(exc))
-        if on_done is not None:
-            on_done(key)
-    for ref in pending:
-        out[by_ref[ref]] = (None, f"no answer within {timeout_s:g} s")
-    return out
-
-
 def persist_cluster(directory: str | Path, *, on_part: Callable[[str], None] | None = None,
                     timeout_s: float = PART_TIMEOUT_S) -> list[PartOutcome]:
     """Every shard writes its blocks under `directory`; `cluster.json` is written only when all succeeded."""
@@ -88,7 +60,7 @@ def persist_cluster(directory: str | Path, *, on_part: Callable[[str], None] | N
     parts = {f"part-{i:03d}": name for i, name in enumerate(_shards())}
     calls = {part: ray.get_actor(name, namespace=NAMESPACE).persist.remote(str(root / part))
              for part, name in parts.items()}
-    answers = _gather(calls, timeout_s, on_part)
+    answers = gather_calls(calls, timeout_s, on_part)
     outcomes = [PartOutcome(part, name, answers[part][0] is not None,
                             answers[part][0]["blocks"] if answers[part][0] else 0, answers[part][1])
                 for part, name in parts.items()]
@@ -166,11 +138,11 @@ def load_cluster(directory: str | Path, *, on_part: Callable[[str], None] | None
 
     if on_phase:
         on_phase("verify")
-    checked = _gather({p: handle(p).verify_persisted.remote(str(root / p)) for p in assigned}, timeout_s, on_part)
+    checked = gather_calls({p: handle(p).verify_persisted.remote(str(root / p)) for p in assigned}, timeout_s, on_part)
     if not all(result is not None for result, _ in checked.values()):
         return [PartOutcome(p, assigned[p], False, 0, checked[p][1] or "verified, not loaded: another part failed")
                 for p in assigned]
     if on_phase:
         on_phase("load")
-    loaded = _gather({p: handle(p).load_persisted.remote(str(root / p)) for p in assigned}, timeout_s, on_part)
+    loaded = gather_calls({p: handle(p).load_persisted.remote(str(root / p)) for p in assigned}, timeout_s, on_part)
     return [PartOutcome(p, assigned[p], loaded[p][0] is not None, loaded[p][0] or 0, loaded[p][1]) for p in assigned]

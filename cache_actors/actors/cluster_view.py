@@ -1,8 +1,8 @@
 """What the KV actors of a running cluster hold, asked of each with a bound (`blatam status`).
 
-One call per actor, all sent at once and awaited together under one
-deadline, so a dead or stuck shard costs the view one timeout and shows as
-unreachable instead of hanging the command.
+The calls to every actor are sent at once and awaited together under one
+deadline (`cluster_admin.gather_calls`), so a dead or stuck shard costs the
+view one timeout and shows as unreachable instead of hanging the command.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from cache_actors.actors.cluster_admin import kv_actor_names
+from cache_actors.actors.cluster_admin import gather_calls, kv_actor_names
 from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE, parse_shard_name
 
 VIEW_TIMEOUT_S = 10.0
@@ -59,38 +59,25 @@ class CacheView:
                 "coordinator": asdict(self.coordinator) if self.coordinator else None}
 
 
-def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-
-
 def cache_view(*, timeout_s: float = VIEW_TIMEOUT_S) -> CacheView:
     """Every shard's blocks, bytes, budget, sequence and tiers, and the coordinator's index, asked in parallel."""
     names = kv_actor_names()
     shard_names = [n for n in names if n != COORDINATOR_NAME]
-    calls: dict[str, tuple[Any, ...]] = {}
+    calls: dict[tuple[str, str], Any] = {}
     for name in names:
         try:
             handle = ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:  # gone since it was listed
             continue
-        calls[name] = (handle.stats.remote(),) if name == COORDINATOR_NAME else (
-            handle.stats.remote(), handle.probe_tiers.remote())
-    refs = [ref for pair in calls.values() for ref in pair]
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
-    done = set(ready)
-
-    def answer(ref: Any) -> tuple[Any, str]:
-        if ref not in done:
-            return None, f"no answer within {timeout_s:g} s"
-        try:
-            return ray.get(ref, timeout=0), ""
-        except ray.exceptions.RayError as exc:
-            return None, _error(exc)
+        calls[(name, "stats")] = handle.stats.remote()
+        if name != COORDINATOR_NAME:
+            calls[(name, "tiers")] = handle.probe_tiers.remote()
+    answers = gather_calls(calls, timeout_s)
 
     coordinator = None
     coordinator_seqs: dict[str, int] = {}
-    if COORDINATOR_NAME in calls:
-        stats, error = answer(calls[COORDINATOR_NAME][0])
+    if (COORDINATOR_NAME, "stats") in answers:
+        stats, error = answers[(COORDINATOR_NAME, "stats")]
         if stats is None:
             coordinator = CoordinatorView(False, error=error)
         else:
@@ -102,10 +89,10 @@ def cache_view(*, timeout_s: float = VIEW_TIMEOUT_S) -> CacheView:
     shards = []
     for name in shard_names:
         _, node_id, device = parse_shard_name(name) or ("", "", "")
-        if name not in calls:
+        if (name, "stats") not in answers:
             continue
-        stats, error = answer(calls[name][0])
-        tiers, tier_error = answer(calls[name][1])
+        stats, error = answers[(name, "stats")]
+        tiers, tier_error = answers[(name, "tiers")]
         if stats is None:
             shards.append(ShardView(name, node_id, device, False, coordinator_seq=coordinator_seqs.get(name), error=error))
             continue

@@ -69,17 +69,22 @@ class ProxyFailureMiddleware:
             await _send_retry(send, (), _scope_request_id(scope))
 
 
+def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    return next((v.decode("latin-1") for k, v in headers if k.lower() == b"x-request-id"), None)
+
+
 def _scope_request_id(scope: Scope) -> str | None:
     """The request's id as Serve's RequestIdMiddleware left it in the (shared) scope."""
-    return next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == b"x-request-id"), None)
+    return _request_id(scope.get("headers", ()))
 
 
 async def _send_retry(send: Send, headers: Iterable[tuple[bytes, bytes]], request_id: str | None = None) -> None:
     """The 503 + Retry-After answer with the uniform body, keeping `headers` but the content ones."""
     kept = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
-    request_id = next((v.decode("latin-1") for k, v in kept if k.lower() == b"x-request-id"), request_id)
-    if request_id is not None and not any(k.lower() == b"x-request-id" for k, _ in kept):
+    sent = _request_id(kept)
+    if sent is None and request_id is not None:
         kept.append((b"x-request-id", request_id.encode("latin-1")))
+    request_id = sent or request_id
     # The uniform body (deployments.common.errors.error_body), spelled out: that module reaches the
     # request-id one, which installs this middleware, so importing it here would close a circle.
     body = json.dumps({"error": {"code": "service_unavailable", "message": "The service replica serving "

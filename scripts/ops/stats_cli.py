@@ -30,8 +30,10 @@ def _rate(value: float | None) -> str:
 
 def short_shard(name: str) -> str:
     """``kvshard:<fingerprint>:<node id>:<device>`` as ``<node id, 12>/<device>``."""
-    pieces = name.split(":")
-    return f"{pieces[2][:12]}/{pieces[3]}" if len(pieces) == 4 else name
+    from cache_actors.actors.spec import parse_shard_name  # after joining the cluster: Ray is loaded by then
+
+    parsed = parse_shard_name(name)
+    return f"{parsed[1][:12]}/{parsed[2]}" if parsed else name
 
 
 def cache_table(counters: CacheCounters, title: str = "KV cache, since each process started") -> Table:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ from cache_actors.actors.cluster_view import CacheView, CoordinatorView, ShardVi
 from scripts.ops.serve_view import AppView
 from scripts.ops.status_cli import _problems
 from tests.deployments.conftest import free_port
-from tests.scripts.ray_head import ROOT, ray_env, run_blatam
+from tests.scripts.ray_head import ray_env, run_blatam
 from tests.scripts.test_up import START_TIMEOUT_S, STOP_TIMEOUT_S, api_key, base_env, pasted_env, unreachable_index_env
 
 PROMPT = "You are the assistant of ACME Corp. Answer briefly, in plain words, and cite the policy. " * 3
@@ -53,17 +51,12 @@ def _complete(served: Served, question: str) -> dict:
     return answer.json()
 
 
-def _blatam(env: dict[str, str], *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from scripts.cli import app; app()", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("ops")
     env = unreachable_index_env(base_env(tmp))
     port = free_port()
-    started = _blatam(env, "up", "--detach", "--model", "demo", "--port", str(port), "--no-dashboard",
+    started = run_blatam(env, "up", "--detach", "--model", "demo", "--port", str(port), "--no-dashboard",
                       "--num-cpus", "2", timeout_s=START_TIMEOUT_S + 60)
     state = tmp / "data" / "blatam-up.json"
     try:
@@ -79,7 +72,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
     finally:
         if state.exists():
-            _blatam(env, "down", "--timeout", "30", timeout_s=120)
+            run_blatam(env, "down", "--timeout", "30", timeout_s=120)
 
 
 def _json(done) -> dict:
@@ -90,7 +83,7 @@ def _json(done) -> dict:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_second_detached_up_is_refused_while_one_runs(served: Served) -> None:
-    again = _blatam(served.env, "up", "--detach", timeout_s=60)
+    again = run_blatam(served.env, "up", "--detach", timeout_s=60)
     assert again.returncode == 1 and f"already running (pid {served.pid}" in again.stderr, again.stderr
 
 
@@ -244,12 +237,12 @@ def test_an_unreachable_cluster_is_one_line_and_exit_2(verb: str, tmp_path: Path
 @pytest.mark.slow
 def test_down_stops_serve_ray_and_the_kv_actors(served: Served) -> None:
     """Last in this module: `blatam down` stops what `up --detach` started, and says so twice over."""
-    down = _blatam(served.env, "down", timeout_s=STOP_TIMEOUT_S + 150)
+    down = run_blatam(served.env, "down", timeout_s=STOP_TIMEOUT_S + 150)
     assert down.returncode == 0 and f"Stopped `blatam up` (pid {served.pid}): stopped Serve" in down.stdout, down.stdout
     assert not served.state.exists()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{served.port}/health", timeout=5)
     gone = run_blatam(served.env, "status", "--address", served.address)
     assert gone.returncode == 2 and served.address in gone.stderr, gone.stderr  # its Ray cluster went with it
-    twice = _blatam(served.env, "down", timeout_s=60)
+    twice = run_blatam(served.env, "down", timeout_s=60)
     assert twice.returncode == 0 and "Nothing to stop" in twice.stdout
