@@ -1,16 +1,15 @@
 """The Grafana dashboards: their JSON, their queries on a real Prometheus, and the push command.
 
 Queries: a real Prometheus (the Debian ``prometheus`` binary, started here on a free
-port with its own storage) scrapes a local Ray cluster's metrics endpoint through
-the config ``blatam dashboards prometheus-config`` writes, while real traffic runs:
-the distributed KV cache engine on the tiny demo model. Events that traffic does not
-cause (fallbacks, checksum mismatches, tier errors, demotions, prefetches), the LLM
-replica's metrics, the router's counters and Serve's HTTP metrics are recorded from a
-Ray actor through the very objects that define them in production (`CacheMetrics`,
-`LLMMetrics`, `CacheAwareRouter`, Serve's `RequestIngressMetrics`), so a renamed
-metric breaks this test. Every panel query must then be accepted by Prometheus,
-every metric it reads must be among Prometheus's metric names, and it must return
-series.
+port with its own storage) scrapes the metrics endpoint of a `ray start --head`
+cluster of this module's own, through the config ``blatam dashboards
+prometheus-config`` writes, while real traffic runs in it
+(`tests/scripts/metrics_traffic.py`): the distributed KV cache engine on the tiny
+demo model, and, through the very objects that define them in production, the
+events that traffic does not cause, the LLM replica's metrics, the router's
+counters and Serve's HTTP metrics, so a renamed metric breaks this test. Every
+panel query must then be accepted by Prometheus, every metric it reads must be
+among Prometheus's metric names, and it must return series.
 
 Push: Grafana cannot be installed here, so a small HTTP server stands in for its API
 and records the calls grafana-client makes.
@@ -19,6 +18,7 @@ and records the calls grafana-client makes.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 from scripts.cli import app
 from scripts.observability.catalog import load_dashboards, metric_names, panel_queries, panels, prometheus_expr
 from scripts.observability.prometheus_config import prometheus_config
+from tests.scripts.ray_head import ray_head, run_python
 
 runner = CliRunner()
 
@@ -104,9 +105,6 @@ def test_prometheus_config_reads_rays_service_discovery_file(tmp_path):
 
 # --- the queries on a real Prometheus -------------------------------------------------------------
 
-SYSTEM = "You are a careful assistant. Answer briefly and cite the policy section. " * 3
-
-
 @pytest.fixture(scope="module")
 def prometheus_bin() -> str:
     path = shutil.which("prometheus")
@@ -116,117 +114,40 @@ def prometheus_bin() -> str:
 
 
 @pytest.fixture(scope="module")
-def ray_metrics_port(prometheus_bin) -> Iterator[int]:
-    """The metrics port of a local Ray cluster: this process's if one runs, else a new one."""
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 _metrics_export_port=free_port(), _system_config={"metrics_report_interval_ms": 1000})
-    try:
-        node_id = ray.get_runtime_context().get_node_id()
-        node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
-        yield int(node["MetricsExportPort"])
-    finally:
-        if started:
-            ray.shutdown()
+def ray_cluster(prometheus_bin) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """(metrics port, address, environment) of a `ray start --head` cluster of this module's own.
 
-
-def _record_the_rest() -> Any:
-    """An actor recording, through the production metric objects, what the traffic does not cause."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class Recorder:
-        def record(self) -> bool:
-            from ray.serve._private.common import DeploymentID, RequestProtocol
-            from ray.serve._private.request_ingress_metrics import RequestIngressMetrics
-
-            from cache_actors.actors.metrics import metrics
-            from deployments.llm.metrics import LLMMetrics
-            from deployments.llm.router import CacheAwareRouter
-
-            cache = metrics()
-            cache.add(cache.demoted_blocks, 2, shard="test-shard", tier="disk")
-            cache.add(cache.prefetched_blocks, 3, shard="test-shard")
-            cache.add(cache.fallbacks, 1, reason="coordinator_timeout")
-            cache.add(cache.checksum_mismatches, 1, tier="device")
-            cache.add(cache.tier_errors, 1, tier="redis", kind="TimeoutError")
-
-            llm = LLMMetrics("tiny")
-            for finish_reason in ("length", "stop"):
-                llm.finished({"finish_reason": finish_reason, "prompt_tokens": 64, "cached_tokens": 48,
-                              "completion_tokens": 6, "ttft_ms": 40.0})
-            llm.failed()
-            # Ray drops a gauge not set again within ~2 export intervals; the replica sets its
-            # load on every routing-stats poll, this thread does the same every second.
-            threading.Thread(target=self._keep_load, args=(llm,), daemon=True).start()
-
-            router = CacheAwareRouter.__new__(CacheAwareRouter)  # Serve builds it; only its counters are used
-            router._deployment_id = DeploymentID(name="LLMServer", app_name="llm")
-            router.initialize_state(use_coordinator=False)
-            router._note_decision("affinity")
-            router._note_coordinator("ok")
-
-            http = RequestIngressMetrics(RequestProtocol.HTTP, source="proxy", node_id="test", node_ip_address="127.0.0.1")
-            for status, latency_ms in (("200", 12.0), ("200", 30.0), ("500", 5.0)):
-                http.record_request(route="/api/v1/llm", method="POST", application="gateway", status_code=status,
-                                    latency_ms=latency_ms, is_error=status == "500", deployment_name="Gateway")
-            return True
-
-        def _keep_load(self, llm: Any) -> None:
-            while True:
-                llm.load({"running": 2, "waiting": 1})
-                time.sleep(1.0)
-
-    recorder = Recorder.remote()
-    assert ray.get(recorder.record.remote(), timeout=120)
-    return recorder  # kept alive so its process keeps exporting
-
-
-def _run_traffic() -> Any:
-    """An actor sending requests through the distributed KV cache (a small cache, so blocks are also evicted).
-
-    In an actor, as in production (the engine runs in LLM replicas), so the counters it records are exported by
-    a fresh worker: in a long pytest session the driver may share a cluster other tests used and killed actors of.
-    The actor is kept alive while Prometheus scrapes, since a dead worker's counters are no longer exported."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class Traffic:
-        def run(self) -> int:
-            from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-            from cache_actors.engine.demo_model import TINY_SPEC
-            from cache_actors.engine.model_runner import ModelRunner
-            from cache_actors.engine.requests import parse_request
-
-            engine = UltraAdaptiveKVCacheEngine(
-                KVCacheConfig(block_size=16, max_tokens=256, cache_strategy="lru", max_new_tokens=4,
-                              enable_distributed=True, redis_url=None),
-                runner=ModelRunner.load(None, demo_spec=TINY_SPEC),
-            )
-            cached = 0
-            for i in range(6):
-                text = SYSTEM + f"Question {i}: what is covered?"
-                parsed = parse_request({"text": text}, default_max_new_tokens=4)
-                cached += engine.generate_ids(parsed, engine.runner.encode(text))["cached_tokens"]
-            self.engine = engine  # its client and shard stay up while the test runs
-            return cached
-
-    traffic = Traffic.remote()
-    assert ray.get(traffic.run.remote(), timeout=300) > 0  # the traffic hit the cache, so hit counters exist
-    return traffic
+    Its own, not the session's: a cluster that earlier tests used (and killed actors and
+    workers of) exported these counters in one CI run and not in the next. Workers report
+    every second here (10 s by default)."""
+    pytest.importorskip("ray")
+    port = free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # whether or not the host has one
+    with ray_head("obs", f"--metrics-export-port={port}", num_cpus=2,
+                  head_env={"RAY_metrics_report_interval_ms": "1000", **auth}) as (address, env):
+        yield port, address, {**env, **auth}
 
 
 @pytest.fixture(scope="module")
-def traffic(ray_metrics_port) -> Iterator[None]:
-    """Real cache traffic, and what it does not cause recorded through the production metric objects."""
-    import ray
+def ray_metrics_port(ray_cluster) -> int:
+    return ray_cluster[0]
 
-    actors = [_run_traffic(), _record_the_rest()]
-    yield
-    for actor in actors:
-        ray.kill(actor)
+
+@pytest.fixture(scope="module")
+def traffic(ray_cluster) -> None:
+    """Real cache traffic, and what it does not cause recorded through the production metric objects
+    (`tests/scripts/metrics_traffic.py`: detached actors that outlive their driver and the head stops)."""
+    _, address, env = ray_cluster
+    deadline = time.monotonic() + 60
+    while True:  # the head may still be starting
+        done = run_python(f"from tests.scripts.metrics_traffic import main; import json; print(json.dumps(main({address!r})))",
+                          env, timeout_s=400)
+        if done.returncode == 0 or time.monotonic() > deadline or "onnect" not in done.stderr:
+            break
+        time.sleep(1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cached_tokens"] > 0 and result["recorded"]  # the traffic hit the cache, so hit counters exist
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +197,7 @@ def _names(url: str) -> set[str]:
 def test_every_panel_query_runs_on_a_real_prometheus(prometheus, traffic):
     queries = panel_queries()
     needed = {name for query in queries for name in query.metric_names}
-    # Ray exports on its report interval (1 s here, 10 s in a cluster this test did not start);
+    # Ray exports on its report interval (1 s in this module's cluster);
     # a name still missing after that is reported below with the panel that reads it.
     try:
         wait_for(lambda: needed <= _names(prometheus), timeout_s=60, what="every metric scraped")
