@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,30 +30,47 @@ def _join(address: str) -> None:
     join_cluster(address, "cache", console)
 
 
-def _report(outcomes: list, verb: str, as_json: bool) -> None:
+def _report(outcomes: list, verb: str, as_json: bool, *, blocks: bool = False) -> None:
     if as_json:
-        print(json.dumps([{"name": o.name, "kind": o.kind, "ok": o.ok, "note": o.note} for o in outcomes]))
+        print(json.dumps([{"name": o.name, "kind": o.kind, "ok": o.ok, "note": o.note,
+                           **({"blocks": o.blocks} if blocks else {})} for o in outcomes]))
     elif not outcomes:
         console.print(f"No KV actors in this cluster: nothing to {verb}.")
     else:
         table = Table(title=f"KV actors: {verb}")
-        for column in ("actor", "kind", "result"):
+        for column in ("actor", "kind", *(("blocks removed",) if blocks else ()), "result"):
             table.add_column(column)
         for o in outcomes:
-            table.add_row(o.name, o.kind, "[green]done[/green]" if o.ok else f"[red]{o.note}[/red]")
+            result = f"[green]done[/green]{' (' + o.note + ')' if o.note else ''}" if o.ok else f"[red]{o.note}[/red]"
+            table.add_row(o.name, o.kind, *((f"{o.blocks:,}",) if blocks else ()), result)
         console.print(table)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
 
 
-def clear_command(address: AddressOpt = "auto", as_json: JsonOpt = False) -> None:
-    """Drop every cached block of every KV shard of a running cluster (the actors and their pools stay)."""
-    _join(address)
-    from cache_actors.actors.cluster_admin import clear_shards
+TenantOpt = Annotated[str | None, typer.Option(
+    "--tenant", help="Only this tenant's cached prompts (the tenant id the gateway gives its requests). "
+    "Needs tenant_isolation on (the default): with it off, tenants share blocks and none is any one tenant's.")]
 
-    with console.status("clearing every shard"):
-        outcomes = clear_shards()
-    _report(outcomes, "clear", as_json)
+
+def clear_command(tenant: TenantOpt = None, address: AddressOpt = "auto", as_json: JsonOpt = False) -> None:
+    """Drop every cached block of every KV shard of a running cluster, or one tenant's (the actors and their
+    pools stay; blocks a running request holds are kept and reported). Copies already demoted to Redis or
+    disk stay until their TTL or the disk budget ends them."""
+    if tenant is not None and not tenant.strip():
+        console.print("blatam cache clear: --tenant needs a tenant id")
+        raise typer.Exit(2)
+    _join(address)
+    from cache_actors.actors.cluster_admin import clear_shards, shard_names
+
+    with _progress() as progress:
+        task = progress.add_task(f"clearing tenant {tenant}'s blocks" if tenant else "clearing every shard",
+                                 total=len(shard_names()))
+        outcomes = clear_shards(tenant, on_done=lambda _: progress.advance(task))
+    verb = f"clear tenant {tenant}" if tenant else "clear"
+    if tenant and not as_json and outcomes and not any(o.blocks for o in outcomes):
+        console.print(f"No cached blocks of tenant {tenant!r}.")
+    _report(outcomes, verb, as_json, blocks=True)
 
 
 def shutdown_command(address: AddressOpt = "auto", as_json: JsonOpt = False) -> None:

@@ -180,7 +180,7 @@ class DistributedKVCache:
         metrics().add(metrics().fallbacks, 1, reason=reason)
 
     # --- read path -------------------------------------------------------------------------------------
-    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None) -> DistributedHit:
+    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None, tenant: str | None = None) -> DistributedHit:
         """Longest verified cached prefix of ``hashes`` (at most ``limit`` blocks; held until `release`).
 
         The shard gets the whole chain and the limit (its policy learns from whole requests)."""
@@ -192,7 +192,7 @@ class DistributedKVCache:
         metrics().add(metrics().queried_tokens, reusable * self.block_size, shard=self.shard_name)
         if not self._same_node:
             self._await_pending_write()
-        hit = self._match_local(hashes, reusable) if self._same_node else self._match_remote(hashes, reusable)
+        hit = self._match_local(hashes, reusable, tenant) if self._same_node else self._match_remote(hashes, reusable)
         metrics().fetch_latency_ms.observe((time.perf_counter() - started) * 1000, tags={"path": "client_match"})
         return hit
 
@@ -204,11 +204,11 @@ class DistributedKVCache:
             self._pending_commit = None
         self._pending_commit_args = None
 
-    def _match_local(self, hashes: Sequence[BlockHash], limit: int) -> DistributedHit:
+    def _match_local(self, hashes: Sequence[BlockHash], limit: int, tenant: str | None) -> DistributedHit:
         known = self._pool.handle.epoch if self._pool is not None else None
         # The last commit rides along instead of being awaited (see KVCacheShard.match).
         commit, self._pending_commit_args, self._pending_commit = self._pending_commit_args, None, None
-        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes), True, known, commit, limit), "match")
+        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes), True, known, commit, limit, tenant), "match")
         if reply is None or not reply.lease:
             return DistributedHit()
         shard = self._shard
@@ -286,8 +286,9 @@ class DistributedKVCache:
             hit.shard.release.remote(hit.lease)  # fire and forget; the lease expires anyway
 
     # --- write path ------------------------------------------------------------------------------------
-    def store(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor], *, num_tokens: int | None = None) -> int:
-        """Cache blocks ``start..`` of a chain; returns blocks written (0 on any failure).
+    def store(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor], *,
+              num_tokens: int | None = None, tenant: str | None = None) -> int:
+        """Cache blocks ``start..`` of a chain (its first block tagged ``tenant``); returns blocks written (0 on any failure).
 
         The reserve call is sent first and the blocks are encoded and
         checksummed while it is in flight; the commit is not awaited (the next
@@ -296,8 +297,8 @@ class DistributedKVCache:
         if start >= len(hashes):
             return 0
         if not self._same_node:
-            return self._store_remote(hashes, start, kv_blocks)
-        ref = self._submit(lambda s: s.reserve.remote(list(hashes), start), "reserve")
+            return self._store_remote(hashes, start, kv_blocks, tenant)
+        ref = self._submit(lambda s: s.reserve.remote(list(hashes), start, tenant), "reserve")
         if ref is None:
             return 0
         shard = self._shard
@@ -332,14 +333,15 @@ class DistributedKVCache:
             kv = kv[torch.tensor(rows, dtype=torch.long, device=kv.device)]
         return {name: t.contiguous().cpu() for name, t in self.codec.encode(kv).items()}
 
-    def _store_remote(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor]) -> int:
+    def _store_remote(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor],
+                      tenant: str | None) -> int:
         if self._shard is None and not self._reconnect():
             return 0
         positions = list(range(start, len(hashes)))
         encoded = self._encode(kv_blocks, positions)
         sums = block_checksums(encoded, range(len(positions)))
         entries = [(hashes[p], hashes[p - 1] if p else None, s) for p, s in zip(positions, sums)]
-        self._pending_commit = self._shard.put.remote(entries, parts_to_numpy(encoded))  # not awaited
+        self._pending_commit = self._shard.put.remote(entries, parts_to_numpy(encoded), tenant)  # not awaited
         return len(positions)
 
     # --- admin -------------------------------------------------------------------------------------------

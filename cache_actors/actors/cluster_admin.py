@@ -18,6 +18,7 @@ from typing import Any
 import ray
 
 from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE
+from cache_actors.core.hashing import tenant_tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class ActorOutcome:
     kind: str  # "shard" or "coordinator"
     ok: bool
     note: str = ""
+    blocks: int = 0  # blocks removed, where the verb removes blocks
 
 
 def kv_actor_names() -> list[str]:
@@ -71,18 +73,31 @@ def _kind(name: str) -> str:
     return "coordinator" if name == COORDINATOR_NAME else "shard"
 
 
-def clear_shards(*, timeout_s: float = 30.0) -> list[ActorOutcome]:
-    """Drop every cached block of every shard (pools stay allocated; the coordinator's index empties with them)."""
-    outcomes = []
-    for name in kv_actor_names():
-        if _kind(name) != "shard":
-            continue
+def shard_names() -> list[str]:
+    return [name for name in kv_actor_names() if _kind(name) == "shard"]
+
+
+def clear_shards(tenant: str | None = None, *, timeout_s: float = 30.0,
+                 on_done: Callable[[Hashable], None] | None = None) -> list[ActorOutcome]:
+    """Drop every cached block of every shard, or only ``tenant``'s chains (a chain a request holds right now
+    stays, and is reported). All shards at once under one deadline; pools stay allocated, and the coordinator
+    forgets the blocks through the shards' events."""
+    tag = tenant_tag(tenant) if tenant is not None else None
+    outcomes: list[ActorOutcome] = []
+    calls = {}
+    for name in shard_names():
         try:
-            ray.get(ray.get_actor(name, namespace=NAMESPACE).clear.remote(), timeout=timeout_s)
-            outcomes.append(ActorOutcome(name, "shard", True))
-        except (ValueError, ray.exceptions.RayError) as exc:  # gone meanwhile, dead, or too slow
-            outcomes.append(ActorOutcome(name, "shard", False, one_line_error(exc)))
-    return outcomes
+            calls[name] = ray.get_actor(name, namespace=NAMESPACE).clear.remote(tag)
+        except ValueError:  # gone meanwhile
+            continue
+    for name, (reply, why) in gather_calls(calls, timeout_s, on_done).items():
+        if not why:
+            kept = reply["in_use"]
+            note = f"{kept} block(s) in use by a running request kept" if kept else ""
+            outcomes.append(ActorOutcome(name, "shard", True, note, blocks=reply["removed"]))
+        else:
+            outcomes.append(ActorOutcome(name, "shard", False, why))
+    return sorted(outcomes, key=lambda o: o.name)
 
 
 def shutdown_kv_actors(*, close: bool = True, close_timeout_s: float = 10.0,

@@ -56,8 +56,9 @@ class RemoteFetcher:
         dtypes = {n: str(d).removeprefix("torch.") for n, (_, d) in store.codec.part_specs().items()}
         self._wire_specs = {n: (tuple(shape), dtypes[n]) for n, (shape, _) in store.codec.part_specs().items()}
 
-    async def complete(self, hashes: Sequence[BlockHash], start: int) -> dict[str, int]:
-        """Fetch blocks ``start..`` of ``hashes`` from wherever is cheapest, within ``remote_fetch_s``.
+    async def complete(self, hashes: Sequence[BlockHash], start: int, tenant: str | None = None) -> dict[str, int]:
+        """Fetch blocks ``start..`` of ``hashes`` from wherever is cheapest, within ``remote_fetch_s``
+        (a fetched first block of the chain gets ``tenant``'s tag, as if the requester had written it).
 
         Returns blocks inserted per tier tag ("peer", "redis", "disk").
         """
@@ -76,7 +77,7 @@ class RemoteFetcher:
             if remaining <= 0:
                 self.counters["remote_deadline"] += 1
                 break
-            inserted = await self._fetch_run(source, run, parent, remaining)
+            inserted = await self._fetch_run(source, run, parent, remaining, tenant)
             tag = TIER_TAGS.get(source, "peer")
             got[tag] = got.get(tag, 0) + inserted
             covered += inserted
@@ -88,7 +89,7 @@ class RemoteFetcher:
             if (first_tier is not None and covered < len(wanted) and deadline > loop.time()
                     and all(source != first_tier.name for source, _ in runs)):
                 # The index may have lost tier locations (a coordinator restart): one probe is cheap.
-                inserted = await self._fetch_run(first_tier.name, wanted[covered:], parent, deadline - loop.time())
+                inserted = await self._fetch_run(first_tier.name, wanted[covered:], parent, deadline - loop.time(), tenant)
                 tag = TIER_TAGS[first_tier.name]
                 got[tag] = got.get(tag, 0) + inserted
         if runs:
@@ -108,7 +109,9 @@ class RemoteFetcher:
             self._on_coordinator_failure(exc)
             return None
 
-    async def _fetch_run(self, source: str, run: list[BlockHash], parent: BlockHash | None, timeout_s: float) -> int:
+    async def _fetch_run(
+        self, source: str, run: list[BlockHash], parent: BlockHash | None, timeout_s: float, tenant: str | None = None,
+    ) -> int:
         tier = next((t for t in self.tiers if t.name == source), None)
         try:
             if tier is not None:
@@ -122,7 +125,7 @@ class RemoteFetcher:
             metrics().add(metrics().tier_errors, 1, tier=TIER_TAGS.get(source, "peer"), kind=type(exc).__name__)
             self._peers.pop(source, None)
             return 0
-        inserted, mismatches = self.store.insert_verified(entries, parts)
+        inserted, mismatches = self.store.insert_verified(entries, parts, tenant)
         self._count_mismatch(TIER_TAGS.get(source, "peer"), mismatches)
         return inserted
 

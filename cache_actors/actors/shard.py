@@ -148,6 +148,7 @@ class KVCacheShard:
     async def match(
         self, hashes: Sequence[BlockHash], allow_remote: bool = True, known_epoch: str | None = None,
         commit: tuple[int, Sequence[bytes], BlockHash] | None = None, limit: int | None = None,
+        tenant: str | None = None,
     ) -> MatchReply:
         """Lease the longest prefix of ``hashes`` (at most ``limit`` blocks), completing a miss from peers or tiers first.
 
@@ -157,6 +158,7 @@ class KVCacheShard:
         ``commit`` repeats the caller's last `commit` (lease, checksums, last
         hash): Ray may run this call before that one, and the caller must see
         its own writes. Whichever arrives second finds the lease gone and does nothing.
+        ``tenant`` (`hashing.tenant_tag`) tags a chain's first block if it is fetched from elsewhere.
         """
         if commit is not None:
             self.commit(*commit)
@@ -165,7 +167,7 @@ class KVCacheShard:
         result = self.store.lookup(hashes, limit=wanted, request=True)
         tiers = {"device": len(result.slots)}
         if allow_remote and len(result.slots) < wanted:
-            fetched = await self.fetcher.complete(hashes[:wanted], len(result.slots))
+            fetched = await self.fetcher.complete(hashes[:wanted], len(result.slots), tenant)
             if fetched:
                 again = self.store.lookup(hashes, limit=wanted)
                 self.store.release_lease(result.lease_id)
@@ -179,9 +181,9 @@ class KVCacheShard:
     def release(self, lease: int) -> bool:
         return self.store.release_lease(lease)
 
-    def reserve(self, hashes: Sequence[BlockHash], start: int) -> ReserveReply:
+    def reserve(self, hashes: Sequence[BlockHash], start: int, tenant: str | None = None) -> ReserveReply:
         self._busy()
-        lease, slots = self.store.reserve(hashes, start)
+        lease, slots = self.store.reserve(hashes, start, tenant)
         return ReserveReply(self.epoch, self.pool.handle, lease, slots)
 
     def commit(self, lease: int, checksums: Sequence[bytes], last_hash: BlockHash | None = None) -> int:
@@ -202,9 +204,9 @@ class KVCacheShard:
             self._busy()
         return self.store.read_blocks(hashes, limit=limit, request=request)
 
-    def put(self, entries: Sequence[Entry], parts: dict[str, np.ndarray]) -> int:
+    def put(self, entries: Sequence[Entry], parts: dict[str, np.ndarray], tenant: str | None = None) -> int:
         """Store blocks sent by value; rows that fail their checksum are refused."""
-        inserted, mismatches = self.store.insert_verified(entries, parts_from_numpy(parts, self.codec.part_specs()))
+        inserted, mismatches = self.store.insert_verified(entries, parts_from_numpy(parts, self.codec.part_specs()), tenant)
         self._count_mismatch("put", mismatches)
         return inserted
 
@@ -347,8 +349,16 @@ class KVCacheShard:
         self.store.truncate_lease(lease, keep)
         return self.store.drop([block_hash])
 
-    def clear(self) -> None:
+    def clear(self, tenant: str | None = None) -> dict[str, int]:
+        """Drop every block, or (``tenant``: a `hashing.tenant_tag`) that tenant's chains but those in use now.
+
+        ``{"removed": blocks, "in_use": blocks kept}``; a whole clear raises while clients hold leases."""
+        if tenant:
+            removed, in_use = self.store.clear_tenant(tenant)
+            return {"removed": removed, "in_use": in_use}
+        removed = len(self.store.index)
         self.store.clear()
+        return {"removed": removed, "in_use": 0}
 
     def stats(self) -> dict[str, Any]:
         return {

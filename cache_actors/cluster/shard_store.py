@@ -26,7 +26,7 @@ import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -195,15 +195,18 @@ class ShardStore(BaseKVCache):
         return True
 
     # --- write leases ---------------------------------------------------------------------
-    def reserve(self, hashes: Sequence[BlockHash], start: int) -> tuple[int, list[tuple[int, int]]]:
-        """Insert pending blocks ``start..`` of a chain; returns ``(lease, [(position, slot)])``.
+    def reserve(
+        self, hashes: Sequence[BlockHash], start: int, tenant: str | None = None,
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Insert pending blocks ``start..`` of a chain (its first block tagged ``tenant``);
+        returns ``(lease, [(position, slot)])``.
 
         Blocks already cached are skipped; the chain stops at the first block
         that is pending in another lease, not admitted, or finds no room.
         Lease 0 means nothing to write.
         """
         now = self.clock()
-        held, new = self._claim_chain(hashes, start, now, num_tokens=self.block_size, usable=_ready)
+        held, new = self._claim_chain(hashes, start, now, num_tokens=self.block_size, usable=_ready, tenant=tenant)
         for _, node in new:
             node.extra["ready"] = False  # pending until the writer commits its bytes
         # New blocks stay locked by the lease; existing ones were only held while we allocated.
@@ -258,8 +261,10 @@ class ShardStore(BaseKVCache):
         self,
         entries: Sequence[Entry],
         parts: dict[str, torch.Tensor],
+        tenant: str | None = None,
     ) -> tuple[int, int]:
-        """Add blocks ``(hash, parent, checksum)`` (a chain, parents first) whose rows are ``parts``.
+        """Add blocks ``(hash, parent, checksum)`` (a chain, parents first) whose rows are ``parts``;
+        ``tenant`` tags the chain's first block if it has no parent.
 
         Rows whose bytes do not match their checksum are refused, and the
         chain stops there. Returns ``(blocks inserted, checksum mismatches)``.
@@ -283,7 +288,7 @@ class ShardStore(BaseKVCache):
         if first_parent is not None:
             chain.insert(0, first_parent)
             start = 1
-        lease_id, slots = self.reserve(chain, start)
+        lease_id, slots = self.reserve(chain, start, tenant)
         if not lease_id:
             return 0, mismatches
         rows = [position - start for position, _ in slots]
@@ -302,13 +307,14 @@ class ShardStore(BaseKVCache):
         return out
 
     def insert_encoded(
-        self, entries: Sequence[tuple[BlockHash, BlockHash | None, int]], parts: dict[str, torch.Tensor]
+        self, entries: Sequence[tuple[BlockHash, BlockHash | None, int]], parts: dict[str, torch.Tensor],
+        tenants: Mapping[BlockHash, str] | None = None,
     ) -> int:
         """A persisted set's blocks (a forest, parents first; `cache_actors.core.persistence`): the base
         insert, then each new block gets the shard's checksum and a STORED event, as a committed write does,
         so readers can verify it and the coordinator indexes it."""
         new = {block_hash: row for row, (block_hash, _, _) in enumerate(entries) if block_hash not in self.index}
-        inserted = super().insert_encoded(entries, parts)
+        inserted = super().insert_encoded(entries, parts, tenants)
         rows = list(new.values())
         for block_hash, checksum in zip(new, block_checksums(parts, rows)):
             node = self.index.get(block_hash)
@@ -403,11 +409,13 @@ class ShardStore(BaseKVCache):
             if any(n.ref_cnt for n in subtree):
                 continue
             for victim in sorted(subtree, key=lambda n: -n.depth):
-                self.index.remove(victim, now)
-                self._emit((EVICTED, victim.key))
-                self.pool.free(victim.slot)
+                self._remove_block(victim, now)
                 removed += 1
         return removed
+
+    def _remove_block(self, node: BlockNode, now: float) -> None:
+        self._emit((EVICTED, node.key))  # the coordinator forgets it
+        super()._remove_block(node, now)
 
     def clear(self) -> None:
         if self._leases:

@@ -19,10 +19,11 @@ class KVCacheBackend(Protocol):
     codec: Codec
     block_size: int
 
-    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None) -> Any:
+    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None, tenant: str | None = None) -> Any:
         """Hold and return the longest cached prefix, at most ``limit`` blocks (an object with ``num_blocks``).
 
         ``hashes`` are all the request's full blocks, so a learning policy sees the whole request.
+        ``tenant``: the requester's `hashing.tenant_tag`, given to a chain root fetched from elsewhere.
         """
 
     def read(self, hit: Any, out: torch.Tensor) -> None:
@@ -33,7 +34,9 @@ class KVCacheBackend(Protocol):
 
     def release(self, hit: Any) -> None: ...
 
-    def store(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor], *, num_tokens: int | None = None) -> int: ...
+    def store(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor], *,
+              num_tokens: int | None = None, tenant: str | None = None) -> int:
+        """Cache blocks ``start..``; ``tenant`` (`hashing.tenant_tag`) tags a chain's first block."""
 
     def get_stats(self) -> dict[str, Any]: ...
 

@@ -44,6 +44,19 @@ class CacheNamespace:
         return asdict(self)
 
 
+#: Where a cache keeps the tenant tag of a chain's first block (`BlockNode.extra`).
+TENANT_KEY = "tenant"
+
+
+def tenant_tag(tenant_id: str | None) -> str | None:
+    """What a cache stores to know a chain's tenant: a digest, so tenant ids never sit in shard memory,
+    tier headers or persisted sets in clear. ``None`` for no tenant. `blatam cache clear --tenant` derives
+    the same tag from the id the operator gives."""
+    if not tenant_id:
+        return None
+    return hashlib.sha256(b"blatam-tenant\0" + tenant_id.encode("utf-8")).hexdigest()[:32]
+
+
 def _token_bytes(token_ids: Sequence[int]) -> bytes:
     # Fixed-width little-endian uint32: unambiguous, and independent of the
     # platform and of how the caller stored the ids.

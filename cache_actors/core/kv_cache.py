@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import torch
 
 from cache_actors.core.block_index import BlockIndex, BlockNode
 from cache_actors.codecs import Codec
-from cache_actors.core.hashing import BlockHash
+from cache_actors.core.hashing import TENANT_KEY, BlockHash
 from cache_actors.core.kv_layout import block_views
 from cache_actors.core.pool import BlockPool
 
@@ -84,11 +84,13 @@ class BaseKVCache:
         self.counters = CacheCounters()
 
     # --- read path --------------------------------------------------------------------
-    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None) -> PrefixHit:
+    def match(self, hashes: Sequence[BlockHash], *, limit: int | None = None, tenant: str | None = None) -> PrefixHit:
         """Lock and return the longest cached prefix of ``hashes`` (at most ``limit`` blocks).
 
         ``hashes`` are all the full blocks of the request, so the policy sees the
         whole request (learning policies need it); ``limit`` caps what is reused.
+        ``tenant`` matters only to a cache that fetches blocks from elsewhere (they are
+        tagged as the tenant's); this one never does.
         """
         nodes = self.index.begin_request(hashes, self.clock())
         if limit is not None:
@@ -130,6 +132,7 @@ class BaseKVCache:
         kv_blocks: Callable[[int, int], torch.Tensor],
         *,
         num_tokens: int | None = None,
+        tenant: str | None = None,
     ) -> int:
         """Cache blocks ``start..len(hashes)`` of a chain whose blocks ``< start`` are cached.
 
@@ -137,9 +140,10 @@ class BaseKVCache:
         block positions; it is called once, for the run of blocks actually
         stored. Stops at the first block that is not admitted or finds no room
         (a block without its parent saves nothing). Returns blocks stored.
+        ``tenant`` (`hashing.tenant_tag`) tags a chain's first block, so a tenant's blocks can be found.
         """
         now = self.clock()
-        held, new = self._claim_chain(hashes, start, now, num_tokens=num_tokens or self.block_size)
+        held, new = self._claim_chain(hashes, start, now, num_tokens=num_tokens or self.block_size, tenant=tenant)
         try:
             if new:
                 self._write(new, kv_blocks)
@@ -158,6 +162,7 @@ class BaseKVCache:
         *,
         num_tokens: int,
         usable: Callable[[BlockNode], bool] = lambda node: True,
+        tenant: str | None = None,
     ) -> tuple[list[BlockNode], list[tuple[int, BlockNode]]]:
         """Lock blocks ``start..`` of a chain whose blocks ``< start`` are cached, inserting missing ones.
 
@@ -190,6 +195,8 @@ class BaseKVCache:
                         self.counters.no_room += 1
                         break
                     node = self.index.insert(key, parent, now, slot=slot, num_tokens=num_tokens)
+                    if parent is None and tenant:
+                        node.extra[TENANT_KEY] = tenant
                     new.append((position, node))
                 elif not usable(node):
                     break
@@ -269,9 +276,10 @@ class BaseKVCache:
         return self.pool.read([node.slot for node in nodes])
 
     def insert_encoded(
-        self, entries: Sequence[tuple[BlockHash, BlockHash | None, int]], parts: dict[str, torch.Tensor]
+        self, entries: Sequence[tuple[BlockHash, BlockHash | None, int]], parts: dict[str, torch.Tensor],
+        tenants: Mapping[BlockHash, str] | None = None,
     ) -> int:
-        """Add already-encoded blocks ``(hash, parent hash, hits)``, parents first.
+        """Add already-encoded blocks ``(hash, parent hash, hits)``, parents first; ``tenants`` tags chain roots.
 
         All or nothing: raises ValueError (and changes nothing) if a parent is
         unknown or the blocks do not fit in free plus evictable room.
@@ -300,6 +308,8 @@ class BaseKVCache:
             assert slot is not None
             node = self.index.insert(block_hash, parent, now, slot=slot, num_tokens=self.block_size)
             node.hits = hits
+            if parent is None and tenants and tenants.get(block_hash):
+                node.extra[TENANT_KEY] = tenants[block_hash]
             slots.append(slot)
             rows.append(row)
         if slots:
@@ -311,6 +321,46 @@ class BaseKVCache:
     # --- admin -------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.index)
+
+    def tenant_subtrees(self, tenant: str) -> list[list[BlockNode]]:
+        """Every chain whose first block is tagged ``tenant``: that block and all below it, parents first.
+
+        One pass over the index (each node's root found once), not a walk per root."""
+        root_of: dict[int, BlockNode] = {}
+        groups: dict[int, list[BlockNode]] = {}
+        for node in self.index:
+            path = []
+            walk: BlockNode | None = node
+            while walk is not None and id(walk) not in root_of:
+                path.append(walk)
+                walk = walk.parent
+            root = root_of[id(walk)] if walk is not None else path[-1]
+            for seen in path:
+                root_of[id(seen)] = root
+            if root.extra.get(TENANT_KEY) == tenant:
+                groups.setdefault(id(root), []).append(node)
+        return [sorted(nodes, key=lambda n: n.depth) for nodes in groups.values()]
+
+    def clear_tenant(self, tenant: str) -> tuple[int, int]:
+        """Drop a tenant's chains (`tenant_subtrees`); a chain a request holds right now stays whole.
+
+        Returns ``(blocks removed, blocks kept because in use)``."""
+        removed = in_use = 0
+        now = self.clock()
+        for subtree in self.tenant_subtrees(tenant):
+            if any(node.ref_cnt for node in subtree):
+                in_use += len(subtree)
+                continue
+            for node in reversed(subtree):  # children first: only leaves can be removed
+                self._remove_block(node, now)
+                removed += 1
+        return removed, in_use
+
+    def _remove_block(self, node: BlockNode, now: float) -> None:
+        """Remove an unreferenced leaf without capturing it anywhere (an admin drop, not an eviction)."""
+        self.index.remove(node, now)
+        assert node.slot is not None
+        self.pool.free(node.slot)
 
     def clear(self) -> None:
         """Drop every block. Blocks held by running requests make this an error."""

@@ -2,8 +2,8 @@
 
 Format: a directory with ``blocks.safetensors`` (one tensor per codec part,
 ``[n, *part_shape]``, blocks parents-first) and ``manifest.json`` (format
-version, namespace, codec, block hashes and parents, a SHA-256 per block and
-of the tensor file). safetensors holds only raw tensors, so loading a file
+version, namespace, codec, block hashes and parents, the tenant tag of each
+chain's first block, a SHA-256 per block and of the tensor file). safetensors holds only raw tensors, so loading a file
 can never run code (no pickle, no ``torch.load``). Everything is checked before
 the first block enters the cache: a truncated, corrupted or foreign file is
 refused with a `PersistenceError` and the cache is left as it was.
@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cache_actors.core.hashing import HASH_SCHEME_VERSION, BlockHash
+from cache_actors.core.hashing import HASH_SCHEME_VERSION, TENANT_KEY, BlockHash
 from cache_actors.core.kv_cache import BaseKVCache
 
 FORMAT_NAME = "blatam-kv-cache"
@@ -75,6 +75,8 @@ class CacheSnapshot:
     entries: list[tuple[BlockHash, BlockHash | None, int]]
     """(hash, parent hash, hits), parents first."""
     parts: dict[str, torch.Tensor]
+    tenants: dict[BlockHash, str] = field(default_factory=dict)
+    """Tenant tags of chain roots (`hashing.tenant_tag`), so a loaded set can still be cleared per tenant."""
 
 
 def snapshot_cache(cache: BaseKVCache, namespace: dict[str, Any]) -> CacheSnapshot:
@@ -84,7 +86,8 @@ def snapshot_cache(cache: BaseKVCache, namespace: dict[str, Any]) -> CacheSnapsh
         name: torch.empty((0, *shape), dtype=dtype) for name, (shape, dtype) in cache.codec.part_specs().items()
     }
     entries = [(node.key, node.parent.key if node.parent is not None else None, node.hits) for node in nodes]
-    return CacheSnapshot(dict(namespace), _codec_spec(cache), cache.block_size, entries, parts)
+    tenants = {node.key: node.extra[TENANT_KEY] for node in nodes if node.parent is None and node.extra.get(TENANT_KEY)}
+    return CacheSnapshot(dict(namespace), _codec_spec(cache), cache.block_size, entries, parts, tenants)
 
 
 def write_snapshot(snapshot: CacheSnapshot, path: str | Path) -> int:
@@ -108,6 +111,7 @@ def write_snapshot(snapshot: CacheSnapshot, path: str | Path) -> int:
                     "parent": bytes(parent).hex() if parent is not None else None,
                     "hits": hits,
                     "sha256": checksum,
+                    **({"tenant": snapshot.tenants[block_hash]} if block_hash in snapshot.tenants else {}),
                 }
                 for (block_hash, parent, hits), checksum in zip(snapshot.entries, checksums)
             ],
@@ -183,6 +187,7 @@ class VerifiedBlocks:
 
     entries: list[tuple[BlockHash, BlockHash | None, int]]
     parts: dict[str, torch.Tensor]
+    tenants: dict[BlockHash, str] = field(default_factory=dict)
 
 
 def read_verified(cache: BaseKVCache, namespace: dict[str, Any], path: str | Path) -> VerifiedBlocks:
@@ -217,19 +222,22 @@ def read_verified(cache: BaseKVCache, namespace: dict[str, Any], path: str | Pat
             (BlockHash(bytes.fromhex(e["hash"])), BlockHash(bytes.fromhex(e["parent"])) if e["parent"] else None, int(e["hits"]), e["sha256"])
             for e in entries
         ]
-    except (KeyError, TypeError, ValueError) as exc:
+        tenants = {h: e["tenant"] for (h, p, _, _), e in zip(parsed, entries) if p is None and e.get("tenant") is not None}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PersistenceError(f"{directory}: malformed block entry ({exc})") from None
+    if not all(isinstance(tag, str) and 0 < len(tag) <= 64 for tag in tenants.values()):
+        raise PersistenceError(f"{directory}: malformed tenant tag")
     if count:
         for (block_hash, _, _, expected), actual in zip(parsed, _block_checksums(parts, count)):
             if expected != actual:
                 raise PersistenceError(f"{directory}: block {block_hash.hex()[:16]} fails its checksum")
-    return VerifiedBlocks([(h, p, hits) for h, p, hits, _ in parsed], parts)
+    return VerifiedBlocks([(h, p, hits) for h, p, hits, _ in parsed], parts, tenants)
 
 
 def insert_verified_blocks(cache: BaseKVCache, blocks: VerifiedBlocks, directory: str | Path = "") -> int:
     """Add verified blocks to `cache` (all or nothing: `PersistenceError` if they do not fit)."""
     try:
-        return cache.insert_encoded(blocks.entries, blocks.parts)
+        return cache.insert_encoded(blocks.entries, blocks.parts, blocks.tenants)
     except ValueError as exc:
         raise PersistenceError(f"{directory}: {exc}") from None
 

@@ -27,7 +27,7 @@ from cache_actors.engine.batching.sequence import SequenceRequest
 from cache_actors.engine.compute_thread import ComputeThread
 from cache_actors.codecs import KVShape, make_codec
 from cache_actors.engine.config import KVCacheConfig
-from cache_actors.core.hashing import BlockHash, CacheNamespace, check_test_vector, hash_prompt_blocks
+from cache_actors.core.hashing import BlockHash, CacheNamespace, check_test_vector, hash_prompt_blocks, tenant_tag
 from cache_actors.core.kv_cache import BaseKVCache
 from cache_actors.engine.model_runner import ModelRunner
 from cache_actors.core.persistence import load_cache, save_cache
@@ -137,6 +137,11 @@ class UltraAdaptiveKVCacheEngine:
             self._roots[tenant] = root
         return root
 
+    def tenant_tag(self, tenant_id: str | None) -> str | None:
+        """The tag a tenant's chains carry in the cache (`hashing.tenant_tag`); None where tenants share
+        blocks (isolation off), since a shared block belongs to no one tenant."""
+        return tenant_tag(tenant_id) if self.config.tenant_isolation else None
+
     def block_hashes(self, token_ids: Sequence[int], tenant_id: str | None = None) -> list[BlockHash]:
         return hash_prompt_blocks(self.root_hash(tenant_id), token_ids, self.config.block_size)
 
@@ -154,7 +159,7 @@ class UltraAdaptiveKVCacheEngine:
         """
         hashes = self.block_hashes(token_ids, tenant_id) if hashes is None else hashes
         reusable = min(len(hashes), (len(token_ids) - 1) // self.config.block_size) if self.runner.supports_prefix_reuse else 0
-        return hashes, self.cache.match(hashes, limit=reusable)
+        return hashes, self.cache.match(hashes, limit=reusable, tenant=self.tenant_tag(tenant_id))
 
     # --- requests ---------------------------------------------------------------------------
     def start_batcher(self, config: BatcherConfig | None = None, *, compile_format: CompileFormat | None = None) -> ContinuousBatcher:

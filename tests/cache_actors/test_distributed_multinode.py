@@ -31,10 +31,10 @@ class EngineHost:
 
         self.engine = UltraAdaptiveKVCacheEngine(KVCacheConfig(**config), runner=ModelRunner.load(None, demo_spec=TINY_SPEC))
 
-    def run(self, text: str) -> dict[str, Any]:
+    def run(self, text: str, tenant: str | None = None) -> dict[str, Any]:
         from cache_actors.engine.requests import parse_request
 
-        parsed = parse_request({"text": text}, default_max_new_tokens=self.engine.config.max_new_tokens)
+        parsed = parse_request({"text": text, "tenant_id": tenant}, default_max_new_tokens=self.engine.config.max_new_tokens)
         result = self.engine.generate_ids(parsed, self.engine.runner.encode(text))
         return {"tokens": result["token_ids"], "cached": result["cached_tokens"], "tiers": dict(self.engine.cache.tier_blocks)}
 
@@ -42,8 +42,8 @@ class EngineHost:
         return {"shard": self.engine.cache.shard_name, "spec": self.engine.cache.spec,
                 "node": ray.get_runtime_context().get_node_id()}
 
-    def hashes(self, text: str) -> list[bytes]:
-        return self.engine.block_hashes(self.engine.runner.encode(text))
+    def hashes(self, text: str, tenant: str | None = None) -> list[bytes]:
+        return self.engine.block_hashes(self.engine.runner.encode(text), tenant)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,27 @@ def test_prefix_computed_on_node_a_is_served_on_node_b(hosts):
     assert second["tokens"] == first["tokens"]
     assert second["cached"] > 0
     assert second["tiers"].get("peer", 0) > 0  # fetched from A's shard across nodes
+
+
+def test_clear_tenant_reaches_the_copies_a_peer_fetched(hosts):
+    """Node B copied acme's chain from A's shard: `blatam cache clear --tenant acme` removes it on both nodes."""
+    from cache_actors.actors.cluster_admin import clear_shards
+
+    a, b, info_a, info_b = hosts
+    text = "".join(DOC.format(i=i) for i in range(10, 13)) + "Which clause applies?"
+    other = "".join(DOC.format(i=i) for i in range(20, 23)) + "Which clause applies?"
+    assert ray.get(a.run.remote(text, "acme"))["cached"] == 0
+    assert ray.get(a.run.remote(other, "globex"))["cached"] == 0
+    coordinator = get_or_create_coordinator(info_a["spec"])
+    last_block = ray.get(a.hashes.remote(text, "acme"))[-1]
+    wait_until(lambda: info_a["shard"] in ray.get(coordinator.where.remote(last_block)))
+    assert ray.get(b.run.remote(text, "acme"))["tiers"].get("peer", 0) > 0  # B's shard now holds a copy
+
+    outcomes = {o.name: o for o in clear_shards("acme")}
+    assert outcomes[info_a["shard"]].ok and outcomes[info_a["shard"]].blocks > 0
+    assert outcomes[info_b["shard"]].ok and outcomes[info_b["shard"]].blocks > 0  # the copy was tagged as acme's
+    assert ray.get(b.run.remote(text, "acme"))["cached"] == 0
+    assert ray.get(a.run.remote(other, "globex"))["cached"] > 0  # another tenant's chain stays
 
 
 def test_successor_blocks_are_prefetched_to_the_next_shard(hosts):

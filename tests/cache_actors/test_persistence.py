@@ -170,3 +170,33 @@ def test_file_that_does_not_fit_is_refused_whole(make_engine, saved):
 def test_missing_directory_is_refused(make_engine, tmp_path):
     with pytest.raises(PersistenceError):
         make_engine().load(tmp_path / "nothing-here")
+
+
+def test_tenant_tags_of_chain_roots_survive_save_and_load(make_engine, tmp_path):
+    engine = make_engine()
+    for tenant in ("acme", "globex"):
+        run(engine.process_request({"text": PROMPTS[0], "max_new_tokens": 2, "tenant_id": tenant}))
+    stored = engine.get_stats()["blocks"]
+    assert stored >= 4
+    assert engine.persist(tmp_path / "tagged")
+    text = (tmp_path / "tagged" / MANIFEST).read_text()
+    tags = [b.get("tenant") for b in json.loads(text)["blocks"] if b["parent"] is None]
+    assert sorted(tags) == sorted([engine.tenant_tag("acme"), engine.tenant_tag("globex")])
+    assert "acme" not in text and "globex" not in text  # digests, never the tenant ids themselves
+
+    fresh = make_engine()
+    assert fresh.load(tmp_path / "tagged")
+    assert fresh.cache.clear_tenant(fresh.tenant_tag("nobody")) == (0, 0)
+    assert fresh.cache.clear_tenant(fresh.tenant_tag("acme")) == (stored // 2, 0)
+    again = run(fresh.process_request({"text": PROMPTS[0], "max_new_tokens": 2, "tenant_id": "globex"}))
+    assert again["cache_hit"]
+    gone = run(fresh.process_request({"text": PROMPTS[0], "max_new_tokens": 2, "tenant_id": "acme"}))
+    assert not gone["cache_hit"]
+
+
+def test_a_malformed_tenant_tag_is_refused(make_engine, saved):
+    path, _ = saved
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["blocks"][0]["tenant"] = {"not": "a tag"}
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    _refused(make_engine, path, "malformed tenant tag")

@@ -201,3 +201,51 @@ def test_shared_pool_is_visible_from_another_process():
     child.start()
     child.join(30)
     assert queue.get(timeout=5) == pytest.approx(kv.sum().item(), rel=1e-5)
+
+
+def tenant_write(store: ShardStore, hashes, tenant: str | None, start: int = 0) -> None:
+    kv = torch.randn((len(hashes), *SHAPE.block_shape()))
+    lease, slots = store.reserve(hashes, start, tenant)
+    if lease:
+        encoded = store.codec.encode(kv[torch.tensor([p for p, _ in slots])])
+        store.pool.write([s for _, s in slots], encoded)
+        store.commit(lease, block_checksums(encoded, range(len(slots))))
+
+
+def test_clear_tenant_drops_its_chains_and_their_extensions_only():
+    store, _ = make_store(num_blocks=16)
+    acme, globex, shared = chain(3, salt=1), chain(2, salt=2), chain(2, salt=3)
+    tenant_write(store, acme[:2], "acme")
+    tenant_write(store, acme, "acme", start=2)  # a later block of the same chain (e.g. generated tokens)
+    tenant_write(store, globex, "globex")
+    tenant_write(store, shared, None)  # tenant isolation off: a block of no one tenant
+    store.take_events()
+
+    assert store.clear_tenant("acme") == (3, 0)
+    assert len(store) == 4 and not store.lookup(acme).slots
+    assert len(store.lookup(globex).slots) == 2 and len(store.lookup(shared).slots) == 2
+    _, events = store.take_events()
+    assert sorted(e[1] for e in events if e[0] == EVICTED) == sorted(acme)  # the coordinator forgets them
+    assert store.clear_tenant("acme") == (0, 0) and store.clear_tenant("nobody") == (0, 0)
+
+
+def test_clear_tenant_keeps_a_chain_a_request_holds_and_a_pending_write():
+    store, _ = make_store(num_blocks=16)
+    held, pending = chain(2, salt=1), chain(2, salt=2)
+    tenant_write(store, held, "acme")
+    hit = store.lookup(held)  # a running request reads it
+    lease, _ = store.reserve(pending, 0, "acme")  # a write not committed yet
+    assert store.clear_tenant("acme") == (0, 4)
+    store.release_lease(hit.lease_id)
+    store.release_lease(lease)  # the unfinished write is aborted: its blocks leave
+    assert store.clear_tenant("acme") == (2, 0) and len(store) == 0
+
+
+def test_a_chain_root_copied_in_keeps_its_tenant():
+    source, _ = make_store()
+    hashes = chain(2)
+    tenant_write(source, hashes, "acme")
+    entries, arrays = source.read_blocks(hashes)
+    target, _ = make_store()
+    assert target.insert_verified(entries, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, "acme") == (2, 0)
+    assert target.clear_tenant("acme") == (2, 0)

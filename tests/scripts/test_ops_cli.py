@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -27,7 +27,8 @@ from scripts.ops.serve_view import AppView
 from scripts.ops.status_cli import _problems
 from tests.deployments.conftest import free_port
 from tests.scripts.ray_head import ray_env, run_blatam
-from tests.scripts.test_up import START_TIMEOUT_S, STOP_TIMEOUT_S, api_key, base_env, pasted_env, unreachable_index_env
+from tests.scripts.test_up import (START_TIMEOUT_S, STOP_TIMEOUT_S, admin_cli, api_key, base_env, pasted_env,
+                                  unreachable_index_env)
 
 PROMPT = "You are the assistant of ACME Corp. Answer briefly, in plain words, and cite the policy. " * 3
 
@@ -209,6 +210,43 @@ def test_persist_clear_load_brings_the_hits_back_and_a_damaged_or_foreign_set_ch
     assert _shard_blocks(address, env) == 0
     nothing = run_blatam(env, "cache", "load", str(tmp_path / "nowhere"), "--address", address)
     assert nothing.returncode == 1 and "not a persisted cluster cache" in nothing.stderr, nothing.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_clear_tenant_drops_that_tenants_prompts_only_and_its_tags_survive_persist_and_load(served: Served,
+                                                                                           tmp_path: Path) -> None:
+    address, env = served.address, served.env
+    admin_cli(env, "users", "create", "globex-bot", "--tenant", "globex", "--scopes", "llm", "--password-stdin",
+              stdin="a long enough password\n")
+    key = json.loads(admin_cli(env, "keys", "create", "--user", "globex-bot", "--name", "t", "--json"))["api_key"]
+    globex = replace(served, headers={"Authorization": f"Bearer {key}"})
+
+    def cached(who: Served) -> int:
+        return _complete(who, "Which countries do we ship to?")["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    _json(run_blatam(env, "cache", "clear", "--address", address, "--json"))
+    assert cached(served) == 0 and cached(globex) == 0  # tenants never share blocks: each stored its own chain
+    assert cached(served) > 0 and cached(globex) > 0
+    both = _shard_blocks(address, env)
+
+    # a persisted set keeps which chain is whose: load it into an empty cache, then clear one tenant
+    backup = tmp_path / "tagged"
+    _json(run_blatam(env, "cache", "persist", str(backup), "--address", address, "--json"))
+    _json(run_blatam(env, "cache", "clear", "--address", address, "--json"))
+    _json(run_blatam(env, "cache", "load", str(backup), "--address", address, "--json"))
+    assert _shard_blocks(address, env) == both
+
+    cleared = _json(run_blatam(env, "cache", "clear", "--tenant", "globex", "--address", address, "--json"))
+    assert [o["ok"] for o in cleared] == [True] and 0 < cleared[0]["blocks"] < both, cleared
+    assert _shard_blocks(address, env) == both - cleared[0]["blocks"]
+    assert cached(globex) == 0  # globex's prompt is computed afresh
+    assert cached(served) > 0  # the other tenant's is still cached
+
+    nobody = run_blatam(env, "cache", "clear", "--tenant", "nobody", "--address", address)
+    assert nobody.returncode == 0 and "No cached blocks of tenant 'nobody'" in nobody.stdout, nobody.stdout
+    blank = run_blatam(env, "cache", "clear", "--tenant", " ", "--address", address)
+    assert blank.returncode == 2 and "--tenant needs a tenant id" in blank.stdout, blank.stdout
 
 
 def test_problems_name_what_is_not_healthy() -> None:

@@ -166,7 +166,8 @@ class AdmissionMixin:
         for reserved, row_logits in zip(group, logits):
             def store(reserved: _Reserved = reserved) -> None:
                 length = len(reserved.seq.prompt_ids)
-                self._store_prompt(reserved.hashes, reserved.known_blocks, self.kv.row_cache(reserved.row, length))
+                self._store_prompt(reserved.hashes, reserved.known_blocks, self.kv.row_cache(reserved.row, length),
+                                   reserved.seq.request.tenant_id)
 
             self._start(reserved.seq, reserved.hashes, reserved.cached, row_logits, store=store, retire=False)
         for row in range(first + len(group) - 1, first - 1, -1):
@@ -187,9 +188,11 @@ class AdmissionMixin:
         partial.copy_into(self.kv.row_view(row))
         self.kv.set_length(row, partial.done)
         self._start(partial.seq, partial.hashes, partial.cached_tokens, logits,
-                    store=lambda: self._store_prompt(partial.hashes, partial.cached_tokens // self.block_size, partial.cache))
+                    store=lambda: self._store_prompt(partial.hashes, partial.cached_tokens // self.block_size, partial.cache,
+                                                     partial.seq.request.tenant_id))
         return partial.done - before
 
-    def _store_prompt(self, hashes: list, known_blocks: int, kv: Any) -> None:
+    def _store_prompt(self, hashes: list, known_blocks: int, kv: Any, tenant_id: str | None) -> None:
         if self.runner.supports_prefix_reuse and len(hashes) > known_blocks:
-            self.cache.store(hashes, known_blocks, lambda first, count: blocks_from_cache(kv, first, count, self.block_size))
+            self.cache.store(hashes, known_blocks, lambda first, count: blocks_from_cache(kv, first, count, self.block_size),
+                             tenant=self.engine.tenant_tag(tenant_id))

@@ -378,7 +378,8 @@ class ContinuousBatcher(AdmissionMixin):
         try:
             chain = self.engine.extend_hashes(seq.prompt_hashes, fed, seq.request.tenant_id)
             kv = self.kv.row_cache(row, self.kv.lengths[row])
-            self.cache.store(chain, known, lambda first, count: blocks_from_cache(kv, first, count, self.block_size))
+            self.cache.store(chain, known, lambda first, count: blocks_from_cache(kv, first, count, self.block_size),
+                             tenant=self.engine.tenant_tag(seq.request.tenant_id))
         except Exception:  # caching is an optimisation: the answer is already complete
             logger.exception("storing generated blocks failed")
 
