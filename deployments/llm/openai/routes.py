@@ -39,6 +39,7 @@ from deployments.llm.openai.errors import from_backend_exception, from_validatio
 from deployments.llm.openai.backend_requests import ServingLimits, check_limits, to_backend_requests
 from deployments.llm.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 from deployments.llm.openai.logprob_format import completion_logprobs
+from deployments.llm.openai.openapi_doc import document_bodies
 from deployments.llm.openai.responses import ID_PREFIX, ChoiceResult, ChunkShaper, Kind, full_response, usage
 from deployments.llm.openai.sse import SSE_DONE, SSEResponse, sse_event
 from deployments.llm.openai.tokenization import DetokenizeRequest, TokenizeRequest
@@ -114,6 +115,7 @@ def build_openai_app(
     app = FastAPI(title=title)
     app.state.limits = limits
     install_openai_error_handlers(app)
+    document_bodies(app)
 
     def model_card() -> dict[str, Any]:
         card = {"id": model_id, "object": "model", "created": created, "owned_by": OWNED_BY,
