@@ -21,7 +21,7 @@ import math
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from cache_actors.engine.tool_calls import MAX_TOOLS, TOOL_CHOICE_MODES, TOOL_NAME
@@ -92,6 +92,23 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
         raise _invalid(f"Invalid '{name}': {value!r}; expected a value in {bracket}{low:g}, {high:g}].", param=name)
 
 
+# What the fields typed Any (their validators normalise several shapes) accept, for the OpenAPI document:
+# the shapes OpenAI's API reference gives, so /docs and a fuzzer send what a client would.
+_TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+PROMPT_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+    _TOKENS, {"type": "array", "items": _TOKENS, "minItems": 1, "maxItems": 1}]}
+STOP_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+                                         {"type": "null"}]}
+MESSAGES_SCHEMA: dict[str, Any] = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role"], "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "array", "items": {
+            "type": "object", "required": ["type", "text"],
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]},
+        "name": {"type": "string"}, "tool_call_id": {"type": "string"}, "tool_calls": {"type": "array"}}}}
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -110,7 +127,7 @@ class _Common(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = None
-    stop: Any = ()
+    stop: Any = Field((), json_schema_extra=STOP_SCHEMA)
     seed: int | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -266,7 +283,7 @@ def check_response_format(value: Any) -> dict[str, Any]:
 class CompletionRequest(_Common):
     """``POST /v1/completions``; ``prompt`` ends up a single string or a list of token ids."""
 
-    prompt: Any
+    prompt: Any = Field(json_schema_extra=PROMPT_SCHEMA)
     logprobs: int | None = None
     echo: bool | None = None
     best_of: int | None = None
@@ -321,7 +338,7 @@ class ChatCompletionRequest(_Common):
     """``POST /v1/chat/completions``; ``messages`` ends up ``[{"role", "content"}]`` with string content
     (plus ``tool_calls`` on assistant turns that called tools, ``tool_call_id`` on ``tool`` turns)."""
 
-    messages: Any
+    messages: Any = Field(json_schema_extra=MESSAGES_SCHEMA)
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
