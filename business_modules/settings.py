@@ -115,6 +115,9 @@ class Settings(StorageSettings):
         "grpc", description="How the gateway reaches services: Serve's gRPC by-value path or Ray actor calls."
     )
     gateway_request_timeout_s: PositiveFloat = Field(60.0, description="Budget of one forwarded service call.")
+    gateway_llm_timeout_s: PositiveFloat = Field(
+        600.0, description="Budget for the head of an answer of the OpenAI API at /v1: a stream's first event, or a "
+                           "whole non-streamed completion (504 after it).")
     health_probe_timeout_s: PositiveFloat = Field(2.0, description="Budget of one health probe.")
 
     @field_validator("rate_limit_default", "rate_limit_login", "rate_limit_login_per_address")

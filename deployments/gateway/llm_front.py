@@ -93,4 +93,13 @@ class ServeOpenAIFront:
 
         server = await asyncio.wait_for(asyncio.to_thread(serve.get_deployment_handle, LLM_DEPLOYMENT, name),
                                         timeout=self._timeout_s)
+        # Found by the fault drill: right after the gateway's replica was replaced, the first request through
+        # the new handle (a stream, sent before the handle's router had its replica list) never reached the
+        # model and hung until its client left, while every later one went through. A bounded first call
+        # here takes that place; requests use the handle once it has answered (or after the bound).
+        try:
+            await asyncio.wait_for(server.get_stats.remote(), timeout=self._timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a probe: the requests' own errors and bounds still apply
+            logger.warning("The first call through the %s handle of app %r did not answer (%s); serving anyway",
+                           LLM_DEPLOYMENT, name, type(exc).__name__)
         return openai_app_over(server, options)

@@ -246,3 +246,28 @@ async def test_api_key_is_accepted_as_a_bearer_credential(gateway) -> None:
     assert as_bearer.status_code == 200 and as_bearer.json() == {"a": 2}
     wrong = await client.post("/api/v1/echo/echo", json={"a": 2}, headers={"Authorization": f"Bearer {key[:-1]}x"})
     assert wrong.status_code == 401 and wrong.json()["error"]["code"]
+
+
+async def test_an_openai_answer_with_no_head_within_its_budget_is_a_504_not_a_hang(tmp_path: Path) -> None:
+    """Found by the fault drill: a /v1 stream whose model call never started held its client until it left."""
+    import asyncio
+    import time
+
+    class SilentFront:  # the app never starts a response, as that lost call did
+        async def app(self):
+            async def silent(scope, receive, send):
+                await asyncio.Event().wait()
+            return silent
+
+    settings = load_settings({"blatam_env": "test", "secret_key": SECRET, "database_url": f"sqlite:///{tmp_path / 'gw.db'}",
+                              "gateway_llm_timeout_s": 0.5})
+    state = await GatewayState.open(settings, InProcessServices({"echo": make_service()}), openai_front=SilentFront())
+    await state.auth.create_user(username="ann", password="a long password", scopes="*")
+    key = (await state.auth.create_api_key(username="ann", name="t")).secret
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(state)), base_url="http://gw") as client:
+        started = time.monotonic()
+        answer = await client.post("/v1/completions", json={"prompt": "hi", "stream": True},
+                                   headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    await state.close()
+    assert answer.status_code == 504 and answer.json()["error"]["code"] == "service_timeout", answer.text
+    assert time.monotonic() - started < 10

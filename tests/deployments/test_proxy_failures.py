@@ -81,3 +81,60 @@ def test_a_replica_dying_under_a_request_is_a_retryable_503_through_the_real_pro
                                            "message": "The service replica serving this request went away; retry."}}
     finally:
         serve.delete("proxy-dies")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_replica_killed_mid_stream_ends_the_stream_promptly_through_the_real_proxy(serve_instance) -> None:
+    """Killed from outside (as the fault test and a node loss do) while it streams: the client sees its stream
+    end within seconds, never a connection that stays open with nothing coming."""
+    import asyncio
+    import threading
+    import time
+
+    import ray
+    from ray import serve
+    from starlette.responses import StreamingResponse
+
+    from tests.deployments.conftest import run_app
+
+    @serve.deployment(max_ongoing_requests=4, health_check_period_s=1)
+    class SlowStream:
+        async def __call__(self, request):
+            async def chunks():
+                for i in range(600):
+                    yield f"data: {i}\n\n"
+                    await asyncio.sleep(0.1)
+            return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    run_app(SlowStream.bind(), name="proxy-stream", route_prefix="/proxy-stream")
+    try:
+        replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                       if "SlowStream" in a["name"] and a["namespace"] == "serve")
+        got: list[str] = []
+        ended: dict[str, float] = {}
+
+        def read() -> None:
+            try:
+                with httpx.stream("GET", f"{serve_instance.base_url}/proxy-stream/", timeout=httpx.Timeout(60)) as r:
+                    for line in r.iter_lines():
+                        if line:
+                            got.append(line)
+            except httpx.HTTPError as exc:
+                got.append(f"error: {type(exc).__name__}")
+            ended["at"] = time.monotonic()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 30
+        while len(got) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(got) >= 5, got
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(replica["name"], namespace="serve"), no_restart=True)
+        reader.join(timeout=90)
+        assert "at" in ended, "the stream was still open 90 s after its replica was killed"
+        print(f"stream ended {ended['at'] - killed_at:.1f} s after the kill; last: {got[-1]!r}")
+        assert ended["at"] - killed_at < 30
+    finally:
+        serve.delete("proxy-stream")

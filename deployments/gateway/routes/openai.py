@@ -12,6 +12,7 @@ deployed) have the gateway's uniform body, the app's own have OpenAI's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -23,7 +24,7 @@ from deployments.gateway.deps import PrincipalDep, StateDep
 from deployments.common.request_id import REQUEST_ID_HEADER
 from deployments.gateway.forward import admit, streamed_or_whole, to_response
 from deployments.gateway.llm_front import OPENAI_SERVICE, OpenAIFront
-from deployments.gateway.services import ServiceUnavailable
+from deployments.gateway.services import ServiceTimeout, ServiceUnavailable
 from deployments.gateway.state import GatewayState
 
 router = APIRouter(tags=["llm"])
@@ -43,7 +44,12 @@ async def serve_openai(state: GatewayState, request: Request, principal: Princip
     headers[REQUEST_ID_HEADER] = caller.request_id
     stream = stream_asgi(app, method=request.method, path="/" + path.lstrip("/"), body=await request.body(),
                          query=list(request.query_params.multi_items()), headers=headers, caller=caller.to_dict())
-    head = await anext(stream)
+    timeout_s = state.settings.gateway_llm_timeout_s
+    try:  # a long non-streamed completion is one head: a budget of its own, not a service call's
+        head = await asyncio.wait_for(anext(stream), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        await stream.aclose()
+        raise ServiceTimeout(OPENAI_SERVICE, f"no answer within {timeout_s:g} s") from None
     assert isinstance(head, ForwardedResponse)  # stream_asgi yields the head first
     result, chunks = await streamed_or_whole(head, _body(stream), caller.request_id)
     return to_response(result, chunks, decision)
