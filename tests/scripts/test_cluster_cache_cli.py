@@ -77,10 +77,11 @@ def test_clear_then_shutdown_remove_what_serve_shutdown_leaves(cluster) -> None:
     assert again.returncode == 0 and "nothing to shut down" in again.stdout
 
 
-def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("args", [("shutdown",), ("clear",), ("clear", "--tenant", "acme"), ("persist", "/tmp/kv-x")])
+def test_an_unreachable_cluster_is_one_line_and_exit_2(args: tuple[str, ...], tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
-    done = run_blatam(ray_env(tmp_path), "cache", "shutdown", "--address", address)
+    done = run_blatam(ray_env(tmp_path), "cache", *args, "--address", address)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and address in lines[0] and lines[0].startswith("blatam cache: "), done.stderr
