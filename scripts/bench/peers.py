@@ -187,14 +187,15 @@ def count_warnings(side: str, result: dict[str, Any], work: Workload) -> list[st
 
 
 async def _measure(peer_url: str, peer_name: str, ours_url: str, maker: PromptMaker, work: Workload,
-                   rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                   rounds: int, keys: tuple[str | None, str | None] = (None, None),
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     from rich.progress import Progress
 
     from scripts.bench.peers_client import connect, http_client
 
     async with http_client(max(work.concurrency, work.sequential)) as http:
-        ours = await connect(http, "ours", ours_url)
-        peer = await connect(http, peer_name, peer_url)
+        ours = await connect(http, "ours", ours_url, keys[0])
+        peer = await connect(http, peer_name, peer_url, keys[1])
         with Progress(console=console, transient=True) as progress:
             samples = await run_rounds(http, [ours, peer], maker, work, rounds=rounds, progress=progress)
     return summarise(samples[ours.name], ours), summarise(samples[peer.name], peer)
@@ -229,7 +230,15 @@ def peers_command(
     json_out: Annotated[Path, typer.Option("--json", help="Write the results here.")],
     peer_name: Annotated[str, typer.Option("--peer-name", help="The peer's name in the table.")] = "vLLM-CPU",
     ours_url: Annotated[str | None, typer.Option(
-        "--ours-url", help="Our llm app's /v1 (default: start serve_config.yaml's llm app here and stop it after).")
+        "--ours-url", help="Our llm app's /v1, or the gateway's /v1 of `blatam up` (with --ours-api-key) "
+                           "(default: start serve_config.yaml's llm app here and stop it after).")
+    ] = None,
+    ours_api_key: Annotated[str | None, typer.Option(
+        "--ours-api-key", envvar="BLATAM_BENCH_OURS_API_KEY",
+        help="Bearer key for --ours-url (the gateway's /v1 wants one: `blatam keys create`).")] = None,
+    peer_api_key: Annotated[str | None, typer.Option(
+        "--peer-api-key", envvar="BLATAM_BENCH_PEER_API_KEY",
+        help="Bearer key for --peer-url (a vLLM started with --api-key; or our gateway measured as the peer).")
     ] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="demo (default), smollm2 or a Hugging Face folder: what ours serves and whose tokenizer "
@@ -279,7 +288,8 @@ def peers_command(
             console.print(f"ours: {ours_url} (torch threads {replica['torch_threads']}, "
                           f"num_cpus {replica['num_cpus']})")
         try:
-            ours, peer = asyncio.run(_measure(peer_url, peer_name, ours_url, maker, work, rounds))
+            ours, peer = asyncio.run(_measure(peer_url, peer_name, ours_url, maker, work, rounds,
+                                              (ours_api_key, peer_api_key)))
         except PeerError as exc:
             console.print(f"blatam bench peers: {exc}")
             raise typer.Exit(1) from exc

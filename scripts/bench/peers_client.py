@@ -41,6 +41,8 @@ class Server:
     """Up to and including ``/v1``."""
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    """``Authorization`` when the server wants an API key (our gateway's /v1, a vLLM started with --api-key)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +75,17 @@ def _check(response: httpx.Response, server: Server, what: str) -> None:
                         f"{response.text[:300]}")
 
 
-async def connect(http: httpx.AsyncClient, name: str, base_url: str) -> Server:
+async def connect(http: httpx.AsyncClient, name: str, base_url: str, api_key: str | None = None) -> Server:
     """The server's model id (``GET /models``) and whether its completions take ``ignore_eos``."""
-    server = Server(name=name, base_url=base_url.rstrip("/"))
+    server = Server(name=name, base_url=base_url.rstrip("/"),
+                    headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
     try:
-        response = await http.get(f"{server.base_url}/models")
+        response = await http.get(f"{server.base_url}/models", headers=server.headers)
     except httpx.HTTPError as exc:
         raise PeerError(f"{name} is not reachable at {server.base_url}: {exc}") from exc
     _check(response, server, "GET /models")
     server.model = response.json()["data"][0]["id"]
-    probe = await http.post(f"{server.base_url}/completions", json={
+    probe = await http.post(f"{server.base_url}/completions", headers=server.headers, json={
         "model": server.model, "prompt": "probe", "max_tokens": 1, "temperature": 0, "ignore_eos": True})
     if probe.status_code == 200:
         server.extra = {"ignore_eos": True}
@@ -100,7 +103,7 @@ async def ttft(http: httpx.AsyncClient, server: Server, prompt: str) -> TTFT:
     started = time.perf_counter()
     first: float | None = None
     usage: dict[str, Any] | None = None
-    async with http.stream("POST", f"{server.base_url}/completions", json=body) as response:
+    async with http.stream("POST", f"{server.base_url}/completions", json=body, headers=server.headers) as response:
         if response.status_code != 200:
             await response.aread()
             _check(response, server, "a streamed completion")
@@ -121,7 +124,8 @@ async def ttft(http: httpx.AsyncClient, server: Server, prompt: str) -> TTFT:
 
 async def complete(http: httpx.AsyncClient, server: Server, prompt: str, max_tokens: int) -> int:
     """One whole completion; its output tokens."""
-    response = await http.post(f"{server.base_url}/completions", json=_body(server, prompt, max_tokens))
+    response = await http.post(f"{server.base_url}/completions", json=_body(server, prompt, max_tokens),
+                               headers=server.headers)
     _check(response, server, "a completion")
     return int(response.json()["usage"]["completion_tokens"])
 

@@ -58,3 +58,38 @@ def test_summary_takes_medians_and_ratios_are_ours_over_the_peer() -> None:
     assert count_warnings("ours", ours, Workload()) == []
     other = {**ours, "prompt_tokens": 1500, "cached_tokens": 1920}
     assert len(count_warnings("peer", other, Workload())) == 2
+
+
+async def test_a_server_behind_an_api_key_is_measured_with_it_and_refused_without(tmp_path) -> None:
+    """Ours through the gateway's /v1 (what `blatam up` serves), the tiny model behind it: the key rides along."""
+    import httpx
+
+    from cache_actors.engine.demo_model import TINY_SPEC
+    from cache_actors.engine.model_runner import ModelRunner
+    from deployments.gateway.app import create_app
+    from deployments.gateway.state import GatewayState
+    from scripts.bench.peers_client import PeerError, complete, connect, ttft
+    from tests.deployments.llm_test_support import TinyBackend, make_app
+    from tests.deployments.test_gateway_app import SECRET, InProcessServices, load_settings, make_service
+
+    runner = ModelRunner.load(None, demo_spec=TINY_SPEC)
+    openai_app = make_app(TinyBackend(runner).generate_stream, runner)
+
+    class Front:
+        async def app(self):
+            return openai_app
+
+    settings = load_settings({"blatam_env": "test", "secret_key": SECRET, "database_url": f"sqlite:///{tmp_path / 'gw.db'}"})
+    state = await GatewayState.open(settings, InProcessServices({"echo": make_service()}), openai_front=Front())
+    await state.auth.create_user(username="bench", password="a long password", scopes="llm")
+    key = (await state.auth.create_api_key(username="bench", name="bench")).secret
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, timeout=60) as http:
+        with pytest.raises(PeerError, match="401"):
+            await connect(http, "gateway", "http://gw/v1")
+        server = await connect(http, "gateway", "http://gw/v1", key)
+        assert server.model == runner.model_id and server.headers == {"Authorization": f"Bearer {key}"}
+        first = await ttft(http, server, "Hello there, how are you today?")
+        assert first.ms > 0 and first.prompt_tokens
+        assert await complete(http, server, "Count to three:", 3) > 0
+    await state.close()
