@@ -109,10 +109,10 @@ DirArg = typer.Argument(..., help="Folder for the set (on several nodes: a folde
 def persist_command(directory: Path = DirArg, address: AddressOpt = "auto", as_json: JsonOpt = False) -> None:
     """Write every shard's cached blocks to DIR, one part per shard and one manifest over all."""
     _join(address)
-    from cache_actors.actors.cluster_admin import kv_actor_names
+    from cache_actors.actors.cluster_admin import shard_names
     from cache_actors.actors.cluster_persist import persist_cluster
 
-    shards = max(0, len(kv_actor_names()) - 1)
+    shards = len(shard_names())
     with _progress() as progress:
         task = progress.add_task("shards writing their part", total=shards)
         outcomes = persist_cluster(directory, on_part=lambda _: progress.advance(task))

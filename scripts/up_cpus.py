@@ -16,7 +16,7 @@ replica Serve keeps asking for but can never place only fills the logs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -88,8 +88,7 @@ def fit_replica_cpus(config: Any, cluster_cpus: float) -> list[ReplicaCpus]:
         cap = _cap_autoscaling(deployment, fitted[i].given, spare)
         if cap is not None:
             spare -= (cap[1] - fitted[i].replicas) * fitted[i].given
-            fitted[i] = ReplicaCpus(fitted[i].app, fitted[i].deployment, fitted[i].replicas, fitted[i].asked,
-                                    fitted[i].given, cap)
+            fitted[i] = replace(fitted[i], max_replicas=cap)
     return fitted
 
 

@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 import ray
 
-from cache_actors.actors.cluster_admin import gather_calls, kv_actor_names
-from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE, parse_shard_name
+from cache_actors.actors.cluster_admin import gather_calls, shard_names
+from cache_actors.actors.spec import NAMESPACE, parse_shard_name
 from cache_actors.core.persistence import MANIFEST, PersistenceError, file_sha256, read_versioned_json
 
 CLUSTER_MANIFEST = "cluster.json"
@@ -47,17 +47,13 @@ class PartOutcome:
     note: str = ""
 
 
-def _shards() -> list[str]:
-    return [name for name in kv_actor_names() if name != COORDINATOR_NAME]
-
-
 def persist_cluster(directory: str | Path, *, on_part: Callable[[str], None] | None = None,
                     timeout_s: float = PART_TIMEOUT_S) -> list[PartOutcome]:
     """Every shard writes its blocks under `directory`; `cluster.json` is written only when all succeeded."""
     root = Path(directory).resolve()
     root.mkdir(parents=True, exist_ok=True)
     (root / CLUSTER_MANIFEST).unlink(missing_ok=True)
-    parts = {f"part-{i:03d}": name for i, name in enumerate(_shards())}
+    parts = {f"part-{i:03d}": name for i, name in enumerate(shard_names())}
     calls = {part: ray.get_actor(name, namespace=NAMESPACE).persist.remote(str(root / part))
              for part, name in parts.items()}
     answers = gather_calls(calls, timeout_s, on_part)
@@ -131,7 +127,7 @@ def load_cluster(directory: str | Path, *, on_part: Callable[[str], None] | None
     not one; outcomes that are not ok for a part that fails (nothing loaded when any fails the check)."""
     root = Path(directory).resolve()
     parts = read_cluster_manifest(root)
-    assigned = _assign(parts, _shards())
+    assigned = _assign(parts, shard_names())
 
     def handle(part: str) -> Any:
         return ray.get_actor(assigned[part], namespace=NAMESPACE)

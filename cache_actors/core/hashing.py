@@ -49,8 +49,8 @@ TENANT_KEY = "tenant"
 
 
 def tenant_tag(tenant_id: str | None) -> str | None:
-    """What a cache stores to know a chain's tenant: a digest, so tenant ids never sit in shard memory,
-    tier headers or persisted sets in clear. ``None`` for no tenant. `blatam cache clear --tenant` derives
+    """What a cache stores to know a chain's tenant: a digest, so tenant ids never sit in shard memory or
+    persisted sets in clear. ``None`` for no tenant. `blatam cache clear --tenant` derives
     the same tag from the id the operator gives."""
     if not tenant_id:
         return None

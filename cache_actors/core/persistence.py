@@ -3,7 +3,8 @@
 Format: a directory with ``blocks.safetensors`` (one tensor per codec part,
 ``[n, *part_shape]``, blocks parents-first) and ``manifest.json`` (format
 version, namespace, codec, block hashes and parents, the tenant tag of each
-chain's first block, a SHA-256 per block and of the tensor file). safetensors holds only raw tensors, so loading a file
+chain's first block, a SHA-256 per block and of the tensor file).
+safetensors holds only raw tensors, so loading a file
 can never run code (no pickle, no ``torch.load``). Everything is checked before
 the first block enters the cache: a truncated, corrupted or foreign file is
 refused with a `PersistenceError` and the cache is left as it was.

@@ -95,7 +95,9 @@ class Recorder:
 
 
 def main(address: str) -> dict[str, Any]:
-    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    from cache_actors.actors.ray_join import join_ray
+
+    join_ray(address, timeout_s=60, namespace=NAMESPACE, log_to_driver=False)  # the head may still be starting
     traffic = Traffic.options(name="traffic", lifetime="detached").remote()
     recorder = Recorder.options(name="recorder", lifetime="detached").remote()
     cached = ray.get(traffic.run.remote(), timeout=300)

@@ -98,7 +98,7 @@ _TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItem
 PROMPT_SCHEMA: dict[str, Any] = {"anyOf": [
     {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
     _TOKENS, {"type": "array", "items": _TOKENS, "minItems": 1, "maxItems": 1}]}
-STOP_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+STOP_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP},
                                          {"type": "null"}]}
 MESSAGES_SCHEMA: dict[str, Any] = {"type": "array", "minItems": 1, "items": {
     "type": "object", "required": ["role"], "properties": {
