@@ -9,8 +9,10 @@ thread: it blocks on the controller) and caches the handle; it reads the
 applications' status from the controller at most once per
 ``status_ttl_s`` so a service that is not deployed, failed or unhealthy is
 answered 503 at once instead of waiting for replicas that will not come.
-Once it has a view, a request never waits for that read: an expired view is
-answered from while a refresh runs beside it (`read_app_states` says why).
+A request finding the view expired but recent (under `MAX_STALE_TTLS` periods)
+does not wait for that read: it is answered from the view while a refresh runs
+beside it (`read_app_states` says why). An older view (after an idle spell)
+is read afresh first, so a request is never judged on a view from long ago.
 Every forwarded call is bounded by a timeout and cancelled on timeout or
 client disconnect. `forward_stream` is the streaming variant (the service's
 ``handle_request_stream``): the head within the timeout, then each chunk
@@ -137,6 +139,10 @@ class ServiceRegistry:
         return sorted(self._apps.items())
 
 
+MAX_STALE_TTLS = 5
+"""How many status periods old a view may be and still answer a request while it is refreshed."""
+
+
 def read_app_states() -> dict[str, AppState]:
     """Each Serve application's status and message, as `serve.status()` gives them, for a tenth of its cost.
 
@@ -179,15 +185,17 @@ class ServeServiceClient:
     async def app_states(self) -> dict[str, AppState]:
         """Every application's state, read at most once per ``status_ttl_s`` (one refresh at a time).
 
-        Only the first read is awaited. After it, an expired view is returned at once and refreshed in the
-        background, so no request pays for the read: measured through the gateway, the request that found
-        the view expired (one a second under load) waited ~100 ms for it, which doubled a cached prompt's
-        time to first token."""
-        if time.monotonic() - self._states_at < self._status_ttl_s:
+        Under traffic the view is never older than a few periods, and an expired one is returned at once
+        while it is refreshed in the background, so no request pays for the read: measured through the
+        gateway, the request that found the view expired (one a second under load) waited ~100 ms for it,
+        which doubled a cached prompt's time to first token. A view older than `MAX_STALE_TTLS` periods
+        (the first read, or the first request after an idle spell) is awaited: deploying then, running now."""
+        age = time.monotonic() - self._states_at
+        if age < self._status_ttl_s:
             return self._states
         if self._refresh is None or self._refresh.done():
             self._refresh = asyncio.ensure_future(self._load_states())
-        if self._states_at > float("-inf"):
+        if age < self._status_ttl_s * MAX_STALE_TTLS:
             return self._states
         return await asyncio.shield(self._refresh)
 

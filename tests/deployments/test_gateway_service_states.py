@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from deployments.gateway.services import ServeServiceClient, ServiceRegistry, read_app_states
+from deployments.gateway.services import MAX_STALE_TTLS, ServeServiceClient, ServiceRegistry, read_app_states
 
 pytestmark = pytest.mark.ray
 
@@ -56,3 +56,14 @@ async def test_an_expired_view_is_answered_at_once_and_refreshed_beside_the_requ
     assert client._refresh is not None
     await asyncio.wait_for(asyncio.shield(client._refresh), timeout=30)
     assert client._states_at > read_at  # the refresh beside it landed
+
+
+async def test_a_view_from_long_ago_is_read_afresh_before_it_answers(an_app) -> None:
+    """After an idle spell the view may say an app was deploying minutes ago: the request waits for a new one."""
+    client = ServeServiceClient(ServiceRegistry(), status_ttl_s=1.0)
+    first = await client.app_states()
+    client._states_at -= 1 + MAX_STALE_TTLS  # older than the view may be and still answer
+    client._states = {}  # what it said then (here: nothing at all)
+    again = await client.app_states()
+    assert again is not first and again[an_app].status == "RUNNING"
+    assert time.monotonic() - client._states_at < 30
