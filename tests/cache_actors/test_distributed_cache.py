@@ -54,7 +54,8 @@ def ray_cluster():
     if ray.is_initialized():
         pytest.skip("another Ray instance is running in this process")
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port,
+    # address="local": always a private cluster, never one a `ray start` or `blatam up` runs on this host.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port,
              _system_config={"metrics_report_interval_ms": 1000})
     try:
         yield port
