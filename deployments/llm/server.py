@@ -99,6 +99,7 @@ class LLMServer:
                 max_batch_size=self.settings.max_batch_size,
                 max_model_len=self.settings.max_model_len,
                 max_prefill_tokens=self.settings.max_prefill_tokens,
+                idle_prefill_tokens=self.settings.idle_prefill_tokens,
                 max_waiting=self.settings.max_waiting,
             ),
             compile_format=_format_compiler(runner),

@@ -31,6 +31,9 @@ class LLMSettings(BaseSettings):
     max_prefill_tokens: int = Field(
         512, ge=1, description="Uncached prompt tokens prefilled between two decode steps; a longer prompt is "
                                "prefilled in chunks (bounds the decode stall; `blatam bench prefill`).")
+    idle_prefill_tokens: int = Field(
+        4096, ge=1, description="Uncached prompt tokens an iteration may prefill while no sequence is decoding (nobody "
+                                "to stall): a lone long prompt is prefilled at once, faster than in chunks.")
     max_waiting: int = Field(1024, ge=1, description="Queued requests per replica before 503.")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")

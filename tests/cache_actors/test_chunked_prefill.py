@@ -27,7 +27,7 @@ def test_batch_keeps_decoding_while_a_long_prompt_is_chunked(make_engine, batche
     short = "Status update for the team:"
     want_short = _reference(reference, short, max_new_tokens=48)
     want_long = _reference(reference, LONG)
-    b = batcher(max_prefill_tokens=32)
+    b = batcher(max_prefill_tokens=32, idle_prefill_tokens=4096)  # the idle budget must not apply: one decodes
 
     async def run():
         decoding = asyncio.ensure_future(b.generate(_request(b.runner, short, max_new_tokens=48)))
@@ -40,6 +40,18 @@ def test_batch_keeps_decoding_while_a_long_prompt_is_chunked(make_engine, batche
     assert got_short["token_ids"] == want_short["token_ids"]
     assert got_long["token_ids"] == want_long["token_ids"]
     assert b.steps_during_chunked_prefill > 0  # decode steps ran between the long prompt's chunks
+
+
+def test_a_long_prompt_with_nothing_decoding_is_prefilled_in_one_forward(make_engine, batcher):
+    expected = _reference(make_engine(cache_strategy="lru", max_tokens=16), LONG)
+    b = batcher(max_prefill_tokens=32, idle_prefill_tokens=512)
+    assert len(b.runner.encode(LONG)) > 4 * 32
+    forwards: list[int] = []
+    prefill = b.runner.prefill
+    b.runner.prefill = lambda ids, prefix=None: forwards.append(len(ids)) or prefill(ids, prefix)  # counts, runs the real one
+    got = asyncio.run(b.generate(_request(b.runner, LONG)))
+    assert got["token_ids"] == expected["token_ids"]
+    assert forwards == [len(b.runner.encode(LONG))] and b.steps_during_chunked_prefill == 0
 
 
 def test_cancelling_a_half_prefilled_prompt_frees_its_place(batcher):

@@ -4,8 +4,9 @@ One worker thread owns the model and the batch (model calls release the GIL,
 so the replica's event loop stays responsive). Each loop iteration:
 
 1. drops sequences whose client went away (their row is freed at once);
-2. prefills at most ``max_prefill_tokens`` of uncached prompt, so neither a
-   burst of prompts nor one long prompt stalls everyone's decoding for long:
+2. prefills at most ``max_prefill_tokens`` of uncached prompt (or
+   ``idle_prefill_tokens`` while nothing decodes), so neither a burst of
+   prompts nor one long prompt stalls everyone's decoding for long:
    first the next chunk of a prompt too long for one iteration (one at a
    time, see `chunked_prefill`), then waiting sequences while rows are free
    (`admission`). They are prefilled on top of their cached prefixes,
@@ -54,6 +55,8 @@ class BatcherConfig:
     max_batch_size: int = 16
     max_model_len: int | None = None  # None: the model's context, capped at 4096
     max_prefill_tokens: int = 512  # per iteration; a longer prompt is prefilled in chunks
+    # Per iteration while no sequence is decoding (nobody to stall); None: max_prefill_tokens.
+    idle_prefill_tokens: int | None = None
     max_waiting: int = 1024
 
 
