@@ -124,6 +124,9 @@ class KVCacheShard:
         self._last_report = 0.0
         self._hints: list[BlockHash] = []
         self._quiet_until = 0.0
+        # Whether another shard may hold blocks (see `_remote_may_help`): assumed until the coordinator says no,
+        # as of the coordinator's announcement time (a reply computed before an announcement must not undo it).
+        self._others_hold_blocks, self._others_as_of_ns = True, 0
         self.fetcher = RemoteFetcher(
             name=name, node_id=self.node_id, spec=spec, store=self.store, tiers=self.tiers,
             coordinator=self._coordinator_handle, on_coordinator_failure=self._coordinator_failed,
@@ -166,7 +169,10 @@ class KVCacheShard:
         wanted = len(hashes) if limit is None else max(0, min(limit, len(hashes)))
         result = self.store.lookup(hashes, limit=wanted, request=True)
         tiers = {"device": len(result.slots)}
-        if allow_remote and len(result.slots) < wanted:
+        if allow_remote and len(result.slots) < wanted and not self._remote_may_help():
+            self.counters["remote_lookups_skipped"] += 1
+        elif allow_remote and len(result.slots) < wanted:
+            self.counters["remote_lookups"] += 1
             fetched = await self.fetcher.complete(hashes[:wanted], len(result.slots), tenant)
             if fetched:
                 again = self.store.lookup(hashes, limit=wanted)
@@ -177,6 +183,23 @@ class KVCacheShard:
             self._hints.append(hashes[wanted - 1])
         handle = None if known_epoch == self.epoch else self.pool.handle
         return MatchReply(self.epoch, handle, result.lease_id, result.slots, result.checksums, tiers)
+
+    def _remote_may_help(self) -> bool:
+        """Whether a miss could be completed from elsewhere: a tier, or a peer shard holding blocks.
+
+        When neither exists (one node, no Redis or disk), asking the coordinator
+        where the missing blocks are is a round trip that always answers
+        "nowhere", paid by every request whose prompt is not all cached.
+        """
+        return bool(self.tiers) or self._others_hold_blocks
+
+    def peers_hold_blocks(self, announced_ns: int) -> None:
+        """The coordinator saw another shard start holding blocks: ask it about misses again."""
+        self._note_others(True, announced_ns)
+
+    def _note_others(self, hold: bool, as_of_ns: int) -> None:
+        if as_of_ns >= self._others_as_of_ns:
+            self._others_hold_blocks, self._others_as_of_ns = hold, as_of_ns
 
     def release(self, lease: int) -> bool:
         return self.store.release_lease(lease)
@@ -257,16 +280,18 @@ class KVCacheShard:
         first_seq, events = self.store.take_events()
         self._last_report = now
         try:
-            hot = await asyncio.wait_for(
+            reply = await asyncio.wait_for(
                 coordinator.report.remote(self.name, self.node_id, self.epoch, first_seq, events), self.spec.timeouts.report_s
             )
         except (RayError, asyncio.TimeoutError, TimeoutError) as exc:
             # Maybe delivered, maybe not: send again (the coordinator skips sequence numbers it has).
             self.store.return_events(events)
             self._coordinator_failed(exc)
+            self._others_hold_blocks = True  # until a coordinator answers again
             return
-        if hot:
-            self.store.mark_hot(hot)
+        self._note_others(reply.others_hold_blocks, reply.announced_ns)
+        if reply.hot:
+            self.store.mark_hot(reply.hot)
 
     # --- demotion --------------------------------------------------------------------------------
     async def _demote(self) -> None:

@@ -84,6 +84,18 @@ class ApplyResult:
     hot: list[bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class ReportReply:
+    """The coordinator's answer to a shard's event batch."""
+
+    hot: list[bytes]
+    """Hashes the shard holds that became hot cluster-wide."""
+    others_hold_blocks: bool
+    """Whether any other shard holds a block: if none does (and there are no tiers), a miss has nowhere to be fetched from."""
+    announced_ns: int
+    """When the coordinator last announced a new holder (`time.time_ns`): a reply older than an announcement loses."""
+
+
 class GlobalIndex:
     """Block hash -> locations, per-shard sequence tracking, hotness and successors."""
 
@@ -260,6 +272,10 @@ class GlobalIndex:
     # --- questions ----------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._loc)
+
+    def holders(self) -> frozenset[str]:
+        """Shards known to hold at least one block."""
+        return frozenset(name for name, info in self.shards.items() if info.blocks)
 
     def where(self, block_hash: bytes) -> list[str]:
         """Shard names and tiers holding a block."""

@@ -162,6 +162,24 @@ def test_the_shard_sees_the_whole_request_while_the_hit_is_capped_at_the_limit(d
         assert after["request_blocks"] == before["request_blocks"] + len(hashes)
 
 
+def test_a_miss_asks_the_coordinator_only_when_another_shard_holds_blocks(dist, reference):
+    """One shard, no tiers: where a prompt's uncached blocks are is always "nowhere", so the shard stops asking."""
+    shard = dist.cache._shard
+    coordinator = get_or_create_coordinator(dist.cache.spec)
+    run(dist, SYSTEM + "Warm the shared prefix.")
+    wait_until(lambda: ray.get(coordinator.stats.remote())["blocks"] >= ray.get(shard.stats.remote())["blocks"])
+    # The shard learns "no other holder" from the reply to its next report (a heartbeat at the latest).
+    wait_until(lambda: not run(dist, SYSTEM + f"Probe {time.monotonic()}.") or
+               ray.get(shard.stats.remote()).get("remote_lookups_skipped", 0) > 0, timeout_s=30)
+    before = ray.get(shard.stats.remote())
+    text = SYSTEM + "A tail nobody has cached yet."
+    got = run(dist, text)
+    after = ray.get(shard.stats.remote())
+    assert got["cached_tokens"] > 0 and got["token_ids"] == reference(text)
+    assert after["remote_lookups_skipped"] == before["remote_lookups_skipped"] + 1
+    assert after.get("remote_lookups", 0) == before.get("remote_lookups", 0)
+
+
 def test_coordinator_killed_no_request_fails_and_its_index_is_rebuilt(dist, reference):
     spec = dist.cache.spec
     coordinator = get_or_create_coordinator(spec)

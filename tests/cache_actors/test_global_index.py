@@ -241,3 +241,17 @@ def test_location_pieces_probe_a_long_chain_logarithmically():
     assert _CountingDict.probes <= 4 * 12  # ~log2(2000) per place boundary, not one per block
     assert location_pieces(chain, locations, usable=0b10) == []
     assert location_pieces([], locations, usable=0b101) == []
+
+
+def test_holders_are_the_shards_with_at_least_one_block():
+    index = GlobalIndex()
+    synced(index, "a")
+    synced(index, "b")
+    assert index.holders() == frozenset()
+    index.apply("a", "n1", "e1", 0, stored(1, 2))
+    assert index.holders() == {"a"}
+    index.apply("a", "n1", "e1", 2, [(EVICTED, h(1)), (EVICTED, h(2))])
+    assert index.holders() == frozenset()
+    index.apply("b", "n1", "e1", 0, stored(3))
+    index.purge("b")
+    assert index.holders() == frozenset()
