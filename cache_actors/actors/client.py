@@ -8,8 +8,9 @@ talks to the shard of its own device:
   process (`shm_pool`). ``match`` is one call that returns a read lease
   (slots + checksums); the client verifies the checksums and decodes the
   blocks straight from shared memory into the prefix buffer: one copy per
-  byte, as in one process. ``store`` reserves slots (one call), writes the
-  encoded blocks into them and commits without waiting.
+  byte, as in one process. ``store`` asks for slots (``reserve``) and returns;
+  the encoded blocks are copied into them and committed once the reply is in
+  (`write_behind`), without the model's thread waiting for either.
 - **Other node** (no shared memory): ``get``/``put`` move copies through
   Ray's object store as numpy arrays (zero-copy on read).
 
@@ -48,6 +49,7 @@ from cache_actors.core.block_checksum import block_checksum, block_checksums
 from cache_actors.core.hashing import BlockHash
 from cache_actors.core.kv_cache import _slot_runs
 from cache_actors.core.kv_layout import block_views
+from cache_actors.actors.write_behind import PendingWrite, WriteBehind, fill_slots
 from cache_actors.cluster.part_arrays import parts_from_numpy, parts_to_numpy
 from cache_actors.cluster.shm_pool import SharedBlockPool
 
@@ -86,6 +88,7 @@ class DistributedKVCache:
         self._pool: SharedBlockPool | None = None
         self._pending_commit: Any = None
         self._pending_commit_args: tuple[int, list[bytes], BlockHash] | None = None
+        self._writes = WriteBehind(self._finish_write)
         self._reconnect_after = 0.0
         self.fallbacks: dict[str, int] = defaultdict(int)
         self.tier_blocks: dict[str, int] = defaultdict(int)
@@ -188,6 +191,7 @@ class DistributedKVCache:
             return DistributedHit()
         reusable = len(hashes) if limit is None else max(0, min(limit, len(hashes)))
         started = time.perf_counter()
+        self._writes.complete(wait=True)  # read our own writes: their slots filled and their commits sent
         self.queried_blocks += reusable
         metrics().add(metrics().queried_tokens, reusable * self.block_size, shard=self.shard_name)
         if not self._same_node:
@@ -199,6 +203,7 @@ class DistributedKVCache:
     def _await_pending_write(self) -> None:
         """Read our own writes: Ray does not order calls to an asyncio actor, so let the
         last commit/put land first (it was sent a whole request ago: usually done already)."""
+        self._writes.complete(wait=True)
         if self._pending_commit is not None:
             ray.wait([self._pending_commit], timeout=self.spec.timeouts.lookup_s)
             self._pending_commit = None
@@ -288,42 +293,44 @@ class DistributedKVCache:
     # --- write path ------------------------------------------------------------------------------------
     def store(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor], *,
               num_tokens: int | None = None, tenant: str | None = None) -> int:
-        """Cache blocks ``start..`` of a chain (its first block tagged ``tenant``); returns blocks written (0 on any failure).
+        """Cache blocks ``start..`` of a chain (its first block tagged ``tenant``); returns blocks sent (0 on failure).
 
-        The reserve call is sent first and the blocks are encoded and
-        checksummed while it is in flight; the commit is not awaited (the next
-        `match` waits for it, so a client always reads its own writes).
+        The blocks are encoded and checksummed now, while ``reserve`` is in
+        flight, and written when its reply is in (`write_behind`): nothing here
+        waits for the shard. A reserve refused later is counted in ``fallbacks``.
         """
         if start >= len(hashes):
             return 0
+        self._writes.complete(wait=False)
         if not self._same_node:
             return self._store_remote(hashes, start, kv_blocks, tenant)
         ref = self._submit(lambda s: s.reserve.remote(list(hashes), start, tenant), "reserve")
         if ref is None:
             return 0
-        shard = self._shard
         positions = list(range(start, len(hashes)))
         encoded = self._encode(kv_blocks, positions)  # usually every block after the hit is new
         sums = block_checksums(encoded, range(len(positions)))
-        reply: ReserveReply | None = self._get(ref, "reserve")
+        self._writes.add(PendingWrite(self._shard, ref, list(hashes), start, encoded, sums))
+        return len(positions)
+
+    def flush_writes(self) -> None:
+        """Write every block still waiting for its slots (the batcher calls this before it idles)."""
+        self._writes.complete(wait=True)
+
+    def _finish_write(self, write: PendingWrite) -> None:
+        """Fill a pending write's slots and send its commit (not awaited: the next `match` carries it)."""
+        reply: ReserveReply | None = self._get(write.reserve, "reserve")
         if reply is None or not reply.lease:
-            return 0
+            return
         pool = self._attach(reply)
         if pool is None:
-            shard.release.remote(reply.lease)
-            return 0
-        rows = [position - start for position, _ in reply.slots]
-        slots = [slot for _, slot in reply.slots]
-        for first, stop, first_slot in _slot_runs(slots):  # runs of consecutive slots: plain slice copies
-            for name, part in pool.parts.items():
-                source = encoded[name][rows[first] : rows[first] + stop - first]
-                if rows[first : stop] != list(range(rows[first], rows[first] + stop - first)):
-                    source = encoded[name][torch.tensor(rows[first:stop], dtype=torch.long)]
-                part[first_slot : first_slot + stop - first].copy_(source)
-        commit = (reply.lease, [sums[row] for row in rows], hashes[reply.slots[-1][0]])
-        self._pending_commit = shard.commit.remote(*commit)
+            write.shard.release.remote(reply.lease)
+            return
+        rows = [position - write.start for position, _ in reply.slots]
+        fill_slots(pool.parts, write.encoded, rows, [slot for _, slot in reply.slots])
+        commit = (reply.lease, [write.sums[row] for row in rows], write.hashes[reply.slots[-1][0]])
+        self._pending_commit = write.shard.commit.remote(*commit)
         self._pending_commit_args = commit
-        return len(rows)
 
     def _encode(self, kv_blocks: Callable[[int, int], torch.Tensor], positions: list[int]) -> dict[str, torch.Tensor]:
         first = positions[0]

@@ -38,6 +38,9 @@ class KVCacheBackend(Protocol):
               num_tokens: int | None = None, tenant: str | None = None) -> int:
         """Cache blocks ``start..``; ``tenant`` (`hashing.tenant_tag`) tags a chain's first block."""
 
+    def flush_writes(self) -> None:
+        """Finish every `store` still in flight (called before the batcher idles; no-op where writes are synchronous)."""
+
     def get_stats(self) -> dict[str, Any]: ...
 
     def clear(self) -> None: ...

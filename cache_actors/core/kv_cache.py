@@ -124,6 +124,9 @@ class BaseKVCache:
     def contains(self, block_hash: BlockHash) -> bool:
         return block_hash in self.index
 
+    def flush_writes(self) -> None:
+        """`store` here is synchronous: there is never a write to finish (`KVCacheBackend.flush_writes`)."""
+
     # --- write path -------------------------------------------------------------------
     def store(
         self,

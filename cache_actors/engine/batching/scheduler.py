@@ -257,9 +257,10 @@ class ContinuousBatcher(AdmissionMixin):
         self._torch_threads = torch.get_num_threads()
         self._worker_started.set()
         while True:
+            if self._idle():
+                self._flush_writes()
             with self._wake:
-                while (not self._closed and not self._waiting and not self._running and self._partial is None
-                       and not self.compute.has_pending()):
+                while self._idle():
                     self._wake.wait()
                 if self._closed:
                     break
@@ -275,6 +276,17 @@ class ContinuousBatcher(AdmissionMixin):
                 self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
         for seq in [*self._running, *self._waiting, *([self._partial.seq] if self._partial else [])]:
             seq.emit({"type": "error", "message": "the server is shutting down"})
+
+    def _idle(self) -> bool:
+        return (not self._closed and not self._waiting and not self._running and self._partial is None
+                and not self.compute.has_pending())
+
+    def _flush_writes(self) -> None:
+        """Before waiting for work: blocks whose cache write is still in flight are written now, not at the next request."""
+        try:
+            self.cache.flush_writes()
+        except Exception:  # caching is an optimisation: a failed write costs later hits, never the loop
+            logger.exception("finishing the cache writes in flight failed")
 
     def _drop_cancelled(self) -> None:
         with self._wake:
