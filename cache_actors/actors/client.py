@@ -317,6 +317,7 @@ class DistributedKVCache:
         """Write every block still waiting for its slots (the batcher calls this before it idles)."""
         self._writes.complete(wait=True)
 
+    @torch.inference_mode()  # the mapped pool may be an inference tensor (mapped during a match): the batcher's idle flush is not
     def _finish_write(self, write: PendingWrite) -> None:
         """Fill a pending write's slots and send its commit (not awaited: the next `match` carries it)."""
         reply: ReserveReply | None = self._get(write.reserve, "reserve")

@@ -149,6 +149,26 @@ def test_a_block_that_fails_its_checksum_is_never_used(dist, reference):
     assert again["token_ids"] == reference(text) and again["cached_tokens"] > 16
 
 
+def test_blocks_written_behind_reach_the_shard_when_the_batcher_goes_idle(dist):
+    """The last write of a request (its generated blocks) is finished by the idle batcher, not left to the next request."""
+    text = SYSTEM + "Written behind"
+    while not 11 <= len(dist.runner.encode(text)) % 16 <= 15:  # so the 6 generated tokens complete a block
+        text += " and idle"
+    result = run(dist, text)
+    tokens = dist.runner.encode(text) + result["token_ids"]
+    hashes = dist.block_hashes(tokens[: len(tokens) - 1])  # every full block of what the row held at the end
+    shard = dist.cache._shard
+    assert len(hashes) > len(dist.block_hashes(dist.runner.encode(text)))  # the answer filled a block of its own
+
+    def held() -> bool:
+        reply = ray.get(shard.match.remote(hashes, False))
+        ray.get(shard.release.remote(reply.lease))
+        return len(reply.slots) == len(hashes)
+
+    assert wait_until(held, timeout_s=10)
+    assert dist.cache.fallbacks.get("reserve_none", 0) == 0 and not len(dist.cache._writes)
+
+
 def test_the_shard_sees_the_whole_request_while_the_hit_is_capped_at_the_limit(dist):
     text = SYSTEM + "Limit check, please."
     run(dist, text)
