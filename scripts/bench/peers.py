@@ -9,8 +9,9 @@ DIR``.
 
 The workload (notes/peers.md, issue 15), each measure on each server in
 turn, the order of the servers swapped every round so a slow spell of the
-shared machine lands on both alike; one warm-up round, then ``--rounds``
-recorded ones, medians:
+shared machine lands on both alike, and each measure starts once the CPUs
+are quiet (`scripts.bench.quiet_cpu`: vLLM-CPU spins a core for a second
+after a burst); one warm-up round, then ``--rounds`` recorded ones, medians:
 
 - ``ttft_uncached``: a fresh ``--prompt-tokens`` (2,049) prompt, first token.
 - ``ttft_cached``: request A (untimed) and B (timed) share their first
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from scripts.bench import bench_app
+from scripts.bench.quiet_cpu import wait_for_quiet_cpus
 from scripts.bench.report import console, print_table, write_json
 
 if TYPE_CHECKING:  # httpx and the tokenizer load inside the command, not for `blatam --help`
@@ -74,6 +76,8 @@ class Samples:
     prompt_tokens: list[int]
     cached_tokens: list[int]
     completion_tokens: dict[str, list[int]]
+    quiet_wait_s: float = 0.0
+    """Seconds spent waiting for quiet CPUs before this server's measures."""
 
     @classmethod
     def empty(cls) -> Samples:
@@ -138,6 +142,7 @@ async def run_rounds(http: httpx.AsyncClient, servers: list[Server], maker: Prom
         order = servers if index % 2 == 0 else servers[::-1]
         for measure in MEASURES:
             for server in order:
+                samples[server.name].quiet_wait_s += await wait_for_quiet_cpus()
                 await RUNNERS[measure](http, server, maker, work, samples[server.name] if index else None)
                 if progress is not None and task is not None:
                     progress.advance(task)
@@ -159,6 +164,7 @@ def summarise(samples: Samples, server: Server) -> dict[str, Any]:
         "prompt_tokens": statistics.median(samples.prompt_tokens) if samples.prompt_tokens else None,
         "cached_tokens": statistics.median(samples.cached_tokens) if samples.cached_tokens else None,
         "completion_tokens_per_request": produced,
+        "quiet_wait_s": samples.quiet_wait_s,
         "samples": samples.values,
     }
 
