@@ -297,7 +297,8 @@ class DistributedKVCache:
 
         The blocks are encoded and checksummed now, while ``reserve`` is in
         flight, and written when its reply is in (`write_behind`): nothing here
-        waits for the shard. A reserve refused later is counted in ``fallbacks``.
+        waits for the shard. A reserve that fails is counted in ``fallbacks``; one
+        the shard declines (no free slot) writes nothing, as before.
         """
         if start >= len(hashes):
             return 0

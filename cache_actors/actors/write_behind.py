@@ -2,10 +2,10 @@
 
 Why: `DistributedKVCache.store` used to wait for its ``reserve`` round trip on
 the engine's compute thread, twice per request (the prompt's blocks after the
-first token, the generated ones when the request ends). While it waited, the
-model's OpenMP threads had nothing to do: in one process with the shard and
-coordinator actors up, 16 concurrent requests decoded at 762 tok/s against
-888 tok/s with the same Ray cluster and an in-process cache. Now a store sends
+first token, the generated ones when the request ends), 2-5 ms each on 2
+busy cores, while the model's OpenMP threads had nothing to do (16
+concurrent requests in one process with the shard actor, A/B interleaved:
+749 and 725 tok/s waiting, 759 and 796 written behind). Now a store sends
 ``reserve``, encodes and checksums its blocks at once (the batch row they come
 from is then free to be reused) and leaves them here; they are copied into
 their slots and committed when the reply is in: at the next store, before the
