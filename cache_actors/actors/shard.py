@@ -169,16 +169,17 @@ class KVCacheShard:
         wanted = len(hashes) if limit is None else max(0, min(limit, len(hashes)))
         result = self.store.lookup(hashes, limit=wanted, request=True)
         tiers = {"device": len(result.slots)}
-        if allow_remote and len(result.slots) < wanted and not self._remote_may_help():
-            self.counters["remote_lookups_skipped"] += 1
-        elif allow_remote and len(result.slots) < wanted:
-            self.counters["remote_lookups"] += 1
-            fetched = await self.fetcher.complete(hashes[:wanted], len(result.slots), tenant)
-            if fetched:
-                again = self.store.lookup(hashes, limit=wanted)
-                self.store.release_lease(result.lease_id)
-                result = again
-                tiers.update(fetched)
+        if allow_remote and len(result.slots) < wanted:
+            if not self._remote_may_help():
+                self.counters["remote_lookups_skipped"] += 1
+            else:
+                self.counters["remote_lookups"] += 1
+                fetched = await self.fetcher.complete(hashes[:wanted], len(result.slots), tenant)
+                if fetched:
+                    again = self.store.lookup(hashes, limit=wanted)
+                    self.store.release_lease(result.lease_id)
+                    result = again
+                    tiers.update(fetched)
         if result.slots and len(result.slots) == wanted:
             self._hints.append(hashes[wanted - 1])
         handle = None if known_epoch == self.epoch else self.pool.handle

@@ -204,7 +204,7 @@ class LeanLlama:
         is mostly set-up. Measured on this project's 2-core machine (16 rows
         of 64-124 tokens, 8 query and 4 KV heads, caches cold as in a real
         step): 408 us per layer with SDPA and a boolean mask, 233 us here;
-        a whole 16-row decode step of the 24M Llama 13.5 -> 12.3 ms. The
+        a whole 16-row decode step of the 24M Llama 13-14 -> 11-12 ms. The
         result equals SDPA's to float rounding (~4e-7), the same greedy tokens.
         float32 only: in bf16 or fp16 SDPA accumulates the softmax in float32 and this would not.
         """
