@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -29,17 +30,24 @@ from business_modules.storage.errors import (
 )
 from business_modules.storage.sql import compile_named, rows_affected
 
+_log = logging.getLogger(__name__)
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Arbitrary constant: the advisory lock every Blatam process takes to migrate.
 _MIGRATION_LOCK_KEY = 0x626C6174616D  # "blatam"
 
+# What a server going away looks like from here. A fast shutdown cuts open
+# connections with AdminShutdownError (or mid-statement with
+# ConnectionDoesNotExistError), refuses new ones with CannotConnectNowError, and
+# a connection cut while asyncpg switched states raises InternalClientError
+# ("another operation is in progress"): all were 500s in the fault drill, all
+# mean "retry shortly" (503).
 _UNAVAILABLE = (
     OSError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -130,7 +138,21 @@ class PostgresDatabase(Database):
         try:
             yield conn
         finally:
+            await self._release(conn)
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        """Hand `conn` back; a connection the server cut is dropped, not an error.
+
+        asyncpg resets a connection on release and re-raises when the reset
+        fails (the server shut down after the statement ran). The statement's
+        outcome is already known to the caller, and asyncpg has terminated the
+        connection so the pool opens a fresh one: failing the request here would
+        turn a committed write into a 500.
+        """
+        try:
             await self._pool.release(conn)
+        except _TRANSLATED as exc:
+            _log.info("Dropped a PostgreSQL connection the server closed: %s", exc)
 
     async def execute(self, sql: str, params: Params | None = None) -> int:
         compiled = compile_named(sql, "$")
@@ -194,7 +216,10 @@ class PostgresDatabase(Database):
 
     async def _run_script(self, script: str) -> None:
         async with self._connection() as conn:
-            await conn.execute(script)  # no arguments: asyncpg runs a multi-statement script
+            try:
+                await conn.execute(script)  # no arguments: asyncpg runs a multi-statement script
+            except _TRANSLATED as exc:
+                raise _translate(exc, "run script") from exc
 
     async def ping(self, timeout_s: float = 2.0) -> None:
         try:
