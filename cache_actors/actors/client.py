@@ -44,12 +44,12 @@ from cache_actors.actors.metrics import metrics
 from cache_actors.actors.ray_join import join_ray
 from cache_actors.actors.placement import get_or_create_coordinator, node_shards, pick_local_shard
 from cache_actors.actors.shard import MatchReply, ReserveReply
-from cache_actors.actors.spec import ShardSpec, Timeouts
+from cache_actors.actors.spec import ShardSpec, spec_from_config
 from cache_actors.core.block_checksum import block_checksum, block_checksums
 from cache_actors.core.hashing import BlockHash
-from cache_actors.core.kv_cache import _slot_runs
+from cache_actors.core.kv_cache import slot_runs
 from cache_actors.core.kv_layout import block_views
-from cache_actors.actors.write_behind import PendingWrite, WriteBehind, fill_slots
+from cache_actors.actors.write_behind import PendingWrite, WriteBehind, encode_blocks, fill_slots
 from cache_actors.cluster.part_arrays import parts_from_numpy, parts_to_numpy
 from cache_actors.cluster.shm_pool import SharedBlockPool
 
@@ -279,7 +279,7 @@ class DistributedKVCache:
             self.codec.decode_into({k: v.to(out.device) for k, v in hit.parts.items()}, out)
             return
         assert hit.pool is not None
-        for start, stop, first_slot in _slot_runs(hit.slots):
+        for start, stop, first_slot in slot_runs(hit.slots):
             parts = {name: t[first_slot : first_slot + stop - start].to(out.device) for name, t in hit.pool.parts.items()}
             self.codec.decode_into(parts, out[start:stop])
 
@@ -297,19 +297,23 @@ class DistributedKVCache:
 
         The blocks are encoded and checksummed now, while ``reserve`` is in
         flight, and written when its reply is in (`write_behind`): nothing here
-        waits for the shard. A reserve that fails is counted in ``fallbacks``; one
+        waits for the shard, except for an earlier write of this chain's parent
+        block (the shard would decline the rest of a chain whose parent is
+        pending). A reserve that fails is counted in ``fallbacks``; one
         the shard declines (no free slot) writes nothing, as before.
         """
         if start >= len(hashes):
             return 0
         self._writes.complete(wait=False)
+        if start > 0:
+            self._writes.complete_through(hashes[start - 1])  # the shard declines a chain whose parent is pending
         if not self._same_node:
             return self._store_remote(hashes, start, kv_blocks, tenant)
         ref = self._submit(lambda s: s.reserve.remote(list(hashes), start, tenant), "reserve")
         if ref is None:
             return 0
         positions = list(range(start, len(hashes)))
-        encoded = self._encode(kv_blocks, positions)  # usually every block after the hit is new
+        encoded = encode_blocks(self.codec, kv_blocks, positions)  # usually every block after the hit is new
         sums = block_checksums(encoded, range(len(positions)))
         self._writes.add(PendingWrite(self._shard, ref, list(hashes), start, encoded, sums))
         return len(positions)
@@ -334,20 +338,12 @@ class DistributedKVCache:
         self._pending_commit = write.shard.commit.remote(*commit)
         self._pending_commit_args = commit
 
-    def _encode(self, kv_blocks: Callable[[int, int], torch.Tensor], positions: list[int]) -> dict[str, torch.Tensor]:
-        first = positions[0]
-        kv = kv_blocks(first, positions[-1] - first + 1)
-        rows = [position - first for position in positions]
-        if rows != list(range(len(rows))):
-            kv = kv[torch.tensor(rows, dtype=torch.long, device=kv.device)]
-        return {name: t.contiguous().cpu() for name, t in self.codec.encode(kv).items()}
-
     def _store_remote(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor],
                       tenant: str | None) -> int:
         if self._shard is None and not self._reconnect():
             return 0
         positions = list(range(start, len(hashes)))
-        encoded = self._encode(kv_blocks, positions)
+        encoded = encode_blocks(self.codec, kv_blocks, positions)
         sums = block_checksums(encoded, range(len(positions)))
         entries = [(hashes[p], hashes[p - 1] if p else None, s) for p, s in zip(positions, sums)]
         self._pending_commit = self._shard.put.remote(entries, parts_to_numpy(encoded), tenant)  # not awaited
@@ -382,34 +378,3 @@ class DistributedKVCache:
     def __len__(self) -> int:
         return int(self.get_stats().get("blocks", 0))
 
-
-def spec_from_config(config: "KVCacheConfig", runner: "ModelRunner", num_blocks: int) -> ShardSpec:
-    """Everything the shards of this engine's cache must agree on, from its settings."""
-    geometry = runner.geometry
-    return ShardSpec(
-        model_id=runner.model_id,
-        model_dtype=str(geometry.dtype).removeprefix("torch."),
-        kv_layout=geometry.layout,
-        codec=config.codec_name(),
-        num_layers=geometry.num_layers,
-        num_kv_heads=geometry.num_kv_heads,
-        head_dim=geometry.head_dim,
-        block_size=config.block_size,
-        num_blocks=num_blocks,
-        policy=config.policy_name(),
-        cpu_shards=config.cpu_shards,
-        shard_gpus=config.shard_gpus,
-        device_resource=config.device_resource,
-        redis_url=config.redis_url,
-        redis_ttl_s=config.redis_ttl_s,
-        compression=config.lossless_compression() or "lz4",
-        disk_tier_path=str(config.disk_tier_path) if config.disk_tier_path else None,
-        prefetch_size=config.prefetch_size if config.enable_prefetch else 0,
-        demote_min_hits=config.demote_min_hits,
-        timeouts=Timeouts(
-            lookup_s=config.lookup_timeout_s,
-            remote_fetch_s=config.remote_fetch_timeout_s,
-            tier_op_s=config.redis_timeout_ms / 1000,
-            prefetch_s=config.prefetch_timeout_s,
-        ),
-    )

@@ -12,10 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from cache_actors.codecs import Codec, KVShape, make_codec
+
+if TYPE_CHECKING:
+    from cache_actors.engine.config import KVCacheConfig
+    from cache_actors.engine.model_runner import ModelRunner
 
 #: Ray namespace of every cache actor (Serve replicas live in "serve").
 NAMESPACE = "blatam-kv"
@@ -97,3 +102,35 @@ def parse_shard_name(name: str) -> tuple[str, str, str] | None:
     if len(pieces) != 4 or pieces[0] != SHARD_PREFIX:
         return None
     return pieces[1], pieces[2], pieces[3]
+
+
+def spec_from_config(config: "KVCacheConfig", runner: "ModelRunner", num_blocks: int) -> ShardSpec:
+    """Everything the shards of this engine's cache must agree on, from its settings."""
+    geometry = runner.geometry
+    return ShardSpec(
+        model_id=runner.model_id,
+        model_dtype=str(geometry.dtype).removeprefix("torch."),
+        kv_layout=geometry.layout,
+        codec=config.codec_name(),
+        num_layers=geometry.num_layers,
+        num_kv_heads=geometry.num_kv_heads,
+        head_dim=geometry.head_dim,
+        block_size=config.block_size,
+        num_blocks=num_blocks,
+        policy=config.policy_name(),
+        cpu_shards=config.cpu_shards,
+        shard_gpus=config.shard_gpus,
+        device_resource=config.device_resource,
+        redis_url=config.redis_url,
+        redis_ttl_s=config.redis_ttl_s,
+        compression=config.lossless_compression() or "lz4",
+        disk_tier_path=str(config.disk_tier_path) if config.disk_tier_path else None,
+        prefetch_size=config.prefetch_size if config.enable_prefetch else 0,
+        demote_min_hits=config.demote_min_hits,
+        timeouts=Timeouts(
+            lookup_s=config.lookup_timeout_s,
+            remote_fetch_s=config.remote_fetch_timeout_s,
+            tier_op_s=config.redis_timeout_ms / 1000,
+            prefetch_s=config.prefetch_timeout_s,
+        ),
+    )

@@ -18,13 +18,16 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import ray
 import torch
 
 from cache_actors.core.hashing import BlockHash
-from cache_actors.core.kv_cache import _slot_runs
+
+if TYPE_CHECKING:
+    from cache_actors.codecs.base import Codec
+from cache_actors.core.kv_cache import slot_runs
 
 
 @dataclass(slots=True)
@@ -37,6 +40,10 @@ class PendingWrite:
     start: int
     encoded: dict[str, torch.Tensor]
     sums: list[bytes]
+
+    def new_hashes(self) -> list[BlockHash]:
+        """The blocks this write sends (those before ``start`` were already cached)."""
+        return self.hashes[self.start :]
 
 
 class WriteBehind:
@@ -66,19 +73,33 @@ class WriteBehind:
         done = 0
         with self._lock:
             while self._writes:
-                write = self._writes[0]
-                if not wait and not ray.wait([write.reserve], timeout=0)[0]:
+                if not wait and not ray.wait([self._writes[0].reserve], timeout=0)[0]:
                     break
-                self._writes.popleft()
-                self._finish(write)
+                self._finish(self._writes.popleft())
                 done += 1
         return done
+
+    def complete_through(self, block: BlockHash) -> int:
+        """Finish writes in order up to the last one that writes `block` (waiting for its reply); 0 if none does.
+
+        Why: the shard declines a reserve whose parent block is still pending
+        (a block without its parent saves nothing). A request's generated blocks
+        continue its prompt's chain, so their reserve must not overtake the
+        prompt's commit: on 2 loaded cores the prompt's reply was not in yet when
+        the request ended, and its generated blocks were silently not cached.
+        """
+        with self._lock:
+            last = next((index for index in range(len(self._writes) - 1, -1, -1)
+                         if block in self._writes[index].new_hashes()), -1)
+            for _ in range(last + 1):
+                self._finish(self._writes.popleft())
+        return last + 1
 
 
 def fill_slots(pool_parts: Mapping[str, torch.Tensor], encoded: Mapping[str, torch.Tensor], rows: Sequence[int],
                slots: Sequence[int]) -> None:
     """Copy encoded row ``rows[i]`` into pool slot ``slots[i]``, runs of consecutive slots as slice copies."""
-    for first, stop, first_slot in _slot_runs(list(slots)):
+    for first, stop, first_slot in slot_runs(list(slots)):
         count = stop - first
         consecutive = list(rows[first:stop]) == list(range(rows[first], rows[first] + count))
         for name, part in pool_parts.items():
@@ -87,3 +108,17 @@ def fill_slots(pool_parts: Mapping[str, torch.Tensor], encoded: Mapping[str, tor
             else:
                 source = encoded[name][torch.tensor(rows[first:stop], dtype=torch.long)]
             part[first_slot : first_slot + count].copy_(source)
+
+
+def encode_blocks(codec: "Codec", kv_blocks: Callable[[int, int], torch.Tensor],
+                  positions: list[int]) -> dict[str, torch.Tensor]:
+    """Blocks ``positions`` of a chain, encoded by `codec` into contiguous CPU parts (row i is ``positions[i]``).
+
+    A copy, so the batch row the blocks come from may be reused at once.
+    """
+    first = positions[0]
+    kv = kv_blocks(first, positions[-1] - first + 1)
+    rows = [position - first for position in positions]
+    if rows != list(range(len(rows))):
+        kv = kv[torch.tensor(rows, dtype=torch.long, device=kv.device)]
+    return {name: t.contiguous().cpu() for name, t in codec.encode(kv).items()}

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # annotations only: policies build on the core, never the oth
     from cache_actors.policies.base import EvictionPolicy
 
 
-def _slot_runs(slots: Sequence[int | None]) -> Iterable[tuple[int, int, int]]:
+def slot_runs(slots: Sequence[int | None]) -> Iterable[tuple[int, int, int]]:
     """``(start, stop, first_slot)`` for each run of consecutive slots in ``slots``."""
     start = 0
     for index in range(1, len(slots) + 1):
@@ -110,7 +110,7 @@ class BaseKVCache:
         assert not hit.released, "read after release"
         # Decode straight from the pool: runs of consecutive slots (a chain is
         # usually stored in one) are slices, so each byte is copied once.
-        for start, stop, first_slot in _slot_runs([node.slot for node in hit.nodes]):
+        for start, stop, first_slot in slot_runs([node.slot for node in hit.nodes]):
             parts = {name: tensor[first_slot : first_slot + stop - start] for name, tensor in self.pool.parts.items()}
             self.codec.decode_into(parts, views[start:stop])
 

@@ -13,6 +13,7 @@ import httpx
 from typing import Any, Callable
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
@@ -165,8 +166,35 @@ def test_blocks_written_behind_reach_the_shard_when_the_batcher_goes_idle(dist):
         ray.get(shard.release.remote(reply.lease))
         return len(reply.slots) == len(hashes)
 
-    assert wait_until(held, timeout_s=10)
+    try:
+        wait_until(held, timeout_s=10)
+    except TimeoutError:
+        pytest.fail(f"not held; writes pending {len(dist.cache._writes)}, fallbacks {dict(dist.cache.fallbacks)}")
     assert dist.cache.fallbacks.get("reserve_none", 0) == 0 and not len(dist.cache._writes)
+
+
+def test_a_chain_continued_before_its_first_write_is_answered_is_stored_whole(dist):
+    """A request's generated blocks continue its prompt's chain; their reserve must not overtake the prompt's commit.
+
+    On 2 loaded cores the prompt's reserve reply was not in yet when the
+    request ended: the generated blocks' reserve found their parent pending,
+    the shard declined it, and they were silently not cached.
+    """
+    cache, spec = dist.cache, dist.cache.spec
+    tokens = [10_000 + i for i in range(6 * spec.block_size)]  # ids no text of these tests encodes to
+    hashes = dist.block_hashes(tokens)
+    kv = torch.randn(len(hashes), spec.num_layers, 2, spec.num_kv_heads, spec.block_size, spec.head_dim,
+                     dtype=getattr(torch, spec.model_dtype))
+
+    def blocks(first: int, count: int) -> torch.Tensor:
+        return kv[first : first + count]
+
+    assert cache.store(hashes[:3], 0, blocks) == 3
+    assert cache.store(hashes, 3, blocks) == 3  # sent at once: the first reserve's reply cannot be in yet
+    cache.flush_writes()
+    reply = ray.get(cache._shard.match.remote(hashes, False))
+    ray.get(cache._shard.release.remote(reply.lease))
+    assert len(reply.slots) == len(hashes)
 
 
 def test_the_shard_sees_the_whole_request_while_the_hit_is_capped_at_the_limit(dist):
