@@ -155,7 +155,8 @@ class LLMServer:
         }
 
     def get_stats(self) -> dict[str, Any]:
-        """Engine and cache statistics plus the batcher's (mean batch size, the torch threads its thread runs)."""
+        """Engine and cache statistics plus the batcher's (mean batch size, the torch threads its thread runs) and
+        the compute dtype (``auto`` resolves per machine: a benchmark must say which it ran)."""
         steps = self.batcher.steps
         return {
             **self.engine.get_stats(),
@@ -165,6 +166,7 @@ class LLMServer:
             "shard": self.shard,
             "torch_threads": self.batcher.worker_torch_threads(),
             "num_cpus": self.threads.cpus,
+            "dtype": str(self.engine.runner.dtype).removeprefix("torch."),
         }
 
     def check_health(self) -> None:

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 
 from scripts.bench import bench_app
@@ -258,6 +259,10 @@ def peers_command(
     new_tokens: Annotated[int, typer.Option(help="Tokens generated per throughput request.", min=1)] = 64,
     sequential: Annotated[int, typer.Option(help="Requests one after the other (tok_s_1).", min=1)] = 4,
     concurrency: Annotated[int, typer.Option(help="Requests at once (tok_s_16).", min=1)] = 16,
+    dtype: Annotated[str, typer.Option(
+        help="Compute dtype of ours when started here: float32 (as the README starts vLLM-CPU), bfloat16, "
+             "or config (serve_config.yaml's `auto`: bf16 on a CPU with AMX). Give the peer the same one.",
+        click_type=click.Choice(["float32", "bfloat16", "config"]))] = "float32",
     seed: Annotated[int | None, typer.Option(help="Prompt seed (default: a new one every run, so a peer "
                                                    "that stays up never sees a prompt twice).")] = None,
 ) -> None:
@@ -289,10 +294,10 @@ def peers_command(
             from scripts.bench.peers_ours import ours_llm
 
             with console.status("starting Ray + Serve with serve_config.yaml's llm app"):
-                server = stack.enter_context(ours_llm(model_path))
+                server = stack.enter_context(ours_llm(model_path, dtype=None if dtype == "config" else dtype))
             ours_url, replica = server.base_url, server.replica
             console.print(f"ours: {ours_url} (torch threads {replica['torch_threads']}, "
-                          f"num_cpus {replica['num_cpus']})")
+                          f"num_cpus {replica['num_cpus']}, dtype {replica['dtype']})")
         try:
             ours, peer = asyncio.run(_measure(peer_url, peer_name, ours_url, maker, work, rounds,
                                               (ours_api_key, peer_api_key)))

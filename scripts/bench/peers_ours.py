@@ -34,11 +34,15 @@ class OursServer:
     base_url: str
     """Up to and including the app's route prefix (``/v1``)."""
     replica: dict[str, Any]
-    """``torch_threads``, ``num_cpus`` and ``shard`` of the replica (`LLMServer.get_stats`)."""
+    """``torch_threads``, ``num_cpus``, ``dtype`` and ``shard`` of the replica (`LLMServer.get_stats`)."""
 
 
-def llm_only(config: Any, model_path: str | None) -> Any:
-    """The deploy file reduced to its ``llm`` application, serving ``model_path`` (None: the demo model)."""
+def llm_only(config: Any, model_path: str | None, dtype: str | None = None) -> Any:
+    """The deploy file reduced to its ``llm`` application, serving ``model_path`` (None: the demo model).
+
+    ``dtype`` replaces the file's (``auto`` there: bf16 on a CPU with AMX), so
+    ours computes in the dtype the peer was started with; None keeps the file's.
+    """
     apps = [app for app in config.applications if app.import_path == LLM_IMPORT_PATH]
     if not apps:
         raise ValueError("the deploy file has no llm application")
@@ -47,12 +51,16 @@ def llm_only(config: Any, model_path: str | None) -> Any:
     # server is, it answers on its own /v1 like vLLM's.
     config.applications[0].route_prefix = config.applications[0].route_prefix or "/v1"
     apply_model(config, ModelChoice(model_path, None if model_path else "blatam bench peers: the demo model"))
+    if dtype is not None:
+        args = dict(config.applications[0].args or {})
+        args["cache"] = {**(args.get("cache") or {}), "dtype": dtype}
+        config.applications[0].args = args
     return config
 
 
 @contextmanager
-def ours_llm(model_path: str | None, *, config_path: Path = DEFAULT_CONFIG, num_cpus: int | None = None,
-             timeout_s: float = DEPLOY_TIMEOUT_S) -> Iterator[OursServer]:
+def ours_llm(model_path: str | None, *, dtype: str | None = None, config_path: Path = DEFAULT_CONFIG,
+             num_cpus: int | None = None, timeout_s: float = DEPLOY_TIMEOUT_S) -> Iterator[OursServer]:
     """Start the ``llm`` app (see the module docstring); yields where it answers."""
     import ray
     from ray import serve
@@ -60,7 +68,7 @@ def ours_llm(model_path: str | None, *, config_path: Path = DEFAULT_CONFIG, num_
     from ray.serve.config import gRPCOptions
 
     port = _free_port()
-    config = llm_only(load_config(config_path, host="127.0.0.1", port=port), model_path)
+    config = llm_only(load_config(config_path, host="127.0.0.1", port=port), model_path, dtype)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         fit_replica_cpus(config, ray.cluster_resources().get("CPU", 0.0))
@@ -74,7 +82,7 @@ def ours_llm(model_path: str | None, *, config_path: Path = DEFAULT_CONFIG, num_
         app = config.applications[0]
         wait_until_running([app.name], timeout_s=timeout_s, stop=threading.Event())
         stats = serve.get_deployment_handle("LLMServer", app_name=app.name).get_stats.remote().result(timeout_s=60)
-        replica = {key: stats.get(key) for key in ("torch_threads", "num_cpus", "shard")}
+        replica = {key: stats.get(key) for key in ("torch_threads", "num_cpus", "dtype", "shard")}
         yield OursServer(f"http://127.0.0.1:{port}{app.route_prefix}", replica)
     finally:
         try:

@@ -50,6 +50,8 @@ def test_bench_peers_starts_our_llm_app_measures_both_and_stops_it(peer_url: str
     assert result["ratio"]["tok_s_1"] == pytest.approx(result["ours"]["tok_s_1"] / result["peer"]["tok_s_1"])
     # Ours ran as serve_config.yaml deploys it: the model replica's torch threads are its CPUs.
     assert result["ours"]["replica"]["torch_threads"] == min(2, os.cpu_count() or 1)
+    # ... in float32 (--dtype's default, as the README starts vLLM-CPU), not the file's `auto` (bf16 with AMX).
+    assert result["ours"]["replica"]["dtype"] == "float32"
     assert "ourselves" in done.stdout and "ours/peer" in done.stdout
     # ... and was stopped: its port no longer answers.
     with pytest.raises(httpx.TransportError):

@@ -93,3 +93,18 @@ async def test_a_server_behind_an_api_key_is_measured_with_it_and_refused_withou
         assert first.ms > 0 and first.prompt_tokens
         assert await complete(http, server, "Count to three:", 3) > 0
     await state.close()
+
+
+def test_ours_runs_the_dtype_asked_for_and_otherwise_the_files() -> None:
+    """serve_config.yaml says `auto` (bf16 on a CPU with AMX); measured against a float32 peer, ours must be float32."""
+    from scripts.bench.peers_ours import llm_only
+    from scripts.up import DEFAULT_CONFIG, load_config
+
+    def llm_args(dtype: str | None) -> dict:
+        config = llm_only(load_config(DEFAULT_CONFIG, host="127.0.0.1", port=8000), "/models/m", dtype)
+        assert [app.name for app in config.applications] == ["llm"]
+        return config.applications[0].args
+
+    assert llm_args(None)["cache"]["dtype"] == "auto"
+    assert llm_args("float32")["cache"]["dtype"] == "float32" and llm_args("float32")["model_path"] == "/models/m"
+    assert llm_args("float32")["cache"]["enable_distributed"] is True  # the rest of the file's cache settings stay
