@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 
 from scripts.bench import bench_app
@@ -230,6 +229,9 @@ def print_report(ours: dict[str, Any], peer: dict[str, Any], ratio: dict[str, fl
                   f"Cached tokens reported: ours {ours['cached_tokens']}, {peer_name} {peer['cached_tokens']}.")
 
 
+DTYPES = ("float32", "bfloat16", "config")
+
+
 @bench_app.command("peers")
 def peers_command(
     peer_url: Annotated[str, typer.Option("--peer-url", help="The peer's OpenAI API, up to /v1 "
@@ -261,8 +263,8 @@ def peers_command(
     concurrency: Annotated[int, typer.Option(help="Requests at once (tok_s_16).", min=1)] = 16,
     dtype: Annotated[str, typer.Option(
         help="Compute dtype of ours when started here: float32 (as the README starts vLLM-CPU), bfloat16, "
-             "or config (serve_config.yaml's `auto`: bf16 on a CPU with AMX). Give the peer the same one.",
-        click_type=click.Choice(["float32", "bfloat16", "config"]))] = "float32",
+             "or config (serve_config.yaml's `auto`: bf16 on a CPU with AMX). Give the peer the same one.")
+    ] = "float32",
     seed: Annotated[int | None, typer.Option(help="Prompt seed (default: a new one every run, so a peer "
                                                    "that stays up never sees a prompt twice).")] = None,
 ) -> None:
@@ -273,6 +275,9 @@ def peers_command(
     from scripts.bench.peers_client import PeerError
     from scripts.bench.peers_prompts import PREFIX_MARGIN, PromptMaker, run_seed
 
+    if dtype not in DTYPES:
+        console.print(f"blatam bench peers: --dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        raise typer.Exit(2)
     work = Workload(prompt_tokens, cached_tokens, short_prompt_tokens, new_tokens, sequential, concurrency)
     if prompt_tokens - cached_tokens < 2 * PREFIX_MARGIN:
         console.print(f"blatam bench peers: --cached-tokens {cached_tokens} leaves too little of --prompt-tokens "
