@@ -112,3 +112,26 @@ def test_prompts_sharing_new_blocks_are_not_computed_twice_in_one_forward(batche
     # The later ones came after the first's prompt was stored: they reused the shared blocks.
     assert results[1]["cached_tokens"] >= full_shared - block and results[3]["cached_tokens"] >= full_shared - block
     assert b.grouped_prefills >= 2  # the others still shared a forward
+
+
+def test_a_step_writes_each_rows_tokens_at_its_own_columns_and_nowhere_else() -> None:
+    """The flat-index write (`RaggedLayer.update`) equals the advanced-index assignment it replaced."""
+    torch.manual_seed(0)
+    kv = RaggedKVBuffer(num_layers=2, num_kv_heads=3, head_dim=4, max_rows=5, max_len=32, dtype=torch.float32)
+    kv.buffer.normal_()
+    for _ in range(4):
+        kv.add_row()
+    for row, length in enumerate((7, 0, 19, 3)):
+        kv.set_length(row, length)
+    expected = kv.buffer.clone()
+    for starts, counts, first in (([7, 0, 19], [3, 5, 1], 0), (None, None, None)):  # an extend of rows 0-2, a decode step
+        cache, positions, _ = kv.extend_inputs(first, starts, counts) if starts else kv.decode_inputs()
+        rows, width = positions.shape
+        first = first or 0
+        for layer_index, layer in enumerate(cache.layers):
+            keys, values = (torch.randn(rows, width, 3, 4).transpose(1, 2) for _ in range(2))  # strided, as the model's
+            layer.update(keys, values)
+            for side, states in ((0, keys), (1, values)):
+                view = expected[layer_index, side, first : first + rows]
+                view[torch.arange(rows)[:, None], :, positions] = states.transpose(1, 2)
+        assert torch.equal(kv.buffer, expected)
