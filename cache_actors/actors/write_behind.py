@@ -24,10 +24,10 @@ import ray
 import torch
 
 from cache_actors.core.hashing import BlockHash
+from cache_actors.core.kv_cache import slot_runs
 
 if TYPE_CHECKING:
     from cache_actors.codecs.base import Codec
-from cache_actors.core.kv_cache import slot_runs
 
 
 @dataclass(slots=True)
