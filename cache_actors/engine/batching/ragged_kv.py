@@ -19,7 +19,8 @@ from cache_actors.core.kv_layout import cache_from_buffer
 
 
 class RaggedLayer(DynamicLayer):
-    """One layer's view of some rows; `update` writes row i's new tokens at its own columns ``cols[i]``."""
+    """One layer's view of some rows; `update` writes each new token's key and value at its buffer row in ``slots``
+    (`flat_slots`: row i's tokens at its own columns)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor, kv_len: int) -> None:
         super().__init__()
@@ -45,7 +46,7 @@ def flat_slots(cols: torch.Tensor, num_heads: int, max_len: int) -> torch.Tensor
     Ordered as ``[rows, heads, T]``, the order of a ``[rows, heads, T, D]`` key tensor's rows of D.
     """
     rows, width = cols.shape
-    row_base = torch.arange(rows, device=cols.device)[:, None] * num_heads + torch.arange(num_heads, device=cols.device)[None, :]
+    row_base = torch.arange(rows * num_heads, device=cols.device).view(rows, num_heads)  # i * heads + h
     return (row_base[:, :, None] * max_len + cols[:, None, :]).reshape(rows * num_heads * width)
 
 
