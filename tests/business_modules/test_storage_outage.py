@@ -31,20 +31,22 @@ def server():
     pg.destroy()
 
 
-async def _load(db: PostgresDatabase, stop: asyncio.Event, acked: set[int], errors: list[BaseException]) -> None:
+async def _load(db: PostgresDatabase, worker: int, stop: asyncio.Event, acked: set[int],
+                errors: list[BaseException]) -> None:
     """Writes, reads and transactions in a loop; acknowledged ids go in `acked`."""
-    ids = itertools.count()
-    while not stop.is_set():
-        n = next(ids)
+    for n in itertools.count():
+        if stop.is_set():
+            return
+        row = worker * 1_000_000 + n
         try:
             if n % 3 == 0:
                 async with db.transaction():
-                    await db.execute("INSERT INTO outage (id) VALUES (:id)", {"id": id(ids) * 1000 + n})
+                    await db.execute("INSERT INTO outage (id) VALUES (:id)", {"id": row})
                     await db.fetch_all("SELECT count(*) FROM outage")
-                acked.add(id(ids) * 1000 + n)
+                acked.add(row)
             elif n % 3 == 1:
-                await db.execute("INSERT INTO outage (id) VALUES (:id)", {"id": id(ids) * 1000 + n})
-                acked.add(id(ids) * 1000 + n)
+                await db.execute("INSERT INTO outage (id) VALUES (:id)", {"id": row})
+                acked.add(row)
             else:
                 await db.fetch_all("SELECT pg_sleep(0.005), count(*) FROM outage")
         except Exception as exc:  # noqa: BLE001 - judged by the test
@@ -57,7 +59,7 @@ async def test_restart_under_load_gives_only_retryable_errors_and_keeps_acknowle
     try:
         await db.execute("CREATE TABLE outage (id BIGINT PRIMARY KEY)")
         stop, acked, errors = asyncio.Event(), set(), []
-        workers = [asyncio.create_task(_load(db, stop, acked, errors)) for _ in range(WORKERS)]
+        workers = [asyncio.create_task(_load(db, worker, stop, acked, errors)) for worker in range(WORKERS)]
         for _ in range(RESTARTS):
             await asyncio.sleep(0.7)
             await asyncio.to_thread(server.stop)
