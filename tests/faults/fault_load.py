@@ -6,8 +6,13 @@ Every request ends as one of:
   output without any cache, a stored document with its id, an accepted job);
 - **refused**: a clean refusal a client can act on, 503 with ``Retry-After``
   (or, once a stream's 200 is sent, an error event whose code says retry);
+- **cut**: only where the fault crashes the process that streams the answer
+  (the gateway replica: nothing of ours is left on the path to send an error
+  event), a connection closed mid-body for a request in flight at that
+  instant; a client sees a broken read and retries, as it would for any
+  crashed server;
 - **failed**: anything else (a 500, a wrong answer, a reset connection, a
-  timeout): a fault test requires none.
+  timeout, a cut outside that instant): a fault test requires none.
 
 Acknowledged writes (document ids; export, BUL and Gamma job ids; agent run
 ids) are collected so the test can check that every one still exists after
@@ -35,6 +40,10 @@ RETRY_CODES = {"overloaded", "backend_unavailable", "service_unavailable"}
 """Error codes of a streamed error event that mean "retry", like a 503 before the stream."""
 
 
+_CUT_ERRORS = frozenset({"RemoteProtocolError", "ReadError"})
+"""How httpx reports a connection closed in the middle of a response body."""
+
+
 class Refused(Exception):
     """A clean refusal (503 + Retry-After): counted apart from failures."""
 
@@ -44,6 +53,9 @@ class Ledger:
     """Outcomes by kind and class, and the writes the services acknowledged."""
 
     fault_at_s: float | None = None
+    fault_done_s: float | None = None
+    crash_cuts_streams: bool = False
+    """The fault crashes the process holding the answers' streams: a body cut across it is 'cut', not failed."""
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     last_bad_s: float | None = None
@@ -60,11 +72,21 @@ class Ledger:
 
     def record(self, outcome: Outcome) -> None:
         verdict = "ok" if outcome.error is None else "refused" if outcome.error.startswith("Refused") else "failed"
+        if verdict == "failed" and self._cut_by_the_crash(outcome):
+            verdict = "cut"
         self.counts[(outcome.kind, verdict)] += 1
         if verdict != "ok":
             self.last_bad_s = max(self.last_bad_s or 0.0, outcome.done_s)
         if verdict == "failed":
             self.failures.append(f"{outcome.kind} #{outcome.seq} at {outcome.started_s:.1f} s: {outcome.error}")
+
+    def _cut_by_the_crash(self, outcome: Outcome) -> bool:
+        """A body cut short for a request that was in flight while the fault crashed its stream's process."""
+        if not self.crash_cuts_streams or self.fault_at_s is None or not outcome.error:
+            return False
+        crash_over = self.fault_done_s if self.fault_done_s is not None else outcome.done_s
+        in_flight = outcome.started_s <= crash_over and outcome.done_s >= self.fault_at_s
+        return in_flight and outcome.error.split(":", 1)[0] in _CUT_ERRORS
 
     def total(self, verdict: str | None = None) -> int:
         return sum(n for (_, v), n in self.counts.items() if verdict is None or v == verdict)

@@ -8,7 +8,9 @@ the machine's shared servers. For each fault the load sends ``LOAD_S`` of
 requests at ``RATE_PER_S`` (`tests.faults.fault_load` has the mix and how an
 answer is classified); ``FAULT_AT_S`` in, the fault happens. Then:
 
-- failed (neither ok nor a clean 503 with ``Retry-After``) must be 0;
+- failed (neither ok nor a clean 503 with ``Retry-After``) must be 0; where
+  the fault crashes the gateway replica, the process streaming answers to
+  the proxy, a body in flight at that instant is cut (counted apart);
 - every completion that succeeded equals the model's greedy output without
   any cache (checked per request, streamed or not);
 - the stack answers every kind of request again (recovery), and the time
@@ -54,6 +56,9 @@ CORPUS = "drills"
 LLM_ARGS = {"num_replicas": 1, "max_model_len": 1024, "max_batch_size": 8, "max_tokens_limit": 64,
             "cache": {"enable_distributed": True, "block_size": 16, "max_memory_mb": 16}}
 RESULTS: dict[str, dict] = {}
+CRASHES_THE_STREAMING_PROCESS = frozenset({"gateway_replica_killed"})
+"""Faults that kill the process streaming answers to the proxy: a body in flight then can only be cut
+(`fault_load.Ledger`); where the gateway survives (an LLM replica killed) it must end with an error event."""
 
 
 @dataclass
@@ -225,6 +230,7 @@ async def _load_with_fault(stack: Stack, kinds: list, ledger: Ledger, fault: Cal
         await asyncio.sleep(FAULT_AT_S)
         ledger.fault_at_s = time.perf_counter() - started
         await asyncio.to_thread(inject)
+        ledger.fault_done_s = time.perf_counter() - started
 
     async with stack.client() as client:
         started = time.perf_counter()
@@ -260,13 +266,13 @@ def test_fault_under_load(stack: Stack, expected: dict[str, str], fault: str) ->
     ledger = Ledger()
     kinds = fault_mix(stack.model, expected, ledger, CORPUS)
     asyncio.run(_until_every_kind_answers(stack, kinds, Ledger(), RECOVERY_TIMEOUT_S))  # healthy before
-    ledger = Ledger()
+    ledger = Ledger(crash_cuts_streams=fault in CRASHES_THE_STREAMING_PROCESS)
     kinds = fault_mix(stack.model, expected, ledger, CORPUS)
     sent = asyncio.run(_load_with_fault(stack, kinds, ledger, FAULTS[fault]))
     healthy_after_s = asyncio.run(_until_every_kind_answers(stack, kinds, Ledger(), RECOVERY_TIMEOUT_S))
     missing = asyncio.run(_acknowledged_writes_missing(stack, ledger))
     RESULTS[fault] = {"sent": sent, "ok": ledger.total("ok"), "refused": ledger.total("refused"),
-                      "failed": ledger.total("failed"), "recovery_s": round(ledger.recovery_s, 1),
+                      "cut": ledger.total("cut"), "failed": ledger.total("failed"), "recovery_s": round(ledger.recovery_s, 1),
                       "healthy_after_load_s": round(healthy_after_s, 1), "acknowledged_writes":
                       ledger.writes, "writes_missing": len(missing),
                       "by_kind": {f"{k}:{v}": n for (k, v), n in sorted(ledger.counts.items())}}
@@ -281,9 +287,10 @@ def test_fault_under_load(stack: Stack, expected: dict[str, str], fault: str) ->
 def _print_table() -> None:
     if not RESULTS:
         return
-    lines = ["", f"{'fault':<24} {'sent':>5} {'ok':>5} {'refused':>8} {'failed':>7} {'recovery s':>11} {'writes':>7}"]
+    lines = ["", f"{'fault':<24} {'sent':>5} {'ok':>5} {'refused':>8} {'cut':>4} {'failed':>7} {'recovery s':>11} "
+                 f"{'writes':>7}"]
     for fault, r in RESULTS.items():
-        lines.append(f"{fault:<24} {r['sent']:>5} {r['ok']:>5} {r['refused']:>8} {r['failed']:>7} "
+        lines.append(f"{fault:<24} {r['sent']:>5} {r['ok']:>5} {r['refused']:>8} {r['cut']:>4} {r['failed']:>7} "
                      f"{r['recovery_s']:>11} {r['acknowledged_writes'] - r['writes_missing']:>3}/"
                      f"{r['acknowledged_writes']:<3}")
     print("\n".join(lines))
