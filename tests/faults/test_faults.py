@@ -44,8 +44,8 @@ from tests.storage_fixtures import seed_api_keys
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-LOAD_S = 24.0
-FAULT_AT_S = 6.0
+LOAD_S = 16.0
+FAULT_AT_S = 5.0
 OUTAGE_S = 4.0
 """How long a stopped server stays down."""
 RATE_PER_S = 2.0

@@ -8,6 +8,11 @@ RAY_ADDRESS=... RAY_AUTH_MODE=token`` line into a clean environment and runs
 Ray's own CLI with it, then sends SIGINT to the process group (what Ctrl-C
 in a terminal does) and expects a clean exit, without Ray's
 "graceful_shutdown failed" retry message.
+
+One `blatam up` (about two minutes on 2 cores): the one with no package index,
+so the demo model serves and says why. Which model is chosen when one is
+installed is `tests/scripts/test_up_model.py`; the real model served through
+the gateway is `tests/deployments/test_llm_real_model.py`.
 """
 
 from __future__ import annotations
@@ -199,30 +204,3 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-
-
-@pytest.mark.real_model
-def test_blatam_up_serves_the_installed_real_model_by_default(tmp_path: Path, smollm2_path: Path) -> None:
-    """Installed once (here: the run's cached pull, linked into the data dir), SmolLM2 is what `blatam up` serves."""
-    models = tmp_path / "data" / "models"
-    models.mkdir(parents=True)
-    (models / smollm2_path.name).symlink_to(smollm2_path, target_is_directory=True)
-    proc, output, port, _ = start_up(tmp_path, unreachable_index_env(base_env(tmp_path)))  # no pull is needed
-    base = f"http://127.0.0.1:{port}"
-    try:
-        output.wait_for("Press Ctrl-C to stop.", proc, START_TIMEOUT_S)
-        assert "Model: SmolLM2-135M-Instruct (" in output.text, output.text[-3000:]
-        key = api_key(base_env(tmp_path), "ops", "llm")
-        card = httpx.get(f"{base}/v1/models", timeout=30, headers=key).json()["data"][0]
-        assert card["id"] == "SmolLM2-135M-Instruct" and card["blatam"] == {"kind": "huggingface"}, card
-        answer = httpx.post(f"{base}/v1/chat/completions", timeout=120, headers=key, json={
-            "messages": [{"role": "user", "content": "What is a cash-flow forecast?"}], "max_tokens": 24,
-            "temperature": 0}).json()
-        words = answer["choices"][0]["message"]["content"].split()
-        assert len(words) >= 10 and sum(w.strip(".,").isalpha() for w in words) >= 8, answer
-        assert "Stopped." in stop_up(proc, output)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
