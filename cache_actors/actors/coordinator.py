@@ -134,6 +134,14 @@ class KVCacheCoordinator:
     def where(self, block_hash: BlockHash) -> list[str]:
         return self.index.where(block_hash)
 
+    def hints(self, name: str, node_id: str, last_hashes: list[BlockHash]) -> int:
+        """`hint` for each chain a shard stored or served since its last report: one call per tick, not per chain.
+
+        Why: a burst of 16 requests ending in one decode step gave 32 calls,
+        each costing both processes Ray's per-call work on the model's cores.
+        """
+        return sum(self.hint(name, node_id, last_hash) for last_hash in last_hashes)
+
     def hint(self, name: str, node_id: str, last_hash: BlockHash) -> int:
         """Plan a prefetch of the blocks seen after ``last_hash`` into shard ``name``."""
         if name in self._prefetching or name not in self.index.shards:

@@ -246,8 +246,7 @@ class KVCacheShard:
             return
         coordinator = self._coordinator_handle()
         if coordinator is not None:
-            for last_hash in dict.fromkeys(hints):
-                coordinator.hint.remote(self.name, self.node_id, last_hash)  # fire and forget
+            coordinator.hints.remote(self.name, self.node_id, list(dict.fromkeys(hints)))  # fire and forget
 
     # --- coordinator link ------------------------------------------------------------------------
     def _coordinator_handle(self) -> Any:
