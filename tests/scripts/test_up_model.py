@@ -15,20 +15,21 @@ import pytest
 from rich.console import Console
 
 from scripts.up_model import DEFAULT_MODEL, ModelChoice, ModelChoiceError, apply_model, choose_model
-from tests.deployments.conftest import free_port
+from tests.scripts.test_up import unreachable_index_env
 
 
 @pytest.fixture
 def no_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pip pointed at a closed port, with no config file: every pull fails fast."""
-    for name in [n for n in os.environ if n.startswith("PIP_")]:
+    """This process's environment as `unreachable_index_env` makes a `blatam up`'s: every pull fails fast."""
+    env = unreachable_index_env(dict(os.environ))
+    for name in [n for n in os.environ if n.startswith("PIP_") and n not in env]:
         monkeypatch.delenv(name)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{free_port()}/simple")
+    for name in [n for n in env if n.startswith("PIP_")]:
+        monkeypatch.setenv(name, env[name])
 
 
-def _choose(spec: str | None, root: Path, configured: str | None = None) -> ModelChoice:
-    return choose_model(spec, configured, root=root, console=Console(file=open(os.devnull, "w")))
+def _choose(spec: str | None, root: Path) -> ModelChoice:
+    return choose_model(spec, None, root=root, console=Console(quiet=True))
 
 
 @pytest.mark.real_model
