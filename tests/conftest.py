@@ -4,6 +4,7 @@ TEST_DATABASE_URL / TEST_REDIS_URL (defaults: the local servers)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,34 @@ def serve_instance():
     from tests.deployments.conftest import serve_instance_session
 
     yield from serve_instance_session()
+
+
+# The suite runs on two xdist workers, a whole file per worker at a time, in the order below
+# (pyproject's addopts: `-n 2 --dist loadfile --no-loadscope-reorder`; `-n 0` runs it in one process).
+#: Files that start a Ray cluster of their own in this process. They run before any file can start
+#: the session's Serve cluster on the same worker (a process inits Ray once), so they come first.
+PRIVATE_RAY_FILES = (
+    "tests/cache_actors/test_distributed_cache.py",
+    "tests/cache_actors/test_distributed_multinode.py",
+)
+#: Then the files that take minutes (fixed-rate loads, many CLI subprocesses), so that neither worker
+#: is left running one alone at the end while the other idles.
+LONG_FILES = (
+    "tests/scripts/test_ops_cli.py",
+    "tests/deployments/test_soak.py",
+    "tests/faults/test_faults.py",
+    "tests/scripts/test_bench_serve.py",
+    "tests/fuzz/test_hostile_inputs.py",
+    "tests/deployments/test_llm_api.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put `PRIVATE_RAY_FILES`, then `LONG_FILES`, ahead of the rest (a stable sort: the rest keep their order)."""
+    first = {name: rank for rank, name in enumerate(PRIVATE_RAY_FILES + LONG_FILES)}
+    root = Path(str(config.rootpath))
+
+    def rank(item: pytest.Item) -> int:
+        return first.get(Path(str(item.path)).relative_to(root).as_posix(), len(first))
+
+    items.sort(key=rank)

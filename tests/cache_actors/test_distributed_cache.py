@@ -53,7 +53,8 @@ def run(engine: UltraAdaptiveKVCacheEngine, text: str) -> dict[str, Any]:
 def ray_cluster():
     """A local cluster that exports metrics every second on a free port (yields the port)."""
     if ray.is_initialized():
-        pytest.skip("another Ray instance is running in this process")
+        pytest.fail("another Ray instance is running in this process: this file must run before any that starts "
+                    "the session's Serve cluster (tests/conftest.py PRIVATE_RAY_FILES)")
     port = free_port()
     # address="local": always a private cluster, never one a `ray start` or `blatam up` runs on this host.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port,

@@ -49,7 +49,8 @@ class EngineHost:
 @pytest.fixture(scope="module")
 def cluster():
     if ray.is_initialized():
-        pytest.skip("another Ray instance is running in this process")
+        pytest.fail("another Ray instance is running in this process: this file must run before any that starts "
+                    "the session's Serve cluster (tests/conftest.py PRIVATE_RAY_FILES)")
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
