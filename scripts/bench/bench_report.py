@@ -96,7 +96,8 @@ def _bench(name: str, out: Path, *args: str) -> tuple[str, ...]:
 
 def plan(work: Path, sizes: Sizes, *, peer_url: str | None = None, peer_name: str = "vLLM-CPU") -> list[Part]:
     """Every part and its commands, in the order they run (`peers` only with a peer to run against)."""
-    pytest = ("-m", "pytest", "-q", "-p", "no:cacheprovider")
+    # One process (-n 0, not pyproject's two workers): a measurement wants the machine to itself, and its table shown.
+    pytest = ("-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider")
     faults_k = ("-k", " or ".join(sizes.faults)) if sizes.faults else ()
     soak_env = {"BLATAM_SOAK_S": str(sizes.soak_s), "BLATAM_SOAK_JSON": str(work / "soak.json")}
     parts = [

@@ -254,7 +254,7 @@ def test_plan_sizes_and_commands(tmp_path: Path) -> None:
     assert [s.output.name for s in ttft.steps] == [f"ttft-{n}.json" for n in FULL.ttft_lengths]
     faults = next(p for p in quick if p.name == "faults").steps[0]
     assert faults.env == {"BLATAM_FAULTS_JSON": str(tmp_path / "faults.json")}
-    assert faults.shown(tmp_path) == ("BLATAM_FAULTS_JSON=<work>/faults.json pytest -q -p no:cacheprovider "
+    assert faults.shown(tmp_path) == ("BLATAM_FAULTS_JSON=<work>/faults.json pytest -q -n 0 -p no:cacheprovider "
                                       "tests/faults/test_faults.py -k 'kv_shard_killed or llm_replica_killed'")
     soak = next(p for p in quick if p.name == "soak").steps[0]
     assert soak.env["BLATAM_SOAK_S"] == str(QUICK.soak_s)
@@ -262,7 +262,7 @@ def test_plan_sizes_and_commands(tmp_path: Path) -> None:
     for part in full:
         for step in part.steps:
             assert step.argv[:2] in (("-m", "scripts.cli"), ("-m", "pytest"))
-            assert (bench_report.ROOT / step.argv[5]).exists() if step.argv[1] == "pytest" else True
+            assert (bench_report.ROOT / step.argv[7]).exists() if step.argv[1] == "pytest" else True
 
 
 def test_help_lists_the_options() -> None:
