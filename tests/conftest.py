@@ -4,7 +4,6 @@ TEST_DATABASE_URL / TEST_REDIS_URL (defaults: the local servers)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -36,6 +35,17 @@ PRIVATE_RAY_FILES = (
     "tests/cache_actors/test_distributed_cache.py",
     "tests/cache_actors/test_distributed_multinode.py",
 )
+
+
+def require_no_ray_yet() -> None:
+    """For the fixtures of `PRIVATE_RAY_FILES`: fail, never skip, if this process already runs a Ray cluster."""
+    import ray
+
+    if ray.is_initialized():
+        pytest.fail("another Ray instance is running in this process: this file must run before any that starts "
+                    "the session's Serve cluster (tests/conftest.py PRIVATE_RAY_FILES)")
+
+
 #: Then the files that take minutes (fixed-rate loads, many CLI subprocesses), so that neither worker
 #: is left running one alone at the end while the other idles.
 LONG_FILES = (
@@ -51,9 +61,4 @@ LONG_FILES = (
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Put `PRIVATE_RAY_FILES`, then `LONG_FILES`, ahead of the rest (a stable sort: the rest keep their order)."""
     first = {name: rank for rank, name in enumerate(PRIVATE_RAY_FILES + LONG_FILES)}
-    root = Path(str(config.rootpath))
-
-    def rank(item: pytest.Item) -> int:
-        return first.get(Path(str(item.path)).relative_to(root).as_posix(), len(first))
-
-    items.sort(key=rank)
+    items.sort(key=lambda item: first.get(item.nodeid.split("::", 1)[0], len(first)))  # node ids are rootdir-relative

@@ -22,6 +22,7 @@ from cache_actors.actors.placement import get_or_create_coordinator  # noqa: E40
 from cache_actors.engine.requests import parse_request  # noqa: E402
 from cache_actors.cluster.shm_pool import SharedBlockPool  # noqa: E402
 from tests.cache_actors.redis_server import PrivateRedis, free_port  # noqa: E402
+from tests.conftest import require_no_ray_yet  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -52,9 +53,7 @@ def run(engine: UltraAdaptiveKVCacheEngine, text: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local cluster that exports metrics every second on a free port (yields the port)."""
-    if ray.is_initialized():
-        pytest.fail("another Ray instance is running in this process: this file must run before any that starts "
-                    "the session's Serve cluster (tests/conftest.py PRIVATE_RAY_FILES)")
+    require_no_ray_yet()
     port = free_port()
     # address="local": always a private cluster, never one a `ray start` or `blatam up` runs on this host.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port,

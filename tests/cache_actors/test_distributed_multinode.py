@@ -12,6 +12,7 @@ ray = pytest.importorskip("ray")
 
 from cache_actors.actors.placement import get_or_create_coordinator  # noqa: E402
 from tests.cache_actors.test_distributed_cache import wait_until  # noqa: E402
+from tests.conftest import require_no_ray_yet  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -48,9 +49,7 @@ class EngineHost:
 
 @pytest.fixture(scope="module")
 def cluster():
-    if ray.is_initialized():
-        pytest.fail("another Ray instance is running in this process: this file must run before any that starts "
-                    "the session's Serve cluster (tests/conftest.py PRIVATE_RAY_FILES)")
+    require_no_ray_yet()
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
