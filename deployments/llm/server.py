@@ -9,6 +9,10 @@ request through one `ContinuousBatcher`. Handle methods:
   (``{"type": "delta", "text", "token_ids"}``..., then ``{"type": "done", ...}``);
   call it with ``handle.options(stream=True)``. Closing it cancels the request
   and frees its batch slot.
+- ``generate_events(request)``: every event of the request in one reply, for
+  a caller that reads the whole answer (an OpenAI request without
+  ``stream``): one Ray reply instead of a streamed generator, which costs
+  both processes a millisecond or two of CPU more per request.
 - ``generate(request)``: the whole result as one dict.
 
 The request is a `cache_actors.engine.requests.LLMRequest`, or a plain dict of its
@@ -127,6 +131,10 @@ class LLMServer:
                 self.metrics.failed()
                 raise RuntimeError(event["message"])
             yield event
+
+    async def generate_events(self, request: LLMRequest | Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The events `generate_stream` would yield, as one list (see the module docstring)."""
+        return [event async for event in self.generate_stream(request)]
 
     async def generate(self, request: LLMRequest | Mapping[str, Any]) -> dict[str, Any]:
         """``{"text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", ...}``."""

@@ -232,6 +232,36 @@ def test_disconnected_client_frees_its_slot(client: httpx.Client) -> None:
     assert server.get_stats.remote().result()["running"] == 0
 
 
+
+def test_client_leaving_a_whole_answer_stops_its_generation(base_url: str, client: httpx.Client) -> None:
+    """A non-streamed request is one plain call to the replica (``generate_events``): hanging up must cancel it there
+    too, not leave the row decoding to ``max_tokens`` for nobody."""
+    import socket
+    from urllib.parse import urlsplit
+
+    server = serve.get_deployment_handle("LLMServer", app_name="llm")
+    body = json.dumps({"model": model_id(client), "prompt": "word " * 120, "max_tokens": 256, "ignore_eos": True,
+                       "temperature": 0}).encode()
+    url = urlsplit(base_url)
+    head = (f"POST {url.path}/completions HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    steps_before = server.get_stats.remote().result()["decode_steps"]
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(head + body)
+        deadline = time.monotonic() + 30
+        while server.get_stats.remote().result()["running"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if server.get_stats.remote().result()["running"] != 1:
+            sock.settimeout(5)
+            pytest.fail(f"the request never started: {sock.recv(2000)!r}")
+    deadline = time.monotonic() + 30
+    while server.get_stats.remote().result()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = server.get_stats.remote().result()
+    assert stats["running"] == 0
+    assert stats["decode_steps"] - steps_before < 255, "the row decoded every token after its client left"
+
+
 # --- through the gateway: API keys, tenants ------------------------------------------------------
 SECRET = "llm-gateway-test-secret-0123456789-abcdefgh"
 GATEWAY_PREFIXES = ["/v1", "/api/v1/llm"]

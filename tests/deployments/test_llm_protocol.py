@@ -414,6 +414,67 @@ async def test_serve_style_stream_is_cancelled_when_the_client_leaves(runner):
     assert [h.cancelled for h in handles] == [True] and len(backend.closed_early) == 1
 
 
+
+class ReplyLike:
+    """A Serve ``DeploymentResponse`` of ``generate_events``: sent at once, awaited for the whole list, ``cancel``."""
+
+    def __init__(self, stream) -> None:
+        async def collect() -> list[dict[str, Any]]:
+            return [event async for event in stream]
+
+        self._task = asyncio.get_running_loop().create_task(collect())
+        self.cancelled = False
+
+    def __await__(self):
+        return self._task.__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._task.cancel()
+
+
+async def test_whole_answers_come_as_one_reply_and_a_refused_sibling_cancels_the_others(runner):
+    """`ReplyEvents` (a non-streamed choice): the same response as a stream gives, and when one choice of
+    ``n: 2`` is refused, the call of the other is cancelled even if it was never awaited."""
+    from deployments.llm.openai.over_handle import ReplyEvents
+
+    backend = TinyBackend(runner, token_delay_s=0.005)
+    replies: list[ReplyLike] = []
+
+    def reply_fn(request):
+        replies.append(ReplyLike(backend.generate_stream(request)))
+        return ReplyEvents(replies[-1])
+
+    body = {"prompt": "Hi", "max_tokens": 6, "temperature": 0}
+    async with client_for(make_app(reply_fn, runner)) as http:
+        whole = (await http.post(COMPLETIONS, json=body)).json()
+    async with client_for(make_app(TinyBackend(runner).generate_stream, runner)) as http:
+        streamed_backend = (await http.post(COMPLETIONS, json=body)).json()
+    assert whole["choices"][0]["text"] == streamed_backend["choices"][0]["text"]
+    assert whole["usage"] == streamed_backend["usage"] and replies[0].cancelled is False
+
+    replies.clear()
+
+    def one_refused(request):
+        if replies:  # the second choice: refused before its first event, as an overloaded replica does
+            async def refuse():
+                raise ValueError("refused")
+                yield  # pragma: no cover - makes this an async generator
+
+            replies.append(ReplyLike(refuse()))
+        else:
+            replies.append(ReplyLike(backend.generate_stream(request)))
+        return ReplyEvents(replies[-1])
+
+    async with client_for(make_app(one_refused, runner)) as http:
+        response = await http.post(COMPLETIONS, json={**body, "max_tokens": 300, "n": 2})
+    assert response.status_code == 400, response.text
+    assert [r.cancelled for r in replies] == [True, True]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert backend.closed_early == [backend.requests[-1].request_id]
+
+
 async def test_routable_through_the_gateway_with_the_caller_tenant(backend, runner):
     app = make_app(backend.generate_stream, runner)
     body = json.dumps({**CHAT_BODY, "stream": True}).encode()
