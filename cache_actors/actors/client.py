@@ -49,7 +49,7 @@ from cache_actors.core.block_checksum import block_checksum, block_checksums
 from cache_actors.core.hashing import BlockHash
 from cache_actors.core.kv_cache import slot_runs
 from cache_actors.core.kv_layout import block_views
-from cache_actors.actors.write_behind import PendingWrite, WriteBehind, encode_blocks, fill_slots
+from cache_actors.actors.write_behind import PendingCommits, PendingWrite, WriteBehind, encode_blocks, fill_slots
 from cache_actors.cluster.part_arrays import parts_from_numpy, parts_to_numpy
 from cache_actors.cluster.shm_pool import SharedBlockPool
 
@@ -86,9 +86,9 @@ class DistributedKVCache:
         self._shard = shard
         self._same_node = same_node
         self._pool: SharedBlockPool | None = None
-        self._pending_commit: Any = None
-        self._pending_commit_args: tuple[int, list[bytes], BlockHash] | None = None
+        self._pending_commit: Any = None  # the last `put` (other node): awaited before the next read
         self._writes = WriteBehind(self._finish_write)
+        self._commits = PendingCommits()
         self._reconnect_after = 0.0
         self.fallbacks: dict[str, int] = defaultdict(int)
         self.tier_blocks: dict[str, int] = defaultdict(int)
@@ -207,13 +207,12 @@ class DistributedKVCache:
         if self._pending_commit is not None:
             ray.wait([self._pending_commit], timeout=self.spec.timeouts.lookup_s)
             self._pending_commit = None
-        self._pending_commit_args = None
 
     def _match_local(self, hashes: Sequence[BlockHash], limit: int, tenant: str | None) -> DistributedHit:
         known = self._pool.handle.epoch if self._pool is not None else None
-        # The last commit rides along instead of being awaited (see KVCacheShard.match).
-        commit, self._pending_commit_args, self._pending_commit = self._pending_commit_args, None, None
-        reply: MatchReply | None = self._call(lambda s: s.match.remote(list(hashes), True, known, commit, limit, tenant), "match")
+        # Our commits ride along: applied before the lookup (see write_behind.PendingCommits).
+        reply: MatchReply | None = self._call(
+            lambda s: s.match.remote(list(hashes), True, known, self._commits.take(s), limit, tenant), "match")
         if reply is None or not reply.lease:
             return DistributedHit()
         shard = self._shard
@@ -309,7 +308,7 @@ class DistributedKVCache:
             self._writes.complete_through(hashes[start - 1])  # the shard declines a chain whose parent is pending
         if not self._same_node:
             return self._store_remote(hashes, start, kv_blocks, tenant)
-        ref = self._submit(lambda s: s.reserve.remote(list(hashes), start, tenant), "reserve")
+        ref = self._submit(lambda s: s.reserve.remote(list(hashes), start, tenant, self._commits.take(s)), "reserve")
         if ref is None:
             return 0
         positions = list(range(start, len(hashes)))
@@ -319,12 +318,13 @@ class DistributedKVCache:
         return len(positions)
 
     def flush_writes(self) -> None:
-        """Write every block still waiting for its slots (the batcher calls this before it idles)."""
+        """Write every block still waiting for its slots and send their commits (the batcher calls this before it idles)."""
         self._writes.complete(wait=True)
+        self._commits.send_alone()
 
     @torch.inference_mode()  # the mapped pool may be an inference tensor (mapped during a match): the batcher's idle flush is not
     def _finish_write(self, write: PendingWrite) -> None:
-        """Fill a pending write's slots and send its commit (not awaited: the next `match` carries it)."""
+        """Fill a pending write's slots; its commit rides on the next call to the shard (`PendingCommits`)."""
         reply: ReserveReply | None = self._get(write.reserve, "reserve")
         if reply is None or not reply.lease:
             return
@@ -334,9 +334,7 @@ class DistributedKVCache:
             return
         rows = [position - write.start for position, _ in reply.slots]
         fill_slots(pool.parts, write.encoded, rows, [slot for _, slot in reply.slots])
-        commit = (reply.lease, [write.sums[row] for row in rows], write.hashes[reply.slots[-1][0]])
-        self._pending_commit = write.shard.commit.remote(*commit)
-        self._pending_commit_args = commit
+        self._commits.add(write.shard, (reply.lease, [write.sums[row] for row in rows], write.hashes[reply.slots[-1][0]]))
 
     def _store_remote(self, hashes: Sequence[BlockHash], start: int, kv_blocks: Callable[[int, int], torch.Tensor],
                       tenant: str | None) -> int:

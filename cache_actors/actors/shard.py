@@ -40,6 +40,7 @@ from ray.exceptions import RayError
 from cache_actors.actors.metrics import metrics
 from cache_actors.actors.remote_fetch import RemoteFetcher
 from cache_actors.actors.spec import ShardSpec
+from cache_actors.actors.write_behind import Commit
 from cache_actors.core.hashing import BlockHash
 from cache_actors.core.persistence import (
     MANIFEST,
@@ -150,21 +151,19 @@ class KVCacheShard:
     # --- same-node data plane: leases ------------------------------------------------------------
     async def match(
         self, hashes: Sequence[BlockHash], allow_remote: bool = True, known_epoch: str | None = None,
-        commit: tuple[int, Sequence[bytes], BlockHash] | None = None, limit: int | None = None,
-        tenant: str | None = None,
+        commits: Sequence[Commit] = (), limit: int | None = None, tenant: str | None = None,
     ) -> MatchReply:
         """Lease the longest prefix of ``hashes`` (at most ``limit`` blocks), completing a miss from peers or tiers first.
 
         ``hashes`` are all the full blocks of the request: the local policy
         sees all of them (learning policies need whole requests); ``limit``
         caps what the client reuses, and what is fetched from elsewhere.
-        ``commit`` repeats the caller's last `commit` (lease, checksums, last
-        hash): Ray may run this call before that one, and the caller must see
-        its own writes. Whichever arrives second finds the lease gone and does nothing.
+        ``commits`` are the caller's `commit` arguments not known to be applied
+        (`write_behind.PendingCommits`), applied first: the caller sees its own
+        writes. One that was applied already finds its lease gone and does nothing.
         ``tenant`` (`hashing.tenant_tag`) tags a chain's first block if it is fetched from elsewhere.
         """
-        if commit is not None:
-            self.commit(*commit)
+        self.commit_many(commits)
         self._busy()
         wanted = len(hashes) if limit is None else max(0, min(limit, len(hashes)))
         result = self.store.lookup(hashes, limit=wanted, request=True)
@@ -205,7 +204,10 @@ class KVCacheShard:
     def release(self, lease: int) -> bool:
         return self.store.release_lease(lease)
 
-    def reserve(self, hashes: Sequence[BlockHash], start: int, tenant: str | None = None) -> ReserveReply:
+    def reserve(self, hashes: Sequence[BlockHash], start: int, tenant: str | None = None,
+                commits: Sequence[Commit] = ()) -> ReserveReply:
+        """Slots for blocks ``start..`` of a chain, after applying the caller's ``commits`` (as `match` does)."""
+        self.commit_many(commits)
         self._busy()
         lease, slots = self.store.reserve(hashes, start, tenant)
         return ReserveReply(self.epoch, self.pool.handle, lease, slots)
@@ -215,6 +217,10 @@ class KVCacheShard:
         if stored and last_hash is not None:
             self._hints.append(last_hash)
         return stored
+
+    def commit_many(self, commits: Sequence[Commit]) -> int:
+        """`commit` each ``(lease, checksums, last hash)``; blocks stored in all."""
+        return sum(self.commit(lease, checksums, last_hash) for lease, checksums, last_hash in commits)
 
     # --- object-store data plane (other nodes, peers) --------------------------------------------
     def get(
