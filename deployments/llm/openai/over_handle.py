@@ -6,8 +6,8 @@ here. Imports neither torch nor the engine: the gateway loads this module.
 
 A request that streams (`LLMRequest.stream_deltas`) calls ``generate_stream`` as a
 Serve streaming call; one that does not calls ``generate_events`` and gets
-its events in one reply (`ReplyEvents`). Measured on 2 cores (closing note
-of issue 15): a streamed call for a whole answer cost the caller ~1 ms and the
+its events in one reply (`ReplyEvents`). Measured on 2 cores (README, "Against
+vLLM-CPU"): a streamed call for a whole answer cost the caller ~1 ms and the
 replica ~2 ms more CPU than a plain call, CPU the model's threads need.
 """
 
