@@ -262,6 +262,34 @@ def test_client_leaving_a_whole_answer_stops_its_generation(base_url: str, clien
     assert stats["decode_steps"] - steps_before < 255, "the row decoded every token after its client left"
 
 
+
+def test_a_full_queue_is_a_503_with_retry_after_for_whole_and_streamed_answers(serve_instance) -> None:
+    """More requests than one replica's batch and queue hold: the extra ones get OpenAI's error body with
+    503 and Retry-After (the batcher's refusal crosses a plain call and a streamed one alike), never a 500."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = {"num_replicas": 1, "max_model_len": 256, "max_batch_size": 1, "max_waiting": 1, "max_tokens_limit": 128,
+            "cache": {"enable_distributed": False}}
+    run_app(build_llm(args), name="llm-tight", route_prefix="/tight/v1")
+    try:
+        with httpx.Client(base_url=f"{serve_instance.base_url}/tight/v1", timeout=120) as tight:
+            name = model_id(tight)
+
+            def call(i: int) -> httpx.Response:
+                body = {"model": name, "prompt": f"request {i}", "max_tokens": 96, "ignore_eos": True,
+                        "stream": i % 2 == 1}
+                return tight.post("/completions", json=body)
+
+            with ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(call, range(8)))
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) <= {200, 503} and statuses[0] == 200 and statuses[-1] == 503, statuses
+        for refused in (r for r in responses if r.status_code == 503):
+            assert refused.headers["retry-after"] and refused.json()["error"]["code"] == "overloaded"
+    finally:
+        serve.delete("llm-tight")
+
+
 # --- through the gateway: API keys, tenants ------------------------------------------------------
 SECRET = "llm-gateway-test-secret-0123456789-abcdefgh"
 GATEWAY_PREFIXES = ["/v1", "/api/v1/llm"]
