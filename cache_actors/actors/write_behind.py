@@ -124,32 +124,33 @@ class PendingCommits:
         self._shard: Any = None
         self._unsent: list[Commit] = []
         self._sent_alone: list[Commit] = []
-
-    def __len__(self) -> int:
-        return len(self._unsent)
+        self._lock = threading.Lock()  # the engine's compute thread, and a test or benchmark on another
 
     def add(self, shard: Any, commit: Commit) -> None:
-        if shard is not self._shard:
-            self._shard, self._unsent, self._sent_alone = shard, [], []
-        self._unsent.append(commit)
+        with self._lock:
+            if shard is not self._shard:
+                self._shard, self._unsent, self._sent_alone = shard, [], []
+            self._unsent.append(commit)
 
     def take(self, shard: Any) -> list[Commit]:
         """What a call to ``shard`` made now must apply first (forgotten here: that call applies them)."""
-        if shard is not self._shard:
-            return []
-        carried, self._unsent, self._sent_alone = self._sent_alone + self._unsent, [], []
-        return carried
+        with self._lock:
+            if shard is not self._shard:
+                return []
+            carried, self._unsent, self._sent_alone = self._sent_alone + self._unsent, [], []
+            return carried
 
     def send_alone(self) -> None:
         """Send the unsent commits in one call, without waiting (the client is about to idle)."""
-        if not self._unsent:
-            return
-        commits, self._unsent = self._unsent, []
-        try:
-            self._shard.commit_many.remote(commits)
-        except RayError:  # the shard is gone: so are its leases
-            return
-        self._sent_alone.extend(commits)
+        with self._lock:
+            if not self._unsent:
+                return
+            commits, self._unsent = self._unsent, []
+            try:
+                self._shard.commit_many.remote(commits)
+            except RayError:  # the shard is gone: so are its leases
+                return
+            self._sent_alone.extend(commits)
 
 
 def fill_slots(pool_parts: Mapping[str, torch.Tensor], encoded: Mapping[str, torch.Tensor], rows: Sequence[int],

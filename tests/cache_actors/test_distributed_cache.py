@@ -197,6 +197,34 @@ def test_a_chain_continued_before_its_first_write_is_answered_is_stored_whole(di
     assert len(reply.slots) == len(hashes)
 
 
+
+def test_a_commit_rides_on_the_next_call_and_goes_alone_only_when_idle(dist):
+    """A finished write's commit is not a shard call of its own while calls keep coming (write_behind.PendingCommits)."""
+    cache, spec = dist.cache, dist.cache.spec
+    first = dist.block_hashes([20_000 + i for i in range(2 * spec.block_size)])
+    second = dist.block_hashes([30_000 + i for i in range(2 * spec.block_size)])
+    kv = torch.randn(2, spec.num_layers, 2, spec.num_kv_heads, spec.block_size, spec.head_dim,
+                     dtype=getattr(torch, spec.model_dtype))
+
+    def blocks(start: int, count: int) -> torch.Tensor:
+        return kv[start : start + count]
+
+    def held(hashes) -> int:  # asked as another client would: no commits of ours ride along
+        reply = ray.get(cache._shard.match.remote(hashes, False))
+        ray.get(cache._shard.release.remote(reply.lease))
+        return len(reply.slots)
+
+    cache.flush_writes()  # nothing of an earlier test in flight
+    assert cache.store(first, 0, blocks) == 2
+    cache._writes.complete(wait=True)  # its slots are filled; its commit waits for our next call
+    assert held(first) == 0
+    assert cache.store(second, 0, blocks) == 2  # this reserve carries the first write's commit
+    cache._writes.complete(wait=True)  # its reply is in, so the commit it carried was applied before it
+    assert held(first) == 2 and held(second) == 0
+    cache.flush_writes()  # about to idle: the second commit goes alone
+    wait_until(lambda: held(second) == 2, timeout_s=10)
+
+
 def test_the_shard_sees_the_whole_request_while_the_hit_is_capped_at_the_limit(dist):
     text = SYSTEM + "Limit check, please."
     run(dist, text)
