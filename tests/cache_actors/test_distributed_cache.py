@@ -50,6 +50,13 @@ def run(engine: UltraAdaptiveKVCacheEngine, text: str) -> dict[str, Any]:
     return engine.generate_ids(parsed, engine.runner.encode(text))
 
 
+def held_blocks(shard: Any, hashes: list) -> int:
+    """How long a prefix of ``hashes`` the shard holds, asked as another client would (no commits ride along)."""
+    reply = ray.get(shard.match.remote(hashes, False))
+    ray.get(shard.release.remote(reply.lease))
+    return len(reply.slots)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local cluster that exports metrics every second on a free port (yields the port)."""
@@ -161,13 +168,8 @@ def test_blocks_written_behind_reach_the_shard_when_the_batcher_goes_idle(dist):
     shard = dist.cache._shard
     assert len(hashes) > len(dist.block_hashes(dist.runner.encode(text)))  # the answer filled a block of its own
 
-    def held() -> bool:
-        reply = ray.get(shard.match.remote(hashes, False))
-        ray.get(shard.release.remote(reply.lease))
-        return len(reply.slots) == len(hashes)
-
     try:
-        wait_until(held, timeout_s=10)
+        wait_until(lambda: held_blocks(shard, hashes) == len(hashes), timeout_s=10)
     except TimeoutError:
         pytest.fail(f"not held; writes pending {len(dist.cache._writes)}, fallbacks {dict(dist.cache.fallbacks)}")
     assert dist.cache.fallbacks.get("reserve_none", 0) == 0 and not len(dist.cache._writes)
@@ -192,10 +194,7 @@ def test_a_chain_continued_before_its_first_write_is_answered_is_stored_whole(di
     assert cache.store(hashes[:3], 0, blocks) == 3
     assert cache.store(hashes, 3, blocks) == 3  # sent at once: the first reserve's reply cannot be in yet
     cache.flush_writes()
-    reply = ray.get(cache._shard.match.remote(hashes, False))
-    ray.get(cache._shard.release.remote(reply.lease))
-    assert len(reply.slots) == len(hashes)
-
+    assert held_blocks(cache._shard, hashes) == len(hashes)
 
 
 def test_a_commit_rides_on_the_next_call_and_goes_alone_only_when_idle(dist):
@@ -209,20 +208,15 @@ def test_a_commit_rides_on_the_next_call_and_goes_alone_only_when_idle(dist):
     def blocks(start: int, count: int) -> torch.Tensor:
         return kv[start : start + count]
 
-    def held(hashes) -> int:  # asked as another client would: no commits of ours ride along
-        reply = ray.get(cache._shard.match.remote(hashes, False))
-        ray.get(cache._shard.release.remote(reply.lease))
-        return len(reply.slots)
-
     cache.flush_writes()  # nothing of an earlier test in flight
     assert cache.store(first, 0, blocks) == 2
     cache._writes.complete(wait=True)  # its slots are filled; its commit waits for our next call
-    assert held(first) == 0
+    assert held_blocks(cache._shard, first) == 0
     assert cache.store(second, 0, blocks) == 2  # this reserve carries the first write's commit
     cache._writes.complete(wait=True)  # its reply is in, so the commit it carried was applied before it
-    assert held(first) == 2 and held(second) == 0
+    assert held_blocks(cache._shard, first) == 2 and held_blocks(cache._shard, second) == 0
     cache.flush_writes()  # about to idle: the second commit goes alone
-    wait_until(lambda: held(second) == 2, timeout_s=10)
+    wait_until(lambda: held_blocks(cache._shard, second) == 2, timeout_s=10)
 
 
 def test_the_shard_sees_the_whole_request_while_the_hit_is_capped_at_the_limit(dist):

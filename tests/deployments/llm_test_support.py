@@ -133,6 +133,25 @@ class HandleLikeStream:
         asyncio.get_running_loop().create_task(self._stream.aclose())
 
 
+class ReplyLike:
+    """Wraps a backend stream the way a Serve ``DeploymentResponse`` of ``generate_events`` looks: sent at once,
+    awaited for the whole list of events, ``cancel``."""
+
+    def __init__(self, stream) -> None:
+        async def collect() -> list[dict[str, Any]]:
+            return [event async for event in stream]
+
+        self._task = asyncio.get_running_loop().create_task(collect())
+        self.cancelled = False
+
+    def __await__(self):
+        return self._task.__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._task.cancel()
+
+
 def make_app(stream_fn, runner: ModelRunner, **overrides: Any) -> FastAPI:
     settings = {"model_id": runner.model_id, "max_context": runner.max_context, "max_tokens_limit": MAX_TOKENS_LIMIT}
     settings.update(overrides)

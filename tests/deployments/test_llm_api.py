@@ -217,6 +217,14 @@ def test_handle_generate_for_services(base_url: str, reference: ModelRunner) -> 
         server.generate.remote({"sampling": {"max_new_tokens": 4}}).result()
 
 
+def stats_when(server, condition, timeout_s: float = 30.0) -> dict:
+    """The replica's `get_stats` once ``condition`` holds for them, or the last ones after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition(stats := server.get_stats.remote().result()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return stats
+
+
 def test_disconnected_client_frees_its_slot(client: httpx.Client) -> None:
     server = serve.get_deployment_handle("LLMServer", app_name="llm")
     body = {"model": model_id(client), "prompt": "Tell me a very long story.", "max_tokens": 256, "stream": True}
@@ -224,13 +232,7 @@ def test_disconnected_client_frees_its_slot(client: httpx.Client) -> None:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 break  # one chunk, then hang up
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.get_stats.remote().result()["running"] == 0:
-            break
-        time.sleep(0.2)
-    assert server.get_stats.remote().result()["running"] == 0
-
+    assert stats_when(server, lambda stats: stats["running"] == 0)["running"] == 0
 
 
 def test_client_leaving_a_whole_answer_stops_its_generation(base_url: str, client: httpx.Client) -> None:
@@ -248,19 +250,12 @@ def test_client_leaving_a_whole_answer_stops_its_generation(base_url: str, clien
     steps_before = server.get_stats.remote().result()["decode_steps"]
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(head + body)
-        deadline = time.monotonic() + 30
-        while server.get_stats.remote().result()["running"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if server.get_stats.remote().result()["running"] != 1:
+        if stats_when(server, lambda stats: stats["running"] != 0)["running"] != 1:
             sock.settimeout(5)
             pytest.fail(f"the request never started: {sock.recv(2000)!r}")
-    deadline = time.monotonic() + 30
-    while server.get_stats.remote().result()["running"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stats = server.get_stats.remote().result()
+    stats = stats_when(server, lambda stats: stats["running"] == 0)
     assert stats["running"] == 0
     assert stats["decode_steps"] - steps_before < 255, "the row decoded every token after its client left"
-
 
 
 def test_a_full_queue_is_a_503_with_retry_after_for_whole_and_streamed_answers(serve_instance) -> None:

@@ -26,6 +26,7 @@ from deployments.common.forwarding import call_asgi
 from tests.deployments.llm_test_support import (
     MAX_TOKENS_LIMIT,
     HandleLikeStream,
+    ReplyLike,
     TinyBackend,
     make_app,
     mounted,
@@ -412,25 +413,6 @@ async def test_serve_style_stream_is_cancelled_when_the_client_leaves(runner):
     for _ in range(10):
         await asyncio.sleep(0)
     assert [h.cancelled for h in handles] == [True] and len(backend.closed_early) == 1
-
-
-
-class ReplyLike:
-    """A Serve ``DeploymentResponse`` of ``generate_events``: sent at once, awaited for the whole list, ``cancel``."""
-
-    def __init__(self, stream) -> None:
-        async def collect() -> list[dict[str, Any]]:
-            return [event async for event in stream]
-
-        self._task = asyncio.get_running_loop().create_task(collect())
-        self.cancelled = False
-
-    def __await__(self):
-        return self._task.__await__()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._task.cancel()
 
 
 async def test_whole_answers_come_as_one_reply_and_a_refused_sibling_cancels_the_others(runner):

@@ -13,6 +13,7 @@ replica ~2 ms more CPU than a plain call, CPU the model's threads need.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,8 +35,7 @@ class ReplyEvents:
 
     def __init__(self, response: Any) -> None:
         self._response = response
-        self._events: list[dict[str, Any]] | None = None
-        self._next = 0
+        self._events: Iterator[dict[str, Any]] | None = None  # set once the reply is in
 
     def __aiter__(self) -> ReplyEvents:
         return self
@@ -44,11 +44,11 @@ class ReplyEvents:
         if self._events is None:
             # A task cancelled while awaiting a DeploymentResponse cancels it (the client went away: the
             # replica frees the row; tests/deployments/test_llm_api.py pins it on real Serve).
-            self._events = list(await self._response)
-        if self._next >= len(self._events):
+            self._events = iter(await self._response)
+        event = next(self._events, None)
+        if event is None:
             raise StopAsyncIteration
-        self._next += 1
-        return self._events[self._next - 1]
+        return event
 
     async def aclose(self) -> None:
         if self._events is None:
