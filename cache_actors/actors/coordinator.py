@@ -33,6 +33,7 @@ from cache_actors.actors.spec import NAMESPACE, ShardSpec, parse_shard_name
 from cache_actors.cluster.global_index import GlobalIndex, ReportReply
 from cache_actors.core.hashing import BlockHash
 from cache_actors.tiers import RedisTier
+from cache_actors.actors.worker_logs import route_package_logs
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class KVCacheCoordinator:
     def __init__(self, spec: ShardSpec, place_shards: Callable[[Sequence[ShardSpec]], int] | None = None) -> None:
         """``place_shards(specs)`` creates the shards live nodes lack and returns how many
         (`placement.place_missing_shards`, handed in so this module need not import the shard's)."""
+        route_package_logs()
         self._place = place_shards
         # Off the data path: on a shared node, model compute goes first.
         os.nice(_NICENESS)

@@ -56,6 +56,7 @@ from cache_actors.policies import make_policy
 from cache_actors.cluster.shard_store import Entry, ShardStore
 from cache_actors.cluster.shm_pool import PoolHandle, SharedBlockPool
 from cache_actors.tiers import BlockTier, DiskTier, RedisTier, encode_block
+from cache_actors.actors.worker_logs import route_package_logs
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class KVCacheShard:
         """``find_coordinator(spec)`` returns the coordinator's handle, creating it if it is gone
         (`placement.get_or_create_coordinator`, handed in so this module need not import the
         coordinator's); None: this shard works alone."""
+        route_package_logs()
         self.spec = spec
         self._find_coordinator = find_coordinator
         self.name = name

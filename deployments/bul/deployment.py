@@ -19,6 +19,7 @@ from deployments.bul.app import create_app
 from deployments.bul.runtime import BulAppConfig
 from deployments.common import ServiceIngress
 from deployments.common.grpc_limits import GRPC_ENV
+from cache_actors.actors.worker_logs import route_package_logs
 
 
 @serve.deployment(name="Bul", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": GRPC_ENV}},
@@ -28,6 +29,7 @@ class BulIngress(ServiceIngress):
     """Ingress of the BUL application."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
+        route_package_logs()
         self._config = BulAppConfig.model_validate(config or {})
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook

@@ -22,6 +22,7 @@ from deployments.common import ServiceIngress
 from deployments.export.app import create_app
 from deployments.export.runtime import ExportAppConfig
 from deployments.common.grpc_limits import GRPC_ENV
+from cache_actors.actors.worker_logs import route_package_logs
 
 
 @serve.deployment(name="Export", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": GRPC_ENV}}, max_ongoing_requests=32)
@@ -30,6 +31,7 @@ class ExportIngress(ServiceIngress):
     """Ingress of the export application."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
+        route_package_logs()
         self._config = ExportAppConfig.model_validate(config or {})
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook

@@ -19,6 +19,7 @@ from deployments.common import ServiceIngress
 from deployments.common.grpc_limits import GRPC_ENV
 from deployments.gamma.app import create_app
 from deployments.gamma.runtime import GammaAppConfig
+from cache_actors.actors.worker_logs import route_package_logs
 
 
 @serve.deployment(name="Gamma", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": GRPC_ENV}},
@@ -28,6 +29,7 @@ class GammaIngress(ServiceIngress):
     """Ingress of the gamma application."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
+        route_package_logs()
         self._config = GammaAppConfig.model_validate(config or {})
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook

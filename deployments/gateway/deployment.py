@@ -15,6 +15,7 @@ from deployments.gateway.configured import check_expected
 from deployments.gateway.llm_front import ServeOpenAIFront
 from deployments.gateway.services import ServeServiceClient, ServiceRegistry
 from deployments.gateway.state import GatewayState
+from cache_actors.actors.worker_logs import route_package_logs
 
 
 # NOTE: the gateway's code is all async (hashing and SQLite run in threads), so its
@@ -40,6 +41,7 @@ class Gateway:
     """
 
     async def __init__(self, settings: dict[str, Any] | None = None):
+        route_package_logs()
         resolved = load_settings(settings)
         registry = ServiceRegistry(resolved.gateway_services)
         check_expected(registry, resolved.gateway_expected_services)

@@ -33,6 +33,7 @@ from deployments.llm.openai.over_handle import openai_app_over
 from deployments.llm.server import LLMServer
 from deployments.llm.settings import LLMSettings
 from deployments.common.grpc_limits import GRPC_ENV
+from cache_actors.actors.worker_logs import route_package_logs
 
 CACHE_AWARE_ROUTER = "deployments.llm.router:CacheAwareRouter"
 
@@ -43,6 +44,7 @@ class LLMIngress(ServiceIngress):
     """HTTP front of the LLM: validates, fans out ``n``, streams server-sent events."""
 
     def __init__(self, server: DeploymentHandle, args: dict[str, Any] | None = None) -> None:
+        route_package_logs()
         self._server = server
         self._settings = LLMSettings.model_validate(args or {})
 

@@ -42,11 +42,9 @@ from cache_actors.engine.requests import LLMRequest
 from deployments.llm.requests import sequence_request
 from deployments.llm.settings import LLMSettings
 from deployments.llm.threads import replica_threads
+from cache_actors.actors.worker_logs import route_package_logs
 
-# Under "ray.serve": in a replica Serve's logging (serve_config.yaml `logging_config`: a file under
-# logs/serve, and the driver's console) handles that logger tree only; other loggers have no handler
-# there, so their INFO lines (the replica's threads) went nowhere.
-logger = logging.getLogger(f"ray.serve.{__name__}")
+logger = logging.getLogger(__name__)  # routed to the replica log: `worker_logs.route_package_logs`
 
 
 def _format_compiler(runner: Any) -> CompileFormat | None:
@@ -89,6 +87,7 @@ class LLMServer:
     """One model replica: engine, KV shard client and continuous batcher."""
 
     def __init__(self, args: dict[str, Any] | None = None) -> None:
+        route_package_logs()
         self.settings = LLMSettings.model_validate(args or {})
         self.replica_id, local_rank = _replica_identity()
         cache = dict(self.settings.cache)

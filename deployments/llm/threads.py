@@ -19,10 +19,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-# Under "ray.serve": in a replica Serve's logging (serve_config.yaml `logging_config`: a file under
-# logs/serve, and the driver's console) handles that logger tree only; other loggers have no handler
-# there, so their INFO lines (the replica's threads) went nowhere.
-logger = logging.getLogger(f"ray.serve.{__name__}")
+logger = logging.getLogger(__name__)  # routed to the replica log: `worker_logs.route_package_logs`
 
 
 @dataclass(frozen=True, slots=True)

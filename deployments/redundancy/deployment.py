@@ -17,6 +17,7 @@ from deployments.common import ServiceIngress
 from deployments.redundancy.app import create_app
 from deployments.redundancy.runtime import RedundancyAppConfig
 from deployments.common.grpc_limits import GRPC_ENV
+from cache_actors.actors.worker_logs import route_package_logs
 
 
 @serve.deployment(name="Redundancy", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": GRPC_ENV}}, max_ongoing_requests=16)
@@ -25,6 +26,7 @@ class RedundancyIngress(ServiceIngress):
     """Ingress of the redundancy application."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
+        route_package_logs()
         self._config = RedundancyAppConfig.model_validate(config or {})
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook

@@ -19,7 +19,7 @@ def test_threads_follow_the_reservation_and_the_setting_wins(caplog: pytest.LogC
     assert choose_threads(None, 3.5).threads == 3  # whole CPUs, as Ray's OMP_NUM_THREADS
     assert choose_threads(None, None).threads is None  # not in a Ray worker: torch's own default
     assert choose_threads(4, 2.0).threads == 4 and choose_threads(4, 2.0).source == "num_threads"
-    with caplog.at_level(logging.WARNING, logger="ray.serve.deployments.llm.threads"):
+    with caplog.at_level(logging.WARNING, logger="deployments.llm.threads"):
         assert choose_threads(None, 0.0).threads == 1
     assert "reserved 0 CPUs, so torch runs on 1 thread" in caplog.text
     assert choose_threads(None, 2.0).describe() == "set from num_cpus, num_cpus 2"
