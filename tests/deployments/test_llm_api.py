@@ -179,6 +179,16 @@ def test_prompt_over_the_context_is_400(client: httpx.Client) -> None:
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_over_grpcs_4_mib_still_reaches_the_replica_and_is_a_400(client: httpx.Client, stream: bool) -> None:
+    # Calls go by value over the replica's gRPC server, which refuses over 4 MiB unless its runtime_env raises
+    # the cap (this test app's does not): such a request must go by actor call, not fail with a 500.
+    body = {"model": model_id(client), "prompt": "word " * 1_100_000, "max_tokens": 4, "stream": stream}
+    response = client.post("/completions", json=body)
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
 @pytest.mark.parametrize(("method", "path", "body"), [
     ("POST", "/chat/completions", b"{not json"),
     ("POST", "/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "frequency_penalti": 1}'),
