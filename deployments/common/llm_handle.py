@@ -28,6 +28,7 @@ from business_modules.llm_client import (
     ToolCall,
 )
 from cache_actors.engine.tool_calls import ContentDelta, FunctionTool, ToolCallParser, render_messages, tool_call_format
+from deployments.common.llm_wire import LLMHandles
 from deployments.common.serve_calls import call_as_own_request
 
 LLM_APP = "llm"
@@ -71,16 +72,19 @@ class LLMHandleClient:
         self._app_name = app_name
         self._deployment = deployment
         self._handle = handle
+        self._handles: LLMHandles | None = None  # by value over gRPC unless too large: deployments.common.llm_wire
 
-    def _streaming_handle(self) -> Any:
-        if self._handle is None:
-            from ray import serve
+    def _streaming_handle(self, request: dict[str, Any]) -> Any:
+        if self._handles is None:
+            if self._handle is None:
+                from ray import serve
 
-            try:
-                self._handle = serve.get_deployment_handle(self._deployment, app_name=self._app_name)
-            except Exception as exc:  # noqa: BLE001 - Serve raises several kinds for "not deployed"
-                raise LLMUnavailable(f"the {self._app_name} application is not available: {exc}") from exc
-        return self._handle.options(stream=True)
+                try:
+                    self._handle = serve.get_deployment_handle(self._deployment, app_name=self._app_name)
+                except Exception as exc:  # noqa: BLE001 - Serve raises several kinds for "not deployed"
+                    raise LLMUnavailable(f"the {self._app_name} application is not available: {exc}") from exc
+            self._handles = LLMHandles(self._handle)
+        return self._handles.streamed(request)
 
     async def generate(self, spec: LLMRequestSpec) -> Generation:
         done: Generation | None = None
@@ -100,7 +104,8 @@ class LLMHandleClient:
         deadline = started + spec.timeout_s
         reader = _OutputReader(ToolCallParser() if _calls_possible(spec) else None)
         try:
-            events = call_as_own_request(self._streaming_handle().generate_stream.remote, backend_request(spec, live=live))
+            request = backend_request(spec, live=live)
+            events = call_as_own_request(self._streaming_handle(request).generate_stream.remote, request)
         except LLMError:
             raise
         except Exception as exc:  # noqa: BLE001 - Serve's errors when the app is gone

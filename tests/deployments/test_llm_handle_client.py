@@ -87,3 +87,16 @@ def test_timeout_unavailable_and_refusal_are_clear_errors(client: LLMHandleClien
     assert "context" in str(refused.value) and "ServeReplica" not in str(refused.value), str(refused.value)
     with pytest.raises(LLMUnavailable):
         asyncio.run(LLMHandleClient(app_name="no-such-llm-app").generate(LLMRequestSpec(prompt="hi", timeout_s=10)))
+
+
+@pytest.mark.parametrize("as_messages", [False, True])
+def test_a_request_over_grpcs_4_mib_is_refused_by_the_replica_not_lost_on_the_wire(client: LLMHandleClient,
+                                                                                    as_messages: bool) -> None:
+    # Small requests go by value over the replica's gRPC server, whose default cap (this test app does not
+    # raise it) is 4 MiB: a larger one must go by actor call and get the replica's own answer.
+    text = "word " * 1_100_000
+    spec = (LLMRequestSpec(messages=[{"role": "user", "content": text}], max_tokens=4) if as_messages
+            else LLMRequestSpec(prompt=text, max_tokens=4))
+    with pytest.raises(LLMError, match="refused") as refused:
+        asyncio.run(client.generate(spec))
+    assert not isinstance(refused.value, LLMUnavailable) and "context" in str(refused.value), str(refused.value)
