@@ -59,10 +59,8 @@ def route_package_logs(level: int = logging.INFO) -> None:
         return
     for name in PACKAGES:
         package_logger = logging.getLogger(name)
-        if any(isinstance(handler, ServeOrStderr) for handler in package_logger.handlers):
-            continue
         if package_logger.handlers:
-            continue  # configured by someone else: theirs to route
+            continue  # routed by an earlier call, or configured by someone else: theirs to route
         package_logger.addHandler(ServeOrStderr())
         package_logger.propagate = False  # the root logger's handlers (if any) would print it twice
         if package_logger.level == logging.NOTSET:

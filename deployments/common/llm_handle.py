@@ -71,19 +71,18 @@ class LLMHandleClient:
     def __init__(self, app_name: str = LLM_APP, deployment: str = LLM_DEPLOYMENT, handle: Any = None) -> None:
         self._app_name = app_name
         self._deployment = deployment
-        self._handle = handle
-        self._handles: LLMHandles | None = None  # by value over gRPC unless too large: deployments.common.llm_wire
+        # by value over gRPC unless too large (deployments.common.llm_wire); looked up on first use when not given
+        self._handles: LLMHandles | None = None if handle is None else LLMHandles(handle)
 
     def _streaming_handle(self, request: dict[str, Any]) -> Any:
         if self._handles is None:
-            if self._handle is None:
-                from ray import serve
+            from ray import serve
 
-                try:
-                    self._handle = serve.get_deployment_handle(self._deployment, app_name=self._app_name)
-                except Exception as exc:  # noqa: BLE001 - Serve raises several kinds for "not deployed"
-                    raise LLMUnavailable(f"the {self._app_name} application is not available: {exc}") from exc
-            self._handles = LLMHandles(self._handle)
+            try:
+                handle = serve.get_deployment_handle(self._deployment, app_name=self._app_name)
+            except Exception as exc:  # noqa: BLE001 - Serve raises several kinds for "not deployed"
+                raise LLMUnavailable(f"the {self._app_name} application is not available: {exc}") from exc
+            self._handles = LLMHandles(handle)
         return self._handles.streamed(request)
 
     async def generate(self, spec: LLMRequestSpec) -> Generation:

@@ -21,15 +21,10 @@ import pickle
 from collections.abc import Mapping
 from typing import Any
 
-from deployments.common.grpc_limits import GRPC_REQUEST_MAX_BYTES
+from deployments.common.grpc_limits import GRPC_REQUEST_MAX_BYTES, by_value
 
 _FIXED_BYTES = 4096
 """Room for everything but the texts: ids, numbers, flags, the pickle's own framing."""
-
-
-def by_value(handle: Any) -> Any:
-    """``handle`` (a deployment handle) calling its replicas by value over their gRPC servers."""
-    return handle.options(_by_reference=False, request_serialization="pickle", response_serialization="pickle")
 
 
 def _field(request: Any, name: str) -> Any:

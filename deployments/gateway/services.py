@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from deployments.common.forwarding import ForwardedResponse
-from deployments.common.grpc_limits import GRPC_REQUEST_MAX_BYTES
+from deployments.common.grpc_limits import GRPC_REQUEST_MAX_BYTES, by_value
 
 logger = logging.getLogger(__name__)
 
@@ -232,10 +232,7 @@ class ServeServiceClient:
             handle = await asyncio.wait_for(asyncio.to_thread(serve.get_app_handle, app),
                                             timeout=self._controller_timeout_s)
             if transport == "grpc":
-                # NOTE: by value over the replicas' gRPC servers with plain pickle: measured
-                # ~1-1.5 ms less per call than Ray actor calls (scripts/bench/gateway.py).
-                handle = handle.options(_by_reference=False, request_serialization="pickle",
-                                        response_serialization="pickle")
+                handle = by_value(handle)
             if stream:
                 handle = handle.options(stream=True)
             self._handles[key] = handle
