@@ -42,7 +42,7 @@ from ray.exceptions import ActorDiedError, RayError
 
 from cache_actors.actors.metrics import metrics
 from cache_actors.actors.ray_join import join_ray
-from cache_actors.actors.placement import get_or_create_coordinator, node_shards, pick_local_shard
+from cache_actors.actors.placement import get_or_create_coordinator, node_shards, pick_local_shard, warn_on_other_capacity
 from cache_actors.actors.shard import MatchReply, ReserveReply
 from cache_actors.actors.spec import ShardSpec, spec_from_config
 from cache_actors.core.block_checksum import block_checksum, block_checksums
@@ -111,8 +111,9 @@ class DistributedKVCache:
         except RayError as exc:  # the cache works without it, minus prefetch and remote lookups
             logger.warning("KV cache coordinator unavailable at connect (%s)", exc)
         name, shard = pick_local_shard(spec, node_shards(spec, node_id), index=shard_index)
-        ray.get(shard.ping.remote(), timeout=60)  # wait until it is up (first start maps its pool)
+        identity = ray.get(shard.ping.remote(), timeout=60)  # wait until it is up (first start maps its pool)
         logger.info("KV cache client on node %s uses shard %s", node_id, name)
+        warn_on_other_capacity(spec, name, identity)
         return cls(spec, shard_name=name, shard=shard, same_node=True)
 
     @classmethod

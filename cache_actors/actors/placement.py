@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from typing import Any, Sequence
@@ -26,6 +27,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cache_actors.actors.coordinator import CoordinatorActor
 from cache_actors.actors.shard import ShardActor
 from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE, ShardSpec
+
+logger = logging.getLogger(__name__)
 
 
 def node_devices(spec: ShardSpec, node: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -126,3 +129,22 @@ def get_or_create_coordinator(spec: ShardSpec) -> Any:
         max_concurrency=1000,
         num_cpus=0,
     ).remote(spec, place_missing_shards)
+
+
+def warn_on_other_capacity(spec: ShardSpec, name: str, identity: dict[str, Any]) -> bool:
+    """Say so when the shard joined holds another number of blocks than this client's config asked for.
+
+    Why: a shard is per node and per model layout, made by whichever client
+    came first, and its pool cannot be resized in place; a second app serving
+    the same model on the node shares it, and its own ``max_memory_mb`` is
+    silently not what it gets (a test app asking 256 MB joined a 16 MB shard
+    and hit a quarter as often). True when it warned.
+    """
+    held = identity.get("num_blocks")
+    if held is None or held == spec.num_blocks:
+        return False
+    logger.warning(
+        "KV cache shard %s holds %d blocks, made by another client; this config asked for %d, which does not apply "
+        "while that shard lives (same model and block size share it: give each app the same max_memory_mb, or "
+        "another block_size for a shard of its own)", name, held, spec.num_blocks)
+    return True

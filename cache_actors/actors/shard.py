@@ -145,7 +145,7 @@ class KVCacheShard:
     # --- identity -----------------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
         return {"name": self.name, "epoch": self.epoch, "node_id": self.node_id, "device": self.device, "pid": os.getpid(),
-                "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
+                "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "num_blocks": self.spec.num_blocks}
 
     def pool_handle(self) -> PoolHandle:
         return self.pool.handle

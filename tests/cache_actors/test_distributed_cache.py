@@ -5,6 +5,7 @@ block is corrupted."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import threading
 import time
@@ -354,3 +355,19 @@ def test_a_later_client_with_redis_turns_snapshots_on(redis_engines):
     ray.get(coordinator.register_spec.remote(spec))
     wait_until(lambda: ray.get(coordinator.stats.remote())["restored_blocks"] > 0, timeout_s=30)
     assert ray.get(coordinator.snapshot.remote())
+
+
+def test_a_client_asking_another_capacity_of_a_shared_shard_is_warned(dist, caplog):
+    """Same model and block size share the node's shard, made by the first client: a later app's own
+    max_memory_mb cannot apply, and it is told so instead of hitting less than it configured."""
+    from cache_actors.actors.client import DistributedKVCache
+
+    spec = dist.cache.spec
+    with caplog.at_level(logging.WARNING, logger="cache_actors.actors.placement"):
+        same = DistributedKVCache.connect(spec)
+        assert not [r for r in caplog.records if "made by another client" in r.getMessage()]
+        bigger = DistributedKVCache.connect(dataclasses.replace(spec, num_blocks=spec.num_blocks * 4))
+    warned = [r.getMessage() for r in caplog.records if "made by another client" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert f"holds {spec.num_blocks} blocks" in warned[0] and f"asked for {spec.num_blocks * 4}" in warned[0]
+    assert bigger.shard_name == same.shard_name == dist.cache.shard_name
