@@ -32,13 +32,14 @@ import asyncio
 import os
 import statistics
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from scripts.bench import bench_app
+from scripts.bench.cpu_use import CpuTally, mark
 from scripts.bench.quiet_cpu import wait_for_quiet_cpus
 from scripts.bench.report import console, print_table, write_json
 
@@ -78,6 +79,8 @@ class Samples:
     completion_tokens: dict[str, list[int]]
     quiet_wait_s: float = 0.0
     """Seconds spent waiting for quiet CPUs before this server's measures."""
+    cpu: CpuTally = field(default_factory=CpuTally)
+    """CPU time of the recorded runs (`scripts.bench.cpu_use`)."""
 
     @classmethod
     def empty(cls) -> Samples:
@@ -133,8 +136,14 @@ RUNNERS: dict[str, Measure] = {"ttft_uncached": _ttft_uncached, "ttft_cached": _
 
 
 async def run_rounds(http: httpx.AsyncClient, servers: list[Server], maker: PromptMaker, work: Workload, *,
-                     rounds: int, progress: Progress | None = None) -> dict[str, Samples]:
-    """One warm-up round, then ``rounds`` recorded ones; each measure on each server, order swapped each round."""
+                     rounds: int, progress: Progress | None = None,
+                     cpu_roots: dict[str, int] | None = None) -> dict[str, Samples]:
+    """One warm-up round, then ``rounds`` recorded ones; each measure on each server, order swapped each round.
+
+    ``cpu_roots``: per server name, a process whose descendants are that
+    server (ours, started here: this process), for CPU time per role.
+    """
+    cpu_roots = cpu_roots or {}
     samples = {server.name: Samples.empty() for server in servers}
     task = progress.add_task("rounds (1 warm-up)", total=(rounds + 1) * len(MEASURES) * len(servers)) \
         if progress is not None else None
@@ -143,7 +152,11 @@ async def run_rounds(http: httpx.AsyncClient, servers: list[Server], maker: Prom
         for measure in MEASURES:
             for server in order:
                 samples[server.name].quiet_wait_s += await wait_for_quiet_cpus()
+                root = cpu_roots.get(server.name)
+                before = mark(root, starting=True) if index else None
                 await RUNNERS[measure](http, server, maker, work, samples[server.name] if index else None)
+                if before is not None:
+                    samples[server.name].cpu.add(measure, before, mark(root, starting=False))
                 if progress is not None and task is not None:
                     progress.advance(task)
     return samples
@@ -165,6 +178,7 @@ def summarise(samples: Samples, server: Server) -> dict[str, Any]:
         "cached_tokens": statistics.median(samples.cached_tokens) if samples.cached_tokens else None,
         "completion_tokens_per_request": produced,
         "quiet_wait_s": samples.quiet_wait_s,
+        "cpu": samples.cpu.per_run_ms(),
         "samples": samples.values,
     }
 
@@ -193,7 +207,7 @@ def count_warnings(side: str, result: dict[str, Any], work: Workload) -> list[st
 
 
 async def _measure(peer_url: str, peer_name: str, ours_url: str, maker: PromptMaker, work: Workload,
-                   rounds: int, keys: tuple[str | None, str | None] = (None, None),
+                   rounds: int, keys: tuple[str | None, str | None] = (None, None), ours_started_here: bool = False,
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     from rich.progress import Progress
 
@@ -203,7 +217,8 @@ async def _measure(peer_url: str, peer_name: str, ours_url: str, maker: PromptMa
         ours = await connect(http, "ours", ours_url, keys[0])
         peer = await connect(http, peer_name, peer_url, keys[1])
         with Progress(console=console, transient=True) as progress:
-            samples = await run_rounds(http, [ours, peer], maker, work, rounds=rounds, progress=progress)
+            samples = await run_rounds(http, [ours, peer], maker, work, rounds=rounds, progress=progress,
+                                       cpu_roots={ours.name: os.getpid()} if ours_started_here else None)
     return summarise(samples[ours.name], ours), summarise(samples[peer.name], peer)
 
 
@@ -227,6 +242,25 @@ def print_report(ours: dict[str, Any], peer: dict[str, Any], ratio: dict[str, fl
                 [(label, _figure(ours[key]), _figure(peer[key]), f"{ratio[r]:.2f}") for label, key, r in rows])
     console.print("ours/peer: below 1 is faster for TTFT, above 1 is faster for tok/s. "
                   f"Cached tokens reported: ours {ours['cached_tokens']}, {peer_name} {peer['cached_tokens']}.")
+
+
+def print_cpu_report(ours: dict[str, Any], peer: dict[str, Any], peer_name: str) -> None:
+    """CPU time per run of each measure: the machine's with each server, and ours per process role.
+
+    The machine's figure includes whatever else runs (the other server idling, this client), alike for both.
+    """
+    measures = [m for m in MEASURES if m in ours["cpu"] and m in peer["cpu"]]
+    machine = [(m, ours["cpu"][m]["machine_ms"], peer["cpu"][m]["machine_ms"]) for m in measures]
+    if machine and all(o is not None and p is not None for _, o, p in machine):
+        print_table(f"CPU per run, the whole machine (ms of CPU over {os.cpu_count()} cores)",
+                    ["measure", "Blatam", peer_name, "ours/peer"],
+                    [(m, f"{o:,.0f}", f"{p:,.0f}", f"{o / p:.2f}" if p else "-") for m, o, p in machine])
+    roles_by_measure = {m: ours["cpu"][m]["roles_ms"] for m in measures if ours["cpu"][m]["roles_ms"]}
+    if roles_by_measure:
+        roles = sorted({r for by_role in roles_by_measure.values() for r in by_role},
+                       key=lambda r: -sum(by_role.get(r, 0.0) for by_role in roles_by_measure.values()))
+        print_table("Our CPU per run by process (ms)", ["process", *roles_by_measure],
+                    [(r, *(f"{by_role.get(r, 0.0):,.0f}" for by_role in roles_by_measure.values())) for r in roles])
 
 
 DTYPES = ("float32", "bfloat16", "config")
@@ -305,13 +339,14 @@ def peers_command(
                           f"num_cpus {replica['num_cpus']}, dtype {replica['dtype']})")
         try:
             ours, peer = asyncio.run(_measure(peer_url, peer_name, ours_url, maker, work, rounds,
-                                              (ours_api_key, peer_api_key)))
+                                              (ours_api_key, peer_api_key), ours_started_here=replica is not None))
         except PeerError as exc:
             console.print(f"blatam bench peers: {exc}")
             raise typer.Exit(1) from exc
     ours["replica"] = replica
     ratio = ratios(ours, peer)
     print_report(ours, peer, ratio, peer_name, work)
+    print_cpu_report(ours, peer, peer_name)
     for line in count_warnings("ours", ours, work) + count_warnings(peer_name, peer, work):
         console.print(f"[yellow]warning:[/yellow] {line}")
     write_json(json_out, {

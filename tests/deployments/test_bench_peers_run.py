@@ -53,6 +53,13 @@ def test_bench_peers_starts_our_llm_app_measures_both_and_stops_it(peer_url: str
     # ... in float32 (--dtype's default, as the README starts vLLM-CPU), not the file's `auto` (bf16 with AMX).
     assert result["ours"]["replica"]["dtype"] == "float32"
     assert "ourselves" in done.stdout and "ours/peer" in done.stdout
+    # Where the CPU went: the machine's per run for both, ours by process (the peer runs in another Ray: no roles).
+    for side in ("ours", "peer"):
+        assert all(result[side]["cpu"][m]["machine_ms"] > 0 for m in result["ratio"]), result[side]["cpu"]
+    assert result["peer"]["cpu"]["tok_s_16"]["roles_ms"] is None
+    roles = result["ours"]["cpu"]["tok_s_16"]["roles_ms"]
+    assert {"LLMServer", "LLMIngress", "Serve proxy"} <= set(roles) and roles["LLMServer"] > 0, roles
+    assert "Our CPU per run by process" in done.stdout and "CPU per run, the whole machine" in done.stdout
     # ... and was stopped: its port no longer answers.
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{result['ours']['url']}/models", timeout=5)
