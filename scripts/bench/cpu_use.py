@@ -40,7 +40,7 @@ def role_of(title: str) -> str:
     for prefix, role in _ROLES:
         if title.startswith(prefix):
             if role is None:  # ray::ServeReplica:<app>:<deployment>
-                return title.split(":")[-1].split()[0] or "replica"
+                return (title.split(":")[-1].split() or ["replica"])[0]
             return role
     return "Ray system"
 
@@ -58,14 +58,21 @@ def machine_busy_s() -> float | None:
 
 
 def _process(pid: int) -> tuple[int, float, str] | None:
-    """(parent pid, CPU seconds, title) of one process; None if it is gone."""
+    """(parent pid, CPU seconds, short name) of one process; None if it is gone."""
     try:
         stat = (_PROC / str(pid) / "stat").read_text()
-        title = (_PROC / str(pid) / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
     except OSError:
         return None
     after = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
-    return int(after[1]), (int(after[11]) + int(after[12])) / _TICKS, title or stat[stat.index("(") + 1: stat.rindex(")")]
+    return int(after[1]), (int(after[11]) + int(after[12])) / _TICKS, stat[stat.index("(") + 1: stat.rindex(")")]
+
+
+def _title(pid: int, name: str) -> str:
+    """The process's title (a Ray worker's ``ray::...``), read only for the processes counted; ``name`` if none."""
+    try:
+        return (_PROC / str(pid) / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace") or name
+    except OSError:
+        return name
 
 
 def descendants_cpu_s(root: int) -> dict[str, float]:
@@ -83,8 +90,8 @@ def descendants_cpu_s(root: int) -> dict[str, float]:
     stack = list(children.get(root, ()))
     while stack:
         pid = stack.pop()
-        _, seconds, title = table[pid]
-        roles[role_of(title)] += seconds
+        _, seconds, name = table[pid]
+        roles[role_of(_title(pid, name))] += seconds
         stack.extend(children.get(pid, ()))
     return dict(roles)
 

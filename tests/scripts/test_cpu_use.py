@@ -37,6 +37,7 @@ def descendants_pids(root: int) -> list[int]:
     ("ray::KVCacheCoordinator", "KV coordinator"),
     ("/usr/bin/raylet", "Ray system"),
     ("ray::IDLE", "Ray system"),
+    ("ray::ServeReplica:llm:", "replica"),
 ])
 def test_a_process_title_names_its_role(title: str, role: str) -> None:
     assert role_of(title) == role
