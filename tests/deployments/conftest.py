@@ -27,6 +27,10 @@ from pathlib import Path
 import httpx
 
 SERVE_NUM_CPUS = 2
+TEST_PROXY_HEAD_TIMEOUT_S = 75
+"""The test proxies' bound on a response's head (`deployments.common.proxy_failures`): above the test gateways'
+``gateway_request_timeout_s`` (60) and every answer a test waits for, below the fault drill's client timeout (90),
+so a request Serve's router loses there is answered 503 instead of read as a timeout."""
 APP_START_TIMEOUT_S = 120.0
 
 
@@ -104,18 +108,21 @@ def serve_instance_session() -> Iterator[ServeInstance]:
     A local Ray cluster (2 CPUs, no dashboard) with Serve's proxy on a free port.
 
     The controller gets serve_config.yaml's ``controller_options`` (its proxies
-    install `deployments.common.request_id.proxy_middlewares`), as in production.
+    install `deployments.common.request_id.proxy_middlewares`), as in production,
+    with the head deadline at `TEST_PROXY_HEAD_TIMEOUT_S`.
     """
     import ray
     from ray import serve
 
+    from deployments.common.proxy_failures import HEAD_TIMEOUT_ENV
     from deployments.common.request_id import PROXY_ENV
 
     # address="local": always a private cluster, never one a `ray start` left on this host.
     ray.init(address="local", num_cpus=SERVE_NUM_CPUS, include_dashboard=False, log_to_driver=False)
     instance = ServeInstance(host="127.0.0.1", port=free_port())
     serve.start(http_options={"host": instance.host, "port": instance.port},
-                controller_options={"runtime_env": {"env_vars": PROXY_ENV}})
+                controller_options={"runtime_env": {"env_vars": {**PROXY_ENV,
+                                                                 HEAD_TIMEOUT_ENV: str(TEST_PROXY_HEAD_TIMEOUT_S)}}})
     try:
         yield instance
     finally:

@@ -72,6 +72,19 @@ def test_the_proxies_get_the_request_id_callback() -> None:
     assert getattr(importlib.import_module(module_name), attr) is proxy_middlewares
 
 
+def test_the_proxies_bound_a_responses_head_not_its_length() -> None:
+    """Serve's request_timeout_s cuts a response of any length (a long stream gets a 408 mid-way); the proxies'
+    head deadline only answers a request nothing started to answer, and waits longer than the gateway would."""
+    from business_modules.settings import Settings
+    from deployments.common.proxy_failures import HEAD_TIMEOUT_ENV
+
+    raw = yaml.safe_load(CONFIG.read_text())
+    assert "request_timeout_s" not in raw.get("http_options", {})
+    head_timeout_s = float(raw["controller_options"]["runtime_env"]["env_vars"][HEAD_TIMEOUT_ENV])
+    defaults = Settings.model_fields
+    assert head_timeout_s > max(defaults["gateway_llm_timeout_s"].default, defaults["gateway_request_timeout_s"].default)
+
+
 def test_only_the_model_replicas_reserve_cpus_and_the_file_fits_two_cores() -> None:
     """LLMServer's torch threads are its num_cpus (deployments/llm/threads.py): both cores of a 2-core machine,
     while every other replica reserves none, so `blatam up` there deploys everything."""
