@@ -18,6 +18,7 @@ from transformers.cache_utils import DynamicLayer
 
 from cache_actors.engine.gqa_attention import use_gqa_sdpa
 from cache_actors.engine.lean_llama import LeanLlama, fuse_projections, lean_unsupported
+from cache_actors.engine.onednn_caches import bound_primitive_caches
 from cache_actors.engine.packed_linear import pack_linears
 from cache_actors.engine.demo_model import DEMO_MODEL_ID, DemoModelSpec, build_demo_model, build_demo_tokenizer
 from cache_actors.engine.prompt_encoder import PromptEncoder, hf_model_folder, load_tokenizer
@@ -155,6 +156,7 @@ class ModelRunner:
         ``lean``: a Llama on CPU runs `cache_actors.engine.lean_llama.LeanLlama`
         (same logits, a third less time per decode step); False keeps Transformers' forward.
         """
+        bound_primitive_caches()  # before this process's first oneDNN call, or they keep 1,024 shapes each
         torch_dtype = resolve_dtype(dtype, device)
         if model_path is None:
             spec = demo_spec or DemoModelSpec()

@@ -170,6 +170,7 @@ class LLMServer:
             **self.batcher.load(),
             "decode_steps": steps,
             "mean_batch_size": self.batcher.step_rows / steps if steps else 0.0,
+            "heap_trims": self.batcher.heap.trims,
             "shard": self.shard,
             "torch_threads": self.batcher.worker_torch_threads(),
             "num_cpus": self.threads.cpus,

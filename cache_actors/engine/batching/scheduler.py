@@ -38,6 +38,7 @@ from cache_actors.engine.batching.detokenizer import IncrementalText
 from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.batching.sequence import Sequence, SequenceRequest, TokenConstraint
 from cache_actors.core.kv_layout import blocks_from_cache
+from cache_actors.engine.heap_trim import DEFAULT_MIN_INTERVAL_S, HeapTrimmer
 from cache_actors.engine.logprobs import prompt_entries
 from cache_actors.engine.overload import BatcherOverloaded
 from cache_actors.engine.requests import check_context
@@ -58,6 +59,8 @@ class BatcherConfig:
     # Per iteration while no sequence is decoding (nobody to stall); None: max_prefill_tokens.
     idle_prefill_tokens: int | None = None
     max_waiting: int = 1024
+    # Give the heap's free pages back to the OS when idle after work, at most this often; 0: never (heap_trim.py).
+    heap_trim_interval_s: float = DEFAULT_MIN_INTERVAL_S
 
 
 async def collect(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -129,6 +132,7 @@ class ContinuousBatcher(AdmissionMixin):
         self.grouped_prefills = 0  # prompts prefilled together with others in one forward (batched_prefill)
         self._torch_threads: int | None = None
         self._worker_started = threading.Event()
+        self.heap = HeapTrimmer(config.heap_trim_interval_s)
         self._loop_done = self.compute.start_loop(self._loop, wake=self._notify)
 
     # --- caller side -----------------------------------------------------------------
@@ -259,11 +263,13 @@ class ContinuousBatcher(AdmissionMixin):
         while True:
             if self._idle():
                 self._flush_writes()
+                self.heap.maybe_trim()
             with self._wake:
                 while self._idle():
                     self._wake.wait()
                 if self._closed:
                     break
+            self.heap.note_work()
             try:
                 self.compute.run_pending()  # the engine's persist/load/clear, between iterations
                 self._drop_cancelled()
