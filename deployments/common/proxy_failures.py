@@ -37,7 +37,6 @@ import asyncio
 import json
 import logging
 import os
-from contextlib import suppress
 from typing import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -105,19 +104,14 @@ class ProxyFailureMiddleware:
 
         app = asyncio.ensure_future(self.app(scope, receive, send_checked))
         try:
-            if self.head_timeout_s is not None:
-                waiting = asyncio.ensure_future(head.wait())
-                await asyncio.wait({app, waiting}, timeout=self.head_timeout_s, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                if not (head.is_set() or app.done()):
-                    gave_up = True
-                    app.cancel()
-                    await asyncio.wait({app}, timeout=_CANCEL_WAIT_S)
-                    logger.warning("No response began within %g s for %s %s (request id %s): answered 503",
-                                   self.head_timeout_s, scope.get("method"), scope.get("path"), _scope_request_id(scope))
-                    await _send_retry(send, (), _scope_request_id(scope), f"No response began within "
-                                      f"{self.head_timeout_s:g} s; retry.")
-                    return
+            if self.head_timeout_s is not None and not await _started_within(app, head, self.head_timeout_s):
+                gave_up = True
+                await _give_up(app)
+                request_id = _scope_request_id(scope)
+                logger.warning("No response began within %g s for %s %s (request id %s): answered 503",
+                               self.head_timeout_s, scope.get("method"), scope.get("path"), request_id)
+                await _send_retry(send, (), request_id, f"No response began within {self.head_timeout_s:g} s; retry.")
+                return
             await app
         except asyncio.CancelledError:
             app.cancel()
@@ -127,12 +121,25 @@ class ProxyFailureMiddleware:
                 raise
             await _send_retry(send, (), _scope_request_id(scope))
             return
-        finally:
-            if gave_up and app.done() and not app.cancelled():
-                with suppress(BaseException):
-                    app.exception()  # retrieved: the request was given up on purpose
         if not started:  # the proxy gave up without a word; uvicorn would send a plain-text 500
             await _send_retry(send, (), _scope_request_id(scope))
+
+
+async def _started_within(app: asyncio.Future, head: asyncio.Event, timeout_s: float) -> bool:
+    """Whether the response started (or the app ended) within ``timeout_s``."""
+    waiting = asyncio.ensure_future(head.wait())
+    try:
+        await asyncio.wait({app, waiting}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    return head.is_set() or app.done()
+
+
+async def _give_up(app: asyncio.Future) -> None:
+    """Cancel the request and give it a moment to unwind; its outcome is moot (the client gets the 503)."""
+    app.add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved: never logged as lost
+    app.cancel()
+    await asyncio.wait({app}, timeout=_CANCEL_WAIT_S)
 
 
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
