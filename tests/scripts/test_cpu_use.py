@@ -38,6 +38,7 @@ def descendants_pids(root: int) -> list[int]:
     ("/usr/bin/raylet", "Ray system"),
     ("ray::IDLE", "Ray system"),
     ("ray::ServeReplica:llm:", "replica"),
+    ("ray::ServeReplica:llm:LLMIngress.handle_request", "LLMIngress"),  # while it runs a call: the same role
 ])
 def test_a_process_title_names_its_role(title: str, role: str) -> None:
     assert role_of(title) == role
