@@ -41,12 +41,13 @@ def libc_malloc_trim() -> Callable[[], int] | None:
 
 
 class HeapTrimmer:
-    """Trims the heap when the engine goes idle after work, at most once per ``min_interval_s`` (0: never)."""
+    """Calls ``trim`` (`libc_malloc_trim`; None: never) when the engine goes idle after work, at most once per
+    ``min_interval_s`` (0: never)."""
 
-    def __init__(self, min_interval_s: float = DEFAULT_MIN_INTERVAL_S, *,
-                 trim: Callable[[], int] | None | str = "libc", clock: Callable[[], float] = time.monotonic):
+    def __init__(self, min_interval_s: float, trim: Callable[[], int] | None, *,
+                 clock: Callable[[], float] = time.monotonic):
         self.min_interval_s = min_interval_s
-        self._trim = libc_malloc_trim() if trim == "libc" else trim
+        self._trim = trim
         self._clock = clock
         self._last_s = float("-inf")
         self._worked = False

@@ -23,7 +23,7 @@ class _Clock:
 def test_trims_only_after_work_and_at_most_once_per_interval() -> None:
     calls: list[float] = []
     clock = _Clock()
-    trimmer = HeapTrimmer(10.0, trim=lambda: calls.append(clock.now) or 1, clock=clock)
+    trimmer = HeapTrimmer(10.0, lambda: calls.append(clock.now) or 1, clock=clock)
     assert not trimmer.maybe_trim()  # idle from the start: nothing was freed
     trimmer.note_work()
     assert trimmer.maybe_trim() and calls == [100.0]
@@ -36,14 +36,14 @@ def test_trims_only_after_work_and_at_most_once_per_interval() -> None:
 
 
 def test_off_when_the_interval_is_zero_or_there_is_no_malloc_trim_and_a_failing_trim_stops_trying() -> None:
-    for trimmer in (HeapTrimmer(0.0, trim=lambda: 1), HeapTrimmer(10.0, trim=None)):
+    for trimmer in (HeapTrimmer(0.0, lambda: 1), HeapTrimmer(10.0, None)):
         trimmer.note_work()
         assert not trimmer.maybe_trim() and trimmer.trims == 0
 
     def broken() -> int:
         raise OSError("no")
 
-    trimmer = HeapTrimmer(0.001, trim=broken)
+    trimmer = HeapTrimmer(0.001, broken)
     trimmer.note_work()
     assert not trimmer.maybe_trim()
     time.sleep(0.01)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -19,12 +18,6 @@ from pathlib import Path
 import httpx
 
 HEAD_TIMEOUT_S = 2.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main(out_dir: Path) -> None:
@@ -35,7 +28,7 @@ def main(out_dir: Path) -> None:
     from deployments.common.proxy_failures import HEAD_TIMEOUT_ENV
     from deployments.common.request_id import PROXY_ENV
     from scripts.serve_stop import stop_serve
-    from tests.deployments.conftest import run_app
+    from tests.deployments.conftest import free_port, run_app
 
     @serve.deployment(max_ongoing_requests=8)
     class Probe:
@@ -59,7 +52,7 @@ def main(out_dir: Path) -> None:
             await asyncio.sleep(1.0)  # /hint: longer than the timeout the client asks for
             return JSONResponse({"ok": True})
 
-    port = _free_port()
+    port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port},

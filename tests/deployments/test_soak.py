@@ -9,8 +9,9 @@ the mix). `scripts.bench.soak.run_soak` measures; this test asserts:
 - p50/p95/p99 latency are printed per kind and per 10-s sample, and written
   as JSON to ``$BLATAM_SOAK_JSON`` when set (a report plots the samples);
 - every actor's RSS (Serve controller, proxy, every replica, KV shard,
-  coordinator) grows at most 10 % after the warm-up (the model replica trims
-  its heap when idle, so a backlog's peak is not read as growth): the first third of the
+  coordinator) grows at most 10 % after the warm-up (a model load bounds
+  oneDNN's per-shape caches, which grew the model replica with every new
+  prefill shape, and the replica trims its heap when idle): the first third of the
   measured run, after an unmeasured burst and WARMUP_S of load (see `EXPORT_BURST`);
 - the KV shard's bytes never exceed its budget, and it did evict (so the
   budget was reached, not merely respected by an idle cache); every pool slot
@@ -165,8 +166,8 @@ def test_soak_through_the_gateway(stack: tuple[str, str]) -> None:
     assert len(result.windows) >= SOAK_S // config.sample_every_s
     assert result.windows[-1].cache.evicted_blocks > evicted_before, "the KV cache never reached its budget"
     assert violations(result, Limits(cache_budget_bytes=CACHE_BUDGET_MB * 2**20)) == []
-    # The model replica gives freed heap back when idle (cache_actors/engine/heap_trim.py): without it, a slow
-    # spell's backlog raised its RSS by 40-100 MiB for good (850 -> 952 MiB in one CI run), read as a leak above.
+    # The model replica gives freed heap back when idle (cache_actors/engine/heap_trim.py), so its RSS tracks
+    # what it holds. (The lasting 850 -> 952 MiB step of one CI run was oneDNN's caches: onednn_caches.py.)
     from ray import serve
 
     stats = serve.get_deployment_handle("LLMServer", app_name="llm").get_stats.remote().result(timeout_s=30)

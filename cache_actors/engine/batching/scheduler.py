@@ -38,7 +38,7 @@ from cache_actors.engine.batching.detokenizer import IncrementalText
 from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.batching.sequence import Sequence, SequenceRequest, TokenConstraint
 from cache_actors.core.kv_layout import blocks_from_cache
-from cache_actors.engine.heap_trim import DEFAULT_MIN_INTERVAL_S, HeapTrimmer
+from cache_actors.engine.heap_trim import DEFAULT_MIN_INTERVAL_S, HeapTrimmer, libc_malloc_trim
 from cache_actors.engine.logprobs import prompt_entries
 from cache_actors.engine.overload import BatcherOverloaded
 from cache_actors.engine.requests import check_context
@@ -132,7 +132,7 @@ class ContinuousBatcher(AdmissionMixin):
         self.grouped_prefills = 0  # prompts prefilled together with others in one forward (batched_prefill)
         self._torch_threads: int | None = None
         self._worker_started = threading.Event()
-        self.heap = HeapTrimmer(config.heap_trim_interval_s)
+        self.heap = HeapTrimmer(config.heap_trim_interval_s, libc_malloc_trim())
         self._loop_done = self.compute.start_loop(self._loop, wake=self._notify)
 
     # --- caller side -----------------------------------------------------------------
