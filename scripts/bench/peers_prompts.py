@@ -82,7 +82,10 @@ class PromptMaker:
         if self.count(base) >= tokens:
             raise ValueError(f"the base text already has {self.count(base)} tokens, wanted more than that: {tokens}")
         full = (base + " " if base else "") + self._words(tokens)
-        offsets = self.tokenizer(full, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+        # ``full`` is longer than the model's context on purpose (it is cut below): verbose=False keeps
+        # Transformers from warning that it is ("Token indices sequence length is longer...") in every run.
+        offsets = self.tokenizer(full, add_special_tokens=True, return_offsets_mapping=True,
+                                 verbose=False)["offset_mapping"]
         index = tokens - 1  # the last token to keep
         best = full
         for _ in range(8):

@@ -3,6 +3,7 @@ own llm app: tests/deployments/test_bench_peers_run.py, which has the Serve fixt
 
 from __future__ import annotations
 
+import logging
 
 import pytest
 from tokenizers import Tokenizer, models, normalizers, trainers
@@ -38,6 +39,18 @@ def test_prompts_have_the_token_counts_asked_for_and_are_new_each_run(tokenizer)
     assert common >= 192 + PREFIX_MARGIN - 1  # a merge across the parting may cost one token, never a block
     assert PromptMaker(tokenizer, seed=1).fresh(64) == PromptMaker(tokenizer, seed=1).fresh(64)
     assert PromptMaker(tokenizer, seed=1).fresh(64) != PromptMaker(tokenizer, seed=2).fresh(64)
+
+
+def test_prompts_longer_than_the_context_are_cut_without_a_warning(caplog, monkeypatch) -> None:
+    """The uncut text is longer than the model's context on purpose; Transformers warned about it on every run."""
+    # Transformers' loggers print through their own handler; propagated, caplog sees what they say.
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)
+    tokenizer = bpe_tokenizer()
+    tokenizer.model_max_length = 512  # the peer model's context is 4,096: 2,049 tokens of words run past it
+    with caplog.at_level(logging.WARNING):
+        text = PromptMaker(tokenizer, seed=3).fresh(500)
+    assert len(tokenizer(text)["input_ids"]) in (500, 501)
+    assert "longer than the specified maximum sequence length" not in caplog.text
 
 
 def samples(scale: float) -> Samples:
