@@ -42,7 +42,8 @@ def role_of(title: str) -> str:
             if role is None:  # ray::ServeReplica:<app>:<deployment>, + .<method> while Ray runs one
                 # One role per process whatever it runs: a run's marks may catch it idle, then in a call, and a
                 # role per title would count its whole life (1.6 s of the ingress's start-up seen in one run).
-                return (title.split(":")[-1].split() or ["replica"])[0].split(".")[0] or "replica"
+                words = title.split(":")[-1].split()
+                return (words[0].split(".")[0] if words else "") or "replica"
             return role
     return "Ray system"
 
