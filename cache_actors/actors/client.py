@@ -45,7 +45,7 @@ from cache_actors.actors.ray_join import join_ray
 from cache_actors.actors.placement import get_or_create_coordinator, node_shards, pick_local_shard, warn_on_other_capacity
 from cache_actors.actors.shard import MatchReply, ReserveReply
 from cache_actors.actors.spec import ShardSpec, spec_from_config
-from cache_actors.core.block_checksum import block_checksum, block_checksums
+from cache_actors.core.block_checksum import block_checksums, iter_block_checksums
 from cache_actors.core.hashing import BlockHash
 from cache_actors.core.kv_cache import slot_runs
 from cache_actors.core.kv_layout import block_views
@@ -222,8 +222,8 @@ class DistributedKVCache:
             shard.release.remote(reply.lease)
             return DistributedHit()
         good = 0
-        for slot, expected in zip(reply.slots, reply.checksums):
-            if block_checksum(pool.parts, slot) != expected:
+        for actual, expected in zip(iter_block_checksums(pool.parts, reply.slots), reply.checksums):
+            if actual != expected:
                 self._mismatch()
                 # Wait for it: the bad block must be gone before this request stores its blocks.
                 self._call(lambda s: s.reject.remote(reply.lease, good, hashes[good]), "reject")
