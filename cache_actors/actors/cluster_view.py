@@ -44,6 +44,8 @@ class CoordinatorView:
     resyncing: list[str] = field(default_factory=list)
     snapshots_on: bool = False
     snapshot_age_s: float | None = None
+    snapshot_restore_pending: bool = False
+    """Redis did not hand over the last snapshot yet (the coordinator retries, and writes none meanwhile)."""
     uptime_s: float = 0.0
     error: str = ""
 
@@ -85,6 +87,7 @@ def cache_view(*, timeout_s: float = VIEW_TIMEOUT_S) -> CacheView:
             coordinator = CoordinatorView(
                 True, blocks=stats["blocks"], shards=len(stats["shards"]), resyncing=list(stats["resyncing"]),
                 snapshots_on=bool(stats.get("snapshots_on")), snapshot_age_s=stats.get("snapshot_age_s"),
+                snapshot_restore_pending=bool(stats.get("snapshot_restore_pending")),
                 uptime_s=float(stats.get("uptime_s", 0.0)))
     shards = []
     for name in shard_names:

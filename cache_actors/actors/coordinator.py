@@ -64,6 +64,9 @@ class KVCacheCoordinator:
         self.started = time.monotonic()
         self.last_snapshot_at: float | None = None  # monotonic time of the last snapshot written
         self.counters: dict[str, int] = {"prefetch_plans": 0, "snapshots": 0, "restored_blocks": 0, "shards_created": 0}
+        self._restore_pending = self.redis is not None  # see _restore_snapshot
+        self._restore_lock = asyncio.Lock()  # start-up, a spec's registration and maintenance may all try at once
+        self._restore_failures = 0
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._startup()), loop.create_task(self._maintenance())]
 
@@ -184,18 +187,38 @@ class KVCacheCoordinator:
         if self.redis is None and spec.redis_url:
             self.redis = RedisTier(spec.redis_url, key_prefix="blatam:kv", timeout_s=spec.timeouts.tier_op_s)
             logger.info("coordinator: Redis snapshots on (brought by a client of cache %s)", spec.fingerprint())
+            self._restore_pending = True
             await self._restore_snapshot()
         return spec.fingerprint()
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def _restore_snapshot(self) -> None:
-        """Merge the last snapshot in Redis into the index (tier locations and hit counts)."""
-        blob = await self.redis.get_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}")
-        if blob:
-            try:
-                self.counters["restored_blocks"] += self.index.restore(blob)
-            except ValueError as exc:
-                logger.warning("coordinator: ignoring snapshot (%s)", exc)
+        """Merge the last snapshot in Redis into the index (tier locations and hit counts).
+
+        Until Redis has answered (with a snapshot or with none) the restore
+        stays pending: the maintenance loop tries again each round, and no
+        snapshot is written meanwhile. Why: a coordinator restarted while Redis
+        was slow (its first read timed out on a loaded CI machine) or down came
+        up empty for good, then replaced the last snapshot with that empty
+        index at its next snapshot, losing every tier location it held.
+        """
+        async with self._restore_lock:
+            if not self._restore_pending:
+                return
+            answered, blob = await self.redis.read_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}")
+            if not answered:
+                if not self._restore_failures:
+                    logger.warning("coordinator: the last snapshot could not be read; no snapshot is written until it is")
+                self._restore_failures += 1
+                return
+            self._restore_pending = False
+            if self._restore_failures:
+                logger.info("coordinator: the last snapshot was read after %d failed tries", self._restore_failures)
+            if blob:
+                try:
+                    self.counters["restored_blocks"] += self.index.restore(blob)
+                except ValueError as exc:
+                    logger.warning("coordinator: ignoring snapshot (%s)", exc)
 
     async def _startup(self) -> None:
         if self.redis is not None:
@@ -211,6 +234,8 @@ class KVCacheCoordinator:
             try:
                 await self._check_shards()
                 self._place_shards()
+                if self.redis is not None and self._restore_pending:
+                    await self._restore_snapshot()
                 if self.redis is not None and time.monotonic() - last_snapshot >= self.spec.snapshot_interval_s:
                     last_snapshot = time.monotonic()
                     await self.snapshot()
@@ -256,7 +281,8 @@ class KVCacheCoordinator:
             self.counters["shards_created"] += self._place(list(self.specs.values()))
 
     async def snapshot(self) -> bool:
-        if self.redis is None:
+        """Write the index to Redis; False (nothing written) without Redis or while the last snapshot is unread."""
+        if self.redis is None or self._restore_pending:
             return False
         ok = await self.redis.set_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}", self.index.snapshot(), timeout_s=2.0)
         self.counters["snapshots"] += ok
@@ -271,7 +297,8 @@ class KVCacheCoordinator:
     def stats(self) -> dict[str, Any]:
         age = None if self.last_snapshot_at is None else time.monotonic() - self.last_snapshot_at
         return {**self.index.stats(), **self.counters, "resyncing": sorted(self._resyncing), "specs": sorted(self.specs),
-                "uptime_s": time.monotonic() - self.started, "snapshot_age_s": age, "snapshots_on": self.redis is not None}
+                "uptime_s": time.monotonic() - self.started, "snapshot_age_s": age, "snapshots_on": self.redis is not None,
+                "snapshot_restore_pending": self._restore_pending}
 
 
 CoordinatorActor = ray.remote(KVCacheCoordinator)

@@ -110,15 +110,19 @@ class RedisTier:
             return False
         return True
 
-    async def get_raw(self, key: str) -> bytes | None:
-        """One value by full key (coordinator snapshots); None on miss or failure."""
+    async def read_raw(self, key: str) -> tuple[bool, bytes | None]:
+        """One value by full key (coordinator snapshots): ``(answered, value)``.
+
+        ``answered`` is False when Redis failed, timed out or is backing off,
+        so a caller can tell "no such key" (True, None) from "Redis did not say".
+        """
         if not self._available():
-            return None
+            return False, None
         try:
-            return await asyncio.wait_for(self._client.get(key), self.timeout_s * 10)
+            return True, await asyncio.wait_for(self._client.get(key), self.timeout_s * 10)
         except (RedisError, OSError, asyncio.TimeoutError, TimeoutError) as exc:
             self._failed(exc)
-            return None
+            return False, None
 
     async def set_raw(self, key: str, value: bytes, *, timeout_s: float | None = None) -> bool:
         if not self._available():

@@ -40,6 +40,9 @@ def _problems(apps, view) -> list[str]:
                 for name, t in shard.tiers.items() if not t.get("reachable")]
     if view.coordinator is not None and not view.coordinator.reachable:
         out.append(f"the coordinator does not answer ({view.coordinator.error})")
+    elif view.coordinator is not None and view.coordinator.snapshot_restore_pending:
+        out.append("the coordinator could not read its last snapshot from Redis yet (it retries; tier locations "
+                   "the snapshot holds are unknown until then)")
     return out
 
 

@@ -341,6 +341,37 @@ def test_restarted_coordinator_restores_tier_locations_from_its_redis_snapshot(r
     assert "redis" in ray.get(fresh.where.remote(demoted[0]))
 
 
+def test_a_coordinator_restarted_while_redis_stalls_reads_the_snapshot_later_and_writes_none_before(redis_engines,
+                                                                                                 private_redis):
+    """Redis stalled (``CLIENT PAUSE``: every command waits) while a coordinator restarts: its first read of the
+    last snapshot times out. It used to come up empty for good, then replace that snapshot with its empty index."""
+    import redis as redis_sync
+
+    engine, _ = redis_engines
+    spec = engine.cache.spec
+    coordinator = get_or_create_coordinator(spec)
+    ray.get(coordinator.register_spec.remote(spec))
+    wait_until(lambda: ray.get(coordinator.stats.remote())["tier_blocks"]["redis"] > 0, timeout_s=30)
+    assert ray.get(coordinator.snapshot.remote())
+    blocks_in_redis = ray.get(coordinator.stats.remote())["tier_blocks"]["redis"]
+    client = redis_sync.Redis.from_url(private_redis.url, socket_timeout=30)
+    try:
+        ray.kill(coordinator)
+        client.execute_command("CLIENT", "PAUSE", 10_000, "ALL")
+        fresh = get_or_create_coordinator(spec)
+        ray.get(fresh.register_spec.remote(spec))  # whoever re-created it: this cache's Redis is on now
+        stats = ray.get(fresh.stats.remote())
+        assert stats["snapshot_restore_pending"] and stats["restored_blocks"] == 0
+        assert ray.get(fresh.snapshot.remote()) is False  # nothing written over the unread snapshot
+        wait_until(lambda: ray.get(fresh.stats.remote())["restored_blocks"] > 0, timeout_s=60)
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+        client.close()
+    stats = ray.get(fresh.stats.remote())
+    assert not stats["snapshot_restore_pending"] and stats["tier_blocks"]["redis"] >= blocks_in_redis
+    assert ray.get(fresh.snapshot.remote())
+
+
 def test_a_later_client_with_redis_turns_snapshots_on(redis_engines):
     engine, _ = redis_engines
     spec = engine.cache.spec

@@ -259,6 +259,9 @@ def test_problems_name_what_is_not_healthy() -> None:
     assert len(problems) == 4 and "export is DEPLOY_FAILED" in problems[0]
     assert any("tier redis unreachable" in p for p in problems) and any("n2" in p for p in problems)
     assert _problems([AppView("llm", "RUNNING")], CacheView([], None)) == []
+    unread = CacheView([], CoordinatorView(True, snapshots_on=True, snapshot_restore_pending=True))
+    assert ["could not read its last snapshot" in p for p in _problems([], unread)] == [True]
+    assert _problems([], CacheView([], CoordinatorView(True, snapshots_on=True))) == []
 
 
 @pytest.mark.ray
