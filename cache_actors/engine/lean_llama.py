@@ -10,12 +10,13 @@ Measured on this project's 2-core machine, one decode step (ms, Transformers
 -> lean): the 24M-parameter Llama 9.5 -> 6.5 for one row and 16.0 -> 12.3 for
 16 rows; SmolLM2-135M 46 -> 35 for one row.
 
-It computes what Transformers computes, with the same kernels in the same
-order (the same SDPA calls for decode, prefill and masked prefill; RMSNorm in
-float32), so its logits equal Transformers' on the same weights: bit for bit
-on this project's machine (the tests allow float rounding, for a CPU whose
-fused RMSNorm or GEMM blocking rounds differently, and require the same
-greedy tokens). The fused projections replace the model's own
+It computes what Transformers computes, with the same kernels (SDPA for
+prefill and masked prefill; RMSNorm in float32), so its logits equal
+Transformers' on the same weights to float rounding, and the tests require
+the same greedy tokens. Two calls differ in float32, where it is faster
+(`lean_attention`): a decode step's attention is two matmuls and a softmax,
+and a masked prefill stacks the query heads of each KV head into one SDPA
+call; both round differently (~1e-7 a layer) from Transformers' calls. The fused projections replace the model's own
 ``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj``
 (`SliceOfFused`: the fused product, sliced), so the weights exist once and the
 Transformers forward still works on them, for reference and for tests.
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from cache_actors.engine.lean_attention import PrefillBias, additive_bias, attend, attend_decode, causal_mask
 from cache_actors.engine.packed_linear import linear_call, make_linear
 
 logger = logging.getLogger(__name__)
@@ -155,9 +157,12 @@ class LeanLlama:
         past = cache.get_seq_length() if position_ids is None or attention_mask is None else 0
         if position_ids is None:
             position_ids = (torch.arange(width, device=input_ids.device) + past)[None, :].expand(rows, width)
-        mask, causal = self._mask(attention_mask, width, past, input_ids.device)
-        # A float32 decode step's mask as one additive bias for every layer (see `_attend_decode`).
-        decode_bias = _additive_bias(mask) if width == 1 and mask is not None and self.dtype == torch.float32 else None
+        mask, causal = causal_mask(attention_mask, width, past, input_ids.device)
+        # float32 masks as one additive bias for every layer (`lean_attention`): a decode step's, or a masked
+        # prefill's with the query heads of each KV head stacked.
+        float_mask = mask is not None and self.dtype == torch.float32
+        decode_bias = additive_bias(mask) if float_mask and width == 1 else None
+        prefill_bias = PrefillBias.build(mask, self.num_heads // self.num_kv_heads) if float_mask and width > 1 else None
         cos, sin = self._rope(position_ids)
         x = F.embedding(input_ids, self.embed)
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
@@ -169,9 +174,11 @@ class LeanLlama:
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
             keys, values = cache.update(qk[:, heads:], qkv[:, heads + kv_heads :], index)
             if decode_bias is not None:
-                attended = self._attend_decode(qk[:, :heads], keys, values, decode_bias)
+                attended = attend_decode(qk[:, :heads], keys, values, decode_bias, scale=self.scale,
+                                         num_kv_heads=kv_heads)
             else:
-                attended = self._attend(qk[:, :heads], keys, values, mask, causal)
+                attended = attend(qk[:, :heads], keys, values, mask, causal, scale=self.scale, num_kv_heads=kv_heads,
+                                  prefill_bias=prefill_bias)
             x = x + layer.o(attended.transpose(1, 2).reshape(rows, width, heads * dim))
             h = self._norm(x, layer.post_norm)
             gate_up = layer.gate_up(h)
@@ -183,47 +190,6 @@ class LeanLlama:
         else:
             x = x[:, logits_to_keep]
         return LeanOutput(self.head(x), cache)
-
-    def _attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-                causal: bool) -> torch.Tensor:
-        """``[rows, heads, width, dim]``, by the SDPA call Transformers (with `gqa_attention`) makes for these shapes."""
-        rows, heads, width, dim = query.shape
-        groups = heads // self.num_kv_heads
-        if groups > 1 and width == 1 and mask is not None:  # Transformers' pack_gqa (without a mask: enable_gqa)
-            packed = query.reshape(rows, self.num_kv_heads, groups, dim)
-            out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=self.scale)
-            return out.reshape(rows, heads, 1, dim)
-        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=self.scale,
-                                              is_causal=causal, enable_gqa=groups > 1)
-
-    def _attend_decode(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                       bias: torch.Tensor) -> torch.Tensor:
-        """One new token per row over its masked KV: two batched matmuls and a softmax, query heads grouped per KV head.
-
-        Why not SDPA: for one query token per row PyTorch's CPU flash kernel
-        is mostly set-up. Measured on this project's 2-core machine (16 rows
-        of 64-124 tokens, 8 query and 4 KV heads, caches cold as in a real
-        step): 408 us per layer with SDPA and a boolean mask, 233 us here;
-        a whole 16-row decode step of the 24M Llama 13-14 -> 11-12 ms. The
-        result equals SDPA's to float rounding (~4e-7), the same greedy tokens.
-        float32 only: in bf16 or fp16 SDPA accumulates the softmax in float32 and this would not.
-        """
-        rows, heads, _, dim = query.shape
-        grouped = query.reshape(rows, self.num_kv_heads, heads // self.num_kv_heads, dim)
-        scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(self.scale).add_(bias)
-        out = torch.matmul(torch.softmax(scores, dim=-1), values)
-        return out.reshape(rows, heads, 1, dim)
-
-    @staticmethod
-    def _mask(attention_mask: torch.Tensor | None, width: int, past: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
-        if attention_mask is not None:
-            if attention_mask.dim() != 4 or attention_mask.dtype != torch.bool:
-                raise ValueError("the lean forward takes a 4D boolean attention mask (or None: causal)")
-            return attention_mask, False
-        if width == 1 or past == 0:
-            return None, width > 1
-        queries = torch.arange(width, device=device) + past
-        return (torch.arange(past + width, device=device)[None, :] <= queries[:, None])[None, None], False
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
@@ -240,12 +206,6 @@ class LeanLlama:
             cos, sin = (table[0] for table in self._rotary(self.embed[:1].to(self.dtype), positions))
             self._rope_table = (cos, sin)
         return cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1)
-
-
-def _additive_bias(mask: torch.Tensor) -> torch.Tensor:
-    """A boolean ``[rows, 1, 1, kv]`` mask as 0 where attended and -inf elsewhere (what softmax adds)."""
-    bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    return bias.masked_fill_(~mask, float("-inf"))
 
 
 def _fuse_into(parent: nn.Module, names: tuple[str, ...], pack: bool) -> Linear:
