@@ -93,6 +93,9 @@ class KVCacheConfig(BaseSettings):
                                                    "(cache_actors/engine/packed_linear.py); false: plain F.linear.")
     lean_forward: bool = Field(True, description="A Llama on CPU runs the lean forward (cache_actors/engine/lean_llama.py: "
                                                  "same logits, less time per step); false: Transformers' forward.")
+    fused_pointwise: bool = Field(True, description="In the lean forward on CPU in float32, prefills of 512 tokens or more run "
+                                                    "rotary, residual adds, RMSNorm and SiLU as kernels compiled by inductor at "
+                                                    "load (cache_actors/engine/fused_pointwise.py; needs a C++ compiler, else off).")
     seed: int = 0
 
     # --- isolation ------------------------------------------------------------

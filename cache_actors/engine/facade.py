@@ -79,7 +79,7 @@ class UltraAdaptiveKVCacheEngine:
             self.compute.call(torch.set_num_threads, self.config.num_threads)
         self.runner = runner or self.compute.call(
             ModelRunner.load, self.config.model_path, dtype=self.config.dtype, packed_weights=self.config.packed_weights,
-            lean=self.config.lean_forward,
+            lean=self.config.lean_forward, fused_pointwise=self.config.fused_pointwise,
         )
         geometry = self.runner.geometry
         block_size = self.config.block_size

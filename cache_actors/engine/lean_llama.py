@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from cache_actors.engine.fused_pointwise import MIN_TOKENS, CompiledPointwise
 from cache_actors.engine.lean_attention import PrefillBias, additive_bias, attend, attend_decode, causal_mask
 from cache_actors.engine.packed_linear import linear_call, make_linear
 
@@ -72,6 +73,16 @@ class SliceOfFused(nn.Module):
 
     def extra_repr(self) -> str:
         return f"columns {self.start}:{self.end} of a fused projection"
+
+
+@dataclass(frozen=True, slots=True)
+class _Masks:
+    """What attention reads in every layer of one forward (`lean_attention`)."""
+
+    mask: torch.Tensor | None
+    causal: bool
+    decode_bias: torch.Tensor | None
+    prefill_bias: PrefillBias | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +130,10 @@ def fuse_projections(model: PreTrainedModel, *, pack: bool) -> list[tuple[Linear
 class LeanLlama:
     """Call it like the model: ``lean(input_ids=..., cache=..., position_ids=..., attention_mask=..., logits_to_keep=...)``."""
 
-    def __init__(self, model: PreTrainedModel, fused: list[tuple[Linear, Linear]]) -> None:
-        """``fused``: `fuse_projections` of ``model``; its other linears are read as they are now (packed or not)."""
+    def __init__(self, model: PreTrainedModel, fused: list[tuple[Linear, Linear]], *,
+                 pointwise: CompiledPointwise | None = None) -> None:
+        """``fused``: `fuse_projections` of ``model``; its other linears are read as they are now (packed or not).
+        ``pointwise``: compiled kernels for forwards of `MIN_TOKENS` tokens or more (None: eager ops throughout)."""
         config = model.config
         self.num_heads = int(config.num_attention_heads)
         self.num_kv_heads = int(config.num_key_value_heads)
@@ -133,6 +146,7 @@ class LeanLlama:
         self.head = linear_call(model.lm_head)
         self._rotary = model.model.rotary_emb
         self._rope_table = (torch.empty(0), torch.empty(0))  # (cos, sin): replaced whole, never mutated
+        self.pointwise = pointwise
         self.layers = [
             _Layer(block.input_layernorm.weight, qkv, linear_call(block.self_attn.o_proj),
                    block.post_attention_layernorm.weight, gate_up, linear_call(block.mlp.down_proj))
@@ -161,35 +175,74 @@ class LeanLlama:
         # float32 masks as one additive bias for every layer (`lean_attention`): a decode step's, or a masked
         # prefill's with the query heads of each KV head stacked.
         float_mask = mask is not None and self.dtype == torch.float32
-        decode_bias = additive_bias(mask) if float_mask and width == 1 else None
-        prefill_bias = PrefillBias.build(mask, self.num_heads // self.num_kv_heads) if float_mask and width > 1 else None
-        cos, sin = self._rope(position_ids)
+        masks = _Masks(
+            mask, causal,
+            decode_bias=additive_bias(mask) if float_mask and width == 1 else None,
+            prefill_bias=PrefillBias.build(mask, self.num_heads // self.num_kv_heads) if float_mask and width > 1 else None,
+        )
         x = F.embedding(input_ids, self.embed)
-        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        half = dim // 2
-        for index, layer in enumerate(self.layers):
-            h = self._norm(x, layer.input_norm)
-            qkv = layer.qkv(h).view(rows, width, heads + 2 * kv_heads, dim).transpose(1, 2)
-            qk = qkv[:, : heads + kv_heads]
-            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            keys, values = cache.update(qk[:, heads:], qkv[:, heads + kv_heads :], index)
-            if decode_bias is not None:
-                attended = attend_decode(qk[:, :heads], keys, values, decode_bias, scale=self.scale,
-                                         num_kv_heads=kv_heads)
-            else:
-                attended = attend(qk[:, :heads], keys, values, mask, causal, scale=self.scale, num_kv_heads=kv_heads,
-                                  prefill_bias=prefill_bias)
-            x = x + layer.o(attended.transpose(1, 2).reshape(rows, width, heads * dim))
-            h = self._norm(x, layer.post_norm)
-            gate_up = layer.gate_up(h)
-            inner = gate_up.shape[-1] // 2
-            x = x + layer.down(F.silu(gate_up[..., :inner]) * gate_up[..., inner:])
-        x = self._norm(x, self.final_norm)
+        if self.pointwise is not None and rows * width >= MIN_TOKENS:
+            x = self._layers_fused(x, cache, position_ids, masks, self.pointwise)
+        else:
+            x = self._layers_eager(x, cache, position_ids, masks)
         if isinstance(logits_to_keep, int):
             x = x[:, -logits_to_keep:] if logits_to_keep else x
         else:
             x = x[:, logits_to_keep]
         return LeanOutput(self.head(x), cache)
+
+    def _layers_eager(self, x: torch.Tensor, cache: Any, position_ids: torch.Tensor, masks: _Masks) -> torch.Tensor:
+        """Every decoder layer and the final norm, op for op as Transformers runs them."""
+        rows, width, _ = x.shape
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        half = dim // 2
+        cos, sin = self._rope(position_ids)
+        for index, layer in enumerate(self.layers):
+            h = self._norm(x, layer.input_norm)
+            qkv = layer.qkv(h).view(rows, width, heads + 2 * kv_heads, dim).transpose(1, 2)
+            qk = qkv[:, : heads + kv_heads]
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            attended = self._attention(qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :], cache, index, masks)
+            x = x + layer.o(attended.transpose(1, 2).reshape(rows, width, heads * dim))
+            h = self._norm(x, layer.post_norm)
+            gate_up = layer.gate_up(h)
+            inner = gate_up.shape[-1] // 2
+            x = x + layer.down(F.silu(gate_up[..., :inner]) * gate_up[..., inner:])
+        return self._norm(x, self.final_norm)
+
+    def _layers_fused(self, x: torch.Tensor, cache: Any, position_ids: torch.Tensor, masks: _Masks,
+                      kernels: CompiledPointwise) -> torch.Tensor:
+        """`_layers_eager` with its elementwise steps as compiled kernels (`fused_pointwise`), on tokens laid flat.
+
+        Each residual add is fused with the norm after it (the last with the
+        final norm), so the loop carries ``x`` and its normed ``h``.
+        """
+        rows, width, hidden = x.shape
+        tokens = rows * width
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        cos, sin = (table.reshape(tokens, 1, dim) for table in self._rope(position_ids))
+        x = x.reshape(tokens, hidden)
+        h = kernels.rms_norm(x, self.layers[0].input_norm, self.eps)
+        for index, layer in enumerate(self.layers):
+            qkv = layer.qkv(h).view(tokens, heads + 2 * kv_heads, dim)
+            qk = kernels.rotary(qkv[:, : heads + kv_heads], cos, sin, dim // 2).view(rows, width, heads + kv_heads, dim)
+            values = qkv.view(rows, width, heads + 2 * kv_heads, dim)[:, :, heads + kv_heads :]
+            attended = self._attention(qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2),
+                                       values.transpose(1, 2), cache, index, masks)
+            x, h = kernels.add_rms_norm(x, layer.o(attended.transpose(1, 2).reshape(tokens, heads * dim)),
+                                        layer.post_norm, self.eps)
+            after = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.final_norm
+            x, h = kernels.add_rms_norm(x, layer.down(kernels.silu_mul(layer.gate_up(h))), after, self.eps)
+        return h.view(rows, width, hidden)
+
+    def _attention(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cache: Any, index: int,
+                   masks: _Masks) -> torch.Tensor:
+        """Store layer ``index``'s new keys and values, then attend over all of them: ``[rows, heads, width, dim]``."""
+        keys, values = cache.update(keys, values, index)
+        if masks.decode_bias is not None:
+            return attend_decode(query, keys, values, masks.decode_bias, scale=self.scale, num_kv_heads=self.num_kv_heads)
+        return attend(query, keys, values, masks.mask, masks.causal, scale=self.scale, num_kv_heads=self.num_kv_heads,
+                      prefill_bias=masks.prefill_bias)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:

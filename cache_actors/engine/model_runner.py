@@ -17,6 +17,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrai
 from transformers.cache_utils import DynamicLayer
 
 from cache_actors.engine.gqa_attention import use_gqa_sdpa
+from cache_actors.engine import fused_pointwise
+from cache_actors.engine.fused_pointwise import CompiledPointwise
 from cache_actors.engine.lean_llama import LeanLlama, fuse_projections, lean_unsupported
 from cache_actors.engine.onednn_caches import bound_primitive_caches
 from cache_actors.engine.packed_linear import pack_linears
@@ -147,6 +149,7 @@ class ModelRunner:
         device: str = "cpu",
         packed_weights: bool = True,
         lean: bool = True,
+        fused_pointwise: bool = False,
     ) -> "ModelRunner":
         """The model in ``model_path`` (a local Hugging Face folder), or the demo model.
 
@@ -155,6 +158,8 @@ class ModelRunner:
         Attention shares grouped KV heads in place (`cache_actors.engine.gqa_attention`).
         ``lean``: a Llama on CPU runs `cache_actors.engine.lean_llama.LeanLlama`
         (same logits, a third less time per decode step); False keeps Transformers' forward.
+        ``fused_pointwise``: the lean forward runs a wide prefill's elementwise steps as compiled kernels
+        (`cache_actors.engine.fused_pointwise`; compiled here, a few seconds; off where they cannot be).
         """
         bound_primitive_caches()  # before this process's first oneDNN call, or they keep 1,024 shapes each
         torch_dtype = resolve_dtype(dtype, device)
@@ -173,12 +178,29 @@ class ModelRunner:
         unsupported = lean_unsupported(model) if lean else "turned off"
         fused = fuse_projections(model, pack=packed_weights) if unsupported is None else None
         packed = pack_linears(model) if packed_weights else 0
-        runner = cls(model, tokenizer, model_id=model_id, lean=LeanLlama(model, fused) if fused is not None else None)
+        lean_forward = LeanLlama(model, fused) if fused is not None else None
+        runner = cls(model, tokenizer, model_id=model_id, lean=lean_forward)
+        kernels = runner._fuse_pointwise() if lean_forward is not None and fused_pointwise else None
         logger.info("loaded %s from %s: %s, context %d, end tokens %s, torch threads %d, %d packed linear layers, "
-                    "lean forward %s", runner.model_id, path, str(runner.dtype).removeprefix("torch."), runner.max_context,
+                    "lean forward %s, fused pointwise kernels %s", runner.model_id, path, str(runner.dtype).removeprefix("torch."), runner.max_context,
                     list(runner.eos_token_ids), torch.get_num_threads(), packed,
-                    "on" if fused is not None else f"off ({unsupported})")
+                    "on" if fused is not None else f"off ({unsupported})", "on" if kernels is not None else "off")
         return runner
+
+    def _fuse_pointwise(self) -> CompiledPointwise | None:
+        """Switch the lean forward's wide prefills to compiled kernels, once they are compiled and checked here."""
+        lean = self.forward
+        kernels = CompiledPointwise.build(dtype=self.dtype, device=self.device)
+        if kernels is None:
+            return None
+
+        def use(on: bool) -> None:
+            lean.pointwise = kernels if on else None
+
+        def logits(ids: torch.Tensor) -> torch.Tensor:
+            return lean(input_ids=ids.to(self.device), cache=DynamicCache(), logits_to_keep=1).logits
+
+        return kernels if fused_pointwise.check(logits, use, self.vocab_size) else None
 
     @torch.inference_mode()
     def _probe_cache(self) -> tuple[KVGeometry, bool]:
