@@ -16,7 +16,10 @@ Transformers' on the same weights to float rounding, and the tests require
 the same greedy tokens. Two calls differ in float32, where it is faster
 (`lean_attention`): a decode step's attention is two matmuls and a softmax,
 and a masked prefill stacks the query heads of each KV head into one SDPA
-call; both round differently (~1e-7 a layer) from Transformers' calls. The fused projections replace the model's own
+call; both round differently (~1e-7 a layer) from Transformers' calls.
+A forward of `MIN_TOKENS` tokens or more (a long prompt, a batch of
+prompts) runs its elementwise steps as compiled kernels when the runner
+built them (`fused_pointwise`), the same numbers to float rounding. The fused projections replace the model's own
 ``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj``
 (`SliceOfFused`: the fused product, sliced), so the weights exist once and the
 Transformers forward still works on them, for reference and for tests.
