@@ -143,5 +143,6 @@ def test_the_runner_cache_path_uses_a_dynamic_cache_on_the_wide_path(runners) ->
     ids = _ids(MIN_TOKENS + 3, seed=6)
     (logits_a, cache_a), (logits_b, cache_b) = fused.prefill(ids), plain.prefill(ids)
     assert isinstance(cache_a, DynamicCache) and cache_a.get_seq_length() == len(ids)
+    _same(logits_a, logits_b)
     token = int(logits_a.argmax())
     _same(fused.step(token, cache_a), plain.step(token, cache_b))
