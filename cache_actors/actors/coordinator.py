@@ -221,8 +221,7 @@ class KVCacheCoordinator:
                     logger.warning("coordinator: ignoring snapshot (%s)", exc)
 
     async def _startup(self) -> None:
-        if self._restore_pending:
-            await self._restore_snapshot()
+        await self._restore_snapshot()
         for entry in ray.util.list_named_actors(all_namespaces=True):
             if entry.get("namespace") == NAMESPACE and parse_shard_name(entry["name"]):
                 self._schedule_resync(entry["name"])
@@ -234,8 +233,7 @@ class KVCacheCoordinator:
             try:
                 await self._check_shards()
                 self._place_shards()
-                if self._restore_pending:  # only ever set with Redis on
-                    await self._restore_snapshot()
+                await self._restore_snapshot()  # nothing to do once read (or without Redis)
                 if self.redis is not None and time.monotonic() - last_snapshot >= self.spec.snapshot_interval_s:
                     last_snapshot = time.monotonic()
                     await self.snapshot()

@@ -17,7 +17,7 @@ Transformers' own, for the rest.
 
 Compiling needs a C++ compiler at run time and takes a few seconds, once
 per process (about 6 s on this machine, 3 s once inductor's on-disk cache
-holds the kernels): the model runner does it at load with `check`, which
+holds the kernels): the model runner does it at load with `check_kernels`, which
 also compares a real forward with and without the kernels. Where either
 fails, the kernels stay off (logged) and the eager ops serve everything. float32 only: in bf16 the
 eager path's RMSNorm rounds as Transformers does and these would not.
@@ -25,6 +25,7 @@ eager path's RMSNorm rounds as Transformers does and these would not.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -86,7 +87,7 @@ class CompiledPointwise:
 
     @classmethod
     def build(cls, *, dtype: torch.dtype, device: torch.device) -> CompiledPointwise | None:
-        """The process's kernels where they can run, else None (logged). Compiled on first call: see `check`."""
+        """The process's kernels where they can run, else None (logged). Compiled on first call: see `check_kernels`."""
         if device.type != "cpu" or dtype != torch.float32:
             return None
         if cpp_compiler() is None:
@@ -95,7 +96,7 @@ class CompiledPointwise:
         return _shared()
 
 
-def check(forward: Callable[[torch.Tensor], torch.Tensor], with_kernels: Callable[[bool], None], vocab: int) -> bool:
+def check_kernels(forward: Callable[[torch.Tensor], torch.Tensor], with_kernels: Callable[[bool], None], vocab: int) -> bool:
     """Compile the kernels by running ``forward`` on `MIN_TOKENS` tokens with them, and compare with the eager run.
 
     ``forward(ids)`` returns logits; ``with_kernels(on)`` switches the
@@ -126,12 +127,7 @@ def check(forward: Callable[[torch.Tensor], torch.Tensor], with_kernels: Callabl
     return True
 
 
-_SHARED: CompiledPointwise | None = None
-
-
+@functools.cache
 def _shared() -> CompiledPointwise:
     """One set per process: Dynamo caches compiled code per function object, so every model shares the compile."""
-    global _SHARED
-    if _SHARED is None:
-        _SHARED = CompiledPointwise()
-    return _SHARED
+    return CompiledPointwise()

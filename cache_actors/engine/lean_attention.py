@@ -73,7 +73,7 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: 
     """``[rows, heads, width, dim]``: SDPA over the KV heads that ``query``'s heads share."""
     rows, heads, width, dim = query.shape
     groups = heads // num_kv_heads
-    if prefill_bias is not None and width > 1:
+    if prefill_bias is not None:  # built for forwards of 2 tokens or more only
         stacked = query.reshape(rows, num_kv_heads, groups * width, dim)
         out = F.scaled_dot_product_attention(stacked, keys, values, attn_mask=prefill_bias.bias, scale=scale)
         return out.view(rows, heads, width, dim)

@@ -133,10 +133,8 @@ def fuse_projections(model: PreTrainedModel, *, pack: bool) -> list[tuple[Linear
 class LeanLlama:
     """Call it like the model: ``lean(input_ids=..., cache=..., position_ids=..., attention_mask=..., logits_to_keep=...)``."""
 
-    def __init__(self, model: PreTrainedModel, fused: list[tuple[Linear, Linear]], *,
-                 pointwise: CompiledPointwise | None = None) -> None:
-        """``fused``: `fuse_projections` of ``model``; its other linears are read as they are now (packed or not).
-        ``pointwise``: compiled kernels for forwards of `MIN_TOKENS` tokens or more (None: eager ops throughout)."""
+    def __init__(self, model: PreTrainedModel, fused: list[tuple[Linear, Linear]]) -> None:
+        """``fused``: `fuse_projections` of ``model``; its other linears are read as they are now (packed or not)."""
         config = model.config
         self.num_heads = int(config.num_attention_heads)
         self.num_kv_heads = int(config.num_key_value_heads)
@@ -149,7 +147,8 @@ class LeanLlama:
         self.head = linear_call(model.lm_head)
         self._rotary = model.model.rotary_emb
         self._rope_table = (torch.empty(0), torch.empty(0))  # (cos, sin): replaced whole, never mutated
-        self.pointwise = pointwise
+        # Compiled kernels for forwards of `MIN_TOKENS` tokens or more; the runner sets them once checked (None: eager).
+        self.pointwise: CompiledPointwise | None = None
         self.layers = [
             _Layer(block.input_layernorm.weight, qkv, linear_call(block.self_attn.o_proj),
                    block.post_attention_layernorm.weight, gate_up, linear_call(block.mlp.down_proj))

@@ -17,8 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrai
 from transformers.cache_utils import DynamicLayer
 
 from cache_actors.engine.gqa_attention import use_gqa_sdpa
-from cache_actors.engine import fused_pointwise
-from cache_actors.engine.fused_pointwise import CompiledPointwise
+from cache_actors.engine.fused_pointwise import CompiledPointwise, check_kernels
 from cache_actors.engine.lean_llama import LeanLlama, fuse_projections, lean_unsupported
 from cache_actors.engine.onednn_caches import bound_primitive_caches
 from cache_actors.engine.packed_linear import pack_linears
@@ -200,7 +199,7 @@ class ModelRunner:
         def logits(ids: torch.Tensor) -> torch.Tensor:
             return lean(input_ids=ids.to(self.device), cache=DynamicCache(), logits_to_keep=1).logits
 
-        return kernels if fused_pointwise.check(logits, use, self.vocab_size) else None
+        return kernels if check_kernels(logits, use, self.vocab_size) else None
 
     @torch.inference_mode()
     def _probe_cache(self) -> tuple[KVGeometry, bool]:

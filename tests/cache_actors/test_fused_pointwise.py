@@ -115,7 +115,7 @@ def test_without_a_compiler_the_runner_serves_with_the_eager_ops(monkeypatch) ->
 
 
 def test_kernels_that_disagree_with_the_eager_run_stay_off() -> None:
-    """`check` compares a real forward both ways; a mismatch (or a compile error) leaves the eager ops on."""
+    """`check_kernels` compares a real forward both ways; a mismatch (or a compile error) leaves the eager ops on."""
     state = {"on": None}
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,7 @@ def test_kernels_that_disagree_with_the_eager_run_stay_off() -> None:
     def use(on: bool) -> None:
         state["on"] = on
 
-    assert not fused_pointwise.check(forward, use, vocab=50)
+    assert not fused_pointwise.check_kernels(forward, use, vocab=50)
     assert state["on"] is False
 
     def broken(ids: torch.Tensor) -> torch.Tensor:
@@ -133,8 +133,8 @@ def test_kernels_that_disagree_with_the_eager_run_stay_off() -> None:
             raise RuntimeError("g++ failed")
         return torch.zeros(1, 1, 3)
 
-    assert not fused_pointwise.check(broken, use, vocab=50) and state["on"] is False
-    assert fused_pointwise.check(lambda ids: torch.ones(1, 1, 3), use, vocab=50) and state["on"] is True
+    assert not fused_pointwise.check_kernels(broken, use, vocab=50) and state["on"] is False
+    assert fused_pointwise.check_kernels(lambda ids: torch.ones(1, 1, 3), use, vocab=50) and state["on"] is True
 
 
 def test_the_runner_cache_path_uses_a_dynamic_cache_on_the_wide_path(runners) -> None:
