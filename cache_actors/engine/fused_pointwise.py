@@ -77,6 +77,10 @@ class CompiledPointwise:
     """The four functions above, compiled (``dynamic``: one graph each for every size)."""
 
     def __init__(self) -> None:
+        # Compile in this process, here and for any later recompile: inductor's default pool of compile
+        # workers would start beside a Serve replica (processes, and a semaphore mapped from /dev/shm).
+        inductor_config.compile_threads = 1
+
         def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
             return torch.compile(fn, dynamic=True, fullgraph=True)
 
@@ -112,9 +116,7 @@ def check_kernels(forward: Callable[[torch.Tensor], torch.Tensor], with_kernels:
         with_kernels(False)
         want = forward(ids)
         with_kernels(True)
-        # Compiled in this process: no pool of compile workers left running beside a Serve replica.
-        with inductor_config.patch(compile_threads=1):
-            got = forward(ids)
+        got = forward(ids)
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
         if not torch.equal(got.argmax(-1), want.argmax(-1)):
             raise AssertionError("the greedy tokens differ")
