@@ -62,3 +62,17 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """Put `PRIVATE_RAY_FILES`, then `LONG_FILES`, ahead of the rest (a stable sort: the rest keep their order)."""
     first = {name: rank for rank, name in enumerate(PRIVATE_RAY_FILES + LONG_FILES)}
     items.sort(key=lambda item: first.get(item.nodeid.split("::", 1)[0], len(first)))  # node ids are rootdir-relative
+
+
+@pytest.fixture(scope="session", autouse=True)
+def attention_kernel_built() -> None:
+    """Build our attention kernel (`cache_actors.engine.attention_kernel`) once, before any test runs.
+
+    On a fresh machine the build takes ~30 s; every model load after it reuses
+    it. Done here, no deployment test spends its start-up timeout compiling.
+    """
+    import torch
+
+    from cache_actors.engine.attention_kernel import HEAD_DIM, AttentionKernel
+
+    AttentionKernel.build(torch.float32, torch.device("cpu"), HEAD_DIM)

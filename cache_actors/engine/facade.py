@@ -80,6 +80,7 @@ class UltraAdaptiveKVCacheEngine:
         self.runner = runner or self.compute.call(
             ModelRunner.load, self.config.model_path, dtype=self.config.dtype, packed_weights=self.config.packed_weights,
             lean=self.config.lean_forward, fused_pointwise=self.config.fused_pointwise,
+            attention_kernel=self.config.attention_kernel,
         )
         geometry = self.runner.geometry
         block_size = self.config.block_size

@@ -24,9 +24,13 @@ rounding (~1e-7: the kernel blocks the queries differently).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from cache_actors.engine.attention_kernel import AttentionKernel
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +73,21 @@ def causal_mask(attention_mask: torch.Tensor | None, width: int, past: int,
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, causal: bool,
-           *, scale: float, num_kv_heads: int, prefill_bias: PrefillBias | None = None) -> torch.Tensor:
-    """``[rows, heads, width, dim]``: SDPA over the KV heads that ``query``'s heads share."""
+           *, scale: float, num_kv_heads: int, prefill_bias: PrefillBias | None = None,
+           kernel: AttentionKernel | None = None) -> torch.Tensor:
+    """``[rows, heads, width, dim]``: SDPA (or ``kernel``, `attention_kernel`) over the KV heads ``query``'s heads share."""
     rows, heads, width, dim = query.shape
     groups = heads // num_kv_heads
+    own = kernel is not None and width > 1 and kernel.fits(query, keys, values)
     if prefill_bias is not None:  # built for forwards of 2 tokens or more only
         stacked = query.reshape(rows, num_kv_heads, groups * width, dim)
+        if own:
+            return kernel.masked(stacked, keys, values, prefill_bias.bias, scale).view(rows, heads, width, dim)
         out = F.scaled_dot_product_attention(stacked, keys, values, attn_mask=prefill_bias.bias, scale=scale)
         return out.view(rows, heads, width, dim)
+    if own and causal and mask is None:  # a fresh prompt: causal over the tokens of this forward
+        stacked = query.reshape(rows, num_kv_heads, groups * width, dim)
+        return kernel.causal(stacked, keys, values, width, scale).view(rows, heads, width, dim)
     if groups > 1 and width == 1 and mask is not None:  # Transformers' pack_gqa (without a mask: enable_gqa)
         packed = query.reshape(rows, num_kv_heads, groups, dim)
         out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=scale)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from cache_actors.engine.attention_kernel import AttentionKernel
 from cache_actors.engine.fused_pointwise import MIN_TOKENS, CompiledPointwise
 from cache_actors.engine.lean_attention import PrefillBias, additive_bias, attend, attend_decode, causal_mask
 from cache_actors.engine.packed_linear import linear_call, make_linear
@@ -149,6 +150,8 @@ class LeanLlama:
         self._rope_table = (torch.empty(0), torch.empty(0))  # (cos, sin): replaced whole, never mutated
         # Compiled kernels for forwards of `MIN_TOKENS` tokens or more; the runner sets them once checked (None: eager).
         self.pointwise: CompiledPointwise | None = None
+        # Our prefill attention kernel (`attention_kernel`); the runner sets it once built and checked (None: SDPA).
+        self.attention: AttentionKernel | None = None
         self.layers = [
             _Layer(block.input_layernorm.weight, qkv, linear_call(block.self_attn.o_proj),
                    block.post_attention_layernorm.weight, gate_up, linear_call(block.mlp.down_proj))
@@ -244,7 +247,7 @@ class LeanLlama:
         if masks.decode_bias is not None:
             return attend_decode(query, keys, values, masks.decode_bias, scale=self.scale, num_kv_heads=self.num_kv_heads)
         return attend(query, keys, values, masks.mask, masks.causal, scale=self.scale, num_kv_heads=self.num_kv_heads,
-                      prefill_bias=masks.prefill_bias)
+                      prefill_bias=masks.prefill_bias, kernel=self.attention)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrai
 from transformers.cache_utils import DynamicLayer
 
 from cache_actors.engine.gqa_attention import use_gqa_sdpa
+from cache_actors.engine.attention_kernel import AttentionKernel
 from cache_actors.engine.fused_pointwise import CompiledPointwise, check_kernels
 from cache_actors.engine.lean_llama import LeanLlama, fuse_projections, lean_unsupported
 from cache_actors.engine.onednn_caches import bound_primitive_caches
@@ -149,6 +150,7 @@ class ModelRunner:
         packed_weights: bool = True,
         lean: bool = True,
         fused_pointwise: bool = False,
+        attention_kernel: bool = False,
     ) -> "ModelRunner":
         """The model in ``model_path`` (a local Hugging Face folder), or the demo model.
 
@@ -159,6 +161,8 @@ class ModelRunner:
         (same logits, a third less time per decode step); False keeps Transformers' forward.
         ``fused_pointwise``: the lean forward runs a wide prefill's elementwise steps as compiled kernels
         (`cache_actors.engine.fused_pointwise`; compiled here, a few seconds; off where they cannot be).
+        ``attention_kernel``: the lean forward's prefills attend with our kernel
+        (`cache_actors.engine.attention_kernel`; built and checked here, ~30 s once per machine; off where it cannot be).
         """
         bound_primitive_caches()  # before this process's first oneDNN call, or they keep 1,024 shapes each
         torch_dtype = resolve_dtype(dtype, device)
@@ -179,11 +183,15 @@ class ModelRunner:
         packed = pack_linears(model) if packed_weights else 0
         lean_forward = LeanLlama(model, fused) if fused is not None else None
         runner = cls(model, tokenizer, model_id=model_id, lean=lean_forward)
+        if lean_forward is not None and attention_kernel:
+            lean_forward.attention = AttentionKernel.build(runner.dtype, runner.device, lean_forward.head_dim)
         kernels = runner._fuse_pointwise() if lean_forward is not None and fused_pointwise else None
         logger.info("loaded %s from %s: %s, context %d, end tokens %s, torch threads %d, %d packed linear layers, "
-                    "lean forward %s, fused pointwise kernels %s", runner.model_id, path, str(runner.dtype).removeprefix("torch."), runner.max_context,
-                    list(runner.eos_token_ids), torch.get_num_threads(), packed,
-                    "on" if fused is not None else f"off ({unsupported})", "on" if kernels is not None else "off")
+                    "lean forward %s, fused pointwise kernels %s, attention kernel %s", runner.model_id, path,
+                    str(runner.dtype).removeprefix("torch."), runner.max_context, list(runner.eos_token_ids),
+                    torch.get_num_threads(), packed, "on" if fused is not None else f"off ({unsupported})",
+                    "on" if kernels is not None else "off",
+                    "on" if lean_forward is not None and lean_forward.attention is not None else "off")
         return runner
 
     def _fuse_pointwise(self) -> CompiledPointwise | None:

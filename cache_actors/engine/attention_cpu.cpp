@@ -1,0 +1,187 @@
+// Flash attention for float32 CPU prefills with 64-dim heads (AVX-512), built at model load by
+// cache_actors/engine/attention_kernel.py. Why it exists and what it measured: that module's docstring.
+//
+// Per (row, KV head, block of query rows): K is transposed once per head into a shared buffer; each tile of 4
+// query rows runs over 64-key blocks with its scores, the online softmax and its 4 x 64 output in registers.
+// Masks: an additive bias [R, 1, M, N] (0 / -inf), or causal (row m sees keys j <= past + m % width), or none.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cmath>
+#include <limits>
+#include <vector>
+#include <cstring>
+
+static inline __m512 exp512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f);
+  x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+constexpr int BN = 64;
+constexpr int MR = 4;
+constexpr int D = 64;
+static const float NEG_INF = -std::numeric_limits<float>::infinity();
+
+// One micro-tile of MR query rows against one block of <= BN keys, scores and softmax kept in registers.
+static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1); }
+
+static inline void tile(const float* qt, const float* kt, int64_t ldk, const float* const* brow, const int* limit, int nb,
+                        float sc, float* mrow, float* lrow, float* const* orow, float* s, const float* vb, int64_t vstride) {
+  __m512 c[MR][4];
+#pragma GCC unroll 4
+  for (int a = 0; a < MR; ++a) { c[a][0] = c[a][1] = c[a][2] = c[a][3] = _mm512_setzero_ps(); }
+#pragma GCC unroll 2
+  for (int d = 0; d < D; ++d) {
+    const __m512 k0 = _mm512_loadu_ps(kt + d * ldk), k1 = _mm512_loadu_ps(kt + d * ldk + 16),
+                 k2 = _mm512_loadu_ps(kt + d * ldk + 32), k3 = _mm512_loadu_ps(kt + d * ldk + 48);
+#pragma GCC unroll 4
+    for (int a = 0; a < MR; ++a) {
+      const __m512 qa = _mm512_set1_ps(qt[a * D + d]);
+      c[a][0] = _mm512_fmadd_ps(qa, k0, c[a][0]); c[a][1] = _mm512_fmadd_ps(qa, k1, c[a][1]);
+      c[a][2] = _mm512_fmadd_ps(qa, k2, c[a][2]); c[a][3] = _mm512_fmadd_ps(qa, k3, c[a][3]);
+    }
+  }
+  const __m512 vsc = _mm512_set1_ps(sc), ninf = _mm512_set1_ps(NEG_INF);
+  float alpha[MR];
+#pragma GCC unroll 4
+  for (int a = 0; a < MR; ++a) {
+    __m512 mx = ninf;
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; ++b) {
+      const __mmask16 keep = lanes(limit[a] - 16 * b);
+      __m512 x = _mm512_mul_ps(c[a][b], vsc);
+      if (brow[a]) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(keep, brow[a] + 16 * b));
+      c[a][b] = _mm512_mask_blend_ps(keep, ninf, x);
+      mx = _mm512_max_ps(mx, c[a][b]);
+    }
+    const float mold = mrow[a], mnew = std::max(mold, _mm512_reduce_max_ps(mx));
+    if (mnew == NEG_INF) {
+      alpha[a] = 1.f;
+#pragma GCC unroll 4
+      for (int b = 0; b < 4; ++b) _mm512_store_ps(s + a * BN + 16 * b, _mm512_setzero_ps());
+      continue;
+    }
+    alpha[a] = std::exp(mold - mnew);
+    const __m512 vm = _mm512_set1_ps(mnew);
+    __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; ++b) {
+      const __mmask16 live = _mm512_cmp_ps_mask(c[a][b], ninf, _CMP_NEQ_OQ);
+      const __m512 p = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(c[a][b], vm)));
+      _mm512_store_ps(s + a * BN + 16 * b, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    lrow[a] = lrow[a] * alpha[a] + _mm512_reduce_add_ps(sum);
+    mrow[a] = mnew;
+  }
+  __m512 o[MR][4];
+#pragma GCC unroll 4
+  for (int a = 0; a < MR; ++a) {
+    const __m512 va = _mm512_set1_ps(alpha[a]);
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; ++b) o[a][b] = _mm512_mul_ps(_mm512_loadu_ps(orow[a] + 16 * b), va);
+  }
+  for (int j = 0; j < nb; ++j) {
+    const float* vr = vb + j * vstride;
+    const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+#pragma GCC unroll 4
+    for (int a = 0; a < MR; ++a) {
+      const __m512 pa = _mm512_set1_ps(s[a * BN + j]);
+      o[a][0] = _mm512_fmadd_ps(pa, v0, o[a][0]); o[a][1] = _mm512_fmadd_ps(pa, v1, o[a][1]);
+      o[a][2] = _mm512_fmadd_ps(pa, v2, o[a][2]); o[a][3] = _mm512_fmadd_ps(pa, v3, o[a][3]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int a = 0; a < MR; ++a) {
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; ++b) _mm512_storeu_ps(orow[a] + 16 * b, o[a][b]);
+  }
+}
+
+
+// q [R, H, M, D] (M = G * width when query heads are stacked), k/v [R, H, N, D]; bias [R, 1, M, N] additive, or
+// causal: query row m (width index m % width) sees keys j <= past + m % width. One of the two, or neither.
+torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias, double scale, int64_t block_m,
+                     int64_t causal_width, int64_t past) {
+  const int64_t R = q.size(0), H = q.size(1), M = q.size(2), N = k.size(2);
+  TORCH_CHECK(q.size(3) == D && k.size(3) == D && v.size(3) == D, "head dim 64 only");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "last dim contiguous");
+  const bool has_bias = bias.defined() && bias.numel() > 0, causal = causal_width > 0;
+  auto out = torch::empty({R, H, M, D}, q.options());
+  const int64_t ldk = (N + BN - 1) / BN * BN;
+  auto kt_all = torch::zeros({R, H, D, ldk}, q.options());
+  const float* qp = q.data_ptr<float>(); const float* kp = k.data_ptr<float>(); const float* vp = v.data_ptr<float>();
+  float* ktp = kt_all.data_ptr<float>();
+  const auto qs = q.strides(); const auto ks = k.strides(); const auto vs = v.strides();
+  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t r = t / H, h = t % H;
+      const float* kb = kp + r * ks[0] + h * ks[1];
+      float* dst = ktp + t * D * ldk;
+      for (int64_t j0 = 0; j0 < N; j0 += 16) {
+        const int64_t j1 = std::min<int64_t>(N, j0 + 16);
+        for (int64_t j = j0; j < j1; ++j) { const float* kr = kb + j * ks[2]; for (int d = 0; d < D; ++d) dst[d * ldk + j] = kr[d]; }
+      }
+    }
+  });
+  const int64_t qblocks = (M + block_m - 1) / block_m;
+  const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  const int64_t bs0 = has_bias ? bias.stride(0) : 0, bs2 = has_bias ? bias.stride(2) : 0;
+  TORCH_CHECK(!has_bias || bias.stride(3) == 1, "bias last dim contiguous");
+  const float sc = (float)scale;
+  at::parallel_for(0, R * H * qblocks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float s[MR * BN];
+    std::vector<float> acc, mrow, lrow, qbuf;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / (H * qblocks), h = (task / qblocks) % H, m0 = (task % qblocks) * block_m;
+      const int64_t mcount = std::min(block_m, M - m0), padded = (mcount + MR - 1) / MR * MR;
+      const float* qb = qp + r * qs[0] + h * qs[1] + m0 * qs[2];
+      const float* kt = ktp + (r * H + h) * D * ldk;
+      const float* vb = vp + r * vs[0] + h * vs[1];
+      qbuf.assign(padded * D, 0.f); acc.assign(padded * D, 0.f);
+      mrow.assign(padded, NEG_INF); lrow.assign(padded, 0.f);
+      for (int64_t row = 0; row < mcount; ++row) std::memcpy(qbuf.data() + row * D, qb + row * qs[2], D * sizeof(float));
+      for (int64_t i0 = 0; i0 < padded; i0 += MR) {
+        int64_t last[MR]; int64_t reach = 0;
+        for (int a = 0; a < MR; ++a) {
+          const int64_t row = std::min<int64_t>(i0 + a, mcount - 1);
+          last[a] = causal ? past + (m0 + row) % causal_width : N - 1;  // last key this row sees
+          reach = std::max(reach, last[a]);
+        }
+        const int64_t nend = std::min<int64_t>(N, reach + 1);
+        float* orow[MR];
+        for (int a = 0; a < MR; ++a) orow[a] = acc.data() + (i0 + a) * D;
+        for (int64_t n0 = 0; n0 < nend; n0 += BN) {
+          const int nb = (int)std::min<int64_t>(BN, N - n0);
+          const float* brow[MR]; int limit[MR];
+          for (int a = 0; a < MR; ++a) {
+            const int64_t row = std::min<int64_t>(i0 + a, mcount - 1);
+            brow[a] = has_bias ? bp + r * bs0 + (m0 + row) * bs2 + n0 : nullptr;
+            limit[a] = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last[a] - n0 + 1));
+          }
+          tile(qbuf.data() + i0 * D, kt + n0, ldk, brow, limit, nb, sc, mrow.data() + i0, lrow.data() + i0, orow, s, vb + n0 * vs[2], vs[2]);
+        }
+      }
+      float* ob = op + ((r * H + h) * M + m0) * D;
+      for (int64_t row = 0; row < mcount; ++row) {
+        const float inv = lrow[row] > 0.f ? 1.f / lrow[row] : 0.f;  // nothing attended: zeros, as SDPA gives
+        for (int d = 0; d < D; ++d) ob[row * D + d] = acc[row * D + d] * inv;
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("attend", &attend); }
