@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from cache_actors.engine.fused_pointwise import cpp_compiler
+from cache_actors.engine.lean_attention import causal_mask
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def _unusable(dtype: torch.dtype, device: torch.device, head_dim: int) -> str | 
         return f"{HEAD_DIM}-dim heads only (this model: {head_dim})"
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return f"needs AVX-512 (this CPU: {torch.backends.cpu.get_cpu_capability()})"
-    if shutil.which("c++") is None and shutil.which("g++") is None:
+    if cpp_compiler() is None:
         return "no C++ compiler on PATH"
     return None
 
@@ -112,7 +114,7 @@ def check(kernel: AttentionKernel) -> str | None:
         keys, values = (torch.randn(2, kv_heads, past + width, HEAD_DIM, generator=generator) for _ in range(2))
         stacked = query.reshape(2, kv_heads, groups * width, HEAD_DIM)
         want = F.scaled_dot_product_attention(query, keys, values, is_causal=past == 0, enable_gqa=groups > 1,
-                                              attn_mask=None if past == 0 else _causal_mask(width, past))
+                                              attn_mask=causal_mask(None, width, past, query.device)[0])
         got = kernel.causal(stacked, keys, values, width, HEAD_DIM**-0.5).view_as(query)
         if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
             return f"causal {heads}/{kv_heads} heads, {width} after {past}"
@@ -126,6 +128,3 @@ def check(kernel: AttentionKernel) -> str | None:
             return f"masked {heads}/{kv_heads} heads, {width} over {past + width}"
     return None
 
-
-def _causal_mask(width: int, past: int) -> torch.Tensor:
-    return torch.arange(past + width)[None, :] <= (torch.arange(width) + past)[:, None]
