@@ -41,6 +41,15 @@ SNAPSHOT_KEY_SUFFIX = "coordinator-snapshot"
 _PING_TIMEOUT_S = 2.0
 _DEAD_AFTER_MISSED_PINGS = 3
 _NICENESS = 5
+#: Bound on one snapshot read or write. Snapshots are off the data path and can be megabytes, so the
+#: tier's per-operation bound (50 ms, sized for block reads) made the socket time out on a loaded
+#: machine: a restarted coordinator's first read failed, and it wrote no snapshot until a later round.
+SNAPSHOT_OP_TIMEOUT_S = 2.0
+
+
+def snapshot_client(url: str) -> RedisTier:
+    """The coordinator's Redis client, bounded by ``SNAPSHOT_OP_TIMEOUT_S`` rather than a block read's bound."""
+    return RedisTier(url, key_prefix="blatam:kv", timeout_s=SNAPSHOT_OP_TIMEOUT_S)
 
 
 class KVCacheCoordinator:
@@ -60,7 +69,7 @@ class KVCacheCoordinator:
         self._prefetching: set[str] = set()
         # See _announce_new_holders; from its start, so a restarted coordinator's replies are newer than old news.
         self._announced_ns = time.time_ns()
-        self.redis = RedisTier(spec.redis_url, key_prefix="blatam:kv", timeout_s=spec.timeouts.tier_op_s) if spec.redis_url else None
+        self.redis = snapshot_client(spec.redis_url) if spec.redis_url else None
         self.started = time.monotonic()
         self.last_snapshot_at: float | None = None  # monotonic time of the last snapshot written
         self.counters: dict[str, int] = {"prefetch_plans": 0, "snapshots": 0, "restored_blocks": 0, "shards_created": 0}
@@ -185,7 +194,7 @@ class KVCacheCoordinator:
         """
         self.specs[spec.fingerprint()] = spec
         if self.redis is None and spec.redis_url:
-            self.redis = RedisTier(spec.redis_url, key_prefix="blatam:kv", timeout_s=spec.timeouts.tier_op_s)
+            self.redis = snapshot_client(spec.redis_url)
             logger.info("coordinator: Redis snapshots on (brought by a client of cache %s)", spec.fingerprint())
             self._restore_pending = True
             await self._restore_snapshot()
@@ -282,7 +291,7 @@ class KVCacheCoordinator:
         """Write the index to Redis; False (nothing written) without Redis or while the last snapshot is unread."""
         if self.redis is None or self._restore_pending:
             return False
-        ok = await self.redis.set_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}", self.index.snapshot(), timeout_s=2.0)
+        ok = await self.redis.set_raw(f"blatam:kv:{SNAPSHOT_KEY_SUFFIX}", self.index.snapshot())
         self.counters["snapshots"] += ok
         if ok:
             self.last_snapshot_at = time.monotonic()

@@ -119,16 +119,17 @@ class RedisTier:
         if not self._available():
             return False, None
         try:
-            return True, await asyncio.wait_for(self._client.get(key), self.timeout_s * 10)
+            return True, await asyncio.wait_for(self._client.get(key), self.timeout_s)
         except (RedisError, OSError, asyncio.TimeoutError, TimeoutError) as exc:
             self._failed(exc)
             return False, None
 
-    async def set_raw(self, key: str, value: bytes, *, timeout_s: float | None = None) -> bool:
+    async def set_raw(self, key: str, value: bytes) -> bool:
+        """Write one value by full key (coordinator snapshots), bounded by the tier's timeout."""
         if not self._available():
             return False
         try:
-            await asyncio.wait_for(self._client.set(key, value, ex=self.ttl_s), timeout_s or self.timeout_s * 10)
+            await asyncio.wait_for(self._client.set(key, value, ex=self.ttl_s), self.timeout_s)
         except (RedisError, OSError, asyncio.TimeoutError, TimeoutError) as exc:
             self._failed(exc)
             return False

@@ -334,7 +334,8 @@ def test_restarted_coordinator_restores_tier_locations_from_its_redis_snapshot(r
     ray.get(coordinator.register_spec.remote(spec))
     demoted = [h for h in engine.block_hashes(engine.runner.encode(HOT + "Z"))[:4]]
     wait_until(lambda: all("redis" in ray.get(coordinator.where.remote(h)) for h in demoted[:1]), timeout_s=30)
-    assert ray.get(coordinator.snapshot.remote())
+    # False while the restarted coordinator's read of the last snapshot is unanswered (it retries each round).
+    wait_until(lambda: ray.get(coordinator.snapshot.remote()), timeout_s=30)
     ray.kill(coordinator)
     fresh = get_or_create_coordinator(spec)
     wait_until(lambda: ray.get(fresh.stats.remote())["restored_blocks"] > 0, timeout_s=30)

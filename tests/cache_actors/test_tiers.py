@@ -88,6 +88,28 @@ async def test_redis_tier_down_answers_miss_within_its_timeout_then_recovers(pri
         await tier.close()
 
 
+async def test_a_snapshot_waits_out_a_redis_stall_that_a_block_read_does_not(private_redis):
+    """The coordinator's snapshot client used the block tier's 50 ms bound: on a loaded machine a restarted
+    coordinator's first read of a multi-MB snapshot timed out and it wrote no snapshot that round."""
+    from cache_actors.actors.coordinator import snapshot_client
+
+    blocks = RedisTier(private_redis.url, key_prefix="t", timeout_s=0.05)
+    snapshots = snapshot_client(private_redis.url)
+    blob = bytes(range(256)) * 16_384  # 4 MiB, a large index
+    try:
+        assert await snapshots.set_raw("blatam:kv:t-snap", blob)
+        private_redis.client().execute_command("CLIENT", "PAUSE", 400, "ALL")
+        block_read, (answered, value) = await asyncio.gather(blocks.get_many([b"\1" * 32]),
+                                                             snapshots.read_raw("blatam:kv:t-snap"))
+        assert block_read == [None] and blocks.counters.timeouts == 1  # the data path does not wait
+        assert answered and value == blob
+        private_redis.client().execute_command("CLIENT", "PAUSE", 400, "ALL")
+        assert await snapshots.set_raw("blatam:kv:t-snap", blob[::-1])
+        assert private_redis.client().get("blatam:kv:t-snap") == blob[::-1]
+    finally:
+        await asyncio.gather(blocks.close(), snapshots.close())
+
+
 async def test_disk_tier_is_bounded_and_survives_restart(tmp_path):
     tier = DiskTier(tmp_path, max_blocks=2)
     for i in range(3):
