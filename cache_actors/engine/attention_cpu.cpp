@@ -4,6 +4,7 @@
 // Per (row, KV head, block of query rows): K is transposed once per head into a shared buffer; each tile of 4
 // query rows runs over 64-key blocks with its scores, the online softmax and its 4 x 64 output in registers.
 // Masks: an additive bias [R, 1, M, N] (0 / -inf), or causal (row m sees keys j <= past + m % width), or none.
+// `decode` (at the end): one token per row over a ragged batch's rows, read in place.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -184,4 +185,109 @@ torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::T
   return out;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("attend", &attend); }
+// One decode step: for each (row, KV head), the query heads that share it, one token each, over the row's keys
+// up to the last one its bias row leaves open. Scores, then exp and sum, then P.V: each a pass over the row's own
+// keys read in place (no copy of the ragged buffer, no work past the row's length).
+template <int GC>
+static void decode_heads(const float* const* qg, const float* kb, int64_t kstride, const float* vb, int64_t vstride,
+                         const float* brow, int64_t count, float sc, float* s, float* const* og) {
+  __m512 q[GC][4];
+  for (int g = 0; g < GC; ++g) for (int c = 0; c < 4; ++c) q[g][c] = _mm512_loadu_ps(qg[g] + 16 * c);
+  float mx[GC];
+  for (int g = 0; g < GC; ++g) mx[g] = NEG_INF;
+  for (int64_t j = 0; j < count; ++j) {
+    const float* kr = kb + j * kstride;
+    const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16), k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+    const float b = brow[j];
+    for (int g = 0; g < GC; ++g) {
+      __m512 acc = _mm512_mul_ps(q[g][0], k0);
+      acc = _mm512_fmadd_ps(q[g][1], k1, acc); acc = _mm512_fmadd_ps(q[g][2], k2, acc); acc = _mm512_fmadd_ps(q[g][3], k3, acc);
+      const float x = _mm512_reduce_add_ps(acc) * sc + b;
+      s[g * count + j] = x;
+      mx[g] = std::max(mx[g], x);
+    }
+  }
+  float inv[GC];
+  for (int g = 0; g < GC; ++g) {
+    float* sg = s + g * count;
+    if (mx[g] == NEG_INF) { inv[g] = 0.f; for (int64_t j = 0; j < count; ++j) sg[j] = 0.f; continue; }  // zeros, as SDPA
+    const __m512 m = _mm512_set1_ps(mx[g]);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < count; j += 16) {
+      const __mmask16 mk = lanes((int)std::min<int64_t>(16, count - j));
+      const __m512 x = _mm512_maskz_loadu_ps(mk, sg + j);
+      const __mmask16 live = mk & _mm512_cmp_ps_mask(x, _mm512_set1_ps(NEG_INF), _CMP_NEQ_OQ);
+      const __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(x, m)));
+      _mm512_mask_storeu_ps(sg + j, mk, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    inv[g] = 1.f / _mm512_reduce_add_ps(sum);
+  }
+  __m512 o[GC][4];
+  for (int g = 0; g < GC; ++g) for (int c = 0; c < 4; ++c) o[g][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < count; ++j) {
+    const float* vr = vb + j * vstride;
+    const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+    for (int g = 0; g < GC; ++g) {
+      const __m512 p = _mm512_set1_ps(s[g * count + j]);
+      o[g][0] = _mm512_fmadd_ps(p, v0, o[g][0]); o[g][1] = _mm512_fmadd_ps(p, v1, o[g][1]);
+      o[g][2] = _mm512_fmadd_ps(p, v2, o[g][2]); o[g][3] = _mm512_fmadd_ps(p, v3, o[g][3]);
+    }
+  }
+  for (int g = 0; g < GC; ++g) {
+    const __m512 f = _mm512_set1_ps(inv[g]);
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(og[g] + 16 * c, _mm512_mul_ps(o[g][c], f));
+  }
+}
+
+// q [R, H, G, D] (the G query heads of each KV head, one token each), k/v [R, H, N, D] (any strides but the last),
+// bias [R, 1, 1, N] additive (0 / -inf). Out [R, H, G, D]. Row r reads keys 0..(its last key with a finite bias).
+torch::Tensor decode(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias, double scale) {
+  const int64_t R = q.size(0), H = q.size(1), G = q.size(2), N = k.size(2);
+  TORCH_CHECK(q.size(3) == D && k.size(3) == D && v.size(3) == D, "head dim 64 only");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && bias.stride(3) == 1, "last dim contiguous");
+  TORCH_CHECK(bias.dim() == 4 && bias.size(0) == R && bias.size(3) == N, "bias [R, 1, 1, N]");
+  auto out = torch::empty({R, H, G, D}, q.options());
+  const float* qp = q.data_ptr<float>(); const float* kp = k.data_ptr<float>(); const float* vp = v.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>(); float* op = out.data_ptr<float>();
+  const auto qs = q.strides(); const auto ks = k.strides(); const auto vs = v.strides();
+  const int64_t bs0 = bias.stride(0);
+  std::vector<int64_t> counts(R);
+  for (int64_t r = 0; r < R; ++r) {
+    int64_t last = N - 1;
+    const float* br = bp + r * bs0;
+    while (last >= 0 && br[last] == NEG_INF) --last;
+    counts[r] = last + 1;
+  }
+  const float sc = (float)scale;
+  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t r = t / H, h = t % H, count = counts[r];
+      const float* kb = kp + r * ks[0] + h * ks[1];
+      const float* vb = vp + r * vs[0] + h * vs[1];
+      const float* br = bp + r * bs0;
+      s.resize(std::max<int64_t>(1, 4 * count));
+      for (int64_t g0 = 0; g0 < G; g0 += 4) {
+        const int gc = (int)std::min<int64_t>(4, G - g0);
+        const float* qg[4]; float* og[4];
+        for (int g = 0; g < gc; ++g) {
+          qg[g] = qp + r * qs[0] + h * qs[1] + (g0 + g) * qs[2];
+          og[g] = op + ((r * H + h) * G + g0 + g) * D;
+        }
+        switch (gc) {
+          case 1: decode_heads<1>(qg, kb, ks[2], vb, vs[2], br, count, sc, s.data(), og); break;
+          case 2: decode_heads<2>(qg, kb, ks[2], vb, vs[2], br, count, sc, s.data(), og); break;
+          case 3: decode_heads<3>(qg, kb, ks[2], vb, vs[2], br, count, sc, s.data(), og); break;
+          default: decode_heads<4>(qg, kb, ks[2], vb, vs[2], br, count, sc, s.data(), og); break;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("attend", &attend);
+  m.def("decode", &decode);
+}

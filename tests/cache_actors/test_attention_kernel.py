@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from cache_actors.engine import attention_kernel
 from cache_actors.engine.attention_kernel import HEAD_DIM, AttentionKernel
 from cache_actors.engine.demo_model import DemoModelSpec
-from cache_actors.engine.lean_attention import PrefillBias, attend, causal_mask
+from cache_actors.engine.batching.batched_prefill import prefill_rows
+from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
+from cache_actors.engine.lean_attention import PrefillBias, attend, attend_decode, causal_mask
 from cache_actors.engine.model_runner import ModelRunner
 
 CPU = torch.device("cpu")
@@ -73,15 +75,68 @@ def test_ragged_rows_and_a_row_with_nothing_to_attend_equal_sdpa() -> None:
 
 @needs_kernel
 def test_shapes_it_does_not_compute_go_to_sdpa(monkeypatch) -> None:
-    """One token (a decode step), other head sizes and other dtypes never reach the kernel."""
+    """One token through `attend` (decode steps go to `attend_decode`), other head sizes and dtypes never reach it."""
     calls = []
-    kernel = AttentionKernel(lambda *args: calls.append(args))
+    kernel = AttentionKernel(lambda *args: calls.append(args), lambda *args: calls.append(args))
     g = torch.Generator().manual_seed(1)
-    for dtype, dim, width in ((torch.float32, HEAD_DIM, 1), (torch.float32, 32, 9), (torch.bfloat16, HEAD_DIM, 9)):
+    for dtype, dim, width in ((torch.float32, HEAD_DIM, 1), (torch.float32, 32, 9), (torch.bfloat16, HEAD_DIM, 9),
+                              (torch.float32, 32, 1), (torch.bfloat16, HEAD_DIM, 1)):
         query = torch.randn(1, 4, width, dim, generator=g).to(dtype)
         keys, values = (torch.randn(1, 2, width, dim, generator=g).to(dtype) for _ in range(2))
         attend(query, keys, values, None, width > 1, scale=dim**-0.5, num_kv_heads=2, kernel=kernel)
+        if width == 1 and (dtype, dim) != (torch.float32, HEAD_DIM):
+            attend_decode(query, keys, values, torch.zeros(1, 1, 1, 1, dtype=dtype), scale=dim**-0.5, num_kv_heads=2,
+                          kernel=kernel)
     assert calls == []
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,kv_heads", [(8, 4), (9, 3), (4, 4), (8, 1), (10, 2)])
+def test_a_ragged_decode_step_equals_sdpa_reading_the_batch_buffer_in_place(heads: int, kv_heads: int) -> None:
+    """Rows of their own lengths (one of a single token) as strided views of a longer buffer, as `RaggedKVBuffer`
+    hands them over; 8 and 5 query heads per KV head take the kernel's chunks of 4."""
+    g = torch.Generator().manual_seed(heads)
+    lengths = torch.tensor([130, 1, 64, 65, 17])
+    rows, kv = len(lengths), int(lengths.max())
+    buffer = torch.randn(2, rows, kv_heads, kv + 40, HEAD_DIM, generator=g)
+    keys, values = buffer[0, :, :, :kv], buffer[1, :, :, :kv]
+    query = torch.randn(rows, 16, heads, HEAD_DIM, generator=g).transpose(1, 2)[:, :, :1]  # the fused path's strides
+    mask = (torch.arange(kv)[None, :] < lengths[:, None])[:, None, None, :]
+    bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
+    got = attend_decode(query, keys, values, bias, scale=0.2, num_kv_heads=kv_heads, kernel=KERNEL)
+    want = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=0.2, enable_gqa=heads > kv_heads)
+    _close(got, want)
+    _close(got, attend_decode(query, keys, values, bias, scale=0.2, num_kv_heads=kv_heads))
+
+
+@needs_kernel
+def test_the_demo_model_decodes_a_ragged_batch_as_without_the_kernel() -> None:
+    """The continuous batcher's path: prompts of their own lengths in one batch buffer, then decode steps."""
+    outputs = []
+    for kernel in (True, False):
+        runner = ModelRunner.load(None, demo_spec=SPEC, attention_kernel=kernel)
+        assert (runner.forward.attention is not None) is kernel
+        geometry = runner.geometry
+        kv = RaggedKVBuffer(num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads,
+                            head_dim=geometry.head_dim, max_rows=3, max_len=256, dtype=geometry.dtype)
+        prompts = [torch.randint(3, SPEC.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                   for n in (150, 7, 66)]
+        for _ in prompts:
+            kv.add_row()
+        logits = prefill_rows(runner.forward, kv, 0, prompts, [0, 0, 0])
+        steps = []
+        with torch.inference_mode():
+            last = logits.argmax(-1)[:, None]
+            for _ in range(6):
+                cache, positions, mask = kv.decode_inputs()
+                out = runner.forward(input_ids=last, cache=cache, position_ids=positions, attention_mask=mask,
+                                     logits_to_keep=1)
+                kv.advance()
+                steps.append(out.logits[:, -1])
+                last = out.logits[:, -1].argmax(-1)[:, None]
+        outputs.append(torch.stack(steps))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+    assert torch.equal(outputs[0].argmax(-1), outputs[1].argmax(-1))
 
 
 @needs_kernel
@@ -100,9 +155,37 @@ def test_the_demo_model_prefills_as_with_sdpa_fresh_cached_and_batched() -> None
 
 
 @needs_kernel
+def test_new_tokens_over_held_ones_take_the_causal_mode_and_a_given_mask_the_bias(monkeypatch) -> None:
+    """A prompt on a cached prefix (no mask given) needs no bias: none is built, the kernel's causal mode runs.
+    The batcher's batched prefill gives a mask: that one still goes through the bias."""
+    runner = ModelRunner.load(None, demo_spec=SPEC, attention_kernel=True)
+    real, modes = runner.forward.attention, []
+
+    def spy(*args):  # noqa: ANN002 - attend's arguments: causal_width is the 7th
+        modes.append("causal" if args[6] else "masked")
+        return real._attend(*args)
+
+    runner.forward.attention = AttentionKernel(spy, real._decode)
+    ids = torch.randint(3, SPEC.vocab_size, (300,), generator=torch.Generator().manual_seed(5)).tolist()
+    with monkeypatch.context() as patched:
+        patched.setattr(PrefillBias, "build", lambda *a, **k: pytest.fail("a bias was built"))
+        runner.prefill(ids, runner.prefill(ids[:200])[1])
+    assert modes == ["causal"] * 2 * SPEC.num_hidden_layers
+    modes.clear()
+    geometry = runner.geometry
+    kv = RaggedKVBuffer(num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads, head_dim=geometry.head_dim,
+                        max_rows=2, max_len=128, dtype=geometry.dtype)
+    kv.add_row(), kv.add_row()
+    prefill_rows(runner.forward, kv, 0, [ids[:40], ids[:9]], [0, 0])
+    assert modes == ["masked"] * SPEC.num_hidden_layers
+
+
+@needs_kernel
 def test_a_kernel_that_differs_from_sdpa_stays_off() -> None:
-    wrong = AttentionKernel(lambda q, k, v, bias, scale, block, width, past: torch.zeros_like(q))
+    wrong = AttentionKernel(lambda q, k, v, bias, scale, block, width, past: torch.zeros_like(q), KERNEL._decode)
     assert attention_kernel.check(wrong) is not None
+    wrong_decode = AttentionKernel(KERNEL._attend, lambda q, k, v, bias, scale: torch.zeros_like(q))
+    assert attention_kernel.check(wrong_decode).startswith("decode")
     assert attention_kernel.check(KERNEL) is None
 
 
