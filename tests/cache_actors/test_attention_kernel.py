@@ -18,6 +18,7 @@ from cache_actors.engine.batching.batched_prefill import prefill_rows
 from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.lean_attention import PrefillBias, attend, attend_decode, causal_mask
 from cache_actors.engine.model_runner import ModelRunner
+from tests.cache_actors.greedy_decode import greedy_steps
 
 CPU = torch.device("cpu")
 KERNEL = AttentionKernel.build(torch.float32, CPU, HEAD_DIM)
@@ -124,17 +125,7 @@ def test_the_demo_model_decodes_a_ragged_batch_as_without_the_kernel() -> None:
         for _ in prompts:
             kv.add_row()
         logits = prefill_rows(runner.forward, kv, 0, prompts, [0, 0, 0])
-        steps = []
-        with torch.inference_mode():
-            last = logits.argmax(-1)[:, None]
-            for _ in range(6):
-                cache, positions, mask = kv.decode_inputs()
-                out = runner.forward(input_ids=last, cache=cache, position_ids=positions, attention_mask=mask,
-                                     logits_to_keep=1)
-                kv.advance()
-                steps.append(out.logits[:, -1])
-                last = out.logits[:, -1].argmax(-1)[:, None]
-        outputs.append(torch.stack(steps))
+        outputs.append(torch.stack(greedy_steps(runner.forward, kv, logits, 6)))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
     assert torch.equal(outputs[0].argmax(-1), outputs[1].argmax(-1))
 

@@ -16,6 +16,7 @@ from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.demo_model import TINY_SPEC, build_demo_model
 from cache_actors.engine.lean_llama import LeanLlama, SliceOfFused, fuse_projections, lean_unsupported
 from cache_actors.engine.model_runner import ModelRunner
+from tests.cache_actors.greedy_decode import greedy_steps
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["packed", "plain"])
@@ -82,17 +83,7 @@ def test_batched_prefill_and_ragged_decode_match(pair) -> None:
             if start:
                 runner.prefill(prompt[:start], kv.row_cache(row, 0))
         logits = prefill_rows(runner.forward, kv, 0, prompts, starts)
-        steps = []
-        with torch.inference_mode():
-            last = logits.argmax(-1)[:, None]
-            for _ in range(4):
-                cache, positions, mask = kv.decode_inputs()
-                out = runner.forward(input_ids=last, cache=cache, position_ids=positions, attention_mask=mask,
-                                     logits_to_keep=1)
-                kv.advance()
-                steps.append(out.logits[:, -1])
-                last = out.logits[:, -1].argmax(-1)[:, None]
-        buffers.append((logits, steps, kv))
+        buffers.append((logits, greedy_steps(runner.forward, kv, logits, 4), kv))
     (logits_a, steps_a, kv_a), (logits_b, steps_b, kv_b) = buffers
     assert same(logits_a, logits_b)
     assert all(same(a, b) for a, b in zip(steps_a, steps_b))
