@@ -184,18 +184,29 @@ def test_a_chain_continued_before_its_first_write_is_answered_is_stored_whole(di
     the shard declined it, and they were silently not cached.
     """
     cache, spec = dist.cache, dist.cache.spec
-    tokens = [10_000 + i for i in range(6 * spec.block_size)]  # ids no text of these tests encodes to
-    hashes = dist.block_hashes(tokens)
-    kv = torch.randn(len(hashes), spec.num_layers, 2, spec.num_kv_heads, spec.block_size, spec.head_dim,
+    kv = torch.randn(6, spec.num_layers, 2, spec.num_kv_heads, spec.block_size, spec.head_dim,
                      dtype=getattr(torch, spec.model_dtype))
 
     def blocks(first: int, count: int) -> torch.Tensor:
         return kv[first : first + count]
 
-    assert cache.store(hashes[:3], 0, blocks) == 3
-    assert cache.store(hashes, 3, blocks) == 3  # sent at once: the first reserve's reply cannot be in yet
-    cache.flush_writes()
-    assert held_blocks(cache._shard, hashes) == len(hashes)
+    # A reserve whose reply takes longer than the lookup timeout (1 s) is dropped and counted, by design; a full
+    # CI run's load once did that to one of these, which says nothing about their order: then a new chain.
+    for attempt in range(3):
+        tokens = [10_000 + 1_000 * attempt + i for i in range(6 * spec.block_size)]  # ids no text here encodes to
+        hashes = dist.block_hashes(tokens)
+        timeouts_before = _reserve_failures(cache)
+        assert cache.store(hashes[:3], 0, blocks) == 3
+        assert cache.store(hashes, 3, blocks) == 3  # sent at once: the first reserve's reply cannot be in yet
+        cache.flush_writes()
+        held = held_blocks(cache._shard, hashes)
+        if held == len(hashes) or _reserve_failures(cache) == timeouts_before:
+            break
+    assert held == len(hashes), f"fallbacks {dict(cache.fallbacks)}"
+
+
+def _reserve_failures(cache) -> int:  # noqa: ANN001 - a DistributedKVCache
+    return sum(count for what, count in cache.fallbacks.items() if what.startswith("reserve_"))
 
 
 def test_a_commit_rides_on_the_next_call_and_goes_alone_only_when_idle(dist):

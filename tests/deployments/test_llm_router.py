@@ -383,9 +383,8 @@ def test_router_sticks_prefixes_spreads_tenants_and_yields_to_load(probe, caplog
     ray.get(probe.coordinator.set_holder.remote(None))
     assert ray.get(probe.coordinator.num_calls.remote()) > 0
 
-    # Skewed load: see _skewed_load. One retry, on a tenant of its own: in one full CI run (2026-12-06) the
-    # first slow request once went to the idle replica with no replica change or probe failure logged; the
-    # router's DEBUG decisions (captured above) show the costs if it happens again.
+    # Skewed load: see _skewed_load. One retry, on a tenant of its own. The router's DEBUG decisions (captured
+    # above) show each decision's costs if it fails again.
     outcomes = []
     for attempt in range(2):
         outcome = _skewed_load(handle, f"skew{attempt}", set(home.values()))
@@ -397,12 +396,23 @@ def test_router_sticks_prefixes_spreads_tenants_and_yields_to_load(probe, caplog
         raise AssertionError(f"slow requests did not pile on their prefix's replica up to the bound: {outcomes}")
 
 
+BOOKED_S = 0.3
+"""How long the router's loop gets to book a request as routed or done (see `_skewed_load`)."""
+
+
 def _skewed_load(handle, tenant: str, replicas: set[str]) -> tuple[str, str, list[str], list[str]]:
     """Three slow requests of one prefix pile on its replica (up to the bound of 2 over the idle one); more
     go to the other replica until they finish. Returns (home, other, where the slow ones ran, where the
     rest ran). Each slow request is assigned before the next is sent, so every decision sees the ones before.
+
+    The router books a request as routed (and as done) in Serve's router loop, a moment after the caller
+    sees it assigned (or answered). Two CI runs (2026-12-06) decided in that moment; their captured costs
+    showed one in-flight request too few (three slow ones counted as two: within the bound, so "during"
+    stayed home) or too many (the "first" one still counted: the third slow one went elsewhere). So each
+    step waits `BOOKED_S` for the router to book it.
     """
     home = _send(handle, tenant, " first")  # the prefix is now cached on one replica only
+    time.sleep(BOOKED_S)
     other = next(iter(replicas - {home}))
     gate_name = f"router-gate-{uuid.uuid4().hex[:8]}"
     gate = Gate.options(name=gate_name, namespace="router-test").remote()
@@ -412,6 +422,7 @@ def _skewed_load(handle, tenant: str, replicas: set[str]) -> tuple[str, str, lis
             request = {"prompt": _prefix(tenant) + f" slow {i}", "tenant_id": tenant, "gate": gate_name}
             held.append(handle.generate.remote(request))
             held[-1]._to_object_ref_sync(_timeout_s=30)
+            time.sleep(BOOKED_S)
         during = [_send(handle, tenant, f" while busy {i}") for i in range(3)]
     finally:
         ray.get(gate.open.remote())
