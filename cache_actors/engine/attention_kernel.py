@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from cache_actors.engine.fused_pointwise import cpp_compiler
-from cache_actors.engine.lean_attention import causal_mask
+from cache_actors.engine.lean_attention import PrefillBias, additive_bias, causal_mask
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +140,8 @@ def check(kernel: AttentionKernel) -> str | None:
             return f"causal {heads}/{kv_heads} heads, {width} after {past}"
         mask = torch.rand(2, 1, width, past + width, generator=generator) < 0.7
         mask[1, 0, 0] = False  # a query row with nothing to attend (SDPA gives zeros)
-        bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
-        grouped = bias[:, :, None].expand(2, 1, groups, width, past + width).reshape(2, 1, groups * width, past + width)
         want = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=groups > 1)
-        got = kernel.masked(stacked, keys, values, grouped.contiguous(), HEAD_DIM**-0.5).view_as(query)
+        got = kernel.masked(stacked, keys, values, PrefillBias.build(mask, groups).bias, HEAD_DIM**-0.5).view_as(query)
         if not (torch.equal(got.isnan(), want.isnan()) and torch.allclose(got.nan_to_num(), want.nan_to_num(), rtol=1e-4, atol=1e-5)):
             return f"masked {heads}/{kv_heads} heads, {width} over {past + width}"
         mismatch = _check_decode(kernel, generator, heads, kv_heads, past + width)
@@ -162,8 +160,8 @@ def _check_decode(kernel: AttentionKernel, generator: torch.Generator, heads: in
     query = torch.randn(rows, heads, 1, HEAD_DIM, generator=generator)
     mask = (torch.arange(longest)[None, :] < lengths[:, None])[:, None, None, :]
     want = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=groups > 1)
-    bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
-    got = kernel.decode(query.reshape(rows, kv_heads, groups, HEAD_DIM), keys, values, bias, HEAD_DIM**-0.5)
+    got = kernel.decode(query.reshape(rows, kv_heads, groups, HEAD_DIM), keys, values, additive_bias(mask),
+                        HEAD_DIM**-0.5)
     if not torch.allclose(got.reshape_as(query), want, rtol=1e-4, atol=1e-5):
         return f"decode {heads}/{kv_heads} heads, rows of {lengths.tolist()}"
     return None

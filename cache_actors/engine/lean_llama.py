@@ -152,7 +152,8 @@ class LeanLlama:
         self._rope_table = (torch.empty(0), torch.empty(0))  # (cos, sin): replaced whole, never mutated
         # Compiled kernels for forwards of `MIN_TOKENS` tokens or more; the runner sets them once checked (None: eager).
         self.pointwise: CompiledPointwise | None = None
-        # Our prefill attention kernel (`attention_kernel`); the runner sets it once built and checked (None: SDPA).
+        # Our attention kernel for prefills and decode steps (`attention_kernel`); the runner sets it once built and
+        # checked (None: SDPA and attend_decode's matmuls).
         self.attention: AttentionKernel | None = None
         self.layers = [
             _Layer(block.input_layernorm.weight, qkv, linear_call(block.self_attn.o_proj),

@@ -161,7 +161,7 @@ class ModelRunner:
         (same logits, a third less time per decode step); False keeps Transformers' forward.
         ``fused_pointwise``: the lean forward runs a wide prefill's elementwise steps as compiled kernels
         (`cache_actors.engine.fused_pointwise`; compiled here, a few seconds; off where they cannot be).
-        ``attention_kernel``: the lean forward's prefills attend with our kernel
+        ``attention_kernel``: the lean forward's prefills and decode steps attend with our kernel
         (`cache_actors.engine.attention_kernel`; built and checked here, ~30 s once per machine; off where it cannot be).
         """
         bound_primitive_caches()  # before this process's first oneDNN call, or they keep 1,024 shapes each

@@ -16,7 +16,7 @@ from cache_actors.engine.attention_kernel import HEAD_DIM, AttentionKernel
 from cache_actors.engine.demo_model import DemoModelSpec
 from cache_actors.engine.batching.batched_prefill import prefill_rows
 from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
-from cache_actors.engine.lean_attention import PrefillBias, attend, attend_decode, causal_mask
+from cache_actors.engine.lean_attention import PrefillBias, additive_bias, attend, attend_decode, causal_mask
 from cache_actors.engine.model_runner import ModelRunner
 from tests.cache_actors.greedy_decode import greedy_steps
 
@@ -103,7 +103,7 @@ def test_a_ragged_decode_step_equals_sdpa_reading_the_batch_buffer_in_place(head
     keys, values = buffer[0, :, :, :kv], buffer[1, :, :, :kv]
     query = torch.randn(rows, 16, heads, HEAD_DIM, generator=g).transpose(1, 2)[:, :, :1]  # the fused path's strides
     mask = (torch.arange(kv)[None, :] < lengths[:, None])[:, None, None, :]
-    bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
+    bias = additive_bias(mask)
     got = attend_decode(query, keys, values, bias, scale=0.2, num_kv_heads=kv_heads, kernel=KERNEL)
     want = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=0.2, enable_gqa=heads > kv_heads)
     _close(got, want)
