@@ -406,8 +406,8 @@ def _skewed_load(handle, tenant: str, replicas: set[str]) -> tuple[str, str, lis
     rest ran). Each slow request is assigned before the next is sent, so every decision sees the ones before.
 
     The router books a request as routed (and as done) in Serve's router loop, a moment after the caller
-    sees it assigned (or answered). Two CI runs (2026-12-06) decided in that moment; their captured costs
-    showed one in-flight request too few (three slow ones counted as two: within the bound, so "during"
+    sees it assigned (or answered). Both tries of one CI run (2026-12-06) decided in that moment; their
+    captured costs showed one in-flight request too few (three slow ones counted as two: within the bound, so "during"
     stayed home) or too many (the "first" one still counted: the third slow one went elsewhere). So each
     step waits `BOOKED_S` for the router to book it.
     """
