@@ -2,12 +2,16 @@
 
 Ray Serve 2.60 gives every handle call made while serving a request the
 *same* internal request id (the one its proxy made for the parent request).
-Its request router indexes pending requests by that id, and a second pending
-call with an id it already holds is never indexed, so it is never assigned a
-replica: two concurrent calls from one request to one deployment leave the
-second waiting forever (an OpenAI request with ``n: 2`` hung that way, and it
-held a slot of the batch until the client gave up). Whenever one request fans
-out to the same deployment, make each call with `call_as_own_request`.
+Its base request router hands a chosen replica to the pending request with
+that id, and a second pending call with an id it already holds is never
+indexed, so a router without Serve's FIFO mixin never assigns it a replica: two
+concurrent calls from one request to one deployment left the second waiting
+forever (an OpenAI request with ``n: 2`` hung that way on the cache-aware
+router, and it held a slot of the batch until the client gave up).
+`deployments.llm.router.CacheAwareRouter` now matches by the request object
+itself, so callers that do not use this helper (a user's own deployment) are
+safe too; our own fan-outs still make each call with `call_as_own_request`, so
+that ids stay unique for Serve's indexes and for any router that keys on them.
 
 The price: Serve cancels a parent's children by that shared id, so children
 made this way are not cancelled with their parent automatically. Callers

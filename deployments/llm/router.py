@@ -40,8 +40,18 @@ request_router_kwargs (all optional):
 - ``seed``: seed of the random pair choice (tests).
 
 Load of a replica = max(in-flight requests this router sent there, including
-ones chosen but not yet confirmed; Serve's queue-length cache, which also
-sees other routers' requests).
+ones chosen but not yet confirmed (`in_flight.InFlight`); Serve's queue-length
+cache, which also sees other routers' requests, and can read one high for up to
+its timeout after concurrent requests to a replica).
+
+Calls that one replica makes while serving one request share that request's
+`internal_request_id` (unless made with `deployments.common.serve_calls.
+call_as_own_request`, as our ingresses do). Serve's base router hands a replica
+to the pending request with the chosen request's id, so it gave the first such
+sibling every replica chosen for the others, which then waited forever: a
+user's deployment calling this one concurrently hung. This router hands it to
+the very request it was chosen for (`_fulfill_next_pending_request`), and
+counts siblings apart.
 
 With a single replica there is nothing to choose: it gets every request
 with no tokenizing, hashing or lookup (decision kind ``single``).
@@ -57,17 +67,19 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 import ray
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
+from ray.serve._private.common import RequestMetadata
 
 from cache_actors.actors.spec import COORDINATOR_NAME, NAMESPACE
 from cache_actors.core.hashing import BlockHash
 from cache_actors.engine.prompt_encoder import PromptEncoder
 from cache_actors.engine.requests import LLMRequest
+from deployments.llm.in_flight import InFlight, Tracked
 from deployments.llm.routing_policy import (
     DECISION_KINDS,
     FALLBACK,
@@ -107,17 +119,6 @@ def request_of(pending_request: Optional[PendingRequest]) -> Optional[LLMRequest
     except ValueError as exc:
         logger.debug("cache-aware router: invalid request (%s)", exc)
         return None
-
-
-@dataclass
-class _Tracked:
-    """One request between the router's choice and its completion."""
-
-    prompt_tokens: int
-    hashes: dict[str, list[BlockHash]]  # replica id -> block hashes in its namespace
-    chosen_at: float
-    counted_on: Optional[str] = None  # replica whose own-load count includes this request
-    routed_to: Optional[str] = None  # set once Serve confirms the replica accepted it
 
 
 @dataclass
@@ -173,8 +174,7 @@ class CacheAwareRouter(RequestRouter):
         self._rng = random.Random(seed)
         self._index = LocalPrefixIndex(int(local_index_blocks), local_index_ttl_s)
         self._shares = DecayedShares(self.policy.load_window_requests)
-        self._own_load: Counter[str] = Counter()
-        self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
+        self._in_flight = InFlight(_MAX_TRACKED_REQUESTS)
         self._encoders = _Encoders()
         self.decisions: Counter[str] = Counter()  # kind -> count, also exported as a metric
         self._decision_metric = self._coordinator_metric = None
@@ -211,39 +211,56 @@ class CacheAwareRouter(RequestRouter):
             self._note_decision(SINGLE)
             return [candidate_replicas]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        self._expire_tracked()
+        self._in_flight.expire(self._pending_ttl_s)
         try:
             decision, tracked = await self._decide(candidate_replicas, pending_request)
         except Exception:  # routing advice must never fail a request
             logger.exception("cache-aware router: decision failed; using power of two choices")
             decision, tracked = Decision(tuple(power_of_two(self._candidates(candidate_replicas), self._rng)), FALLBACK), None
         if tracked is not None and decision.ranking:
-            self._count_on(tracked, decision.ranking[0])
+            self._in_flight.choose(pending_request, pending_request.metadata.internal_request_id, tracked, decision.ranking[0])
             # Record the choice now so a burst of the same prefix sticks before Serve confirms it.
             self._index.record(decision.ranking[0], tracked.hashes.get(decision.ranking[0], []))
         self._note_decision(decision.kind)
         return [[by_id[replica_id]] for replica_id in decision.ranking if replica_id in by_id]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult) -> None:
-        request_id = pending_request.metadata.internal_request_id
-        tracked = self._tracked.get(request_id)
-        if tracked is None and len(self.curr_replicas) <= 1:
+        if len(self.curr_replicas) <= 1 and self._in_flight.chosen(pending_request) is None:
             return  # routed without a decision (the only replica): nothing to learn from it
-        if tracked is None:  # its entry expired or a rejection's cleanup raced the retry
-            tracked = self._track_sync(pending_request)
-            if tracked is None:
-                return
-        self._confirm(tracked, replica_id.unique_id)
+        tracked = self._in_flight.routed(
+            pending_request, pending_request.metadata.internal_request_id, replica_id.unique_id,
+            lambda: self._build_sync(pending_request),
+        )
+        if tracked is not None:
+            self._learn(tracked, replica_id.unique_id)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        tracked = self._tracked.pop(internal_request_id, None)
-        if tracked is None:
+        # With the rejection protocol Serve confirms every accepted request first; without it, never.
+        ran = self._in_flight.completed(internal_request_id, replica_id.unique_id, confirms=self._use_replica_queue_len_cache)
+        if ran is not None:
+            self._learn(ran, replica_id.unique_id)
+
+    def _fulfill_next_pending_request(self, replica: RunningReplica, request_metadata: Optional[RequestMetadata] = None) -> None:
+        """Give the replica to the very request it was chosen for.
+
+        Serve's own version finds that request by `internal_request_id`, which the calls one replica
+        makes for one request all share (see `deployments.common.serve_calls`): it gives the
+        first sibling every replica chosen for the others, and the others wait forever. The routing
+        task passes the request's own metadata object, so identity finds the right one.
+        """
+        if request_metadata is None:
             return
-        if tracked.routed_to is None and not self._use_replica_queue_len_cache:
-            # Without the rejection protocol Serve never calls on_request_routed: the request ran here.
-            self._confirm(tracked, replica_id.unique_id)
-        # With it, completion before confirmation means the replica rejected it: Serve will retry.
-        self._count_on(tracked, None)
+        by_id = self._pending_requests_by_id
+        pending = by_id.get(request_metadata.internal_request_id)
+        if pending is None or pending.metadata is not request_metadata:
+            pending = next((p for p in self._pending_requests_to_fulfill if p.metadata is request_metadata), None)
+        if pending is None or pending.future.done():
+            return
+        self._cancel_routing_task_for_pending_request(pending)
+        self._record_queue_wait_time(pending)
+        pending.future.set_result(replica)
+        if by_id.get(request_metadata.internal_request_id) is pending:
+            self._remove_pending_request_from_indices(pending)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -261,7 +278,7 @@ class CacheAwareRouter(RequestRouter):
     # --- decision ---------------------------------------------------------------------------------
     async def _decide(
         self, replicas: list[RunningReplica], pending_request: Optional[PendingRequest]
-    ) -> tuple[Decision, Optional[_Tracked]]:
+    ) -> tuple[Decision, Optional[Tracked]]:
         layouts = {r.replica_id.unique_id: parse_layout(r.routing_stats or {}, self._model_path) for r in replicas}
         request = request_of(pending_request)
         known = {layout.model_path for layout in layouts.values() if layout is not None}
@@ -269,13 +286,11 @@ class CacheAwareRouter(RequestRouter):
             return self._pow2(replicas, FALLBACK), None
         for model_path in known:
             await self._ensure_encoder(model_path)
-        request_id = pending_request.metadata.internal_request_id
-        tracked = self._tracked.get(request_id)
-        if tracked is None or tracked.routed_to is not None:
+        tracked = self._in_flight.chosen(pending_request)  # a retry after a rejection keeps its hashes
+        if tracked is None:
             tracked = self._build_tracked(request, layouts)
             if tracked is None:
                 return self._pow2(replicas, FALLBACK), None
-            self._track(request_id, tracked)
         shard_blocks = await self._coordinator_blocks(layouts, tracked)
         local_blocks = {rid: self._index.match(rid, hashes) for rid, hashes in tracked.hashes.items()}
         shards = {rid: (layouts[rid].shard if layouts.get(rid) else None) for rid in layouts}
@@ -301,10 +316,10 @@ class CacheAwareRouter(RequestRouter):
 
     def _load(self, replica: RunningReplica, replica_id: str) -> float:
         cached = self.replica_queue_len_cache.get(replica.replica_id)
-        return float(max(self._own_load.get(replica_id, 0), cached or 0))
+        return float(max(self._in_flight.load(replica_id), cached or 0))
 
     # --- prompt -> block hashes -------------------------------------------------------------------
-    def _build_tracked(self, request: LLMRequest, layouts: Mapping[str, Optional[ReplicaLayout]]) -> Optional[_Tracked]:
+    def _build_tracked(self, request: LLMRequest, layouts: Mapping[str, Optional[ReplicaLayout]]) -> Optional[Tracked]:
         try:
             hashed = prompt_hashes(request, layouts, self._encoders.loaded)
         except (ValueError, TypeError, KeyError) as exc:  # the replica will answer the 4xx
@@ -312,17 +327,14 @@ class CacheAwareRouter(RequestRouter):
             return None
         if hashed is None:
             return None
-        return _Tracked(prompt_tokens=hashed.prompt_tokens, hashes=hashed.hashes, chosen_at=time.monotonic())
+        return Tracked(prompt_tokens=hashed.prompt_tokens, hashes=hashed.hashes, chosen_at=time.monotonic())
 
-    def _track_sync(self, pending_request: PendingRequest) -> Optional[_Tracked]:
+    def _build_sync(self, pending_request: PendingRequest) -> Optional[Tracked]:
         request = request_of(pending_request)
         if request is None:
             return None
         layouts = {r.replica_id.unique_id: parse_layout(r.routing_stats or {}, self._model_path) for r in self._replicas_list}
-        tracked = self._build_tracked(request, layouts)
-        if tracked is not None:
-            self._track(pending_request.metadata.internal_request_id, tracked)
-        return tracked
+        return self._build_tracked(request, layouts)
 
     async def _ensure_encoder(self, model_path: Optional[str]) -> None:
         """Load the tokenizer once per model path, off the routing loop; retry a failure later."""
@@ -343,7 +355,7 @@ class CacheAwareRouter(RequestRouter):
             encoders.loading.pop(model_path, None)
 
     # --- coordinator ------------------------------------------------------------------------------
-    async def _coordinator_blocks(self, layouts: Mapping[str, Optional[ReplicaLayout]], tracked: _Tracked) -> dict[str, int]:
+    async def _coordinator_blocks(self, layouts: Mapping[str, Optional[ReplicaLayout]], tracked: Tracked) -> dict[str, int]:
         """Prefix blocks per shard, from the coordinator; {} if it is off, absent, slow or failing."""
         if not self._use_coordinator or time.monotonic() < self._coordinator_retry_at:
             return {}
@@ -380,37 +392,10 @@ class CacheAwareRouter(RequestRouter):
         return blocks
 
     # --- bookkeeping ------------------------------------------------------------------------------
-    def _track(self, request_id: str, tracked: _Tracked) -> None:
-        old = self._tracked.pop(request_id, None)
-        if old is not None:
-            self._count_on(old, None)
-        self._tracked[request_id] = tracked
-        while len(self._tracked) > _MAX_TRACKED_REQUESTS:
-            _, dropped = self._tracked.popitem(last=False)
-            self._count_on(dropped, None)
-
-    def _confirm(self, tracked: _Tracked, replica_id: str) -> None:
-        tracked.routed_to = replica_id
-        self._count_on(tracked, replica_id)
+    def _learn(self, tracked: Tracked, replica_id: str) -> None:
+        """The request runs on `replica_id`: its prefix will be cached there, and it counts toward its share."""
         self._shares.record(replica_id)
         self._index.record(replica_id, tracked.hashes.get(replica_id, []))
-
-    def _count_on(self, tracked: _Tracked, replica_id: Optional[str]) -> None:
-        if tracked.counted_on == replica_id:
-            return
-        if tracked.counted_on is not None:
-            self._own_load[tracked.counted_on] -= 1
-            if self._own_load[tracked.counted_on] <= 0:
-                del self._own_load[tracked.counted_on]
-        if replica_id is not None:
-            self._own_load[replica_id] += 1
-        tracked.counted_on = replica_id
-
-    def _expire_tracked(self) -> None:
-        """Drop choices Serve never confirmed (cancelled requests) so they stop counting as load."""
-        oldest = time.monotonic() - self._pending_ttl_s
-        for request_id in [k for k, t in self._tracked.items() if t.routed_to is None and t.chosen_at < oldest]:
-            self._count_on(self._tracked.pop(request_id), None)
 
     def _note_decision(self, kind: str) -> None:
         assert kind in DECISION_KINDS, kind

@@ -10,6 +10,7 @@ and getting hits from its device tier: blocks the first replica stored.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -117,3 +118,23 @@ def test_load_adds_a_replica_that_hits_the_nodes_shard(base_url: str) -> None:
         for thread in senders:
             thread.join(timeout=180)
     assert errors == [], errors[:5]
+
+
+def test_choices_and_prompt_lists_complete_across_replicas(base_url: str) -> None:
+    """With two replicas the cache-aware router ranks each call of the ingress's `n` choices, which once
+    waited forever behind the first (see `deployments.common.serve_calls`)."""
+    deadline = time.monotonic() + SCALE_TIMEOUT_S
+    while _replicas_running() < 2:  # the test above scaled it out; it scales in only after 10 quiet minutes
+        assert time.monotonic() < deadline, "the app does not run two replicas"
+        time.sleep(1)
+    model = httpx.get(f"{base_url}/models", timeout=60).json()["data"][0]["id"]
+    with httpx.Client(timeout=90) as client:
+        for body in ({"prompt": PREFIX + "Choices?", "n": 4},
+                     {"prompt": PREFIX + "Streamed choices?", "n": 4, "stream": True}):
+            answer = client.post(f"{base_url}/completions", json={"model": model, "max_tokens": 4, "temperature": 0.8,
+                                                                   **body})
+            assert answer.status_code == 200, answer.text
+            indexes = ([c["index"] for c in answer.json()["choices"]] if not body.get("stream") else
+                       sorted({json.loads(line[6:])["choices"][0]["index"] for line in answer.text.splitlines()
+                               if line.startswith("data: {") and json.loads(line[6:])["choices"]}))
+            assert sorted(indexes) == list(range(4)), answer.text[:500]
