@@ -135,10 +135,13 @@ class InFlight:
             return entry.tracked
         return None
 
-    def expire(self, ttl_s: float) -> int:
-        """Forget choices Serve never confirmed within `ttl_s` (cancelled requests); returns how many."""
+    def expire(self, ttl_s: float, abandoned: Callable[[Any], bool] = lambda pending: False) -> int:
+        """Forget choices Serve never confirmed within `ttl_s`, or whose request `abandoned` says was given
+        up (its caller left while it waited for a replica: Serve tells the router nothing then); returns
+        how many."""
         oldest = self._clock() - ttl_s
-        stale = [key for key, entry in self._chosen.items() if entry.tracked.chosen_at < oldest]
+        stale = [key for key, entry in self._chosen.items()
+                 if entry.tracked.chosen_at < oldest or abandoned(entry.pending)]
         for key in stale:
             self._count(self._chosen.pop(key).tracked, None)
         return len(stale)

@@ -211,7 +211,9 @@ class CacheAwareRouter(RequestRouter):
             self._note_decision(SINGLE)
             return [candidate_replicas]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        self._in_flight.expire(self._pending_ttl_s)
+        # A request whose caller left while it waited (backing off from full replicas, say) has its future
+        # cancelled; Serve never routes or completes it, so its count would otherwise linger for the TTL.
+        self._in_flight.expire(self._pending_ttl_s, lambda pending: pending.future.cancelled())
         try:
             decision, tracked = await self._decide(candidate_replicas, pending_request)
         except Exception:  # routing advice must never fail a request

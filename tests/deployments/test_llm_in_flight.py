@@ -85,3 +85,12 @@ def test_unconfirmed_choices_expire_and_the_book_is_bounded() -> None:
         book.choose(pending, f"run{i}", _tracked(at=99.0), "b")
         book.routed(pending, f"run{i}", "b", lambda: None)
     assert len(book) == 3 and book.load("b") == 2  # the oldest running ones went first
+
+
+def test_an_abandoned_choice_stops_counting_at_once() -> None:
+    book = InFlight()
+    left, waiting = SimpleNamespace(gone=True), SimpleNamespace(gone=False)
+    book.choose(left, "r1", _tracked(at=99.0), "a")
+    book.choose(waiting, "r2", _tracked(at=99.0), "a")
+    assert book.expire(ttl_s=1e9, abandoned=lambda pending: pending.gone) == 1
+    assert book.load("a") == 1 and book.chosen(left) is None and book.chosen(waiting) is not None
