@@ -31,7 +31,6 @@ class Tracked:
 
     prompt_tokens: int
     hashes: dict[str, list[BlockHash]]  # replica id -> block hashes in its namespace
-    chosen_at: float
     counted_on: Optional[str] = None  # replica whose load count includes this request
     routed_to: Optional[str] = None  # set once Serve confirms the replica accepted it
 
@@ -41,6 +40,7 @@ class _Chosen:
     pending: Any  # the PendingRequest: held so its id() stays unique while it is a key
     internal_id: str
     tracked: Tracked
+    chosen_at: float  # when the router first ranked it (the book's clock)
     completed_on: Optional[str] = None  # its completion arrived before its confirmation (see `completed`)
 
 
@@ -63,7 +63,7 @@ class InFlight:
     def chosen(self, pending: Any) -> Optional[Tracked]:
         """The decision already made for this pending request (Serve retries one after a rejection)."""
         entry = self._chosen.get(id(pending))
-        return entry.tracked if entry is not None and entry.pending is pending else None
+        return entry.tracked if entry is not None else None
 
     def __len__(self) -> int:
         return len(self._chosen) + self._num_running
@@ -72,10 +72,8 @@ class InFlight:
     def choose(self, pending: Any, internal_id: str, tracked: Tracked, replica_id: str) -> None:
         """The router ranked `replica_id` first for this request: count it there until Serve says where it went."""
         entry = self._chosen.get(id(pending))
-        if entry is None or entry.pending is not pending:
-            if entry is not None:
-                self._count(entry.tracked, None)
-            entry = self._chosen[id(pending)] = _Chosen(pending, internal_id, tracked)
+        if entry is None:
+            entry = self._chosen[id(pending)] = _Chosen(pending, internal_id, tracked, self._clock())
         elif entry.tracked is not tracked:
             self._count(entry.tracked, None)
             entry.tracked = tracked
@@ -91,9 +89,7 @@ class InFlight:
         never ranked); returns the confirmed entry, or None when it cannot be built.
         """
         entry = self._chosen.pop(id(pending), None)
-        tracked = entry.tracked if entry is not None and entry.pending is pending else None
-        if entry is not None and tracked is None:  # a stale key: its request is gone
-            self._count(entry.tracked, None)
+        tracked = entry.tracked if entry is not None else None
         if tracked is None:
             tracked = rebuild()
             if tracked is None:
@@ -141,7 +137,7 @@ class InFlight:
         how many."""
         oldest = self._clock() - ttl_s
         stale = [key for key, entry in self._chosen.items()
-                 if entry.tracked.chosen_at < oldest or abandoned(entry.pending)]
+                 if entry.chosen_at < oldest or abandoned(entry.pending)]
         for key in stale:
             self._count(self._chosen.pop(key).tracked, None)
         return len(stale)

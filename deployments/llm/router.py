@@ -329,7 +329,7 @@ class CacheAwareRouter(RequestRouter):
             return None
         if hashed is None:
             return None
-        return Tracked(prompt_tokens=hashed.prompt_tokens, hashes=hashed.hashes, chosen_at=time.monotonic())
+        return Tracked(prompt_tokens=hashed.prompt_tokens, hashes=hashed.hashes)
 
     def _build_sync(self, pending_request: PendingRequest) -> Optional[Tracked]:
         request = request_of(pending_request)

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 from deployments.llm.in_flight import InFlight, Tracked
 
 
-def _tracked(at: float = 0.0) -> Tracked:
-    return Tracked(prompt_tokens=10, hashes={"a": [b"x"], "b": [b"x"]}, chosen_at=at)
+def _tracked() -> Tracked:
+    return Tracked(prompt_tokens=10, hashes={"a": [b"x"], "b": [b"x"]})
 
 
 def _pending() -> SimpleNamespace:
@@ -74,15 +74,17 @@ def test_an_unknown_request_is_rebuilt_on_confirmation() -> None:
 
 
 def test_unconfirmed_choices_expire_and_the_book_is_bounded() -> None:
-    now = [100.0]
+    now = [50.0]
     book = InFlight(max_requests=3, clock=lambda: now[0])
     old, new = _pending(), _pending()
-    book.choose(old, "old", _tracked(at=50.0), "a")
-    book.choose(new, "new", _tracked(at=99.0), "a")
+    book.choose(old, "old", _tracked(), "a")
+    now[0] = 99.0
+    book.choose(new, "new", _tracked(), "a")
+    now[0] = 100.0
     assert book.expire(ttl_s=30.0) == 1 and book.load("a") == 1 and book.chosen(old) is None
     for i in range(5):
         pending = _pending()
-        book.choose(pending, f"run{i}", _tracked(at=99.0), "b")
+        book.choose(pending, f"run{i}", _tracked(), "b")
         book.routed(pending, f"run{i}", "b", lambda: None)
     assert len(book) == 3 and book.load("b") == 2  # the oldest running ones went first
 
@@ -90,7 +92,7 @@ def test_unconfirmed_choices_expire_and_the_book_is_bounded() -> None:
 def test_an_abandoned_choice_stops_counting_at_once() -> None:
     book = InFlight()
     left, waiting = SimpleNamespace(gone=True), SimpleNamespace(gone=False)
-    book.choose(left, "r1", _tracked(at=99.0), "a")
-    book.choose(waiting, "r2", _tracked(at=99.0), "a")
+    book.choose(left, "r1", _tracked(), "a")
+    book.choose(waiting, "r2", _tracked(), "a")
     assert book.expire(ttl_s=1e9, abandoned=lambda pending: pending.gone) == 1
     assert book.load("a") == 1 and book.chosen(left) is None and book.chosen(waiting) is not None

@@ -330,7 +330,7 @@ def test_router_sticks_prefixes_spreads_tenants_and_yields_to_load(probe, caplog
 
 
 BOOKED_S = 0.3
-"""How long the router's loop gets to book a request as routed or done (see `_skewed_load`)."""
+"""How long the router's loop gets to hear that an answered request is done (see `_skewed_load`)."""
 
 
 def _skewed_load(handle, tenant: str, replicas: set[str]) -> tuple[str, str, list[str], list[str]]:
@@ -338,11 +338,11 @@ def _skewed_load(handle, tenant: str, replicas: set[str]) -> tuple[str, str, lis
     go to the other replica until they finish. Returns (home, other, where the slow ones ran, where the
     rest ran). Each slow request is assigned before the next is sent, so every decision sees the ones before.
 
-    The router books a request as routed (and as done) in Serve's router loop, a moment after the caller
-    sees it assigned (or answered). Both tries of one CI run (2026-12-06) decided in that moment; their
-    captured costs showed one in-flight request too few (three slow ones counted as two: within the bound, so "during"
-    stayed home) or too many (the "first" one still counted: the third slow one went elsewhere). So each
-    step waits `BOOKED_S` for the router to book it.
+    The router counts a request when it ranks it, but hears that it is done from Serve's completion
+    callback, a moment after the caller has the answer: each step waits `BOOKED_S` so the "first" request
+    no longer counts. Serve's queue-length cache, which the router's load takes the max with, can also
+    read a replica one high after concurrent requests to it (see tests/deployments/
+    test_llm_router_siblings.py); the caller starts each try after that cache's entries time out.
     """
     home = _send(handle, tenant, " first")  # the prefix is now cached on one replica only
     time.sleep(BOOKED_S)
