@@ -130,6 +130,7 @@ def spec_from_config(config: "KVCacheConfig", runner: "ModelRunner", num_blocks:
         timeouts=Timeouts(
             lookup_s=config.lookup_timeout_s,
             remote_fetch_s=config.remote_fetch_timeout_s,
+            locate_s=config.locate_timeout_s,
             tier_op_s=config.redis_timeout_ms / 1000,
             prefetch_s=config.prefetch_timeout_s,
         ),

@@ -131,6 +131,7 @@ class KVCacheConfig(BaseSettings):
     disk_tier_path: Path | None = Field(None, description="Directory of a local disk tier; None turns it off.")
     lookup_timeout_s: float = Field(1.0, gt=0, le=60, description="Bound of a call from the engine to its shard.")
     remote_fetch_timeout_s: float = Field(0.25, gt=0, le=30, description="Bound for completing a miss from peers and tiers.")
+    locate_timeout_s: float = Field(0.1, gt=0, le=30, description="Bound of a shard's question to the coordinator: where are these blocks.")
     prefetch_timeout_s: float = Field(0.5, gt=0, le=60, description="Bound of one prefetch of successor blocks.")
     demote_min_hits: int = Field(2, ge=1, description="Hits after which an evicted block is demoted, not dropped.")
 
