@@ -66,13 +66,16 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.fixture(scope="session", autouse=True)
 def attention_kernel_built() -> None:
-    """Build our attention kernel (`cache_actors.engine.attention_kernel`) once, before any test runs.
+    """Build our attention and narrow pointwise kernels (`cache_actors.engine.attention_kernel`,
+    `cache_actors.engine.pointwise_kernel`) once, before any test runs.
 
-    On a fresh machine the build takes ~30 s; every model load after it reuses
-    it. Done here, no deployment test spends its start-up timeout compiling.
+    On a fresh machine each build takes 30-50 s; every model load after it
+    reuses it. Done here, no deployment test spends its start-up timeout compiling.
     """
     import torch
 
     from cache_actors.engine.attention_kernel import HEAD_DIM, AttentionKernel
+    from cache_actors.engine.pointwise_kernel import PointwiseKernels
 
     AttentionKernel.build(torch.float32, torch.device("cpu"), HEAD_DIM)
+    PointwiseKernels.build(torch.float32, torch.device("cpu"))

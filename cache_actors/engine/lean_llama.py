@@ -19,7 +19,8 @@ and a masked prefill stacks the query heads of each KV head into one SDPA
 call; both round differently (~1e-7 a layer) from Transformers' calls.
 A forward of `MIN_TOKENS` tokens or more (a long prompt, a batch of
 prompts) runs its elementwise steps as compiled kernels when the runner
-built them (`fused_pointwise`), the same numbers to float rounding. The fused projections replace the model's own
+built them (`fused_pointwise`), a narrower one (a decode step) as C++
+loops (`pointwise_kernel`), the same numbers to float rounding. The fused projections replace the model's own
 ``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj``
 (`SliceOfFused`: the fused product, sliced), so the weights exist once and the
 Transformers forward still works on them, for reference and for tests.
@@ -45,6 +46,7 @@ from cache_actors.engine.attention_kernel import AttentionKernel
 from cache_actors.engine.fused_pointwise import MIN_TOKENS, CompiledPointwise
 from cache_actors.engine.lean_attention import PrefillBias, additive_bias, attend, attend_decode, causal_mask
 from cache_actors.engine.packed_linear import linear_call, make_linear
+from cache_actors.engine.pointwise_kernel import PointwiseKernels
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +154,8 @@ class LeanLlama:
         self._rope_table = (torch.empty(0), torch.empty(0))  # (cos, sin): replaced whole, never mutated
         # Compiled kernels for forwards of `MIN_TOKENS` tokens or more; the runner sets them once checked (None: eager).
         self.pointwise: CompiledPointwise | None = None
+        # The same steps as C++ loops for narrower forwards (decode steps, short prompts); None: eager ops there.
+        self.narrow_pointwise: PointwiseKernels | None = None
         # Our attention kernel for prefills and decode steps (`attention_kernel`); the runner sets it once built and
         # checked (None: SDPA and attend_decode's matmuls).
         self.attention: AttentionKernel | None = None
@@ -197,6 +201,8 @@ class LeanLlama:
         x = F.embedding(input_ids, self.embed)
         if self.pointwise is not None and rows * width >= MIN_TOKENS:
             x = self._layers_fused(x, cache, position_ids, masks, self.pointwise)
+        elif self.narrow_pointwise is not None and rows * width < MIN_TOKENS:
+            x = self._layers_fused(x, cache, position_ids, masks, self.narrow_pointwise)
         else:
             x = self._layers_eager(x, cache, position_ids, masks)
         if isinstance(logits_to_keep, int):
@@ -225,8 +231,8 @@ class LeanLlama:
         return self._norm(x, self.final_norm)
 
     def _layers_fused(self, x: torch.Tensor, cache: Any, position_ids: torch.Tensor, masks: _Masks,
-                      kernels: CompiledPointwise) -> torch.Tensor:
-        """`_layers_eager` with its elementwise steps as compiled kernels (`fused_pointwise`), on tokens laid flat.
+                      kernels: CompiledPointwise | PointwiseKernels) -> torch.Tensor:
+        """`_layers_eager` with its elementwise steps as kernels (`fused_pointwise`, `pointwise_kernel`), on tokens laid flat.
 
         Each residual add is fused with the norm after it (the last with the
         final norm), so the loop carries ``x`` and its normed ``h``.

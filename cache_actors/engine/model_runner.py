@@ -18,6 +18,7 @@ from transformers.cache_utils import DynamicLayer
 
 from cache_actors.engine.gqa_attention import use_gqa_sdpa
 from cache_actors.engine.attention_kernel import AttentionKernel
+from cache_actors.engine.pointwise_kernel import PointwiseKernels
 from cache_actors.engine.fused_pointwise import CompiledPointwise, check_kernels
 from cache_actors.engine.lean_llama import LeanLlama, fuse_projections, lean_unsupported
 from cache_actors.engine.onednn_caches import bound_primitive_caches
@@ -160,7 +161,8 @@ class ModelRunner:
         ``lean``: a Llama on CPU runs `cache_actors.engine.lean_llama.LeanLlama`
         (same logits, a third less time per decode step); False keeps Transformers' forward.
         ``fused_pointwise``: the lean forward runs a wide prefill's elementwise steps as compiled kernels
-        (`cache_actors.engine.fused_pointwise`; compiled here, a few seconds; off where they cannot be).
+        (`cache_actors.engine.fused_pointwise`; compiled here, a few seconds; off where they cannot be), and a
+        narrower forward's (decode steps) as C++ loops (`cache_actors.engine.pointwise_kernel`, likewise).
         ``attention_kernel``: the lean forward's prefills and decode steps attend with our kernel
         (`cache_actors.engine.attention_kernel`; built and checked here, ~30 s once per machine; off where it cannot be).
         """
@@ -186,11 +188,14 @@ class ModelRunner:
         if lean_forward is not None and attention_kernel:
             lean_forward.attention = AttentionKernel.build(runner.dtype, runner.device, lean_forward.head_dim)
         kernels = runner._fuse_pointwise() if lean_forward is not None and fused_pointwise else None
+        if lean_forward is not None and fused_pointwise:
+            lean_forward.narrow_pointwise = PointwiseKernels.build(runner.dtype, runner.device)
         logger.info("loaded %s from %s: %s, context %d, end tokens %s, torch threads %d, %d packed linear layers, "
-                    "lean forward %s, fused pointwise kernels %s, attention kernel %s", runner.model_id, path,
+                    "lean forward %s, fused pointwise kernels %s (narrow %s), attention kernel %s", runner.model_id, path,
                     str(runner.dtype).removeprefix("torch."), runner.max_context, list(runner.eos_token_ids),
                     torch.get_num_threads(), packed, "on" if fused is not None else f"off ({unsupported})",
                     "on" if kernels is not None else "off",
+                    "on" if lean_forward is not None and lean_forward.narrow_pointwise is not None else "off",
                     "on" if lean_forward is not None and lean_forward.attention is not None else "off")
         return runner
 

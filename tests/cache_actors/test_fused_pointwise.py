@@ -92,8 +92,9 @@ def test_batched_rows_over_the_threshold_match_transformers(runners) -> None:
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_narrow_forwards_keep_the_eager_ops(runners, monkeypatch) -> None:
-    """A decode step or a short prompt would pay a compiled call's entry cost per layer for nothing."""
+def test_narrow_forwards_skip_the_compiled_kernels(runners, monkeypatch) -> None:
+    """A decode step or a short prompt would pay a compiled call's entry cost per layer for nothing
+    (they take `pointwise_kernel`'s C++ loops instead: tests/cache_actors/test_pointwise_kernel.py)."""
     fused, _ = runners
     calls: list[str] = []
     kernels = fused.forward.pointwise
@@ -110,7 +111,7 @@ def test_without_a_compiler_the_runner_serves_with_the_eager_ops(monkeypatch) ->
     monkeypatch.setenv("PATH", "/nonexistent")
     assert fused_pointwise.cpp_compiler() is None
     runner = ModelRunner.load(None, demo_spec=TINY_SPEC, fused_pointwise=True)
-    assert runner.forward.pointwise is None
+    assert runner.forward.pointwise is None and runner.forward.narrow_pointwise is None
     assert runner.prefill(_ids(MIN_TOKENS + 5, seed=5))[0].isfinite().all()
 
 
