@@ -44,6 +44,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from cache_actors.engine.cpp_build import load_extension
 from cache_actors.engine.fused_pointwise import cpp_compiler
 from cache_actors.engine.lean_attention import PrefillBias, additive_bias, causal_mask
 
@@ -55,8 +56,8 @@ HEAD_DIM = 64
 """The only head size the kernel computes (SmolLM2's and the peer benchmark's 24M Llama's)."""
 BLOCK_M = 128
 """Query rows per task: enough tasks for two threads on a one-prompt prefill, few transposes of K."""
-_FLAGS = ["-O3", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp"]
-_FLAGS_AVX2 = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+_FLAGS = ["-O3", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma"]
+_FLAGS_AVX2 = ["-O3", "-mavx2", "-mfma"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,27 +133,13 @@ def _unusable(dtype: torch.dtype, device: torch.device, head_dim: int) -> str | 
 @functools.cache
 def _compiled() -> Any | None:
     """Build (or reuse this machine's build of) `attention_cpu.cpp`; once per process."""
-    from torch.utils.cpp_extension import load
-
-    try:
-        module = load("blatam_attention_cpu", [str(SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"])
-    except Exception as exc:  # noqa: BLE001 - any build failure leaves SDPA on
-        logger.warning("attention kernel off: the build failed (%s)", str(exc).splitlines()[0] if str(exc) else exc)
-        return None
-    return module
+    return load_extension("blatam_attention_cpu", SOURCE, _FLAGS, openmp=True, what="attention kernel")
 
 
 @functools.cache
 def _compiled_avx2() -> Any | None:
     """Build (or reuse this machine's build of) `attention_cpu_avx2.cpp`, the decode step alone; once per process."""
-    from torch.utils.cpp_extension import load
-
-    try:
-        module = load("blatam_attention_cpu_avx2", [str(SOURCE_AVX2)], extra_cflags=_FLAGS_AVX2, extra_ldflags=["-fopenmp"])
-    except Exception as exc:  # noqa: BLE001 - any build failure leaves SDPA on
-        logger.warning("attention kernel off: the AVX2 build failed (%s)", str(exc).splitlines()[0] if str(exc) else exc)
-        return None
-    return module
+    return load_extension("blatam_attention_cpu_avx2", SOURCE_AVX2, _FLAGS_AVX2, openmp=True, what="attention kernel")
 
 
 def check(kernel: AttentionKernel) -> str | None:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from cache_actors.engine import fused_pointwise
+from cache_actors.engine.cpp_build import load_extension
 from cache_actors.engine.fused_pointwise import cpp_compiler
 
 logger = logging.getLogger(__name__)
@@ -81,13 +82,7 @@ def _unusable(dtype: torch.dtype, device: torch.device) -> str | None:
 @functools.cache
 def _compiled() -> Any | None:
     """Build (or reuse this machine's build of) `pointwise_cpu.cpp`; once per process."""
-    from torch.utils.cpp_extension import load
-
-    try:
-        return load("blatam_pointwise_cpu", [str(SOURCE)], extra_cflags=_FLAGS)
-    except Exception as exc:  # noqa: BLE001 - any build failure leaves the eager ops on
-        logger.warning("narrow pointwise kernels off: the build failed (%s)", str(exc).splitlines()[0] if str(exc) else exc)
-        return None
+    return load_extension("blatam_pointwise_cpu", SOURCE, _FLAGS, openmp=False, what="narrow pointwise kernels")
 
 
 def check(kernels: PointwiseKernels) -> str | None:
