@@ -44,8 +44,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from cache_actors.engine.cpp_build import load_extension
-from cache_actors.engine.fused_pointwise import cpp_compiler
+from cache_actors.engine.cpp_build import build_blocker, load_extension, simd_level
 from cache_actors.engine.lean_attention import PrefillBias, additive_bias, causal_mask
 
 logger = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ class AttentionKernel:
         if reason is not None:
             logger.info("attention kernel off: %s", reason)
             return None
-        wide = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        wide = simd_level() == "avx512"
         module = _compiled() if wide else _compiled_avx2()
         if module is None:
             return None
@@ -118,16 +117,9 @@ class AttentionKernel:
 
 
 def _unusable(dtype: torch.dtype, device: torch.device, head_dim: int) -> str | None:
-    if device.type != "cpu" or dtype != torch.float32:
-        return f"float32 on CPU only (this model: {dtype} on {device.type})"
     if head_dim != HEAD_DIM:
         return f"{HEAD_DIM}-dim heads only (this model: {head_dim})"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if not capability.startswith("AVX512") and capability != "AVX2":
-        return f"needs AVX-512 or AVX2 (this CPU: {capability})"
-    if cpp_compiler() is None:
-        return "no C++ compiler on PATH"
-    return None
+    return build_blocker(dtype, device)
 
 
 @functools.cache

@@ -32,8 +32,7 @@ from typing import Any, Callable
 import torch
 
 from cache_actors.engine import fused_pointwise
-from cache_actors.engine.cpp_build import load_extension
-from cache_actors.engine.fused_pointwise import cpp_compiler
+from cache_actors.engine.cpp_build import build_blocker, load_extension
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class PointwiseKernels:
     @classmethod
     def build(cls, dtype: torch.dtype, device: torch.device) -> PointwiseKernels | None:
         """The kernels, compiled and checked here; None (eager ops stay) where they cannot be used, the reason logged."""
-        reason = _unusable(dtype, device)
+        reason = build_blocker(dtype, device)
         if reason is not None:
             logger.info("narrow pointwise kernels off: %s", reason)
             return None
@@ -66,17 +65,6 @@ class PointwiseKernels:
             logger.warning("narrow pointwise kernels off: they differ from the eager ops on %s", mismatch)
             return None
         return kernels
-
-
-def _unusable(dtype: torch.dtype, device: torch.device) -> str | None:
-    if device.type != "cpu" or dtype != torch.float32:
-        return f"float32 on CPU only (this model: {dtype} on {device.type})"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if not capability.startswith("AVX512") and capability != "AVX2":
-        return f"needs AVX2 (this CPU: {capability})"
-    if cpp_compiler() is None:
-        return "no C++ compiler on PATH"
-    return None
 
 
 @functools.cache
