@@ -92,12 +92,16 @@ async def connect(http: httpx.AsyncClient, name: str, base_url: str, api_key: st
     return server
 
 
-def _body(server: Server, prompt: str, max_tokens: int, **more: Any) -> dict[str, Any]:
+Prompt = str | list[int]
+"""Text, or token ids (OpenAI's completions take both; `blatam bench ttft --served` sends ids)."""
+
+
+def _body(server: Server, prompt: Prompt, max_tokens: int, **more: Any) -> dict[str, Any]:
     return {"model": server.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **server.extra,
             **more}
 
 
-async def ttft(http: httpx.AsyncClient, server: Server, prompt: str) -> TTFT:
+async def ttft(http: httpx.AsyncClient, server: Server, prompt: Prompt) -> TTFT:
     """Time to the first streamed event of a one-token completion (see the module docstring)."""
     body = _body(server, prompt, 1, stream=True, stream_options={"include_usage": True})
     started = time.perf_counter()

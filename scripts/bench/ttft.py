@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import typer
@@ -28,6 +29,10 @@ if TYPE_CHECKING:  # torch, transformers and the engine load inside the command,
     from rich.progress import Progress
 
     from cache_actors import UltraAdaptiveKVCacheEngine
+
+
+Timer = Callable[[list[int]], tuple[float, int]]
+"""A prompt's token ids -> (TTFT in ms, tokens served from cache): one path a cached trial is timed on."""
 
 
 def random_ids(generator: torch.Generator, count: int, vocab: int, low: int = 3) -> list[int]:
@@ -75,12 +80,16 @@ def rotated(kinds: list[str], run: int) -> list[str]:
 def measure_ttft(
     engine: UltraAdaptiveKVCacheEngine, *, prompt_tokens: int, new_tokens: int, runs: int, seed: int = 0,
     progress: Progress | None = None, actor_engine: UltraAdaptiveKVCacheEngine | None = None,
+    served: Timer | None = None,
 ) -> dict[str, Any]:
     """Medians of uncached, cached and ideal TTFT over ``runs`` runs, their trials interleaved (`rotated`).
 
     With ``actor_engine`` (the same model behind the distributed cache) each
     run also times the cached request through the shard actor: ``actor_ms``
     and ``actor_overhead`` (actor path / in-process ideal) join the result.
+    With ``served`` (the same model served over HTTP: `scripts.bench.ttft_served`)
+    each run also times the cached request as a client sees it:
+    ``served_ms`` and ``served_overhead`` (served / in-process engine).
     """
     import torch
 
@@ -93,26 +102,29 @@ def measure_ttft(
     bos = [engine.runner.tokenizer.bos_token_id or 1]
     shared = prompt_tokens - new_tokens
     samples: dict[str, list[float]] = {"uncached": [], "cached": [], "ideal": []}
-    if actor_engine is not None:
-        samples["actor"] = []
-    hits: dict[str, list[int]] = {"cached": [], "actor": []}
+    for extra, wanted in (("actor", actor_engine), ("served", served)):
+        if wanted is not None:
+            samples[extra] = []
+    hits: dict[str, list[int]] = {"cached": [], "actor": [], "served": []}
     task = progress.add_task("ttft runs", total=runs + 1) if progress else None
     for run in range(runs + 1):  # run 0 warms up allocators and kernels; not recorded
         fresh = bos + random_ids(generator, prompt_tokens - 1, vocab)
         prefix = bos + random_ids(generator, shared - 1, vocab)
-        fill, suffix, actor_fill = (random_ids(generator, new_tokens, vocab) for _ in range(3))
+        fill, suffix, actor_fill, served_fill = (random_ids(generator, new_tokens, vocab) for _ in range(4))
 
-        def cached_trial(cached_engine: UltraAdaptiveKVCacheEngine, fill: list[int]) -> tuple[float, int]:
-            _engine_ttft_ms(cached_engine, prefix + fill)  # request A: stores the prefix (untimed)
-            return _engine_ttft_ms(cached_engine, prefix + suffix)  # request B: timed
+        def cached_trial(timer: Timer, fill: list[int]) -> tuple[float, int]:
+            timer(prefix + fill)  # request A: stores the prefix (untimed)
+            return timer(prefix + suffix)  # request B: timed
 
         trials: dict[str, Callable[[], tuple[float, int]]] = {
             "uncached": lambda: _engine_ttft_ms(engine, fresh),
-            "cached": lambda: cached_trial(engine, fill),
+            "cached": lambda: cached_trial(partial(_engine_ttft_ms, engine), fill),
             "ideal": lambda: (_ideal_ttft_ms(engine, prefix, suffix), len(prefix)),
         }
         if actor_engine is not None:
-            trials["actor"] = lambda: cached_trial(actor_engine, actor_fill)
+            trials["actor"] = lambda: cached_trial(partial(_engine_ttft_ms, actor_engine), actor_fill)
+        if served is not None:
+            trials["served"] = lambda: cached_trial(served, served_fill)
         for kind in rotated(list(trials), run):
             ms, hit = trials[kind]()
             if run:
@@ -125,8 +137,13 @@ def measure_ttft(
     actor = {} if actor_engine is None else {
         "actor_ms": medians["actor"], "actor_overhead": medians["actor"] / medians["ideal"], "actor_cached_tokens": min(hits["actor"]),
     }
+    served_result = {} if served is None else {
+        "served_ms": medians["served"], "served_overhead": medians["served"] / medians["cached"],
+        "served_cached_tokens": min(hits["served"]),
+    }
     return {
         **actor,
+        **served_result,
         "model": engine.runner.model_id,
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
@@ -156,8 +173,13 @@ def ttft_command(
     threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's choice)."),
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
     distributed: bool = typer.Option(False, "--distributed", help="Also time the cache through Ray shard actors."),
+    served: bool = typer.Option(False, "--served", help="Also time the cached request through HTTP on "
+                                "serve_config.yaml's llm app, started here on the same model and dtype "
+                                "(its own block size: give --block-size 16 to match the file's)."),
 ) -> None:
-    """Time to first token: uncached vs the engine's cache vs the in-process ideal."""
+    """Time to first token: uncached vs the engine's cache vs the in-process ideal (and served, on Ray)."""
+    from contextlib import ExitStack, closing
+
     from cache_actors.engine.model_store import ModelPullError, models_root, resolve_model
 
     try:
@@ -165,35 +187,48 @@ def ttft_command(
     except ModelPullError as exc:
         console.print(f"blatam bench ttft: {exc}")
         raise typer.Exit(2) from exc
-    with console.status("importing torch and the cache engine, loading the model"):
-        from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
-
-        config = KVCacheConfig(
-            model_path=model_path, block_size=block_size, num_threads=threads, dtype=dtype,
-            max_tokens=max(4 * prompt_tokens, 8 * block_size), cache_strategy="lru",
-        )
-        engine = UltraAdaptiveKVCacheEngine(config)
-    actor_engine = None
-    if distributed:
-        with console.status("starting the distributed cache (Ray, shard, coordinator)"):
-            actor_config = config.model_copy(update={"enable_distributed": True, "redis_url": None})
-            actor_engine = UltraAdaptiveKVCacheEngine(actor_config, runner=engine.runner)
     from rich.progress import Progress
 
-    try:
+    # Closed last in, first out: the engines' compute threads stop before the served app and Ray go, and not
+    # in a torch op while the interpreter exits.
+    with ExitStack() as stack:
+        timer = None
+        if served:  # first: its Ray cluster is the one --distributed's shard actors join
+            from scripts.bench.peers_ours import ours_llm
+            from scripts.bench.ttft_served import ServedTTFT
+
+            with console.status("starting Ray + Serve with serve_config.yaml's llm app"):
+                server = stack.enter_context(ours_llm(model_path, dtype=None if dtype == "auto" else dtype))
+                timer = stack.enter_context(ServedTTFT(server.base_url))
+            console.print(f"served: {server.base_url} (torch threads {server.replica['torch_threads']}, "
+                          f"dtype {server.replica['dtype']})")
+        with console.status("importing torch and the cache engine, loading the model"):
+            from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
+
+            config = KVCacheConfig(
+                model_path=model_path, block_size=block_size, num_threads=threads, dtype=dtype,
+                max_tokens=max(4 * prompt_tokens, 8 * block_size), cache_strategy="lru",
+            )
+            engine = stack.enter_context(closing(UltraAdaptiveKVCacheEngine(config)))
+        actor_engine = None
+        if distributed:
+            with console.status("starting the distributed cache (Ray, shard, coordinator)"):
+                actor_config = config.model_copy(update={"enable_distributed": True, "redis_url": None})
+                actor_engine = stack.enter_context(closing(UltraAdaptiveKVCacheEngine(actor_config,
+                                                                                      runner=engine.runner)))
         with Progress(console=console, transient=True) as progress:
-            result = measure_ttft(engine, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, progress=progress,
-                                  actor_engine=actor_engine)
-    finally:  # their compute threads stop here, not in a torch op while the interpreter exits
-        for opened in (actor_engine, engine):
-            if opened is not None:
-                opened.close()
+            result = measure_ttft(engine, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs,
+                                  progress=progress, actor_engine=actor_engine, served=timer)
     print_table(
         f"TTFT, {prompt_tokens} prompt tokens, {prompt_tokens - new_tokens} shared ({result['model']})",
         ["path", "median ms"],
         [("uncached", result["uncached_ms"]), ("cached (engine)", result["cached_ms"]), ("ideal (in-process)", result["ideal_ms"])]
-        + ([("cached (shard actor)", result["actor_ms"])] if distributed else []),
+        + ([("cached (shard actor)", result["actor_ms"])] if distributed else [])
+        + ([("cached (served, HTTP)", result["served_ms"])] if served else []),
     )
+    if served:
+        console.print(f"served_overhead served/engine = [bold]{result['served_overhead']:.3f}[/bold], "
+                      f"served cached tokens {result['served_cached_tokens']}")
     if distributed:
         console.print(f"actor_overhead actor/ideal = [bold]{result['actor_overhead']:.3f}[/bold], "
                       f"actor cached tokens {result['actor_cached_tokens']}")

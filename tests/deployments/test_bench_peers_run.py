@@ -63,3 +63,20 @@ def test_bench_peers_starts_our_llm_app_measures_both_and_stops_it(peer_url: str
     # ... and was stopped: its port no longer answers.
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{result['ours']['url']}/models", timeout=5)
+
+
+def test_bench_ttft_times_the_cached_request_served_beside_the_in_process_engine(peer_url: str) -> None:
+    """`blatam bench ttft --served`'s measure: the served trial joins the rotation, its ratio is over the engine's."""
+    from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
+    from scripts.bench.ttft import measure_ttft
+    from scripts.bench.ttft_served import ServedTTFT
+
+    engine = UltraAdaptiveKVCacheEngine(KVCacheConfig(block_size=16, max_tokens=4096, cache_strategy="lru"))
+    try:
+        with ServedTTFT(peer_url) as served:
+            result = measure_ttft(engine, prompt_tokens=129, new_tokens=17, runs=2, served=served)
+    finally:
+        engine.close()
+    assert len(result["samples_ms"]["served"]) == 2 and result["served_ms"] > 0
+    assert result["served_cached_tokens"] == 112  # the served app reused the whole shared prefix, 7 blocks of 16
+    assert result["served_overhead"] == pytest.approx(result["served_ms"] / result["cached_ms"])
