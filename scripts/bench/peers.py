@@ -40,7 +40,7 @@ import typer
 
 from scripts.bench import bench_app
 from scripts.bench.cpu_use import CpuTally, mark
-from scripts.bench.quiet_cpu import wait_for_quiet_cpus
+from scripts.bench.quiet_cpu import MAX_WAIT_S, wait_for_quiet_cpus
 from scripts.bench.report import console, print_table, write_json
 
 if TYPE_CHECKING:  # httpx and the tokenizer load inside the command, not for `blatam --help`
@@ -137,11 +137,12 @@ RUNNERS: dict[str, Measure] = {"ttft_uncached": _ttft_uncached, "ttft_cached": _
 
 async def run_rounds(http: httpx.AsyncClient, servers: list[Server], maker: PromptMaker, work: Workload, *,
                      rounds: int, progress: Progress | None = None,
-                     cpu_roots: dict[str, int] | None = None) -> dict[str, Samples]:
+                     cpu_roots: dict[str, int] | None = None, quiet_wait_s: float = MAX_WAIT_S) -> dict[str, Samples]:
     """One warm-up round, then ``rounds`` recorded ones; each measure on each server, order swapped each round.
 
     ``cpu_roots``: per server name, a process whose descendants are that
     server (ours, started here: this process), for CPU time per role.
+    ``quiet_wait_s``: the longest wait for quiet CPUs before each measure (0: none).
     """
     cpu_roots = cpu_roots or {}
     samples = {server.name: Samples.empty() for server in servers}
@@ -151,7 +152,8 @@ async def run_rounds(http: httpx.AsyncClient, servers: list[Server], maker: Prom
         order = servers if index % 2 == 0 else servers[::-1]
         for measure in MEASURES:
             for server in order:
-                samples[server.name].quiet_wait_s += await wait_for_quiet_cpus()
+                if quiet_wait_s > 0:
+                    samples[server.name].quiet_wait_s += await wait_for_quiet_cpus(max_wait_s=quiet_wait_s)
                 root = cpu_roots.get(server.name)
                 before = mark(root, starting=True) if index else None
                 await RUNNERS[measure](http, server, maker, work, samples[server.name] if index else None)
@@ -208,7 +210,7 @@ def count_warnings(side: str, result: dict[str, Any], work: Workload) -> list[st
 
 async def _measure(peer_url: str, peer_name: str, ours_url: str, maker: PromptMaker, work: Workload,
                    rounds: int, keys: tuple[str | None, str | None] = (None, None), ours_started_here: bool = False,
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+                   quiet_wait_s: float = MAX_WAIT_S) -> tuple[dict[str, Any], dict[str, Any]]:
     from rich.progress import Progress
 
     from scripts.bench.peers_client import connect, http_client
@@ -218,7 +220,8 @@ async def _measure(peer_url: str, peer_name: str, ours_url: str, maker: PromptMa
         peer = await connect(http, peer_name, peer_url, keys[1])
         with Progress(console=console, transient=True) as progress:
             samples = await run_rounds(http, [ours, peer], maker, work, rounds=rounds, progress=progress,
-                                       cpu_roots={ours.name: os.getpid()} if ours_started_here else None)
+                                       cpu_roots={ours.name: os.getpid()} if ours_started_here else None,
+                                       quiet_wait_s=quiet_wait_s)
     return summarise(samples[ours.name], ours), summarise(samples[peer.name], peer)
 
 
@@ -301,6 +304,9 @@ def peers_command(
     ] = "float32",
     seed: Annotated[int | None, typer.Option(help="Prompt seed (default: a new one every run, so a peer "
                                                    "that stays up never sees a prompt twice).")] = None,
+    quiet_wait_s: Annotated[float, typer.Option(
+        "--quiet-wait-s", min=0.0, help="Longest wait for quiet CPUs before each measure; 0 waits never (on a "
+                                        "machine that is never quiet, e.g. beside a test run).")] = MAX_WAIT_S,
 ) -> None:
     """Ours vs a peer server on the same model: TTFT uncached and cached, output tok/s at 1 and N at once."""
     from contextlib import ExitStack
@@ -339,7 +345,8 @@ def peers_command(
                           f"num_cpus {replica['num_cpus']}, dtype {replica['dtype']})")
         try:
             ours, peer = asyncio.run(_measure(peer_url, peer_name, ours_url, maker, work, rounds,
-                                              (ours_api_key, peer_api_key), ours_started_here=replica is not None))
+                                              (ours_api_key, peer_api_key), ours_started_here=replica is not None,
+                                              quiet_wait_s=quiet_wait_s))
         except PeerError as exc:
             console.print(f"blatam bench peers: {exc}")
             raise typer.Exit(1) from exc

@@ -109,22 +109,30 @@ def measure_ttft(
     task = progress.add_task("ttft runs", total=runs + 1) if progress else None
     for run in range(runs + 1):  # run 0 warms up allocators and kernels; not recorded
         fresh = bos + random_ids(generator, prompt_tokens - 1, vocab)
-        prefix = bos + random_ids(generator, shared - 1, vocab)
-        fill, suffix, actor_fill, served_fill = (random_ids(generator, new_tokens, vocab) for _ in range(4))
 
-        def cached_trial(timer: Timer, fill: list[int]) -> tuple[float, int]:
+        def pair() -> tuple[list[int], list[int], list[int]]:
+            """A new shared prefix, request A's tail and request B's."""
+            return (bos + random_ids(generator, shared - 1, vocab), random_ids(generator, new_tokens, vocab),
+                    random_ids(generator, new_tokens, vocab))
+
+        def cached_trial(timer: Timer, prompts: tuple[list[int], list[int], list[int]]) -> tuple[float, int]:
+            prefix, fill, suffix = prompts
             timer(prefix + fill)  # request A: stores the prefix (untimed)
             return timer(prefix + suffix)  # request B: timed
 
+        # Each cached path gets prompts of its own: the shard actor and the served app share a shard when
+        # they cache the same model with the same block size, and one path's B must not find the other's B
+        # (or A) already there.
+        engine_pair = pair()
         trials: dict[str, Callable[[], tuple[float, int]]] = {
             "uncached": lambda: _engine_ttft_ms(engine, fresh),
-            "cached": lambda: cached_trial(partial(_engine_ttft_ms, engine), fill),
-            "ideal": lambda: (_ideal_ttft_ms(engine, prefix, suffix), len(prefix)),
+            "cached": lambda: cached_trial(partial(_engine_ttft_ms, engine), engine_pair),
+            "ideal": lambda: (_ideal_ttft_ms(engine, engine_pair[0], engine_pair[2]), shared),
         }
         if actor_engine is not None:
-            trials["actor"] = lambda: cached_trial(partial(_engine_ttft_ms, actor_engine), actor_fill)
+            trials["actor"] = partial(cached_trial, partial(_engine_ttft_ms, actor_engine), pair())
         if served is not None:
-            trials["served"] = lambda: cached_trial(served, served_fill)
+            trials["served"] = partial(cached_trial, served, pair())
         for kind in rotated(list(trials), run):
             ms, hit = trials[kind]()
             if run:
@@ -156,6 +164,7 @@ def measure_ttft(
         "speedup": medians["uncached"] / medians["cached"],
         "overhead": medians["cached"] / medians["ideal"],
         "samples_ms": samples,
+        "cached_tokens_samples": {kind: values for kind, values in hits.items() if values},
         "threads": torch.get_num_threads(),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
     }

@@ -38,7 +38,7 @@ def test_bench_peers_starts_our_llm_app_measures_both_and_stops_it(peer_url: str
     out = tmp_path / "peers.json"
     done = subprocess.run(
         [sys.executable, "-c", "from scripts.cli import main; main()", "bench", "peers", "--peer-url", peer_url,
-         "--peer-name", "ourselves", "--json", str(out), *SMALL],
+         "--peer-name", "ourselves", "--json", str(out), "--quiet-wait-s", "0", *SMALL],
         cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -47,6 +47,8 @@ def test_bench_peers_starts_our_llm_app_measures_both_and_stops_it(peer_url: str
         assert result[side]["prompt_tokens"] == 129 and result[side]["cached_tokens"] == 64
         assert all(len(values) == 5 for values in result[side]["samples"].values())
         assert result[side]["ttft_cached_ms"] > 0 and result[side]["tok_s_16"] > 0
+    # The other test worker keeps the CPUs busy: told not to wait for quiet ones, it never did.
+    assert result["ours"]["quiet_wait_s"] == 0 and result["peer"]["quiet_wait_s"] == 0
     assert result["ratio"]["tok_s_1"] == pytest.approx(result["ours"]["tok_s_1"] / result["peer"]["tok_s_1"])
     # Ours ran as serve_config.yaml deploys it: the model replica's torch threads are its CPUs.
     assert result["ours"]["replica"]["torch_threads"] == min(2, os.cpu_count() or 1)
@@ -66,17 +68,25 @@ def test_bench_peers_starts_our_llm_app_measures_both_and_stops_it(peer_url: str
 
 
 def test_bench_ttft_times_the_cached_request_served_beside_the_in_process_engine(peer_url: str) -> None:
-    """`blatam bench ttft --served`'s measure: the served trial joins the rotation, its ratio is over the engine's."""
+    """`blatam bench ttft --served --distributed`'s measure: the served and shard-actor trials join the rotation,
+    the served ratio is over the engine's, and neither path's timed request finds the other's prompts cached
+    (here both use one shard: the served app's model and block size)."""
     from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
     from scripts.bench.ttft import measure_ttft
     from scripts.bench.ttft_served import ServedTTFT
 
-    engine = UltraAdaptiveKVCacheEngine(KVCacheConfig(block_size=16, max_tokens=4096, cache_strategy="lru"))
+    config = KVCacheConfig(block_size=16, max_tokens=4096, cache_strategy="lru")
+    engine = UltraAdaptiveKVCacheEngine(config)
+    actor = UltraAdaptiveKVCacheEngine(config.model_copy(update={"enable_distributed": True, "redis_url": None}),
+                                       runner=engine.runner)
     try:
         with ServedTTFT(peer_url) as served:
-            result = measure_ttft(engine, prompt_tokens=129, new_tokens=17, runs=2, served=served)
+            result = measure_ttft(engine, prompt_tokens=129, new_tokens=17, runs=3, served=served,
+                                  actor_engine=actor)
     finally:
+        actor.close()
         engine.close()
-    assert len(result["samples_ms"]["served"]) == 2 and result["served_ms"] > 0
-    assert result["served_cached_tokens"] == 112  # the served app reused the whole shared prefix, 7 blocks of 16
+    assert len(result["samples_ms"]["served"]) == 3 and result["served_ms"] > 0
     assert result["served_overhead"] == pytest.approx(result["served_ms"] / result["cached_ms"])
+    # Every timed request reused exactly the shared prefix, 7 blocks of 16: no more (another path's prompt).
+    assert result["cached_tokens_samples"] == {"cached": [112] * 3, "actor": [112] * 3, "served": [112] * 3}

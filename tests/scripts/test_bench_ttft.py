@@ -72,3 +72,20 @@ def test_each_kind_of_trial_takes_every_place_in_the_order_over_the_runs():
     orders = [rotated(kinds, run) for run in range(3)]
     assert orders == [kinds, ["cached", "ideal", "uncached"], ["ideal", "uncached", "cached"]]
     assert rotated(kinds, 4) == orders[1]
+
+
+def test_each_cached_path_times_prompts_of_its_own(engine):
+    """Two paths that share one cache (here the same engine; the shard actor and the served app share a shard)
+    must not find each other's prompts: each timed request reuses exactly the shared prefix, 14 blocks, where
+    another path's request B before it would leave 15 (all but the block holding the last token)."""
+    seen: list[list[int]] = []
+
+    def served(ids: list[int]) -> tuple[float, int]:
+        seen.append(ids)
+        return 1.0, 224
+
+    result = measure_ttft(engine, prompt_tokens=256, new_tokens=32, runs=5, actor_engine=engine, served=served)
+    assert result["cached_tokens_samples"]["cached"] == [224] * 5
+    assert result["cached_tokens_samples"]["actor"] == [224] * 5
+    assert len({tuple(ids[:224]) for ids in seen}) == 6  # a new prefix every run, the warm-up's included ...
+    assert len({tuple(ids) for ids in seen}) == 12  # ... and A and B differ after it
