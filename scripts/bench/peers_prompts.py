@@ -1,8 +1,9 @@
 """Text prompts of an exact token count, fresh on every run, for `blatam bench peers`.
 
-Both servers take text through ``/v1/completions`` (ours takes no token-id
-prompts yet), so the prompt is text that the served model's tokenizer turns
-into the wanted number of tokens, BOS included, as the server counts them.
+Both servers take text through ``/v1/completions`` (what a user of either
+sends; `blatam bench ttft --served` sends token ids instead), so the prompt is
+text that the served model's tokenizer turns into the wanted number of tokens,
+BOS included, as the server counts them.
 The counting is done here with the model's own tokenizer (the servers report
 what they saw in ``usage.prompt_tokens``, which the benchmark checks).
 
