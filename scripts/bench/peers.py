@@ -152,8 +152,7 @@ async def run_rounds(http: httpx.AsyncClient, servers: list[Server], maker: Prom
         order = servers if index % 2 == 0 else servers[::-1]
         for measure in MEASURES:
             for server in order:
-                if quiet_wait_s > 0:
-                    samples[server.name].quiet_wait_s += await wait_for_quiet_cpus(max_wait_s=quiet_wait_s)
+                samples[server.name].quiet_wait_s += await wait_for_quiet_cpus(max_wait_s=quiet_wait_s)
                 root = cpu_roots.get(server.name)
                 before = mark(root, starting=True) if index else None
                 await RUNNERS[measure](http, server, maker, work, samples[server.name] if index else None)

@@ -48,7 +48,10 @@ def idle_fraction(before: CpuTimes, after: CpuTimes) -> float:
 
 async def wait_for_quiet_cpus(*, threshold: float = QUIET_IDLE_FRACTION, window_s: float = WINDOW_S,
                               max_wait_s: float = MAX_WAIT_S) -> float:
-    """Wait until one window of ``window_s`` is idle ``threshold`` or more (at most ``max_wait_s``); seconds waited."""
+    """Wait until one window of ``window_s`` is idle ``threshold`` or more (at most ``max_wait_s``; 0: never);
+    seconds waited."""
+    if max_wait_s <= 0:
+        return 0.0
     started = time.monotonic()
     before = read_cpu_times()
     if before is None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import typer
@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # torch, transformers and the engine load inside the command,
 
 Timer = Callable[[list[int]], tuple[float, int]]
 """A prompt's token ids -> (TTFT in ms, tokens served from cache): one path a cached trial is timed on."""
+Prompts = tuple[list[int], list[int], list[int]]
+"""A cached trial's shared prefix, request A's tail and request B's tail."""
 
 
 def random_ids(generator: torch.Generator, count: int, vocab: int, low: int = 3) -> list[int]:
@@ -65,6 +67,13 @@ def _ideal_ttft_ms(engine: UltraAdaptiveKVCacheEngine, prefix: list[int], suffix
         logits, _ = runner.prefill(prefix + suffix, copy)
         int(torch.argmax(logits).item())
         return (time.perf_counter() - started) * 1000
+
+
+def _cached_trial(timer: Timer, prompts: Prompts) -> tuple[float, int]:
+    """Request A stores the prefix (untimed), then request B, timed, reuses it."""
+    prefix, fill, suffix = prompts
+    timer(prefix + fill)
+    return timer(prefix + suffix)
 
 
 def rotated(kinds: list[str], run: int) -> list[str]:
@@ -101,43 +110,39 @@ def measure_ttft(
     vocab = min(engine.runner.vocab_size, 259) if engine.runner.vocab_size >= 259 else engine.runner.vocab_size
     bos = [engine.runner.tokenizer.bos_token_id or 1]
     shared = prompt_tokens - new_tokens
-    samples: dict[str, list[float]] = {"uncached": [], "cached": [], "ideal": []}
-    for extra, wanted in (("actor", actor_engine), ("served", served)):
-        if wanted is not None:
-            samples[extra] = []
-    hits: dict[str, list[int]] = {"cached": [], "actor": [], "served": []}
+    # The cached paths, each timed as request A then request B (`_cached_trial`).
+    paths: dict[str, Timer] = {"cached": partial(_engine_ttft_ms, engine)}
+    if actor_engine is not None:
+        paths["actor"] = partial(_engine_ttft_ms, actor_engine)
+    if served is not None:
+        paths["served"] = served
+    samples: dict[str, list[float]] = {kind: [] for kind in ("uncached", "ideal", *paths)}
+    hits: dict[str, list[int]] = {kind: [] for kind in paths}
+
+    def pair() -> Prompts:
+        """A new shared prefix, request A's tail and request B's."""
+        return (bos + random_ids(generator, shared - 1, vocab), random_ids(generator, new_tokens, vocab),
+                random_ids(generator, new_tokens, vocab))
+
     task = progress.add_task("ttft runs", total=runs + 1) if progress else None
     for run in range(runs + 1):  # run 0 warms up allocators and kernels; not recorded
         fresh = bos + random_ids(generator, prompt_tokens - 1, vocab)
-
-        def pair() -> tuple[list[int], list[int], list[int]]:
-            """A new shared prefix, request A's tail and request B's."""
-            return (bos + random_ids(generator, shared - 1, vocab), random_ids(generator, new_tokens, vocab),
-                    random_ids(generator, new_tokens, vocab))
-
-        def cached_trial(timer: Timer, prompts: tuple[list[int], list[int], list[int]]) -> tuple[float, int]:
-            prefix, fill, suffix = prompts
-            timer(prefix + fill)  # request A: stores the prefix (untimed)
-            return timer(prefix + suffix)  # request B: timed
-
         # Each cached path gets prompts of its own: the shard actor and the served app share a shard when
         # they cache the same model with the same block size, and one path's B must not find the other's B
-        # (or A) already there.
-        engine_pair = pair()
+        # (or A) already there. The ideal reuses the engine's prompts: it is the engine's reference.
+        prompts = {kind: pair() for kind in paths}
+        engine_prefix, _, engine_suffix = prompts["cached"]
         trials: dict[str, Callable[[], tuple[float, int]]] = {
             "uncached": lambda: _engine_ttft_ms(engine, fresh),
-            "cached": lambda: cached_trial(partial(_engine_ttft_ms, engine), engine_pair),
-            "ideal": lambda: (_ideal_ttft_ms(engine, engine_pair[0], engine_pair[2]), shared),
+            "cached": partial(_cached_trial, paths["cached"], prompts["cached"]),
+            "ideal": lambda: (_ideal_ttft_ms(engine, engine_prefix, engine_suffix), shared),
         }
-        if actor_engine is not None:
-            trials["actor"] = partial(cached_trial, partial(_engine_ttft_ms, actor_engine), pair())
-        if served is not None:
-            trials["served"] = partial(cached_trial, served, pair())
+        trials.update({kind: partial(_cached_trial, paths[kind], prompts[kind]) for kind in paths if kind != "cached"})
         for kind in rotated(list(trials), run):
             ms, hit = trials[kind]()
             if run:
                 samples[kind].append(ms)
-                if kind in hits:
+                if kind in paths:
                     hits[kind].append(hit)
         if progress is not None and task is not None:
             progress.advance(task)
@@ -164,7 +169,7 @@ def measure_ttft(
         "speedup": medians["uncached"] / medians["cached"],
         "overhead": medians["cached"] / medians["ideal"],
         "samples_ms": samples,
-        "cached_tokens_samples": {kind: values for kind, values in hits.items() if values},
+        "cached_tokens_samples": hits,
         "threads": torch.get_num_threads(),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
     }

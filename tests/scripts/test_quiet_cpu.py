@@ -32,6 +32,8 @@ def test_it_waits_while_every_core_is_busy_and_gives_up_at_its_bound() -> None:
             process.kill()
             process.wait()
     assert 1.0 <= waited < 3.0  # never quiet: it waited its whole bound, then let the measure run
+    # A bound of 0 (`blatam bench peers --quiet-wait-s 0`) never waits, nor reads the CPUs.
+    assert asyncio.run(wait_for_quiet_cpus(max_wait_s=0)) == 0.0
 
 
 def test_a_quiet_machine_is_waited_for_one_window_at_most() -> None:
