@@ -73,6 +73,7 @@ class DistributedHit:
     parts: dict[str, torch.Tensor] | None = None
     shard: Any = None
     released: bool = False
+    tiers: dict[str, int] = field(default_factory=dict)  # blocks per tier that served them, in chain order
 
 
 class DistributedKVCache:
@@ -191,15 +192,46 @@ class DistributedKVCache:
         if not hashes:
             return DistributedHit()
         reusable = len(hashes) if limit is None else max(0, min(limit, len(hashes)))
+        self.count_query(reusable)
+        hit = self.lookup(hashes, reusable, tenant)
+        self.count_hit(hit.tiers, hit.num_blocks)
+        return hit
+
+    def lookup(self, hashes: Sequence[BlockHash], reusable: int, tenant: str | None = None) -> DistributedHit:
+        """`match` without counting the query or the hit: a tier in front of this one (`replica_tier`)
+        counts what it asked and which hit it used."""
         started = time.perf_counter()
         self._writes.complete(wait=True)  # read our own writes: their slots filled and their commits sent
-        self.queried_blocks += reusable
-        metrics().add(metrics().queried_tokens, reusable * self.block_size, shard=self.shard_name)
         if not self._same_node:
             self._await_pending_write()
         hit = self._match_local(hashes, reusable, tenant) if self._same_node else self._match_remote(hashes, reusable)
         metrics().fetch_latency_ms.observe((time.perf_counter() - started) * 1000, tags={"path": "client_match"})
         return hit
+
+    def count_query(self, blocks: int) -> None:
+        """Count ``blocks`` looked up (the hit rate's denominator)."""
+        self.queried_blocks += blocks
+        metrics().add(metrics().queried_tokens, blocks * self.block_size, shard=self.shard_name)
+
+    def count_hit(self, tiers: dict[str, int], good: int) -> None:
+        """Count the first ``good`` blocks of a hit by the tier that served them (device first, then chain order)."""
+        left = good
+        for tier, blocks in tiers.items():
+            used = min(blocks, left)
+            left -= used
+            self.tier_blocks[tier] += used
+            metrics().add(metrics().hit_tokens, used * self.block_size, shard=self.shard_name, tier=tier)
+
+    def coherence(self) -> tuple[str, int] | None:
+        """``(pool epoch, clear generation)`` of the shard this client maps, read without a call.
+
+        A replica-local copy of the shard's blocks is valid while this stays the same (`replica_tier`).
+        None where it cannot be told: not mapped yet, another node, or the shard dead or closed (a restarted
+        shard is a new pool, seen at the next reply)."""
+        pool = self._pool
+        if not self._same_node or pool is None or not pool.owner_alive():
+            return None
+        return pool.handle.epoch, pool.generation
 
     def _await_pending_write(self) -> None:
         """Read our own writes: Ray does not order calls to an asyncio actor, so let the
@@ -214,7 +246,11 @@ class DistributedKVCache:
         # Our commits ride along: applied before the lookup (see write_behind.PendingCommits).
         reply: MatchReply | None = self._call(
             lambda s: s.match.remote(list(hashes), True, known, self._commits.take(s), limit, tenant), "match")
-        if reply is None or not reply.lease:
+        if reply is None:
+            return DistributedHit()
+        if not reply.lease:
+            if reply.handle is not None:
+                self._attach(reply)  # map the pool at the first reply: `coherence` needs it, and so will the first store
             return DistributedHit()
         shard = self._shard
         pool = self._attach(reply)
@@ -232,8 +268,7 @@ class DistributedKVCache:
         if not good:
             shard.release.remote(reply.lease)
             return DistributedHit()
-        self._count_tiers(reply.tiers, good)
-        return DistributedHit(good, reply.lease, reply.slots[:good], pool=pool, shard=shard)
+        return DistributedHit(good, reply.lease, reply.slots[:good], pool=pool, shard=shard, tiers=reply.tiers)
 
     def _match_remote(self, hashes: Sequence[BlockHash], limit: int) -> DistributedHit:
         got = self._call(lambda s: s.get.remote(list(hashes), limit, True), "get")
@@ -249,21 +284,12 @@ class DistributedKVCache:
             good += 1
         if not good:
             return DistributedHit()
-        self._count_tiers({"device": good}, good)
-        return DistributedHit(good, parts={k: v[:good] for k, v in parts.items()})
+        return DistributedHit(good, parts={k: v[:good] for k, v in parts.items()}, tiers={"device": good})
 
     def _mismatch(self) -> None:
         self.checksum_mismatches += 1
         metrics().add(metrics().checksum_mismatches, 1, tier="device")
         self._fallback("checksum")
-
-    def _count_tiers(self, tiers: dict[str, int], good: int) -> None:
-        left = good
-        for tier, blocks in tiers.items():  # device first, then the tiers in chain order
-            used = min(blocks, left)
-            left -= used
-            self.tier_blocks[tier] += used
-            metrics().add(metrics().hit_tokens, used * self.block_size, shard=self.shard_name, tier=tier)
 
     def read(self, hit: DistributedHit, out: torch.Tensor) -> None:
         """Decode the hit's blocks into a ``[L, 2, H, n*bs, D]`` prefix buffer."""

@@ -385,12 +385,15 @@ class KVCacheShard:
     def clear(self, tenant: str | None = None) -> dict[str, int]:
         """Drop every block, or (``tenant``: a `hashing.tenant_tag`) that tenant's chains but those in use now.
 
-        ``{"removed": blocks, "in_use": blocks kept}``; a whole clear raises while clients hold leases."""
+        ``{"removed": blocks, "in_use": blocks kept}``; a whole clear raises while clients hold leases.
+        Either way the pool's generation moves on, so clients drop their replica-local copies (`near_tier`)."""
         if tenant:
             removed, in_use = self.store.clear_tenant(tenant)
+            self.pool.bump_generation()
             return {"removed": removed, "in_use": in_use}
         removed = len(self.store.index)
         self.store.clear()
+        self.pool.bump_generation()
         return {"removed": removed, "in_use": 0}
 
     def stats(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ import torch
 from cache_actors.core.pool import BlockPool, PartSpecs
 
 _ALIGN = 4096
+#: The clear generation: one little-endian u64 in a page after the parts (see `SharedBlockPool.generation`).
+_GENERATION = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +50,14 @@ class PoolHandle:
 
 
 def _layout(specs: PartSpecs, num_blocks: int) -> tuple[list[tuple[str, int, int]], int]:
-    """``[(part, offset, numel)]`` and total bytes, each part aligned to a page."""
+    """``[(part, offset, numel)]`` and total bytes, each part aligned to a page; the last page is the control page."""
     offset = 0
     layout = []
     for name, (shape, dtype) in specs.items():
         numel = num_blocks * math.prod(shape)
         layout.append((name, offset, numel))
         offset += -(-numel * dtype.itemsize // _ALIGN) * _ALIGN
-    return layout, max(offset, _ALIGN)
+    return layout, offset + _ALIGN
 
 
 class SharedBlockPool(BlockPool):
@@ -76,6 +79,30 @@ class SharedBlockPool(BlockPool):
         self._mapping = mapping
         self._fd = fd
         self.handle = handle
+        self._control = len(mapping) - _ALIGN
+
+    @property
+    def generation(self) -> int:
+        """How many times the owner dropped blocks by request (`bump_generation`), read from shared memory.
+
+        Why: a client that keeps copies of blocks in its own process (`actors.near_tier`) must
+        forget them when an operator or a tenant clears the shard, and reading one word of the
+        mapping costs nothing next to asking the shard on every request."""
+        return _GENERATION.unpack_from(self._mapping, self._control)[0]
+
+    def bump_generation(self) -> int:
+        """Tell every mapper that blocks were dropped on request (the owner calls this; one writer)."""
+        value = self.generation + 1
+        _GENERATION.pack_into(self._mapping, self._control, value)
+        return value
+
+    def owner_alive(self) -> bool:
+        """Whether the owner still holds this pool open (a dead or closed shard no longer updates `generation`)."""
+        try:
+            os.stat(self.handle.path)
+        except OSError:
+            return False
+        return True
 
     @classmethod
     def create(cls, specs: PartSpecs, num_blocks: int, *, label: str, epoch: str) -> "SharedBlockPool":

@@ -359,6 +359,19 @@ class BaseKVCache:
                 removed += 1
         return removed, in_use
 
+    def drop_unheld(self) -> int:
+        """Drop every block no request holds (children first; a held chain stays whole). Returns blocks removed.
+
+        For a cache whose blocks must go when another store was cleared on request (`actors.replica_tier`)
+        while requests may be running: `clear` would refuse."""
+        removed = 0
+        now = self.clock()
+        for node in sorted(self.index, key=lambda n: n.depth, reverse=True):
+            if node.evictable:
+                self._remove_block(node, now)
+                removed += 1
+        return removed
+
     def _remove_block(self, node: BlockNode, now: float) -> None:
         """Remove an unreferenced leaf without capturing it anywhere (an admin drop, not an eviction)."""
         self.index.remove(node, now)

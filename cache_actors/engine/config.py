@@ -115,6 +115,12 @@ class KVCacheConfig(BaseSettings):
         description="Ray cluster to join (host:port, or auto: the one RAY_ADDRESS or Ray's bootstrap file names), "
                     "with a bounded wait; None starts a private local one (outside Ray).",
     )
+    replica_tier_mb: float = Field(
+        256.0, ge=0,
+        description="With enable_distributed: MiB of blocks each engine keeps in its own process in front of its shard "
+                    "(hits without a call to the shard; every block still goes to the shard; dropped when the shard is "
+                    "cleared). Capped by max_tokens and max_memory_mb; 0 turns the tier off.",
+    )
     cpu_shards: int = Field(1, ge=1, le=64, description="Shards per node without GPUs.")
     shard_index: int | None = Field(
         None, ge=0,

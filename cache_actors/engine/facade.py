@@ -25,7 +25,7 @@ from cache_actors.core.backend import KVCacheBackend
 from cache_actors.engine.batching.scheduler import BatcherConfig, CompileFormat, ContinuousBatcher, collect
 from cache_actors.engine.batching.sequence import SequenceRequest
 from cache_actors.engine.compute_thread import ComputeThread
-from cache_actors.codecs import KVShape, make_codec
+from cache_actors.codecs import Codec, KVShape, make_codec
 from cache_actors.engine.config import KVCacheConfig
 from cache_actors.core.hashing import BlockHash, CacheNamespace, check_test_vector, hash_prompt_blocks, tenant_tag
 from cache_actors.core.kv_cache import BaseKVCache
@@ -99,9 +99,7 @@ class UltraAdaptiveKVCacheEngine:
         if cache is not None:
             self.cache = cache
         elif self.config.enable_distributed:
-            from cache_actors.actors.client import DistributedKVCache  # imports Ray only when asked to
-
-            self.cache = DistributedKVCache.from_config(self.config, self.runner, num_blocks)
+            self.cache = self._distributed_cache(codec, num_blocks)
         else:
             self.cache = self.compute.call(
                 cache_cls,
@@ -127,6 +125,21 @@ class UltraAdaptiveKVCacheEngine:
         if self.config.enable_persistence and self.config.persistence_path and Path(self.config.persistence_path).exists():
             loaded = self.load(self.config.persistence_path)
             logger.info("loaded %d cached blocks from %s", loaded, self.config.persistence_path)
+
+    def _distributed_cache(self, codec: Codec, num_blocks: int) -> KVCacheBackend:
+        """The shard's client, behind a replica-local tier unless ``replica_tier_mb`` is 0 (`actors.replica_tier`)."""
+        from cache_actors.actors.client import DistributedKVCache  # imports Ray only when asked to
+        from cache_actors.actors.replica_tier import ReplicaTieredCache
+
+        far = DistributedKVCache.from_config(self.config, self.runner, num_blocks)
+        budget = min(self.config.replica_tier_mb, self.config.max_memory_mb or self.config.replica_tier_mb)
+        near_blocks = blocks_for_budget(block_bytes=codec.bytes_per_block(), block_size=self.config.block_size,
+                                        max_tokens=self.config.max_tokens, max_memory_mb=budget)
+        if not near_blocks:
+            return far
+        near = self.compute.call(BaseKVCache, codec=codec, block_size=self.config.block_size, num_blocks=near_blocks,
+                                 policy=make_policy(self.config.policy_name()), device=self.runner.device)
+        return ReplicaTieredCache(near, far)
 
     # --- keys -------------------------------------------------------------------------------
     def root_hash(self, tenant_id: str | None) -> BlockHash:

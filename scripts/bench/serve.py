@@ -15,7 +15,7 @@ every replica has served one, then the workload (`serve_workloads`). Reported:
 requests/s, output tokens/s, TTFT p50/p95/p99, token hit rate (cached prompt
 tokens / prompt tokens as the done events report them, so blocks the shard
 fetched from a peer shard count), the own-shard hit rate (only blocks the
-replica's own shard already held, from the replicas' ``tier_blocks``), and
+replica's own shard or its replica-local tier already held, from the replicas' ``tier_blocks``), and
 load = requests per replica, max over mean (and the time-weighted in-flight
 count likewise). The JSON also has each request, each tenant's placement and
 the cache-aware router's decision counts.
@@ -131,7 +131,8 @@ def request_row(record: RequestRecord) -> dict[str, Any]:
 
 
 def _tier_tokens(before: list[dict[str, Any]], after: list[dict[str, Any]], block_size: int) -> dict[str, int]:
-    """Prompt tokens reused per source (own shard "device", "peer", ...) between two `replica_stats`."""
+    """Prompt tokens reused per source (the replica's own tier "replica", its shard "device", "peer", ...)
+    between two `replica_stats`."""
     start = {s["shard"]: s.get("tier_blocks") or {} for s in before}
     out: collections.Counter[str] = collections.Counter()
     for stats in after:
@@ -166,7 +167,8 @@ def run_routing(config: ServeBenchConfig, routing: str, sessions: list[Session],
     summary = summarize(records, replicas=replicas)
     tiers = _tier_tokens(before, after, config.block_size)
     return {"routing": routing, **summary,
-            "own_shard_hit_rate": tiers.get("device", 0) / summary["prompt_tokens"] if summary["prompt_tokens"] else 0.0,
+            "own_shard_hit_rate": (tiers.get("replica", 0) + tiers.get("device", 0)) / summary["prompt_tokens"]
+            if summary["prompt_tokens"] else 0.0,
             "hit_tokens_by_source": tiers, "router_decisions": decisions, "replica_stats": after,
             "replicas_seen_in_warmup": replicas, "deploy_s": deploy_s,
             "requests_detail": [request_row(r) for r in records]}

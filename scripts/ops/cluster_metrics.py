@@ -28,7 +28,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 SCRAPE_TIMEOUT_S = 3.0
-TIERS = ("device", "redis", "disk")
+TIERS = ("replica", "device", "peer", "redis", "disk")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ from tests.conftest import require_no_ray_yet  # noqa: E402
 pytestmark = pytest.mark.ray
 
 SYSTEM = "You are a careful assistant. Answer briefly and cite the policy section. " * 3
-BASE = {"block_size": 16, "max_tokens": 4096, "cache_strategy": "lru", "max_new_tokens": 6}
+# The shard path itself: without the replica-local tier (test_replica_tier.py), every hit goes through the shard.
+BASE = {"block_size": 16, "max_tokens": 4096, "cache_strategy": "lru", "max_new_tokens": 6, "replica_tier_mb": 0}
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.2) -> Any:
