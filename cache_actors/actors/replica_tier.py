@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from cache_actors.actors.client import DistributedHit, DistributedKVCache
+from cache_actors.actors.spec import ShardSpec
 from cache_actors.core.hashing import BlockHash
 from cache_actors.core.kv_cache import BaseKVCache, PrefixHit
 from cache_actors.core.kv_layout import block_views
@@ -150,6 +151,14 @@ class ReplicaTieredCache:
         near = self.near.get_stats()
         keys = ("blocks", "capacity_blocks", "free_blocks", "bytes_used", "bytes_capacity", "stored_blocks", "evicted_blocks")
         return {**self.far.get_stats(), "replica_tier": {**{k: near[k] for k in keys}, "drops": self.drops}}
+
+    @property
+    def shard_name(self) -> str:
+        return self.far.shard_name
+
+    @property
+    def spec(self) -> ShardSpec:
+        return self.far.spec
 
     @property
     def tier_blocks(self) -> dict[str, int]:
