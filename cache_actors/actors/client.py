@@ -197,11 +197,13 @@ class DistributedKVCache:
         self.count_hit(hit.tiers, hit.num_blocks)
         return hit
 
-    def lookup(self, hashes: Sequence[BlockHash], reusable: int, tenant: str | None = None) -> DistributedHit:
+    def lookup(self, hashes: Sequence[BlockHash], reusable: int, tenant: str | None = None, *,
+               own_writes: bool = True) -> DistributedHit:
         """`match` without counting the query or the hit: a tier in front of this one (`replica_tier`)
-        counts what it asked and which hit it used."""
+        counts what it asked and which hit it used. ``own_writes=False``: do not wait for this client's
+        writes in flight first (that tier holds them already)."""
         started = time.perf_counter()
-        self._writes.complete(wait=True)  # read our own writes: their slots filled and their commits sent
+        self._writes.complete(wait=own_writes)  # read our own writes: their slots filled and their commits sent
         if not self._same_node:
             self._await_pending_write()
         hit = self._match_local(hashes, reusable, tenant) if self._same_node else self._match_remote(hashes, reusable)

@@ -186,7 +186,7 @@ def ttft_command(
     runs: int = typer.Option(5, "--runs", min=1, help="Timed runs (median); one warm-up run is added."),
     threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's choice)."),
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
-    distributed: bool = typer.Option(False, "--distributed", help="Also time the cache through Ray shard actors."),
+    distributed: bool = typer.Option(False, "--distributed", help="Also time the cache through a Ray shard actor (without the replica-local tier the served app has in front of it)."),
     served: bool = typer.Option(False, "--served", help="Also time the cached request through HTTP on "
                                 "serve_config.yaml's llm app, started here on the same model and dtype "
                                 "(its own block size: give --block-size 16 to match the file's)."),
@@ -227,7 +227,8 @@ def ttft_command(
         actor_engine = None
         if distributed:
             with console.status("starting the distributed cache (Ray, shard, coordinator)"):
-                actor_config = config.model_copy(update={"enable_distributed": True, "redis_url": None})
+                # The shard path itself: no replica-local tier in front of it (the served app has one).
+                actor_config = config.model_copy(update={"enable_distributed": True, "redis_url": None, "replica_tier_mb": 0})
                 actor_engine = stack.enter_context(closing(UltraAdaptiveKVCacheEngine(actor_config,
                                                                                       runner=engine.runner)))
         with Progress(console=console, transient=True) as progress:
