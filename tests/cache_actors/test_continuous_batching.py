@@ -243,3 +243,33 @@ def test_a_whole_answer_comes_as_one_delta_with_every_token(batcher):
     assert whole[0]["token_ids"] == [t for e in tokenwise if e["type"] == "delta" for t in e["token_ids"]]
     assert whole[0]["text"] == "".join(e["text"] for e in tokenwise if e["type"] == "delta")
     assert whole[1]["completion_tokens"] == tokenwise[-1]["completion_tokens"] == 12
+
+
+def test_the_idle_flush_waits_for_a_quiet_moment(batcher, make_engine):
+    """A request that follows the last answer at once runs before the cache's writes in flight are finished."""
+    import time
+
+    from cache_actors.core.kv_cache import BaseKVCache
+
+    flushes: list[float] = []
+
+    class RecordingCache(BaseKVCache):
+        def flush_writes(self) -> None:
+            flushes.append(time.monotonic())
+
+    b = batcher(make_engine(cache_cls=RecordingCache), idle_flush_delay_s=1.0)
+    asyncio.run(b.generate(_request(b.runner, PROMPTS[0], max_new_tokens=2)))
+    asyncio.run(b.generate(_request(b.runner, PROMPTS[2], max_new_tokens=2)))
+    assert flushes == []  # the second came within the quiet moment: nothing ran in front of it
+    deadline = time.monotonic() + 30
+    while not flushes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(flushes) == 1  # then, once quiet, the writes were finished
+
+    eager = batcher(make_engine(cache_cls=RecordingCache), idle_flush_delay_s=0)
+    flushes.clear()
+    asyncio.run(eager.generate(_request(eager.runner, PROMPTS[0], max_new_tokens=2)))
+    deadline = time.monotonic() + 30
+    while not flushes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flushes

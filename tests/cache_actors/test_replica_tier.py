@@ -108,6 +108,20 @@ def test_a_longer_prefix_in_the_shard_wins_over_a_shorter_own_copy(ray_cluster, 
     assert reader.cache.tier_blocks["device"] >= prefix_blocks(reader, long)
 
 
+def test_a_shortfall_under_the_gain_threshold_does_not_ask_the_shard(ray_cluster, tiny_runner, reference):
+    writer, reader = make_engine(tiny_runner), make_engine(tiny_runner)
+    base = SYSTEM + "Small gain: the reader holds this much. "
+    longer = base + "And the writer a few words more."  # under MIN_FAR_GAIN_TOKENS beyond the reader's blocks
+    run(reader, base + "?")
+    run(writer, longer + " Question?")
+    writer.cache.flush_writes()
+    from_shard = reader.cache.tier_blocks.get("device", 0)  # SYSTEM's blocks may have come from the shard
+    got = run(reader, longer + " Another?")
+    assert got["token_ids"] == reference(longer + " Another?")
+    assert reader.cache.tier_blocks.get("device", 0) == from_shard
+    assert got["cached_tokens"] == 16 * prefix_blocks(reader, base + "?")
+
+
 @pytest.mark.parametrize("tenant", [None, "acme"])
 def test_a_clear_on_request_reaches_the_replica_copies(ray_cluster, tiny_runner, reference, tenant):
     engine = make_engine(tiny_runner, tenant_isolation=True)
