@@ -229,3 +229,14 @@ def test_policy_sees_every_request_whole_and_knows_the_capacity():
     hit = cache.match(hashes, limit=2)
     assert hit.num_blocks == 2 and seen[-1] == hashes  # the whole request, though only 2 blocks are reused
     cache.release(hit)
+
+
+def test_drop_unheld_keeps_a_held_chain_whole_and_drops_the_rest():
+    cache = make_cache(16)
+    held_chain, free_chain = add(cache, list(range(12))), add(cache, list(range(100, 112)))
+    hit = cache.match(held_chain[:2])
+    assert cache.drop_unheld() == 4  # the free chain, and the held chain's unheld leaf
+    assert [cache.contains(h) for h in held_chain] == [True, True, False]
+    assert not any(cache.contains(h) for h in free_chain)
+    cache.release(hit)
+    assert cache.drop_unheld() == 2 and len(cache) == 0

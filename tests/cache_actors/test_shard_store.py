@@ -249,3 +249,15 @@ def test_a_chain_root_copied_in_keeps_its_tenant():
     target, _ = make_store()
     assert target.insert_verified(entries, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, "acme") == (2, 0)
     assert target.clear_tenant("acme") == (2, 0)
+
+
+def test_the_clear_generation_is_seen_by_every_mapper_and_the_owner_liveness_by_its_path():
+    owner, _ = make_store(shared=True)
+    mapper = SharedBlockPool.attach(owner.pool.handle)
+    assert owner.pool.generation == mapper.generation == 0
+    write(owner, chain(2))
+    assert mapper.generation == 0  # storing is no reason to drop copies
+    assert owner.pool.bump_generation() == 1 and mapper.generation == 1
+    assert mapper.owner_alive()
+    owner.pool.close()
+    assert not mapper.owner_alive()  # a closed (or dead) shard no longer moves the word: its copies are not trusted
