@@ -266,6 +266,12 @@ def test_the_idle_flush_waits_for_a_quiet_moment(batcher, make_engine):
         time.sleep(0.05)
     assert len(flushes) == 1  # then, once quiet, the writes were finished
 
+    closing = batcher(make_engine(cache_cls=RecordingCache), idle_flush_delay_s=30.0)
+    flushes.clear()
+    asyncio.run(closing.generate(_request(closing.runner, PROMPTS[0], max_new_tokens=2)))
+    closing.close()
+    assert len(flushes) == 1  # closed within the quiet moment: the writes were finished on the way out
+
     eager = batcher(make_engine(cache_cls=RecordingCache), idle_flush_delay_s=0)
     flushes.clear()
     asyncio.run(eager.generate(_request(eager.runner, PROMPTS[0], max_new_tokens=2)))

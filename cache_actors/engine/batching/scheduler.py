@@ -282,6 +282,7 @@ class ContinuousBatcher(AdmissionMixin):
             except Exception as exc:  # a bug must fail the requests in flight, not hang them
                 logger.exception("continuous batcher step failed")
                 self._fail_running(f"generation failed: {type(exc).__name__}: {exc}")
+        self._flush_writes()  # a close within the quiet moment still hands the cache its blocks
         for seq in [*self._running, *self._waiting, *([self._partial.seq] if self._partial else [])]:
             seq.emit({"type": "error", "message": "the server is shutting down"})
 
