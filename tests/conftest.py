@@ -34,6 +34,7 @@ def serve_instance():
 PRIVATE_RAY_FILES = (
     "tests/cache_actors/test_distributed_cache.py",
     "tests/cache_actors/test_distributed_multinode.py",
+    "tests/cache_actors/test_replica_tier.py",
 )
 
 
