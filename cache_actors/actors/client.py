@@ -130,6 +130,9 @@ class DistributedKVCache:
 
     def _submit(self, method: Callable[[Any], Any], what: str) -> Any:
         """Send ``method(shard)`` without waiting; None (counted) when there is no shard."""
+        if not ray.is_initialized():  # shut down under us: any Ray call would start a new local cluster
+            self._fallback(f"{what}_ray_down")
+            return None
         if self._shard is None and not self._reconnect():
             self._fallback(f"{what}_no_shard")
             return None
@@ -142,6 +145,9 @@ class DistributedKVCache:
     def _get(self, ref: Any, what: str) -> Any:
         """The result of a submitted call within the lookup timeout; None (counted) on any failure."""
         if ref is None:
+            return None
+        if not ray.is_initialized():
+            self._fallback(f"{what}_ray_down")
             return None
         try:
             return ray.get(ref, timeout=self.spec.timeouts.lookup_s)
@@ -315,7 +321,7 @@ class DistributedKVCache:
         if hit.released:
             return
         hit.released = True
-        if hit.lease and hit.shard is not None:
+        if hit.lease and hit.shard is not None and ray.is_initialized():
             hit.shard.release.remote(hit.lease)  # fire and forget; the lease expires anyway
 
     # --- write path ------------------------------------------------------------------------------------
@@ -347,7 +353,11 @@ class DistributedKVCache:
         return len(positions)
 
     def flush_writes(self) -> None:
-        """Write every block still waiting for its slots and send their commits (the batcher calls this before it idles)."""
+        """Write every block still waiting for its slots and send their commits (the batcher calls this before it idles).
+
+        Nothing once Ray is shut down in this process (an engine closed after it): a Ray call would start a new cluster."""
+        if not ray.is_initialized():
+            return
         self._writes.complete(wait=True)
         self._commits.send_alone()
 

@@ -29,6 +29,9 @@ def run(engine: UltraAdaptiveKVCacheEngine, text: str, tenant: str | None = None
     return engine.generate_ids(parsed, engine.runner.encode(text))
 
 
+ENGINES: list[UltraAdaptiveKVCacheEngine] = []
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     require_no_ray_yet()
@@ -36,6 +39,8 @@ def ray_cluster():
     try:
         yield
     finally:
+        for engine in ENGINES:  # their batchers finish the cache's writes while Ray is still up
+            engine.close()
         ray.shutdown()
 
 
@@ -50,6 +55,7 @@ def make_engine(tiny_runner, **extra: Any) -> UltraAdaptiveKVCacheEngine:
     engine = UltraAdaptiveKVCacheEngine(KVCacheConfig(**BASE, enable_distributed=True, redis_url=None, **extra),
                                         runner=tiny_runner)
     assert isinstance(engine.cache, ReplicaTieredCache)
+    ENGINES.append(engine)
     return engine
 
 
@@ -152,6 +158,7 @@ def test_engine_clear_cache_drops_both_levels(ray_cluster, tiny_runner, referenc
 def test_no_tier_when_its_budget_is_zero(ray_cluster, tiny_runner):
     engine = UltraAdaptiveKVCacheEngine(
         KVCacheConfig(**BASE, enable_distributed=True, redis_url=None, replica_tier_mb=0), runner=tiny_runner)
+    ENGINES.append(engine)
     assert not isinstance(engine.cache, ReplicaTieredCache) and "replica_tier" not in engine.get_stats()
 
 
