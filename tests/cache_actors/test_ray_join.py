@@ -86,3 +86,32 @@ def test_no_address_starts_a_private_cluster_even_with_a_stale_bootstrap_file(st
     assert done.returncode == 0, done.stderr[-2000:]
     outcome, gcs = done.stdout.split()[-2:]
     assert outcome == "started" and gcs != address
+
+
+def test_a_client_left_after_ray_shuts_down_never_starts_a_new_cluster(tmp_path: Path) -> None:
+    """Its writes in flight and its leases are dropped, not sent: any Ray call would auto-start a local cluster,
+    and the process's next ``ray.init`` would then fail ("called ray.init twice")."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    try:
+        done = _run("""
+            import ray, torch
+            from cache_actors.actors.client import DistributedKVCache
+            from cache_actors.actors.spec import ShardSpec
+            from cache_actors.core.hashing import CacheNamespace, hash_prompt_blocks
+            spec = ShardSpec(model_id="t", model_dtype="float32", kv_layout="L1H1D8", codec="native", num_layers=1,
+                             num_kv_heads=1, head_dim=8, block_size=16, num_blocks=8)
+            cache = DistributedKVCache.connect(spec)
+            hashes = hash_prompt_blocks(CacheNamespace("t", "float32", 16, "L1H1D8").root_hash(), list(range(64)), 16)
+            cache.store(hashes, 0, lambda first, count: torch.zeros(count, 1, 2, 1, 16, 8))  # a write in flight
+            hit = cache.match(hashes[:1])
+            ray.shutdown()
+            cache.release(hit)
+            cache.flush_writes()
+            cache.store(hashes, 0, lambda first, count: torch.zeros(count, 1, 2, 1, 16, 8))
+            print("initialized", ray.is_initialized(), dict(cache.fallbacks))
+            """, ray_tmp, timeout=180)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("initialized False") and "ray_down" in line, line
