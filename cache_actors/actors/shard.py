@@ -386,7 +386,7 @@ class KVCacheShard:
         """Drop every block, or (``tenant``: a `hashing.tenant_tag`) that tenant's chains but those in use now.
 
         ``{"removed": blocks, "in_use": blocks kept}``; a whole clear raises while clients hold leases.
-        Either way the pool's generation moves on, so clients drop their replica-local copies (`near_tier`)."""
+        Either way the pool's generation moves on, so clients drop their replica-local copies (`replica_tier`)."""
         if tenant:
             removed, in_use = self.store.clear_tenant(tenant)
             self.pool.bump_generation()
