@@ -85,7 +85,7 @@ class SharedBlockPool(BlockPool):
     def generation(self) -> int:
         """How many times the owner dropped blocks by request (`bump_generation`), read from shared memory.
 
-        Why: a client that keeps copies of blocks in its own process (`actors.near_tier`) must
+        Why: a client that keeps copies of blocks in its own process (`actors.replica_tier`) must
         forget them when an operator or a tenant clears the shard, and reading one word of the
         mapping costs nothing next to asking the shard on every request."""
         return _GENERATION.unpack_from(self._mapping, self._control)[0]
