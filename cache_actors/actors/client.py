@@ -49,6 +49,7 @@ from cache_actors.core.block_checksum import block_checksums, iter_block_checksu
 from cache_actors.core.hashing import BlockHash
 from cache_actors.core.kv_cache import slot_runs
 from cache_actors.core.kv_layout import block_views
+from cache_actors.actors.reuse_reports import SEND_ALONE_AT, PendingReuse
 from cache_actors.actors.write_behind import PendingCommits, PendingWrite, WriteBehind, encode_blocks, fill_slots
 from cache_actors.cluster.part_arrays import parts_from_numpy, parts_to_numpy
 from cache_actors.cluster.shm_pool import SharedBlockPool
@@ -90,6 +91,7 @@ class DistributedKVCache:
         self._pending_commit: Any = None  # the last `put` (other node): awaited before the next read
         self._writes = WriteBehind(self._finish_write)
         self._commits = PendingCommits()
+        self._reuse = PendingReuse()
         self._reconnect_after = 0.0
         self.fallbacks: dict[str, int] = defaultdict(int)
         self.tier_blocks: dict[str, int] = defaultdict(int)
@@ -253,7 +255,8 @@ class DistributedKVCache:
         known = self._pool.handle.epoch if self._pool is not None else None
         # Our commits ride along: applied before the lookup (see write_behind.PendingCommits).
         reply: MatchReply | None = self._call(
-            lambda s: s.match.remote(list(hashes), True, known, self._commits.take(s), limit, tenant), "match")
+            lambda s: s.match.remote(list(hashes), True, known, self._commits.take(s), limit, tenant, self._reuse.take()),
+            "match")
         if reply is None:
             return DistributedHit()
         if not reply.lease:
@@ -343,7 +346,8 @@ class DistributedKVCache:
             self._writes.complete_through(hashes[start - 1])  # the shard declines a chain whose parent is pending
         if not self._same_node:
             return self._store_remote(hashes, start, kv_blocks, tenant)
-        ref = self._submit(lambda s: s.reserve.remote(list(hashes), start, tenant, self._commits.take(s)), "reserve")
+        ref = self._submit(
+            lambda s: s.reserve.remote(list(hashes), start, tenant, self._commits.take(s), self._reuse.take()), "reserve")
         if ref is None:
             return 0
         positions = list(range(start, len(hashes)))
@@ -360,6 +364,18 @@ class DistributedKVCache:
             return
         self._writes.complete(wait=True)
         self._commits.send_alone()
+        self._send_reuse()
+
+    def note_reuse(self, hashes: Sequence[BlockHash], reused: int) -> None:
+        """A tier in front served a request without asking the shard (``reused`` blocks from the front of
+        ``hashes``): the shard hears of it with the next call (`reuse_reports`), or at once when many wait."""
+        self._reuse.add(list(hashes), reused)
+        if len(self._reuse) >= SEND_ALONE_AT:
+            self._send_reuse()
+
+    def _send_reuse(self) -> None:
+        if len(self._reuse):
+            self._submit(lambda s: s.note_reuse.remote(self._reuse.take()), "note_reuse")  # fire and forget
 
     @torch.inference_mode()  # the mapped pool may be an inference tensor (mapped during a match): the batcher's idle flush is not
     def _finish_write(self, write: PendingWrite) -> None:

@@ -21,6 +21,10 @@ this tier reads it before each lookup and store, without a call, and drops
 its copies no request holds when it moved or the shard's pool changed (a
 restarted shard). Where it cannot be read (shard dead or closed, another
 node) the tier is not used. Its hits are counted as tier ``replica``.
+
+The shard still hears of every request the tier served alone: the next call
+to it carries them (`reuse_reports`), so its policy and the coordinator see
+a prefix the replicas reuse as hot, not as never read.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class ReplicaTieredCache:
         self.far.count_query(reusable)
         near = self.near.match(hashes, limit=reusable) if self._near_usable() else None
         if near is not None and (reusable - near.num_blocks) * self.block_size < self.min_far_gain_tokens:
+            self.far.note_reuse(hashes, near.num_blocks)  # the shard's policy still sees the request (`reuse_reports`)
             return self._used(TieredHit(near=near))
         far = self.far.lookup(hashes, reusable, tenant, own_writes=near is None)
         if near is not None and not self._near_usable():  # the reply showed a clear or a new pool

@@ -39,6 +39,7 @@ from ray.exceptions import RayError
 
 from cache_actors.actors.metrics import metrics
 from cache_actors.actors.remote_fetch import RemoteFetcher
+from cache_actors.actors.reuse_reports import Reuse
 from cache_actors.actors.spec import ShardSpec
 from cache_actors.actors.write_behind import Commit
 from cache_actors.core.hashing import BlockHash
@@ -154,6 +155,7 @@ class KVCacheShard:
     async def match(
         self, hashes: Sequence[BlockHash], allow_remote: bool = True, known_epoch: str | None = None,
         commits: Sequence[Commit] = (), limit: int | None = None, tenant: str | None = None,
+        reuse: Sequence[Reuse] = (),
     ) -> MatchReply:
         """Lease the longest prefix of ``hashes`` (at most ``limit`` blocks), completing a miss from peers or tiers first.
 
@@ -164,8 +166,10 @@ class KVCacheShard:
         (`write_behind.PendingCommits`), applied first: the caller sees its own
         writes. One that was applied already finds its lease gone and does nothing.
         ``tenant`` (`hashing.tenant_tag`) tags a chain's first block if it is fetched from elsewhere.
+        ``reuse``: the caller's requests served without a call here (`note_reuse`), shown to the policy first.
         """
         self.commit_many(commits)
+        self.note_reuse(reuse)
         self._busy()
         wanted = len(hashes) if limit is None else max(0, min(limit, len(hashes)))
         result = self.store.lookup(hashes, limit=wanted, request=True)
@@ -207,12 +211,20 @@ class KVCacheShard:
         return self.store.release_lease(lease)
 
     def reserve(self, hashes: Sequence[BlockHash], start: int, tenant: str | None = None,
-                commits: Sequence[Commit] = ()) -> ReserveReply:
-        """Slots for blocks ``start..`` of a chain, after applying the caller's ``commits`` (as `match` does)."""
+                commits: Sequence[Commit] = (), reuse: Sequence[Reuse] = ()) -> ReserveReply:
+        """Slots for blocks ``start..`` of a chain, after applying the caller's ``commits`` and ``reuse`` (as `match` does)."""
         self.commit_many(commits)
+        self.note_reuse(reuse)
         self._busy()
         lease, slots = self.store.reserve(hashes, start, tenant)
         return ReserveReply(self.epoch, self.pool.handle, lease, slots)
+
+    def note_reuse(self, reports: Sequence[Reuse]) -> int:
+        """Requests a client's replica tier served from its own copies (`reuse_reports`): the policy and the
+        coordinator see them as hits here, so a prefix every replica reuses does not look cold. Blocks touched."""
+        if not reports:
+            return 0
+        return self.store.note_reuse(reports)
 
     def commit(self, lease: int, checksums: Sequence[bytes], last_hash: BlockHash | None = None) -> int:
         stored = self.store.commit(lease, checksums)

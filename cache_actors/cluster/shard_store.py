@@ -115,6 +115,7 @@ class ShardStore(BaseKVCache):
         # coordinator rebuilt from the shards knows the tiers' contents too.
         self.demoted: OrderedDict[BlockHash, str] = OrderedDict()
         self.requests = self.request_blocks = 0  # client requests the policy was shown, and their blocks
+        self.reuse_reports = 0  # of those, requests a tier in front served alone (`note_reuse`)
 
     # --- events ---------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
@@ -171,6 +172,22 @@ class ShardStore(BaseKVCache):
         lease_id = next(self._lease_ids)
         self._leases[lease_id] = Lease(nodes, now + self.lease_ttl_s, write=False)
         return LookupResult(lease_id, [node.slot for node in nodes], [node.extra["sum"] for node in nodes])
+
+    def note_reuse(self, reports: Sequence[tuple[Sequence[BlockHash], int]]) -> int:
+        """Requests a tier in front of this store served from its own copies (`actors.reuse_reports`):
+        show the policy each whole request and touch the first ``reused`` blocks this store holds, as
+        `lookup` would have, without a lease. Returns the blocks touched."""
+        touched = 0
+        now = self.clock()
+        for hashes, reused in reports:
+            nodes = self._ready_prefix(hashes, max(0, min(int(reused), len(hashes))), request=True)
+            if nodes:
+                self.index.touch(nodes, now)
+                for node in nodes:
+                    self._emit((TOUCHED, node.key))
+                touched += len(nodes)
+        self.reuse_reports += len(reports)
+        return touched
 
     def release_lease(self, lease_id: int) -> bool:
         """End a read lease (or abort a write lease). False if it already expired."""
@@ -427,7 +444,8 @@ class ShardStore(BaseKVCache):
     def get_stats(self) -> dict[str, float | int | str]:
         return {**super().get_stats(), "leases": len(self._leases), "seq": self.seq,
                 "pending_demotions": len(self.demotions), "dropped_demotions": self.dropped_demotions,
-                "requests": self.requests, "request_blocks": self.request_blocks}
+                "requests": self.requests, "request_blocks": self.request_blocks,
+                "reuse_reports": self.reuse_reports}
 
 
 def _descends(node: BlockNode, ancestor: BlockNode) -> bool:

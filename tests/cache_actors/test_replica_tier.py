@@ -128,6 +128,31 @@ def test_a_shortfall_under_the_gain_threshold_does_not_ask_the_shard(ray_cluster
     assert got["cached_tokens"] == 16 * prefix_blocks(reader, base + "?")
 
 
+def test_the_shard_hears_of_the_hits_the_replica_served_alone(ray_cluster, tiny_runner, reference):
+    """Its policy and the coordinator must not see a prefix the replicas reuse as never read (`reuse_reports`)."""
+    engine = make_engine(tiny_runner)
+    text = "Reported reuse comes first here, so no other test shares a block. " + SYSTEM
+    hashes = engine.block_hashes(engine.runner.encode(text))
+    shard = engine.cache.far._shard
+
+    def shard_hits() -> list[int]:
+        _, _, blocks, _ = ray.get(shard.dump_index.remote())
+        hits = {block_hash: count for block_hash, _, count in blocks}
+        return [hits.get(h, -1) for h in hashes]
+
+    run(engine, text)
+    engine.cache.flush_writes()
+    assert shard_hits() == [0] * len(hashes)  # stored, never read
+    reports = ray.get(shard.stats.remote())["reuse_reports"]
+    served = [run(engine, text) for _ in range(2)]
+    assert all(r["token_ids"] == reference(text) for r in served)
+    assert engine.cache.tier_blocks["replica"] >= 2 * len(hashes) and not engine.cache.tier_blocks.get("device")
+    engine.cache.flush_writes()  # what the batcher does when it idles: the reports go alone
+    wait_until(lambda: ray.get(shard.stats.remote())["reuse_reports"] >= reports + 2)
+    reused = served[0]["cached_tokens"] // 16
+    assert reused >= len(hashes) - 1 and shard_hits()[:reused] == [2] * reused
+
+
 @pytest.mark.parametrize("tenant", [None, "acme"])
 def test_a_clear_on_request_reaches_the_replica_copies(ray_cluster, tiny_runner, reference, tenant):
     engine = make_engine(tiny_runner, tenant_isolation=True)

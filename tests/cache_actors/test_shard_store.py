@@ -261,3 +261,29 @@ def test_the_clear_generation_is_seen_by_every_mapper_and_the_owner_liveness_by_
     assert mapper.owner_alive()
     owner.pool.close()
     assert not mapper.owner_alive()  # a closed (or dead) shard no longer moves the word: its copies are not trusted
+
+
+def test_reuse_reported_by_a_tier_in_front_is_a_hit_for_the_policy_and_the_coordinator():
+    """A request the replica tier served alone (`actors.reuse_reports`) counts here as a lookup would,
+    without a lease: under LRU the reused chain outlives a newer one nobody read."""
+    store, clock = make_store(num_blocks=4)
+    reused, idle = chain(2), chain(2, salt=1)
+    write(store, reused)
+    clock.now = 1.0
+    write(store, idle)
+    store.take_events()
+    seen: list[list] = []
+    policy = store.index.policy
+    on_request = policy.on_request
+    policy.on_request = lambda keys, now, tokens=None: (seen.append(list(keys)), on_request(keys, now, tokens))
+    clock.now = 2.0
+    assert store.note_reuse([(reused + chain(1, salt=7), 2), (chain(1, salt=8), 0)]) == 2
+    assert seen == [reused + chain(1, salt=7), chain(1, salt=8)]  # the policy saw both whole requests
+    assert [e for _, events in [store.take_events()] for e in events] == [(TOUCHED, h) for h in reused]
+    assert store.num_leases == 0 and store.get_stats()["reuse_reports"] == 2
+    assert store.note_reuse([(reused, 1)]) == 1  # ``reused`` caps the blocks touched
+    assert store.note_reuse([(chain(2, salt=3), 2)]) == 0  # blocks it does not hold: nothing to touch
+    clock.now = 3.0
+    write(store, chain(2, salt=2))  # full: the least recently used chain goes, and that is no longer ``reused``
+    assert len(store.lookup(reused).slots) == 2
+    assert not store.lookup(idle).slots
