@@ -187,8 +187,9 @@ class ModelRunner:
         runner = cls(model, tokenizer, model_id=model_id, lean=lean_forward)
         if lean_forward is not None and attention_kernel:
             lean_forward.attention = AttentionKernel.build(runner.dtype, runner.device, lean_forward.head_dim)
-        kernels = runner._fuse_pointwise() if lean_forward is not None and fused_pointwise else None
+        kernels = None
         if lean_forward is not None and fused_pointwise:
+            kernels = runner._fuse_pointwise()
             lean_forward.narrow_pointwise = PointwiseKernels.build(runner.dtype, runner.device)
         logger.info("loaded %s from %s: %s, context %d, end tokens %s, torch threads %d, %d packed linear layers, "
                     "lean forward %s, fused pointwise kernels %s (narrow %s), attention kernel %s", runner.model_id, path,
