@@ -464,3 +464,47 @@ async def test_routable_through_the_gateway_with_the_caller_tenant(backend, runn
                                headers={"content-type": "application/json"}, caller={"tenant": "acme", "subject": "u"})
     assert response.status_code == 200 and sse_payloads(response.body.decode())[-1] == "[DONE]"
     assert backend.requests[0].tenant_id == "acme"
+
+
+@pytest.mark.parametrize("path", [COMPLETIONS, CHAT])
+async def test_a_token_whose_text_is_held_back_is_streamed_when_it_is_produced(runner, path):
+    """vLLM's chunks: one per produced token even while the detokenizer holds its text back (half a UTF-8
+    character, a possible stop string), so a client's first-token time and logprobs follow the model. Before,
+    nothing was sent until the text was whole: a one-token answer's first chunk waited for the done event."""
+    seen_token = asyncio.Event()
+
+    async def holds_back(request):
+        yield {"type": "delta", "text": "", "token_ids": [7], "prompt_tokens": 3}
+        await seen_token.wait()  # the rest only once the client has the first token's chunk
+        yield {"type": "delta", "text": "é", "token_ids": [8]}
+        yield {"type": "done", "finish_reason": "length", "prompt_tokens": 3, "completion_tokens": 2, "cached_tokens": 0}
+
+    chunks: list[Any] = []
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            body = {**(COMPLETION if path == COMPLETIONS else CHAT_BODY), "stream": True}
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        await asyncio.Event().wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            chunks.extend(sse_payloads(message["body"].decode()))
+            choices = chunks[-1]["choices"] if isinstance(chunks[-1], dict) else []
+            if choices and (choices[0].get("text") == "" or choices[0].get("delta") == {"content": ""}):
+                seen_token.set()
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")], "client": ("t", 1),
+             "server": ("llm", 80), "state": {}}
+    await asyncio.wait_for(mounted(make_app(holds_back, runner))(scope, receive, send), timeout=30)
+    assert seen_token.is_set() and chunks[-1] == "[DONE]"
+    tokens = [c["choices"][0] for c in chunks[:-1] if c["choices"] and "role" not in c["choices"][0].get("delta", {})]
+    texts = [c["text"] if path == COMPLETIONS else c["delta"].get("content") for c in tokens]
+    assert texts == ["", "é", "" if path == COMPLETIONS else None]
+    assert [c["finish_reason"] for c in tokens] == [None, None, "length"]

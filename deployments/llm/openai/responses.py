@@ -59,7 +59,10 @@ class ChoiceResult:
             self.entries.extend(event.get("logprobs") or ())
             self.unsent.extend(event.get("logprobs") or ())
             if self.tool_parser is None:
-                return [ContentDelta(event["text"])] if event["text"] else []
+                # A token whose text the detokenizer holds back (part of a UTF-8 character, a possible stop
+                # string) still gets its chunk, with empty text, as vLLM sends it: a client times its first
+                # token, and reads that token's logprobs, when the model produced it, not when its text is whole.
+                return [ContentDelta(event["text"])] if event["text"] or event.get("token_ids") else []
             return self.tool_parser.feed(event["text"])
         self.prompt_tokens = event["prompt_tokens"]
         self.completion_tokens = event["completion_tokens"]
