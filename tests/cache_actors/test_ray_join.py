@@ -44,7 +44,11 @@ def test_joining_the_dead_cluster_the_bootstrap_file_names_fails_fast_and_says_w
     ray_tmp, address = stale_tmpdir
     started = time.monotonic()
     done = _run("""
+        import ray._private.services as services
         from cache_actors.actors.ray_join import RayUnreachableError, join_ray
+        # No other cluster on this machine: Ray's "auto" joins any single live one it finds by its processes
+        # (legacy), such as another test worker's, before the bootstrap file's.
+        services.find_gcs_addresses = lambda: []
         try:
             join_ray("auto", timeout_s=3)
         except RayUnreachableError as exc:
