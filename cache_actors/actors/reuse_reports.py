@@ -37,13 +37,10 @@ class PendingReuse:
     def __init__(self, max_pending: int = MAX_PENDING_REPORTS) -> None:
         self._reports: deque[Reuse] = deque(maxlen=max_pending)
         self._lock = threading.Lock()
-        self.dropped = 0  # reports pushed out by newer ones before they could be sent
 
     def add(self, hashes: list[BlockHash], reused: int) -> None:
         with self._lock:
-            if len(self._reports) == self._reports.maxlen:
-                self.dropped += 1
-            self._reports.append((hashes, reused))
+            self._reports.append((hashes, reused))  # the oldest goes when full
 
     def take(self) -> list[Reuse]:
         """Every waiting report (forgotten here: the caller's call carries them)."""

@@ -166,9 +166,7 @@ class ShardStore(BaseKVCache):
             return LookupResult(lease_id=0)
         now = self.clock()
         self.index.lock(nodes)
-        self.index.touch(nodes, now)
-        for node in nodes:
-            self._emit((TOUCHED, node.key))
+        self._touch(nodes, now)
         lease_id = next(self._lease_ids)
         self._leases[lease_id] = Lease(nodes, now + self.lease_ttl_s, write=False)
         return LookupResult(lease_id, [node.slot for node in nodes], [node.extra["sum"] for node in nodes])
@@ -180,14 +178,17 @@ class ShardStore(BaseKVCache):
         touched = 0
         now = self.clock()
         for hashes, reused in reports:
-            nodes = self._ready_prefix(hashes, max(0, min(int(reused), len(hashes))), request=True)
-            if nodes:
-                self.index.touch(nodes, now)
-                for node in nodes:
-                    self._emit((TOUCHED, node.key))
-                touched += len(nodes)
+            nodes = self._ready_prefix(hashes, max(0, int(reused)), request=True)
+            self._touch(nodes, now)
+            touched += len(nodes)
         self.reuse_reports += len(reports)
         return touched
+
+    def _touch(self, nodes: Sequence[BlockNode], now: float) -> None:
+        """A request reused ``nodes``: the policy records the hits and the coordinator hears of them."""
+        self.index.touch(nodes, now)
+        for node in nodes:
+            self._emit((TOUCHED, node.key))
 
     def release_lease(self, lease_id: int) -> bool:
         """End a read lease (or abort a write lease). False if it already expired."""
@@ -352,9 +353,7 @@ class ShardStore(BaseKVCache):
         if not nodes:
             return [], {}
         if request:
-            self.index.touch(nodes, self.clock())
-            for node in nodes:
-                self._emit((TOUCHED, node.key))
+            self._touch(nodes, self.clock())
         return entries, parts_to_numpy(self.pool.read([n.slot for n in nodes]))
 
     # --- eviction and demotion -----------------------------------------------------------------
