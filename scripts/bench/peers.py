@@ -42,6 +42,7 @@ from scripts.bench import bench_app
 from scripts.bench.cpu_use import CpuTally, mark
 from scripts.bench.quiet_cpu import MAX_WAIT_S, wait_for_quiet_cpus
 from scripts.bench.report import console, print_table, write_json
+from scripts.up_ingress import INGRESSES
 
 if TYPE_CHECKING:  # httpx and the tokenizer load inside the command, not for `blatam --help`
     import httpx
@@ -301,6 +302,9 @@ def peers_command(
         help="Compute dtype of ours when started here: float32 (as the README starts vLLM-CPU), bfloat16, "
              "or config (serve_config.yaml's `auto`: bf16 on a CPU with AMX). Give the peer the same one.")
     ] = "float32",
+    ingress: Annotated[str, typer.Option(
+        "--ingress", help="What answers ours' HTTP when started here, as `blatam up --ingress`: proxy (Serve's) or "
+                          "haproxy.")] = "proxy",
     seed: Annotated[int | None, typer.Option(help="Prompt seed (default: a new one every run, so a peer "
                                                    "that stays up never sees a prompt twice).")] = None,
     quiet_wait_s: Annotated[float, typer.Option(
@@ -317,6 +321,9 @@ def peers_command(
     if dtype not in DTYPES:
         console.print(f"blatam bench peers: --dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         raise typer.Exit(2)
+    if ingress not in INGRESSES:
+        console.print(f"blatam bench peers: --ingress must be one of {', '.join(INGRESSES)}, not {ingress!r}")
+        raise typer.Exit(2)
     work = Workload(prompt_tokens, cached_tokens, short_prompt_tokens, new_tokens, sequential, concurrency)
     if prompt_tokens - cached_tokens < 2 * PREFIX_MARGIN:
         console.print(f"blatam bench peers: --cached-tokens {cached_tokens} leaves too little of --prompt-tokens "
@@ -332,16 +339,17 @@ def peers_command(
         from cache_actors.engine.prompt_encoder import load_tokenizer
 
         maker = PromptMaker(load_tokenizer(model_path), seed)
-    replica = None
+    replica = front = None
     with ExitStack() as stack:
         if ours_url is None:
             from scripts.bench.peers_ours import ours_llm
 
             with console.status("starting Ray + Serve with serve_config.yaml's llm app"):
-                server = stack.enter_context(ours_llm(model_path, dtype=None if dtype == "config" else dtype))
-            ours_url, replica = server.base_url, server.replica
+                server = stack.enter_context(ours_llm(model_path, dtype=None if dtype == "config" else dtype,
+                                                      ingress=ingress))
+            ours_url, replica, front = server.base_url, server.replica, server.ingress
             console.print(f"ours: {ours_url} (torch threads {replica['torch_threads']}, "
-                          f"num_cpus {replica['num_cpus']}, dtype {replica['dtype']})")
+                          f"num_cpus {replica['num_cpus']}, dtype {replica['dtype']}; {server.ingress})")
         try:
             ours, peer = asyncio.run(_measure(peer_url, peer_name, ours_url, maker, work, rounds,
                                               (ours_api_key, peer_api_key), ours_started_here=replica is not None,
@@ -349,7 +357,7 @@ def peers_command(
         except PeerError as exc:
             console.print(f"blatam bench peers: {exc}")
             raise typer.Exit(1) from exc
-    ours["replica"] = replica
+    ours["replica"], ours["ingress"] = replica, front
     ratio = ratios(ours, peer)
     print_report(ours, peer, ratio, peer_name, work)
     print_cpu_report(ours, peer, peer_name)

@@ -22,6 +22,7 @@ from scripts.bench.serve_driver import _free_port
 from scripts.serve_stop import stop_serve
 from scripts.up import DEFAULT_CONFIG, load_config, wait_until_running
 from scripts.up_cpus import fit_replica_cpus
+from scripts.up_ingress import fit_ingress, haproxy_binary
 from scripts.up_model import LLM_IMPORT_PATH, ModelChoice, apply_model
 
 DEPLOY_TIMEOUT_S = 600.0
@@ -35,6 +36,8 @@ class OursServer:
     """Up to and including the app's route prefix (``/v1``)."""
     replica: dict[str, Any]
     """``torch_threads``, ``num_cpus``, ``dtype`` and ``shard`` of the replica (`LLMServer.get_stats`)."""
+    ingress: str
+    """What answers its HTTP (`scripts.up_ingress.fit_ingress`'s note)."""
 
 
 def llm_only(config: Any, model_path: str | None, dtype: str | None = None) -> Any:
@@ -60,8 +63,10 @@ def llm_only(config: Any, model_path: str | None, dtype: str | None = None) -> A
 
 @contextmanager
 def ours_llm(model_path: str | None, *, dtype: str | None = None, config_path: Path = DEFAULT_CONFIG,
-             num_cpus: int | None = None, timeout_s: float = DEPLOY_TIMEOUT_S) -> Iterator[OursServer]:
-    """Start the ``llm`` app (see the module docstring); yields where it answers."""
+             num_cpus: int | None = None, timeout_s: float = DEPLOY_TIMEOUT_S,
+             ingress: str = "proxy") -> Iterator[OursServer]:
+    """Start the ``llm`` app (see the module docstring), fronted by ``ingress`` as `blatam up --ingress` does;
+    yields where it answers."""
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
@@ -69,6 +74,7 @@ def ours_llm(model_path: str | None, *, dtype: str | None = None, config_path: P
 
     port = _free_port()
     config = llm_only(load_config(config_path, host="127.0.0.1", port=port), model_path, dtype)
+    front = fit_ingress(config, ingress, binary=haproxy_binary() if ingress == "haproxy" else None)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         fit_replica_cpus(config, ray.cluster_resources().get("CPU", 0.0))
@@ -83,7 +89,7 @@ def ours_llm(model_path: str | None, *, dtype: str | None = None, config_path: P
         wait_until_running([app.name], timeout_s=timeout_s, stop=threading.Event())
         stats = serve.get_deployment_handle("LLMServer", app_name=app.name).get_stats.remote().result(timeout_s=60)
         replica = {key: stats.get(key) for key in ("torch_threads", "num_cpus", "dtype", "shard")}
-        yield OursServer(f"http://127.0.0.1:{port}{app.route_prefix}", replica)
+        yield OursServer(f"http://127.0.0.1:{port}{app.route_prefix}", replica, front)
     finally:
         try:
             stop_serve()  # not serve.shutdown(): see scripts.serve_stop

@@ -1,7 +1,8 @@
 """The operator's verbs on the system `blatam up --detach` runs, as an operator runs them.
 
-`blatam up --detach` (demo model, embedded defaults, free ports) starts the
-whole system in the background; a user and an API key are made with the
+`blatam up --detach --ingress haproxy` (demo model, embedded defaults, free
+ports; HAProxy answers HTTP, `scripts.up_ingress`) starts the whole system
+in the background; a user and an API key are made with the
 admin CLI; real completions go through the gateway's `/v1` with that key;
 then `blatam status`, `stats`, `monitor`, `cache persist|clear|load` run in
 other processes with the Ray address `up` printed; last, `blatam down`
@@ -20,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from cache_actors.actors.cluster_view import CacheView, CoordinatorView, ShardView
@@ -43,6 +45,7 @@ class Served:
     port: int
     state: Path
     pid: int
+    ready: str
 
 
 def _complete(served: Served, question: str) -> dict:
@@ -58,7 +61,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env = unreachable_index_env(base_env(tmp))
     port = free_port()
     started = run_blatam(env, "up", "--detach", "--model", "demo", "--port", str(port), "--no-dashboard",
-                      "--num-cpus", "2", timeout_s=START_TIMEOUT_S + 60)
+                      "--num-cpus", "2", "--ingress", "haproxy", timeout_s=START_TIMEOUT_S + 60)
     state = tmp / "data" / "blatam-up.json"
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -67,13 +70,51 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         base = f"http://127.0.0.1:{port}/v1"
         model = httpx.get(f"{base}/models", headers=headers, timeout=60).json()["data"][0]["id"]
         served = Served(pasted_env(started.stdout)["RAY_ADDRESS"], env, base, model, headers, port, state,
-                        json.loads(state.read_text())["pid"])
+                        json.loads(state.read_text())["pid"], started.stdout)
         for i in range(3):  # the shared prefix is cached by the first, hit by the others
             _complete(served, f"Question {i}?")
         yield served
     finally:
         if state.exists():
             run_blatam(env, "down", "--timeout", "30", timeout_s=120)
+
+
+def _listeners(port_range: range | None = None) -> dict[tuple[str, int], str]:
+    """Loopback TCP listeners on this machine: (address, port) -> the owning process's name."""
+    found = {}
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.ip == "127.0.0.1" and conn.pid:
+            if port_range is None or conn.laddr.port in port_range:
+                try:
+                    found[(conn.laddr.ip, conn.laddr.port)] = psutil.Process(conn.pid).name()
+                except psutil.NoSuchProcess:
+                    pass
+    return found
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_behind_haproxy_only_the_gateway_has_a_port_and_it_runs_the_proxys_middlewares(served: Served) -> None:
+    assert "HTTP: HAProxy (" in served.ready and "in front of gateway" in served.ready, served.ready
+    assert _listeners(range(served.port, served.port + 1)) == {("127.0.0.1", served.port): "haproxy"}
+    # Serve's direct-ingress ports: the gateway's replica only. The services trust the gateway (no key of their
+    # own), so none of them may listen; they inherit the controller's HAProxy flag unless told not to.
+    replica_ports = {port for (_, port), name in _listeners(range(30000, 31000)).items() if name.startswith("ray::")}
+    assert len(replica_ports) == 1, replica_ports
+    (port,) = replica_ports
+    open_door = httpx.post(f"http://127.0.0.1:{port}/api/v1/redundancy/analyze", json={"content": "x"}, timeout=30)
+    assert open_door.status_code == 401, open_door.text  # the gateway itself, key and all
+    unsafe = httpx.get(f"{served.base}/models", timeout=30,
+                       headers={**served.headers, "X-Request-ID": "<script>" + "x" * 5000})
+    assert unsafe.status_code == 200
+    (request_id,) = unsafe.headers.get_list("x-request-id")
+    assert len(request_id) <= 128 and "<" not in request_id
+    kept = httpx.get(f"{served.base}/models", timeout=30, headers={**served.headers, "X-Request-ID": "trace-42"})
+    assert kept.headers.get_list("x-request-id") == ["trace-42"]
+    body = {"model": served.model, "prompt": PROMPT + "Stream?", "max_tokens": 4, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{served.base}/completions", json=body, headers=served.headers, timeout=120) as s:
+        events = [line for line in s.iter_lines() if line.startswith("data: ")]
+    assert s.status_code == 200 and events[-1] == "data: [DONE]" and len(events) >= 3, events
 
 
 def _json(done) -> dict:

