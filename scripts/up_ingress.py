@@ -23,7 +23,8 @@ the uniform body. So it is a choice: ``blatam up --ingress haproxy``,
 `fit_ingress` sets what it takes, in the deploy config about to be deployed:
 
 - the controller: HAProxy instead of the proxies, one HAProxy thread (Ray's
-  4 cost ~6 ms a request on 2 cores), its metrics off (the direct-ingress
+  4 and its per-request metrics log cost ~6 ms a request on 2 cores, an
+  earlier measurement in the README), its metrics off (the direct-ingress
   replicas count the same families; both would double every rate), a 2 s
   drain for a stopping ingress replica (Ray's 30 s held every Ctrl-C that
   long), and free ports for what Ray binds at fixed numbers (HAProxy's stats
@@ -57,6 +58,10 @@ UNROUTED_ENV = {HAPROXY_FLAG: "0", DIRECT_INGRESS_FLAG: "0"}
 would open an HTTP port of its own, answering its routes with no key (the services trust the gateway)."""
 DRAINING_VARIABLE = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 """Read by the controller and the ingress replicas alike: how long a stopping one stays open for HAProxy."""
+INGRESSES = ("proxy", "haproxy")
+CONTROLLER_ENV = {HAPROXY_FLAG: "1", HAPROXY_METRICS_FLAG: "0", "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+                  DRAINING_VARIABLE: "2"}
+"""The controller's side (the module docstring says why each); its proxies and HAProxy inherit it."""
 PORT_VARIABLES = (
     "RAY_SERVE_HAPROXY_STATS_PORT",       # 8404 in Ray
     "RAY_SERVE_HAPROXY_METRICS_PORT",     # 9101
@@ -91,12 +96,6 @@ def _env_vars(holder: Any) -> dict[str, str]:
         runtime_env = {}
         holder.runtime_env = runtime_env
     return runtime_env.setdefault("env_vars", {})
-
-
-INGRESSES = ("proxy", "haproxy")
-CONTROLLER_ENV = {HAPROXY_FLAG: "1", HAPROXY_METRICS_FLAG: "0", "RAY_SERVE_HAPROXY_NBTHREAD": "1",
-                  DRAINING_VARIABLE: "2"}
-"""The controller's side (the module docstring says why each); its proxies and HAProxy inherit it."""
 
 
 def direct_ingress_env(controller: dict[str, str]) -> dict[str, str]:

