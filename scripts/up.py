@@ -12,7 +12,8 @@ process. Both are said in the output. The llm app serves SmolLM2 (pulled into
 (`scripts.up_model`). The LLM's model replicas reserve the CPUs the file gives
 them (2), which are their torch threads; on a cluster with fewer CPUs the
 reservations are scaled down to fit, and the notes say what each got
-(`scripts.up_cpus`).
+(`scripts.up_cpus`). ``--ingress haproxy`` puts HAProxy in front of the
+gateway's replicas instead of Serve's Python proxy (`scripts.up_ingress`).
 
 Ray 2.60 turns token authentication on for clusters started by ``ray.init``
 (token in ``~/.ray/auth_token``). This command talks to its cluster in
@@ -47,7 +48,7 @@ from scripts.ray_access import cli_env, export_line, token_auth_enabled, token_l
 from scripts.serve_stop import SERVE_STOP_TIMEOUT_S, stop_serve
 from scripts.up_cpus import ReplicaCpus, fit_replica_cpus
 from scripts.up_detach import DETACHED_ENV, DetachError, start_detached, stop_detached
-from scripts.up_ingress import INGRESSES, fit_ingress, haproxy_binary
+from scripts.up_ingress import DEFAULT_INGRESS, INGRESSES, fit_ingress, haproxy_binary
 from scripts.up_model import ModelChoiceError, apply_model, choose_model, configured_model, has_llm_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +219,7 @@ def cpu_notes(reservations: list[ReplicaCpus]) -> list[str]:
 
 def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, dashboard: bool,
            dashboard_port: int, data_dir: Path | None, deploy_timeout_s: float, model: str | None = None,
-           ingress: str = "proxy") -> int:
+           ingress: str = DEFAULT_INGRESS) -> int:
     """Start, deploy, block until a signal, shut down; return the exit code (1 when Serve did not stop in time)."""
     config = load_config(config_path, host=host, port=port)
     notes = prepare_environment(data_dir)
@@ -322,8 +323,9 @@ def shutdown(console: Console | None = None) -> bool:
 
 def up(
     config: Annotated[Path, typer.Option("--config", "-c", help="Serve deploy file.")] = DEFAULT_CONFIG,
-    port: Annotated[int, typer.Option(help="HTTP port of the Serve proxy.", min=1, max=65535)] = 8000,
-    host: Annotated[str, typer.Option(help="Address the HTTP proxy listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (of Serve's proxy, or HAProxy: --ingress).", min=1,
+                                      max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="Address HTTP listens on.")] = "127.0.0.1",
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for Ray (default: all).", min=1)] = None,
     dashboard: Annotated[bool, typer.Option(help="Start the Ray dashboard.")] = True,
     dashboard_port: Annotated[int, typer.Option(help="Ray dashboard port.", min=1, max=65535)] = 8265,
@@ -336,7 +338,7 @@ def up(
         "--ingress",
         help="What answers HTTP: Serve's Python proxy, or HAProxy in front of the gateway's replicas (~10 ms less a "
              "request; a gateway replica's crash is then a plain 500 for its requests in flight: scripts/up_ingress.py)."
-    )] = "proxy",
+    )] = DEFAULT_INGRESS,
     detach: Annotated[bool, typer.Option(
         "--detach", "-d", help="Run in the background (log in <data dir>/blatam-up.log); `blatam down` stops it.")] = False,
 ) -> None:

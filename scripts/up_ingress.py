@@ -59,6 +59,7 @@ would open an HTTP port of its own, answering its routes with no key (the servic
 DRAINING_VARIABLE = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 """Read by the controller and the ingress replicas alike: how long a stopping one stays open for HAProxy."""
 INGRESSES = ("proxy", "haproxy")
+DEFAULT_INGRESS = "proxy"
 CONTROLLER_ENV = {HAPROXY_FLAG: "1", HAPROXY_METRICS_FLAG: "0", "RAY_SERVE_HAPROXY_NBTHREAD": "1",
                   DRAINING_VARIABLE: "2"}
 """The controller's side (the module docstring says why each); its proxies and HAProxy inherit it."""

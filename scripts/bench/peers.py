@@ -42,7 +42,7 @@ from scripts.bench import bench_app
 from scripts.bench.cpu_use import CpuTally, mark
 from scripts.bench.quiet_cpu import MAX_WAIT_S, wait_for_quiet_cpus
 from scripts.bench.report import console, print_table, write_json
-from scripts.up_ingress import INGRESSES
+from scripts.up_ingress import DEFAULT_INGRESS, INGRESSES
 
 if TYPE_CHECKING:  # httpx and the tokenizer load inside the command, not for `blatam --help`
     import httpx
@@ -304,7 +304,7 @@ def peers_command(
     ] = "float32",
     ingress: Annotated[str, typer.Option(
         "--ingress", help="What answers ours' HTTP when started here, as `blatam up --ingress`: proxy (Serve's) or "
-                          "haproxy.")] = "proxy",
+                          "haproxy.")] = DEFAULT_INGRESS,
     seed: Annotated[int | None, typer.Option(help="Prompt seed (default: a new one every run, so a peer "
                                                    "that stays up never sees a prompt twice).")] = None,
     quiet_wait_s: Annotated[float, typer.Option(

@@ -22,7 +22,7 @@ from scripts.bench.serve_driver import _free_port
 from scripts.serve_stop import stop_serve
 from scripts.up import DEFAULT_CONFIG, load_config, wait_until_running
 from scripts.up_cpus import fit_replica_cpus
-from scripts.up_ingress import fit_ingress, haproxy_binary
+from scripts.up_ingress import DEFAULT_INGRESS, fit_ingress, haproxy_binary
 from scripts.up_model import LLM_IMPORT_PATH, ModelChoice, apply_model
 
 DEPLOY_TIMEOUT_S = 600.0
@@ -64,7 +64,7 @@ def llm_only(config: Any, model_path: str | None, dtype: str | None = None) -> A
 @contextmanager
 def ours_llm(model_path: str | None, *, dtype: str | None = None, config_path: Path = DEFAULT_CONFIG,
              num_cpus: int | None = None, timeout_s: float = DEPLOY_TIMEOUT_S,
-             ingress: str = "proxy") -> Iterator[OursServer]:
+             ingress: str = DEFAULT_INGRESS) -> Iterator[OursServer]:
     """Start the ``llm`` app (see the module docstring), fronted by ``ingress`` as `blatam up --ingress` does;
     yields where it answers."""
     import ray

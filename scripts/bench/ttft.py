@@ -23,7 +23,7 @@ import typer
 
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
-from scripts.up_ingress import INGRESSES
+from scripts.up_ingress import DEFAULT_INGRESS, INGRESSES
 
 if TYPE_CHECKING:  # torch, transformers and the engine load inside the command, not for `blatam --help`
     import torch
@@ -191,7 +191,7 @@ def ttft_command(
     served: bool = typer.Option(False, "--served", help="Also time the cached request through HTTP on "
                                 "serve_config.yaml's llm app, started here on the same model and dtype "
                                 "(its own block size: give --block-size 16 to match the file's)."),
-    ingress: str = typer.Option("proxy", "--ingress", help="What answers the served app's HTTP, as `blatam up "
+    ingress: str = typer.Option(DEFAULT_INGRESS, "--ingress", help="What answers the served app's HTTP, as `blatam up "
                                 "--ingress`: proxy (Serve's) or haproxy."),
 ) -> None:
     """Time to first token: uncached vs the engine's cache vs the in-process ideal (and served, on Ray)."""
