@@ -44,8 +44,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from deployments.common.request_id import PROXY_ENV
-
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 """The controller's: HAProxy on each node instead of Serve's proxy actors."""
 DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
@@ -106,6 +104,8 @@ def direct_ingress_env(controller: dict[str, str]) -> dict[str, str]:
     (`deployments.common.request_id.proxy_middlewares`, the head deadline),
     which ``controller`` (the controller's environment) gives the proxies.
     """
+    from deployments.common.request_id import PROXY_ENV  # here: `blatam --help` imports this module
+
     inherited = {name: str(value) for name, value in controller.items()
                  if name in PROXY_ENV or name.startswith("BLATAM_PROXY_") or name == DRAINING_VARIABLE}
     return {DIRECT_INGRESS_FLAG: "1", **PROXY_ENV, **inherited}
