@@ -48,7 +48,7 @@ from scripts.ray_access import cli_env, export_line, token_auth_enabled, token_l
 from scripts.serve_stop import SERVE_STOP_TIMEOUT_S, stop_serve
 from scripts.up_cpus import ReplicaCpus, fit_replica_cpus
 from scripts.up_detach import DETACHED_ENV, DetachError, start_detached, stop_detached
-from scripts.up_ingress import DEFAULT_INGRESS, INGRESSES, fit_ingress, haproxy_binary
+from scripts.up_ingress import DEFAULT_INGRESS, fit_ingress, ingress_error
 from scripts.up_model import ModelChoiceError, apply_model, choose_model, configured_model, has_llm_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, das
     model_note = select_model(config, model, console)
     if model_note:
         notes.append(model_note)
-    notes.append(fit_ingress(config, ingress, binary=haproxy_binary() if ingress == "haproxy" else None))
+    notes.append(fit_ingress(config, ingress))
     for note in notes:
         logger.info("%s", note)
 
@@ -343,8 +343,8 @@ def up(
         "--detach", "-d", help="Run in the background (log in <data dir>/blatam-up.log); `blatam down` stops it.")] = False,
 ) -> None:
     """Start a local Ray cluster and every service in serve_config.yaml; Ctrl-C (or, detached, `blatam down`) stops it."""
-    if ingress not in INGRESSES:
-        print(f"blatam up: --ingress must be one of {', '.join(INGRESSES)}, not {ingress!r}", file=sys.stderr, flush=True)
+    if (error := ingress_error(ingress)) is not None:
+        print(f"blatam up: {error}", file=sys.stderr, flush=True)
         raise typer.Exit(2)
     if detach:
         args = ["--config", str(config.resolve()), "--port", str(port), "--host", host, "--dashboard-port",

@@ -81,8 +81,16 @@ def haproxy_binary() -> str | None:
     return shutil.which("haproxy")
 
 
+def ingress_error(ingress: str) -> str | None:
+    """Why ``ingress`` is not one this module knows (the CLIs' `--ingress` message); None when it is."""
+    if ingress in INGRESSES:
+        return None
+    return f"--ingress must be one of {', '.join(INGRESSES)}, not {ingress!r}"
+
+
 def free_port() -> int:
-    """A TCP port free on this machine now."""
+    """A TCP port free on every interface now (HAProxy binds its stats and metrics ports on all of them, so a
+    loopback-only probe, as the benches' own helpers make, could pass a port another address holds)."""
     with socket.socket() as probe:
         probe.bind(("", 0))
         return int(probe.getsockname()[1])
@@ -119,23 +127,27 @@ def _controller_env(config: Any) -> dict[str, str]:
     return _env_vars(config.controller_options)
 
 
-def fit_ingress(config: Any, ingress: str, *, binary: str | None,
+def fit_ingress(config: Any, ingress: str, *, find_binary: Callable[[], str | None] = haproxy_binary,
                 pick_port: Callable[[], int] = free_port) -> str:
     """Set ``config`` up for ``ingress`` (see the module docstring); returns what to tell the user.
 
-    ``binary``: `haproxy_binary`; without one, HAProxy cannot run and the
-    note says the proxy answers instead. What the file sets itself stays.
+    ``find_binary`` (asked for ``haproxy`` only): where HAProxy is; without
+    one, HAProxy cannot run and the note says the proxy answers instead.
+    What the file sets itself stays.
     """
-    if ingress not in INGRESSES:
-        raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, not {ingress!r}")
+    if (error := ingress_error(ingress)) is not None:
+        raise ValueError(error)
     if ingress == "proxy":
         return "HTTP: Serve's proxy"
+    binary = find_binary()
     if binary is None:
         return "HTTP: Serve's proxy (--ingress haproxy: no HAProxy binary; install ray[serve] on Linux or put haproxy on PATH)"
     controller = _controller_env(config)
-    for name, value in {**CONTROLLER_ENV, **{name: str(pick_port()) for name in PORT_VARIABLES
-                                             if name not in controller}}.items():
+    for name, value in CONTROLLER_ENV.items():
         controller.setdefault(name, value)
+    for name in PORT_VARIABLES:
+        if name not in controller:
+            controller[name] = str(pick_port())
     routed = direct_ingress_env(controller)
     for app in config.applications:
         env = _env_vars(app)

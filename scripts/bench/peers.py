@@ -42,7 +42,7 @@ from scripts.bench import bench_app
 from scripts.bench.cpu_use import CpuTally, mark
 from scripts.bench.quiet_cpu import MAX_WAIT_S, wait_for_quiet_cpus
 from scripts.bench.report import console, print_table, write_json
-from scripts.up_ingress import DEFAULT_INGRESS, INGRESSES
+from scripts.up_ingress import DEFAULT_INGRESS, ingress_error
 
 if TYPE_CHECKING:  # httpx and the tokenizer load inside the command, not for `blatam --help`
     import httpx
@@ -321,8 +321,8 @@ def peers_command(
     if dtype not in DTYPES:
         console.print(f"blatam bench peers: --dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         raise typer.Exit(2)
-    if ingress not in INGRESSES:
-        console.print(f"blatam bench peers: --ingress must be one of {', '.join(INGRESSES)}, not {ingress!r}")
+    if (error := ingress_error(ingress)) is not None:
+        console.print(f"blatam bench peers: {error}")
         raise typer.Exit(2)
     work = Workload(prompt_tokens, cached_tokens, short_prompt_tokens, new_tokens, sequential, concurrency)
     if prompt_tokens - cached_tokens < 2 * PREFIX_MARGIN:
@@ -349,7 +349,7 @@ def peers_command(
                                                       ingress=ingress))
             ours_url, replica, front = server.base_url, server.replica, server.ingress
             console.print(f"ours: {ours_url} (torch threads {replica['torch_threads']}, "
-                          f"num_cpus {replica['num_cpus']}, dtype {replica['dtype']}; {server.ingress})")
+                          f"num_cpus {replica['num_cpus']}, dtype {replica['dtype']}; {front})")
         try:
             ours, peer = asyncio.run(_measure(peer_url, peer_name, ours_url, maker, work, rounds,
                                               (ours_api_key, peer_api_key), ours_started_here=replica is not None,

@@ -22,7 +22,7 @@ from scripts.bench.serve_driver import _free_port
 from scripts.serve_stop import stop_serve
 from scripts.up import DEFAULT_CONFIG, load_config, wait_until_running
 from scripts.up_cpus import fit_replica_cpus
-from scripts.up_ingress import DEFAULT_INGRESS, fit_ingress, haproxy_binary
+from scripts.up_ingress import DEFAULT_INGRESS, fit_ingress
 from scripts.up_model import LLM_IMPORT_PATH, ModelChoice, apply_model
 
 DEPLOY_TIMEOUT_S = 600.0
@@ -74,7 +74,7 @@ def ours_llm(model_path: str | None, *, dtype: str | None = None, config_path: P
 
     port = _free_port()
     config = llm_only(load_config(config_path, host="127.0.0.1", port=port), model_path, dtype)
-    front = fit_ingress(config, ingress, binary=haproxy_binary() if ingress == "haproxy" else None)
+    front = fit_ingress(config, ingress)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         fit_replica_cpus(config, ray.cluster_resources().get("CPU", 0.0))

@@ -23,7 +23,7 @@ import typer
 
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
-from scripts.up_ingress import DEFAULT_INGRESS, INGRESSES
+from scripts.up_ingress import DEFAULT_INGRESS, ingress_error
 
 if TYPE_CHECKING:  # torch, transformers and the engine load inside the command, not for `blatam --help`
     import torch
@@ -199,8 +199,8 @@ def ttft_command(
 
     from cache_actors.engine.model_store import ModelPullError, models_root, resolve_model
 
-    if ingress not in INGRESSES:
-        console.print(f"blatam bench ttft: --ingress must be one of {', '.join(INGRESSES)}, not {ingress!r}")
+    if (error := ingress_error(ingress)) is not None:
+        console.print(f"blatam bench ttft: {error}")
         raise typer.Exit(2)
     try:
         model_path = resolve_model(model, models_root())

@@ -41,7 +41,7 @@ def _ports():
 
 def test_haproxy_goes_in_front_of_the_gateway_only_and_every_other_service_stays_off_http() -> None:
     config = _config()
-    note = fit_ingress(config, "haproxy", binary="/opt/haproxy", pick_port=_ports())
+    note = fit_ingress(config, "haproxy", find_binary=lambda: "/opt/haproxy", pick_port=_ports())
     assert note == "HTTP: HAProxy (/opt/haproxy) in front of gateway"
     controller = _env(config.controller_options)
     assert {name: controller[name] for name in CONTROLLER_ENV} == CONTROLLER_ENV
@@ -60,7 +60,7 @@ def test_haproxy_goes_in_front_of_the_gateway_only_and_every_other_service_stays
 
 def test_the_benchmarked_llm_app_gets_its_route_behind_haproxy_as_the_gateway_does() -> None:
     config = llm_only(_config(), None)
-    fit_ingress(config, "haproxy", binary="/opt/haproxy", pick_port=_ports())
+    fit_ingress(config, "haproxy", find_binary=lambda: "/opt/haproxy", pick_port=_ports())
     (app,) = config.applications
     env = _env(app)
     assert app.route_prefix == "/v1" and env[DIRECT_INGRESS_FLAG] == "1" and HAPROXY_FLAG not in env
@@ -70,12 +70,12 @@ def test_the_benchmarked_llm_app_gets_its_route_behind_haproxy_as_the_gateway_do
 def test_the_proxy_by_default_and_without_a_binary_leaves_the_file_as_it_is() -> None:
     config = _config()
     before = _envs(config)
-    assert fit_ingress(config, "proxy", binary="/opt/haproxy") == "HTTP: Serve's proxy"
-    note = fit_ingress(config, "haproxy", binary=None)
+    assert fit_ingress(config, "proxy", find_binary=lambda: "/opt/haproxy") == "HTTP: Serve's proxy"
+    note = fit_ingress(config, "haproxy", find_binary=lambda: None)
     assert note.startswith("HTTP: Serve's proxy (--ingress haproxy: no HAProxy binary")
     assert _envs(config) == before
     with pytest.raises(ValueError, match="ingress must be one of proxy, haproxy"):
-        fit_ingress(config, "nginx", binary=None)
+        fit_ingress(config, "nginx", find_binary=lambda: None)
 
 
 def test_a_value_the_file_sets_itself_wins(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_a_value_the_file_sets_itself_wins(tmp_path: Path) -> None:
         '      BLATAM_PROXY_HEAD_TIMEOUT_S: "660"\n      RAY_SERVE_HAPROXY_NBTHREAD: "8"\n'
         '      RAY_SERVE_HAPROXY_STATS_PORT: "18404"\n'))
     config = _config(own)
-    fit_ingress(config, "haproxy", binary="/opt/haproxy", pick_port=_ports())
+    fit_ingress(config, "haproxy", find_binary=lambda: "/opt/haproxy", pick_port=_ports())
     controller = _env(config.controller_options)
     assert controller["RAY_SERVE_HAPROXY_NBTHREAD"] == "8" and controller["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
     assert controller["RAY_SERVE_HAPROXY_METRICS_PORT"] == "41000"  # only the missing ones are picked
