@@ -22,8 +22,9 @@ from cache_actors.actors.worker_logs import route_package_logs
 # replicas run user code and the handle router on the replica's own event loop:
 # two thread hops fewer per request (measured with `blatam bench gateway`).
 # It also receives services' answers over gRPC, larger than Serve's default cap (deployments.common.grpc_limits).
+# Nice 0, not Ray's 15: every request waits on it, and at 15 it got ~3% of a core while the model decoded.
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-               **GRPC_ENV}
+               "RAY_worker_niceness": "0", **GRPC_ENV}
 
 
 @serve.deployment(

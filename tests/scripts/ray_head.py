@@ -61,3 +61,21 @@ def run_python(code: str, env: dict[str, str], timeout_s: float = 180) -> subpro
 def run_blatam(env: dict[str, str], *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
     """The CLI as an operator runs it (no RAY_AUTH_MODE: it sends the host's token itself)."""
     return run_python(f"from scripts.cli import app; app({list(args)!r})", env, timeout_s)
+
+
+def cluster_niceness(gcs_address: str) -> dict[str, set[int]]:
+    """Process title -> the nice values of that cluster's processes (its raylet's descendants: workers,
+    replicas, the proxy's HAProxy), so a test sees its own cluster's even beside another test's."""
+    import psutil
+
+    port = gcs_address.rsplit(":", 1)[-1]
+    raylets = [p for p in psutil.process_iter(["cmdline"])
+               if any(arg.startswith("--gcs-address=") and arg.endswith(f":{port}") for arg in p.info["cmdline"] or [])
+               and "raylet" in " ".join(p.info["cmdline"][:1])]
+    found: dict[str, set[int]] = {}
+    for raylet in raylets:
+        for proc in raylet.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found.setdefault(proc.name() if proc.name() == "haproxy" else " ".join(proc.cmdline()).strip(),
+                                 set()).add(proc.nice())
+    return found

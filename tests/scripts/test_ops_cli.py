@@ -28,7 +28,7 @@ from cache_actors.actors.cluster_view import CacheView, CoordinatorView, ShardVi
 from scripts.ops.serve_view import AppView
 from scripts.ops.status_cli import _problems
 from tests.deployments.conftest import free_port
-from tests.scripts.ray_head import ray_env, run_blatam
+from tests.scripts.ray_head import cluster_niceness, ray_env, run_blatam
 from tests.scripts.test_up import (START_TIMEOUT_S, STOP_TIMEOUT_S, admin_cli, api_key, base_env, pasted_env,
                                   unreachable_index_env)
 
@@ -115,6 +115,17 @@ def test_behind_haproxy_only_the_gateway_has_a_port_and_it_runs_the_proxys_middl
     with httpx.stream("POST", f"{served.base}/completions", json=body, headers=served.headers, timeout=120) as s:
         events = [line for line in s.iter_lines() if line.startswith("data: ")]
     assert s.status_code == 200 and events[-1] == "data: [DONE]" and len(events) >= 3, events
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_every_process_on_a_requests_path_runs_at_nice_0(served: Served) -> None:
+    # Ray starts workers at nice 15: while the model's threads took both cores, the gateway then got ~3% of a
+    # core and 16 requests at once waited seconds for it (SQLite lock waits over 5 s answered 503).
+    path = ["haproxy", "ray::ProxyActor", "ray::ServeReplica:gateway:Gateway", "ray::ServeReplica:llm:LLMServer",
+            "ray::ServeReplica:redundancy:Redundancy"]
+    niceness = cluster_niceness(served.address)
+    assert {name: niceness.get(name) for name in path} == {name: {0} for name in path}, niceness
 
 
 def _json(done) -> dict:

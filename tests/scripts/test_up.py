@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from tests.deployments.conftest import free_port
+from tests.scripts.ray_head import cluster_niceness
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -181,6 +182,8 @@ def test_blatam_up_serves_then_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         assert report["database"]["backend"] == "sqlite" and report["redis"]["status"] == "disabled"
         assert report["cache"]["model_kind"] == "demo" and "could not be pulled" in report["cache"]["model_note"]
         assert report["services"]["redundancy"]["status"] == "healthy"
+        niceness = cluster_niceness(ray_env["RAY_ADDRESS"])  # Serve's proxy and the gateway: Ray's 15 starved them
+        assert niceness.get("ray::ProxyActor") == niceness.get("ray::ServeReplica:gateway:Gateway") == {0}, niceness
         assert (tmp_path / "data" / "blatam.db").exists()
 
         admin_cli(env, "users", "create", "alice", "--scopes", "redundancy", "--password-stdin",
