@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include "attention_decode.h"
+#include "attention_prefill.h"
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -30,7 +31,7 @@ static inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-constexpr int BN = 64;
+constexpr int BN = PREFILL_BN;
 constexpr int MR = 4;
 constexpr int D = 64;
 static const float NEG_INF = -std::numeric_limits<float>::infinity();
@@ -112,78 +113,17 @@ static inline void tile(const float* qt, const float* kt, int64_t ldk, const flo
 }
 
 
-// q [R, H, M, D] (M = G * width when query heads are stacked), k/v [R, H, N, D]; bias [R, 1, M, N] additive, or
-// causal: query row m (width index m % width) sees keys j <= past + m % width. One of the two, or neither.
+struct Tile512 {
+  static constexpr int MR = ::MR;
+  template <typename... Args>
+  static void run(Args... args) { tile(args...); }
+  static void pack(float* dst, const float* kb, int64_t kstride, int64_t j0, int64_t j1) { pack_keys(dst, kb, kstride, j0, j1); }
+};
+
+// attention_prefill.h's attend_rows with this file's tile: q [R, H, M, D], k/v [R, H, N, D], bias or causal (there).
 torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias, double scale, int64_t block_m,
                      int64_t causal_width, int64_t past) {
-  const int64_t R = q.size(0), H = q.size(1), M = q.size(2), N = k.size(2);
-  TORCH_CHECK(q.size(3) == D && k.size(3) == D && v.size(3) == D, "head dim 64 only");
-  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "last dim contiguous");
-  const bool has_bias = bias.defined() && bias.numel() > 0, causal = causal_width > 0;
-  auto out = torch::empty({R, H, M, D}, q.options());
-  const int64_t ldk = (N + BN - 1) / BN * BN;
-  auto kt_all = torch::zeros({R, H, D, ldk}, q.options());
-  const float* qp = q.data_ptr<float>(); const float* kp = k.data_ptr<float>(); const float* vp = v.data_ptr<float>();
-  float* ktp = kt_all.data_ptr<float>();
-  const auto qs = q.strides(); const auto ks = k.strides(); const auto vs = v.strides();
-  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t r = t / H, h = t % H;
-      const float* kb = kp + r * ks[0] + h * ks[1];
-      float* dst = ktp + t * D * ldk;
-      for (int64_t j0 = 0; j0 < N; j0 += 16) {
-        const int64_t j1 = std::min<int64_t>(N, j0 + 16);
-        for (int64_t j = j0; j < j1; ++j) { const float* kr = kb + j * ks[2]; for (int d = 0; d < D; ++d) dst[d * ldk + j] = kr[d]; }
-      }
-    }
-  });
-  const int64_t qblocks = (M + block_m - 1) / block_m;
-  const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
-  float* op = out.data_ptr<float>();
-  const int64_t bs0 = has_bias ? bias.stride(0) : 0, bs2 = has_bias ? bias.stride(2) : 0;
-  TORCH_CHECK(!has_bias || bias.stride(3) == 1, "bias last dim contiguous");
-  const float sc = (float)scale;
-  at::parallel_for(0, R * H * qblocks, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float s[MR * BN];
-    std::vector<float> acc, mrow, lrow, qbuf;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / (H * qblocks), h = (task / qblocks) % H, m0 = (task % qblocks) * block_m;
-      const int64_t mcount = std::min(block_m, M - m0), padded = (mcount + MR - 1) / MR * MR;
-      const float* qb = qp + r * qs[0] + h * qs[1] + m0 * qs[2];
-      const float* kt = ktp + (r * H + h) * D * ldk;
-      const float* vb = vp + r * vs[0] + h * vs[1];
-      qbuf.assign(padded * D, 0.f); acc.assign(padded * D, 0.f);
-      mrow.assign(padded, NEG_INF); lrow.assign(padded, 0.f);
-      for (int64_t row = 0; row < mcount; ++row) std::memcpy(qbuf.data() + row * D, qb + row * qs[2], D * sizeof(float));
-      for (int64_t i0 = 0; i0 < padded; i0 += MR) {
-        int64_t last[MR]; int64_t reach = 0;
-        for (int a = 0; a < MR; ++a) {
-          const int64_t row = std::min<int64_t>(i0 + a, mcount - 1);
-          last[a] = causal ? past + (m0 + row) % causal_width : N - 1;  // last key this row sees
-          reach = std::max(reach, last[a]);
-        }
-        const int64_t nend = std::min<int64_t>(N, reach + 1);
-        float* orow[MR];
-        for (int a = 0; a < MR; ++a) orow[a] = acc.data() + (i0 + a) * D;
-        for (int64_t n0 = 0; n0 < nend; n0 += BN) {
-          const int nb = (int)std::min<int64_t>(BN, N - n0);
-          const float* brow[MR]; int limit[MR];
-          for (int a = 0; a < MR; ++a) {
-            const int64_t row = std::min<int64_t>(i0 + a, mcount - 1);
-            brow[a] = has_bias ? bp + r * bs0 + (m0 + row) * bs2 + n0 : nullptr;
-            limit[a] = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last[a] - n0 + 1));
-          }
-          tile(qbuf.data() + i0 * D, kt + n0, ldk, brow, limit, nb, sc, mrow.data() + i0, lrow.data() + i0, orow, s, vb + n0 * vs[2], vs[2]);
-        }
-      }
-      float* ob = op + ((r * H + h) * M + m0) * D;
-      for (int64_t row = 0; row < mcount; ++row) {
-        const float inv = lrow[row] > 0.f ? 1.f / lrow[row] : 0.f;  // nothing attended: zeros, as SDPA gives
-        for (int d = 0; d < D; ++d) ob[row * D + d] = acc[row * D + d] * inv;
-      }
-    }
-  });
-  return out;
+  return attend_rows<Tile512>(q, k, v, bias, scale, block_m, causal_width, past);
 }
 
 // One decode step: for each (row, KV head), the query heads that share it, one token each, over the row's keys

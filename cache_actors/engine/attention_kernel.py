@@ -1,4 +1,4 @@
-"""Our own CPU attention kernel for the lean forward (float32, 64-dim heads): prefills and decode steps with AVX-512, decode steps with AVX2.
+"""Our own CPU attention kernel for the lean forward (float32, 64-dim heads): prefills and decode steps, with AVX-512 or AVX2.
 
 Why: PyTorch's CPU flash attention does its matrix products through MKL's
 ``sgemm``, which on AMD CPUs runs a generic path: on this project's 2-core
@@ -19,13 +19,19 @@ row's own length. Per layer (16 rows of 64-128 tokens, 8 query and 4 KV
 heads) 55 against 151 us for `lean_attention.attend_decode`'s two matmuls and
 softmax; rows of 1,000-2,000 tokens 1.38 against 4.04 ms.
 
-On a CPU with AVX2 and FMA but no AVX-512 only the decode step is ours
-(`attention_cpu_avx2.cpp`); prefills keep SDPA. Measured on a 2-core AMD
-EPYC without AVX-512, SmolLM2-135M's heads (9 query, 3 KV), per layer
-against `lean_attention.attend_decode`'s matmuls: one row of 130 keys 17
-against 72 us, 16 rows of 64-192 keys 101 against 326 us, 16 rows of
-1,000-2,000 keys 2.9 against 5.7 ms; a whole one-row decode step of the
-model in one process 35-36 against 39-41 ms.
+On a CPU with AVX2 and FMA but no AVX-512, `attention_cpu_avx2.cpp` does
+both with 8-float vectors: the prefill's tiles (`attention_prefill.h`, the
+walk both builds share) are 6 query rows by 16 keys, 12 accumulators of
+the 16 registers. Measured on a 2-core AMD EPYC without AVX-512, per layer,
+medians of runs alternated with SDPA (MKL's generic sgemm path there too):
+65 new tokens over 1,984 cached 2.79-3.16 against 3.32-3.88 ms (9 query
+and 3 KV heads, SmolLM2-135M's) and 2.43-2.88 against 3.02-3.56 (8 and 4);
+a fresh 2,049-token prompt 41.5-43.9 against 49.6-51.6 (9 and 3); a
+512-token chunk over 1,537 held 19.7-20.5 against 25.4-27.1. Its decode
+step against `lean_attention.attend_decode`'s matmuls: one row of 130
+keys 17 against 72 us, 16 rows of 64-192 keys 101 against 326 us, 16 rows
+of 1,000-2,000 keys 2.9 against 5.7 ms; a whole one-row decode step of
+the model in one process 35-36 against 39-41 ms.
 
 It is compiled once per machine at model load (``torch.utils.cpp_extension``,
 ~30 s; later loads reuse the build) and checked against SDPA on probe
@@ -62,15 +68,10 @@ _FLAGS_AVX2 = ["-O3", "-mavx2", "-mfma"]
 @dataclass(frozen=True, slots=True)
 class AttentionKernel:
     """The built kernel. Its prefill calls take query heads stacked per KV head, ``[rows, kv_heads, groups * width, 64]``;
-    `decode` takes them grouped, ``[rows, kv_heads, groups, 64]``. ``_attend`` None (the AVX2 build): decode steps only."""
+    `decode` takes them grouped, ``[rows, kv_heads, groups, 64]``."""
 
-    _attend: Callable[..., torch.Tensor] | None
+    _attend: Callable[..., torch.Tensor]
     _decode: Callable[..., torch.Tensor]
-
-    @property
-    def prefills(self) -> bool:
-        """Whether `masked` and `causal` exist (AVX-512); else prefills go to SDPA."""
-        return self._attend is not None
 
     def masked(self, stacked: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
                scale: float) -> torch.Tensor:
@@ -108,7 +109,7 @@ class AttentionKernel:
         module = _compiled() if wide else _compiled_avx2()
         if module is None:
             return None
-        kernel = cls(module.attend if wide else None, module.decode)
+        kernel = cls(module.attend, module.decode)
         mismatch = check(kernel)
         if mismatch is not None:
             logger.warning("attention kernel off: it differs from SDPA on %s", mismatch)
@@ -130,7 +131,7 @@ def _compiled() -> Any | None:
 
 @functools.cache
 def _compiled_avx2() -> Any | None:
-    """Build (or reuse this machine's build of) `attention_cpu_avx2.cpp`, the decode step alone; once per process."""
+    """Build (or reuse this machine's build of) `attention_cpu_avx2.cpp`; once per process."""
     return load_extension("blatam_attention_cpu_avx2", SOURCE_AVX2, _FLAGS_AVX2, openmp=True, what="attention kernel")
 
 
@@ -138,11 +139,6 @@ def check(kernel: AttentionKernel) -> str | None:
     """The first probe on which ``kernel`` differs from SDPA (NaN rows included), or None."""
     generator = torch.Generator().manual_seed(0)
     for heads, kv_heads, width, past in ((8, 4, 37, 0), (9, 3, 5, 70), (4, 4, 70, 3)):
-        if not kernel.prefills:
-            mismatch = _check_decode(kernel, generator, heads, kv_heads, past + width)
-            if mismatch is not None:
-                return mismatch
-            continue
         groups = heads // kv_heads
         query = torch.randn(2, heads, width, HEAD_DIM, generator=generator)
         keys, values = (torch.randn(2, kv_heads, past + width, HEAD_DIM, generator=generator) for _ in range(2))

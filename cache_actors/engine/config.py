@@ -98,8 +98,8 @@ class KVCacheConfig(BaseSettings):
                                                     "load (cache_actors/engine/fused_pointwise.py; needs a C++ compiler, else off); "
                                                     "narrower forwards (decode steps) run them as C++ loops "
                                                     "(cache_actors/engine/pointwise_kernel.py; needs AVX2).")
-    attention_kernel: bool = Field(True, description="In the lean forward on CPU in float32 with 64-dim heads and AVX-512, "
-                                                     "prefills and decode steps attend with our kernel (AVX2 only: decode steps), built and checked against SDPA at load "
+    attention_kernel: bool = Field(True, description="In the lean forward on CPU in float32 with 64-dim heads and AVX-512 "
+                                                     "or AVX2, prefills and decode steps attend with our kernel, built and checked against SDPA at load "
                                                      "(cache_actors/engine/attention_kernel.py; ~30 s once per machine; needs a "
                                                      "C++ compiler, else SDPA).")
     seed: int = 0

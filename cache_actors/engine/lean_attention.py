@@ -86,7 +86,7 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: 
     """
     rows, heads, width, dim = query.shape
     groups = heads // num_kv_heads
-    own = kernel is not None and kernel.prefills and width > 1 and kernel.fits(query, keys, values)
+    own = kernel is not None and width > 1 and kernel.fits(query, keys, values)
     if own and (offset_causal or (causal and mask is None)):  # new tokens after held ones, or a fresh prompt
         stacked = query.reshape(rows, num_kv_heads, groups * width, dim)
         return kernel.causal(stacked, keys, values, width, scale).view(rows, heads, width, dim)

@@ -1,9 +1,9 @@
 """Our attention kernel gives SDPA's numbers on every shape the lean forward hands it, and stays off where it cannot.
 
-Built once per machine (~30 s; `.ci/run` builds it before the tests). The
-prefill tests need AVX-512; the decode tests run on AVX-512 or AVX2 (each
-has its own build). Skipped without either or without a C++ compiler, where
-the runner keeps SDPA (tested below by hiding the compiler).
+Built once per machine (~30 s; `.ci/run` builds it before the tests), for
+AVX-512 or AVX2 (each has its own build; a machine tests the one it runs).
+Skipped without either or without a C++ compiler, where the runner keeps
+SDPA (tested below by hiding the compiler).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from tests.cache_actors.greedy_decode import greedy_steps
 CPU = torch.device("cpu")
 KERNEL = AttentionKernel.build(torch.float32, CPU, HEAD_DIM)
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason="neither AVX-512 nor AVX2, or no C++ compiler: SDPA serves")
-needs_prefill_kernel = pytest.mark.skipif(KERNEL is None or not KERNEL.prefills,
-                                          reason="prefills need the AVX-512 build: SDPA serves them")
 # The default demo model's geometry (64-dim heads, 8 query and 4 KV heads), two layers to keep it quick.
 SPEC = DemoModelSpec(num_hidden_layers=2)
 
@@ -35,7 +33,7 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=1e-4, atol=1e-5)
 
 
-@needs_prefill_kernel
+@needs_kernel
 @pytest.mark.parametrize("heads,kv_heads,width", [(8, 4, 300), (9, 3, 129), (4, 4, 5), (2, 1, 64)])
 def test_a_fresh_prompt_equals_causal_sdpa(heads: int, kv_heads: int, width: int) -> None:
     g = torch.Generator().manual_seed(width)
@@ -46,7 +44,7 @@ def test_a_fresh_prompt_equals_causal_sdpa(heads: int, kv_heads: int, width: int
     _close(got, want)
 
 
-@needs_prefill_kernel
+@needs_kernel
 @pytest.mark.parametrize("heads,kv_heads,width,past", [(8, 4, 65, 1984), (9, 3, 7, 70), (8, 4, 2, 63)])
 def test_new_tokens_on_a_cached_prefix_equal_sdpa(heads: int, kv_heads: int, width: int, past: int) -> None:
     g = torch.Generator().manual_seed(past)
@@ -59,7 +57,22 @@ def test_new_tokens_on_a_cached_prefix_equal_sdpa(heads: int, kv_heads: int, wid
     _close(got, F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=True))
 
 
-@needs_prefill_kernel
+@needs_kernel
+@pytest.mark.parametrize("width,past", [(3, 5), (7, 57), (2, 2000), (13, 115), (2, 62), (70, 0)])
+def test_key_counts_at_and_around_the_blocks_edges_equal_sdpa(width: int, past: int) -> None:
+    """K is transposed in blocks of 64 keys (8 at a time with AVX2, the rest one by one) and query rows go in tiles:
+    key counts of 8, 64, 2,002 (a power-of-two padded width), 128, 65 and 70, row counts that fill no whole tile."""
+    g = torch.Generator().manual_seed(width + past)
+    query = torch.randn(1, 9, width, HEAD_DIM, generator=g)
+    keys, values = (torch.randn(1, 3, past + width, HEAD_DIM, generator=g) for _ in range(2))
+    stacked = query.reshape(1, 3, 3 * width, HEAD_DIM)
+    got = KERNEL.causal(stacked, keys, values, width, HEAD_DIM**-0.5).view_as(query)
+    mask = causal_mask(None, width, past, CPU)[0]
+    _close(got, F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=True))
+
+
+@needs_kernel
 def test_ragged_rows_and_a_row_with_nothing_to_attend_equal_sdpa() -> None:
     """A batched prefill: rows of their own lengths; a padded query row attends to nothing (zeros, as SDPA)."""
     g = torch.Generator().manual_seed(0)
@@ -133,7 +146,7 @@ def test_the_demo_model_decodes_a_ragged_batch_as_without_the_kernel() -> None:
     assert torch.equal(outputs[0].argmax(-1), outputs[1].argmax(-1))
 
 
-@needs_prefill_kernel
+@needs_kernel
 def test_the_demo_model_prefills_as_with_sdpa_fresh_cached_and_batched() -> None:
     """The runner with the kernel against the runner without it, on the demo model's 64-dim heads."""
     with_kernel = ModelRunner.load(None, demo_spec=SPEC, attention_kernel=True)
@@ -148,7 +161,7 @@ def test_the_demo_model_prefills_as_with_sdpa_fresh_cached_and_batched() -> None
     assert torch.equal(cached_a.argmax(-1), cached_b.argmax(-1))
 
 
-@needs_prefill_kernel
+@needs_kernel
 def test_new_tokens_over_held_ones_take_the_causal_mode_and_a_given_mask_the_bias(monkeypatch) -> None:
     """A prompt on a cached prefix (no mask given) needs no bias: none is built, the kernel's causal mode runs.
     The batcher's batched prefill gives a mask: that one still goes through the bias."""
@@ -176,43 +189,11 @@ def test_new_tokens_over_held_ones_take_the_causal_mode_and_a_given_mask_the_bia
 
 @needs_kernel
 def test_a_kernel_that_differs_from_sdpa_stays_off() -> None:
-    if KERNEL.prefills:
-        wrong = AttentionKernel(lambda q, k, v, bias, scale, block, width, past: torch.zeros_like(q), KERNEL._decode)
-        assert attention_kernel.check(wrong) is not None
+    wrong = AttentionKernel(lambda q, k, v, bias, scale, block, width, past: torch.zeros_like(q), KERNEL._decode)
+    assert attention_kernel.check(wrong) is not None
     wrong_decode = AttentionKernel(KERNEL._attend, lambda q, k, v, bias, scale: torch.zeros_like(q))
     assert attention_kernel.check(wrong_decode).startswith("decode")
     assert attention_kernel.check(KERNEL) is None
-
-
-@needs_kernel
-def test_a_decode_only_kernel_leaves_prefills_to_sdpa() -> None:
-    """The AVX2 build: a prompt, on a cached prefix or not, goes to SDPA (no causal mode, no bias through it), and the
-    decode steps after it to the kernel."""
-    runner = ModelRunner.load(None, demo_spec=SPEC, attention_kernel=True)
-    decodes = []
-
-    def decode(*args):  # noqa: ANN002 - the kernel's decode arguments
-        decodes.append(args[0].shape[0])
-        return KERNEL._decode(*args)
-
-    runner.forward.attention = AttentionKernel(None, decode)
-    plain = ModelRunner.load(None, demo_spec=SPEC)
-    ids = torch.randint(3, SPEC.vocab_size, (300,), generator=torch.Generator().manual_seed(7)).tolist()
-    (fresh, cache), (want, want_cache) = runner.prefill(ids[:200]), plain.prefill(ids[:200])
-    torch.testing.assert_close(fresh, want)  # SDPA on both sides: the same calls
-    torch.testing.assert_close(runner.prefill(ids, cache)[0], plain.prefill(ids, want_cache)[0])
-    assert decodes == []
-    geometry = runner.geometry
-    outputs = []
-    for forward in (runner.forward, plain.forward):
-        kv = RaggedKVBuffer(num_layers=geometry.num_layers, num_kv_heads=geometry.num_kv_heads,
-                            head_dim=geometry.head_dim, max_rows=2, max_len=128, dtype=geometry.dtype)
-        kv.add_row(), kv.add_row()
-        logits = prefill_rows(forward, kv, 0, [ids[:40], ids[:9]], [0, 0])
-        outputs.append(torch.stack(greedy_steps(forward, kv, logits, 4)))
-    assert decodes == [2] * SPEC.num_hidden_layers * 4
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
-    assert torch.equal(outputs[0].argmax(-1), outputs[1].argmax(-1))
 
 
 def test_where_it_cannot_run_the_runner_keeps_sdpa(monkeypatch) -> None:
