@@ -31,6 +31,16 @@ static inline float hmax(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(t, _mm_movehdup_ps(t)));
 }
 
+// c[a] += x[a * xstride] * (v0 | v1) for each of the MR rows: the rank-1 update both of the tile's products are made of
+// (scores: a query dim times 16 keys' values of it; P.V: a probability times 16 floats of its key's value row).
+__attribute__((always_inline)) static inline void rank1(__m256 (&c)[MR][2], const float* x, int xstride, __m256 v0, __m256 v1) {
+#pragma GCC unroll 6
+  for (int a = 0; a < MR; ++a) {
+    const __m256 xa = _mm256_broadcast_ss(x + a * xstride);
+    c[a][0] = _mm256_fmadd_ps(xa, v0, c[a][0]); c[a][1] = _mm256_fmadd_ps(xa, v1, c[a][1]);
+  }
+}
+
 // MR query rows (qt, 64 floats each) against one block of nb <= BN keys (kt: K transposed, row d at kt + d * ldk).
 static inline void tile(const float* qt, const float* kt, int64_t ldk, const float* const* brow, const int* limit, int nb,
                         float sc, float* mrow, float* lrow, float* const* orow, float* s, const float* vb, int64_t vstride) {
@@ -42,12 +52,7 @@ static inline void tile(const float* qt, const float* kt, int64_t ldk, const flo
     for (int a = 0; a < MR; ++a) c[a][0] = c[a][1] = _mm256_setzero_ps();
 #pragma GCC unroll 4
     for (int d = 0; d < D; ++d) {
-      const __m256 k0 = _mm256_loadu_ps(kt + d * ldk + j0), k1 = _mm256_loadu_ps(kt + d * ldk + j0 + LANES);
-#pragma GCC unroll 6
-      for (int a = 0; a < MR; ++a) {
-        const __m256 qa = _mm256_broadcast_ss(qt + a * D + d);
-        c[a][0] = _mm256_fmadd_ps(qa, k0, c[a][0]); c[a][1] = _mm256_fmadd_ps(qa, k1, c[a][1]);
-      }
+      rank1(c, qt + d, D, _mm256_loadu_ps(kt + d * ldk + j0), _mm256_loadu_ps(kt + d * ldk + j0 + LANES));
     }
 #pragma GCC unroll 6
     for (int a = 0; a < MR; ++a) {
@@ -98,12 +103,7 @@ static inline void tile(const float* qt, const float* kt, int64_t ldk, const flo
     }
     for (int j = 0; j < count; ++j) {
       const float* vr = vb + j * vstride + c0;
-      const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + LANES);
-#pragma GCC unroll 6
-      for (int a = 0; a < MR; ++a) {
-        const __m256 p = _mm256_broadcast_ss(s + a * BN + j);
-        o[a][0] = _mm256_fmadd_ps(p, v0, o[a][0]); o[a][1] = _mm256_fmadd_ps(p, v1, o[a][1]);
-      }
+      rank1(o, s + j, BN, _mm256_loadu_ps(vr), _mm256_loadu_ps(vr + LANES));
     }
 #pragma GCC unroll 6
     for (int a = 0; a < MR; ++a) {
