@@ -53,8 +53,10 @@ torch::Tensor attend_rows(torch::Tensor q, torch::Tensor k, torch::Tensor v, tor
   });
   // As many blocks of at most block_m rows as that takes, of equal size (whole tiles): 65 new tokens of 3 query heads
   // per KV head are 195 rows, 128 + 67 split unevenly over two threads, 102 + 93 evenly.
-  const int64_t qblocks = (M + block_m - 1) / block_m;
-  const int64_t bm = ((M + qblocks - 1) / qblocks + MR - 1) / MR * MR;
+  // Counted again after the rounding up to whole tiles, which can leave the last block none of the rows (2,899 rows
+  // in 23 blocks of 132: the 23rd would start at 2,904).
+  const int64_t wanted = (M + block_m - 1) / block_m;
+  const int64_t bm = ((M + wanted - 1) / wanted + MR - 1) / MR * MR, qblocks = (M + bm - 1) / bm;
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t bs0 = has_bias ? bias.stride(0) : 0, bs2 = has_bias ? bias.stride(2) : 0;
