@@ -1,5 +1,5 @@
-// The prefill's walk, shared by attention_cpu.cpp (AVX-512) and attention_cpu_avx2.cpp (AVX2): K transposed once
-// per (row, KV head) into a shared buffer, then each (row, KV head, block of query rows) in parallel, its query rows
+// The prefill's walk, shared by attention_cpu.cpp (AVX-512) and attention_cpu_avx2.cpp (AVX2): K transposed in blocks
+// of PREFILL_BN keys (below), then each (row, KV head, block of query rows) in parallel, its query rows
 // in tiles of Tile::MR against blocks of PREFILL_BN keys, each tile computed by the includer's
 // `Tile::run(qt, kt, ldk, brow, limit, nb, scale, mrow, lrow, orow, scratch, vb, vstride)` (and K's blocks transposed
 // by its `Tile::pack`, `pack_keys`' signature): the tile's scores over
@@ -34,7 +34,7 @@ torch::Tensor attend_rows(torch::Tensor q, torch::Tensor k, torch::Tensor v, tor
   const bool has_bias = bias.defined() && bias.numel() > 0, causal = causal_width > 0;
   auto out = torch::empty({R, H, M, D}, q.options());
   // K transposed block by block, [R, H, kblocks, D, BN]: a tile reads its block's 64 dims 256 bytes apart. Transposed
-  // whole ([R, H, D, N]), a power-of-two N put every dim of a column in one L1 set (65 rows over 2,002 keys took 1.2
+  // whole ([R, H, D, N]), a power-of-two N put every dim of a column in one L1 set (6 query rows over 2,002 keys took 1.2
   // ms, as long as over 4,002). Blocks are transposed in parallel (per (row, head), the 3 heads of a one-prompt
   // prefill kept a thread idle); only the padding past N is zeroed.
   const int64_t kblocks = (N + BN - 1) / BN, ldk = BN;

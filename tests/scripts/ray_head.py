@@ -70,8 +70,8 @@ def cluster_niceness(gcs_address: str) -> dict[str, set[int]]:
 
     port = gcs_address.rsplit(":", 1)[-1]
     raylets = [p for p in psutil.process_iter(["cmdline"])
-               if any(arg.startswith("--gcs-address=") and arg.endswith(f":{port}") for arg in p.info["cmdline"] or [])
-               and "raylet" in " ".join(p.info["cmdline"][:1])]
+               if (cmdline := p.info["cmdline"] or []) and cmdline[0].endswith("raylet")
+               and any(arg.startswith("--gcs-address=") and arg.endswith(f":{port}") for arg in cmdline)]
     found: dict[str, set[int]] = {}
     for raylet in raylets:
         for proc in raylet.children(recursive=True):
