@@ -47,8 +47,9 @@ def require_no_ray_yet() -> None:
                     "the session's Serve cluster (tests/conftest.py PRIVATE_RAY_FILES)")
 
 
-#: Then the files that take minutes (fixed-rate loads, many CLI subprocesses), so that neither worker
-#: is left running one alone at the end while the other idles.
+#: Then the files that take minutes (fixed-rate loads, many CLI subprocesses), longest first as CI's
+#: `--durations` list measured them, so that neither worker is left running one alone at the end while the
+#: other idles (on the slower AVX2 host the five added last took 110-170 s each and ran last by name).
 LONG_FILES = (
     "tests/scripts/test_ops_cli.py",
     "tests/deployments/test_soak.py",
@@ -56,6 +57,11 @@ LONG_FILES = (
     "tests/scripts/test_bench_serve.py",
     "tests/fuzz/test_hostile_inputs.py",
     "tests/deployments/test_llm_api.py",
+    "tests/scripts/test_ray_up.py",
+    "tests/scripts/test_bench_quality.py",
+    "tests/scripts/test_up.py",
+    "tests/scripts/test_bench_peers.py",
+    "tests/cache_actors/test_onednn_caches.py",
 )
 
 
