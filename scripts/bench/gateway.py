@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -38,6 +37,7 @@ import typer
 
 from scripts.bench import bench_app
 from scripts.bench.report import console, print_table, write_json
+from scripts.bench.ports import free_loopback_port
 from scripts.serve_stop import stop_serve
 
 if TYPE_CHECKING:
@@ -87,11 +87,6 @@ def measure(calls: dict[str, Callable[[], httpx.Response]], *, rounds: int, warm
     return samples
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 async def _create_key(data_dir: Path) -> str:
     from business_modules.auth import AuthService
@@ -124,7 +119,7 @@ def local_services(redis_url: str | None) -> Iterator[tuple[str, str, str]]:
         settings: dict[str, Any] = {"blatam_env": "development", "rate_limits": {"redundancy": "1000000/minute"},
                                     "redis_url": redis_url,
                                     "rate_limit_key_prefix": f"bench-{os.getpid()}"}
-        port = _free_port()
+        port = free_loopback_port()
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})

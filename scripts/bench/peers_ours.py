@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.serve_driver import _free_port
+from scripts.bench.ports import free_loopback_port
 from scripts.serve_stop import stop_serve
 from scripts.up import DEFAULT_CONFIG, load_config, wait_until_running
 from scripts.up_cpus import fit_replica_cpus
@@ -72,7 +72,7 @@ def ours_llm(model_path: str | None, *, dtype: str | None = None, config_path: P
     from ray.serve._private import api as serve_api
     from ray.serve.config import gRPCOptions
 
-    port = _free_port()
+    port = free_loopback_port()
     config = llm_only(load_config(config_path, host="127.0.0.1", port=port), model_path, dtype)
     front = fit_ingress(config, ingress)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)

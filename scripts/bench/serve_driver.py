@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from scripts.bench.serve_workloads import RequestRecord, Session, messages_for, unique_prompts
+from scripts.bench.ports import free_loopback_port
 from scripts.serve_stop import stop_serve
 
 REQUEST_TIMEOUT_S = 300.0
@@ -30,11 +30,6 @@ _STATS_KEYS = ("shard", "blocks", "capacity_blocks", "evicted_blocks", "stored_b
 # --- cluster ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @contextmanager
 def local_serve(num_cpus: int | None = None) -> Iterator[None]:
@@ -44,7 +39,7 @@ def local_serve(num_cpus: int | None = None) -> Iterator[None]:
 
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+        serve.start(http_options={"host": "127.0.0.1", "port": free_loopback_port()})
         yield
     finally:
         try:

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from scripts.bench.ports import free_loopback_port
 
 
 async def create_api_key(data_dir: Path, scopes: str) -> str:
@@ -50,7 +45,7 @@ def local_cluster(data_dir: Path, *, scopes: str, rate_limits: dict[str, str]) -
     os.environ["BLATAM_DATA_DIR"] = str(data_dir)
     os.environ.pop("DATABASE_URL", None)
     api_key = asyncio.run(create_api_key(data_dir, scopes))
-    port = free_port()
+    port = free_loopback_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
