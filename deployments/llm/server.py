@@ -104,6 +104,7 @@ class LLMServer:
                 max_prefill_tokens=self.settings.max_prefill_tokens,
                 idle_prefill_tokens=self.settings.idle_prefill_tokens,
                 max_waiting=self.settings.max_waiting,
+                stream_interval_s=self.settings.stream_interval_ms / 1000,
             ),
             compile_format=_format_compiler(runner),
         )

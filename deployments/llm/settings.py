@@ -12,6 +12,10 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+STREAM_INTERVAL_MS = 0.0
+"""The default pacing of streamed chunks (see `LLMSettings.stream_interval_ms`)."""
+
+
 class LLMSettings(BaseSettings):
     """What the LLM deployment serves and how much of it at once."""
 
@@ -35,6 +39,12 @@ class LLMSettings(BaseSettings):
         4096, ge=1, description="Uncached prompt tokens an iteration may prefill while no sequence is decoding (nobody "
                                 "to stall): a lone long prompt is prefilled at once, faster than in chunks.")
     max_waiting: int = Field(1024, ge=1, description="Queued requests per replica before 503.")
+    stream_interval_ms: float = Field(
+        STREAM_INTERVAL_MS, ge=0, le=1000,
+        description="A streamed answer's chunks leave at most this often after the first token, each with every "
+                    "token made meanwhile: fewer chunks through the ingress, gateway and proxy leave the CPU to the "
+                    "model (cache_actors/engine/batching/stream_pacing.py). 0: a chunk per token when the replica "
+                    "keeps up.")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
     num_threads: int | None = Field(

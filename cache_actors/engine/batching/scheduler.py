@@ -26,6 +26,7 @@ import asyncio
 import collections
 import logging
 import threading
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping
 
@@ -37,6 +38,7 @@ from cache_actors.engine.compute_thread import ComputeThread
 from cache_actors.engine.batching.detokenizer import IncrementalText
 from cache_actors.engine.batching.ragged_kv import RaggedKVBuffer
 from cache_actors.engine.batching.sequence import Sequence, SequenceRequest, TokenConstraint
+from cache_actors.engine.batching.stream_pacing import merge_deltas, paced_events
 from cache_actors.core.kv_layout import blocks_from_cache
 from cache_actors.engine.heap_trim import DEFAULT_MIN_INTERVAL_S, HeapTrimmer, libc_malloc_trim
 from cache_actors.engine.logprobs import prompt_entries
@@ -63,6 +65,8 @@ class BatcherConfig:
     heap_trim_interval_s: float = DEFAULT_MIN_INTERVAL_S
     # Idle this long before the cache's writes in flight are finished and the heap trimmed (`_work_within`).
     idle_flush_delay_s: float = 0.05
+    # A request's streamed deltas leave at most this often after the first (`stream_pacing`); 0: as they come.
+    stream_interval_s: float = 0.0
 
 
 async def collect(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -78,17 +82,6 @@ async def collect(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
         else:
             return {"text": "".join(parts), "token_ids": token_ids, **event}
     raise RuntimeError("the stream ended without a result")
-
-
-def merge_deltas(pending: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
-    """Two deltas as one: text, token ids and logprob entries joined, anything else (prompt logprobs) kept."""
-    if pending is None:
-        return event
-    merged = {**pending, **event, "text": pending["text"] + event["text"],
-              "token_ids": pending["token_ids"] + event["token_ids"]}
-    if "logprobs" in pending or "logprobs" in event:
-        merged["logprobs"] = pending.get("logprobs", []) + event.get("logprobs", [])
-    return merged
 
 
 class ContinuousBatcher(AdmissionMixin):
@@ -198,21 +191,9 @@ class ContinuousBatcher(AdmissionMixin):
             self._waiting.append(seq)
             self._wake.notify()
         try:
-            while True:
-                event = await queue.get()
-                # A consumer slower than the decode steps (a Serve stream costs ~1 ms per item) gets the
-                # tokens that piled up as one delta, so streaming overhead never throttles the batch.
-                pending: dict[str, Any] | None = None
-                while event["type"] == "delta" and not queue.empty():
-                    pending = merge_deltas(pending, event)
-                    event = queue.get_nowait()
-                if event["type"] == "delta":
-                    yield merge_deltas(pending, event)
-                    continue
-                if pending is not None:
-                    yield pending
-                yield event
-                return
+            async with aclosing(paced_events(queue, self.config.stream_interval_s)) as events:
+                async for event in events:
+                    yield event
         finally:
             if not seq.finished:
                 seq.cancelled = True
