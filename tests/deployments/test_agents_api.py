@@ -98,7 +98,9 @@ def env(serve_instance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[En
             route_prefix="/export")
     run_app(build_bul({**database, "llm_app": LLM_APP, "settings": {"section_tokens_short": 48}}), name="bul",
             route_prefix="/bul")
-    agents_args = {**database, "llm_app": LLM_APP, "settings": AGENT_SETTINGS}
+    # The tools' calls get the model's bound too: under CI's load (load average 14 on 2 cores) a corpus search
+    # once took over the default 20 s, failing the step with a (correct) ToolUnavailable.
+    agents_args = {**database, "llm_app": LLM_APP, "service_timeout_s": 120, "settings": AGENT_SETTINGS}
     run_app(build_agents(agents_args), name="agents", route_prefix="/agents")
     settings = {"blatam_env": "test", "secret_key": SECRET, "database_url": TEST_DATABASE_URL,
                 "database_schema": schema, "redis_url": TEST_REDIS_URL, "rate_limit_key_prefix": prefix,
