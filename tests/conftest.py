@@ -47,9 +47,9 @@ def require_no_ray_yet() -> None:
                     "the session's Serve cluster (tests/conftest.py PRIVATE_RAY_FILES)")
 
 
-#: Then the files that take minutes (fixed-rate loads, many CLI subprocesses), longest first as CI's
-#: `--durations` list measured them, so that neither worker is left running one alone at the end while the
-#: other idles (on the slower AVX2 host the five added last took 110-170 s each and ran last by name).
+#: Then the files that take minutes (fixed-rate loads, many CLI subprocesses), so that neither worker is left
+#: running one alone at the end while the other idles (the five last here took 110-170 s each in CI's
+#: `--durations` list on the slower AVX2 host, and had run last by name).
 LONG_FILES = (
     "tests/scripts/test_ops_cli.py",
     "tests/deployments/test_soak.py",

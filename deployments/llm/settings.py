@@ -12,10 +12,6 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-STREAM_INTERVAL_MS = 0.0
-"""The default pacing of streamed chunks (see `LLMSettings.stream_interval_ms`)."""
-
-
 class LLMSettings(BaseSettings):
     """What the LLM deployment serves and how much of it at once."""
 
@@ -40,7 +36,7 @@ class LLMSettings(BaseSettings):
                                 "to stall): a lone long prompt is prefilled at once, faster than in chunks.")
     max_waiting: int = Field(1024, ge=1, description="Queued requests per replica before 503.")
     stream_interval_ms: float = Field(
-        STREAM_INTERVAL_MS, ge=0, le=1000,
+        0.0, ge=0, le=1000,
         description="A streamed answer's chunks leave at most this often after the first token, each with every "
                     "token made meanwhile: fewer chunks through the ingress, gateway and proxy leave the CPU to the "
                     "model (cache_actors/engine/batching/stream_pacing.py). 0: a chunk per token when the replica "

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from scripts.bench import bench_app
-from scripts.bench.report import console, print_table, write_json
 from scripts.bench.ports import free_loopback_port
+from scripts.bench.report import console, print_table, write_json
 from scripts.serve_stop import stop_serve
 
 if TYPE_CHECKING:
@@ -85,7 +85,6 @@ def measure(calls: dict[str, Callable[[], httpx.Response]], *, rounds: int, warm
             if i >= warmup:
                 samples[name].append(elapsed_ms)
     return samples
-
 
 
 async def _create_key(data_dir: Path) -> str:

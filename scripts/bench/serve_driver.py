@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from scripts.bench.serve_workloads import RequestRecord, Session, messages_for, unique_prompts
 from scripts.bench.ports import free_loopback_port
+from scripts.bench.serve_workloads import RequestRecord, Session, messages_for, unique_prompts
 from scripts.serve_stop import stop_serve
 
 REQUEST_TIMEOUT_S = 300.0
@@ -28,7 +28,6 @@ _STATS_KEYS = ("shard", "blocks", "capacity_blocks", "evicted_blocks", "stored_b
                "decode_steps", "mean_batch_size", "bytes_capacity")
 
 # --- cluster ---------------------------------------------------------------------------------------------
-
 
 
 @contextmanager

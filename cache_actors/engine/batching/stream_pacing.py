@@ -4,9 +4,9 @@ Why: each streamed item crosses up to three Python processes on the served
 path (the model replica's event loop, the ingress or gateway that shapes
 it as a server-sent event, Serve's proxy that writes it), about a
 millisecond of CPU in each. With 16 streams at once on 2 cores that was
-~3 ms per token, 16 times a decode step: CPU the model's threads needed
-(16 streamed completions through the gateway of the 24M Llama: the gateway
-~80 ms and the proxy ~70 ms of CPU per 64-token answer). vLLM and SGLang
+~2 ms per token in the ingress and the proxy alone, 16 times a decode step:
+CPU the model's threads needed (16 streamed 128-token answers of the 24M
+Llama: 22% of the machine's CPU went to those two). vLLM and SGLang
 call the same knob ``stream_interval`` (in tokens); here it is time, so a
 lone fast stream and a crowded slow one both get a chunk per interval.
 
