@@ -8,9 +8,10 @@ the ingress instead would add a replica hop (a Serve call, the ingress's
 ASGI work) to every request and to every streamed token's path; measured on
 this path in the closing note of issue 16.
 
-The app's options (model id, context, limits) come from the ingress
-(``LLMIngress.openai_config``): the gateway does not know the llm app's
-settings, and the ingress stays the one place they are read. They are asked
+The app's options (model id, context, limits) come from the llm app's
+ingress (``openai_config`` of `LLMServerFront` or of `LLMIngress`): the
+gateway does not know the llm app's settings, and the app stays the one
+place they are read. They are asked
 again every ``refresh_s`` so a redeployed model is picked up; while the
 ingress does not answer, the last app keeps serving.
 """

@@ -1,18 +1,24 @@
-"""The `llm` Serve application: an OpenAI-compatible ingress in front of the `LLMServer` replicas.
+"""The `llm` Serve application: the model replicas and their OpenAI-compatible API.
 
-Two deployments, because Serve routes a request to a replica of the
-*downstream* deployment with a custom router (the ingress gets ASGI
-arguments, not prompts):
+Two shapes (``openai_front``):
 
-- ``LLMIngress``: the FastAPI app of `deployments.llm.openai.routes`. In
-  serve_config.yaml it has no route: the gateway serves ``/v1`` itself,
-  with the same app built from `openai_config` over the ``LLMServer``
-  handle (`deployments.gateway.llm_front`). Deployed with a route prefix
-  (tests, benchmarks, a tool inside the cluster) it answers directly; it
-  also gives the gateway its OpenAPI schema through `ServiceIngress`.
-- ``LLMServer``: the model replicas (continuous batching, KV shard of their
-  device), routed by `deployments.llm.router.CacheAwareRouter` when
-  ``routing: affinity`` (the default), or by Serve's power of two choices.
+- ``replica`` (the default): one deployment, ``LLMServer`` =
+  `deployments.llm.front.LLMServerFront`, the model replicas serving the API
+  themselves; HTTP reaches the model's process with no Serve hop between.
+- ``ingress``: ``LLMIngress``, the FastAPI app of
+  `deployments.llm.openai.routes` over the ``LLMServer`` handle, in front of
+  bare replicas (`deployments.llm.server.LLMServer`). Serve routes a handle
+  call to a replica with a custom router (an HTTP request reaches the
+  ingress as ASGI arguments, not a prompt), so here every request is routed
+  cache-aware, for one hop more.
+
+The ``LLMServer`` replicas are routed by `deployments.llm.router.CacheAwareRouter`
+when ``routing: affinity`` (the default), or by Serve's power of two choices.
+In serve_config.yaml the app has no route: the gateway serves ``/v1`` itself,
+with the same API built from ``openai_config`` over the ``LLMServer`` handle
+(`deployments.gateway.llm_front`). Deployed with a route prefix (tests,
+benchmarks, a tool inside the cluster) the app answers directly; its
+ingress also gives the gateway its OpenAPI schema through `ServiceIngress`.
 
 Services call ``serve.get_deployment_handle("LLMServer", app_name="llm")``
 and its ``generate`` / ``generate_stream`` methods.
@@ -27,13 +33,14 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
-from cache_actors.engine.model_runner import model_identity
+from cache_actors.actors.worker_logs import route_package_logs
 from deployments.common import ServiceIngress
+from deployments.common.grpc_limits import GRPC_ENV
+from deployments.llm.front import FRONT_ACTOR_OPTIONS, LLMServerFront
 from deployments.llm.openai.over_handle import openai_app_over
+from deployments.llm.openai_options import openai_options
 from deployments.llm.server import LLMServer
 from deployments.llm.settings import LLMSettings
-from deployments.common.grpc_limits import GRPC_ENV
-from cache_actors.actors.worker_logs import route_package_logs
 
 CACHE_AWARE_ROUTER = "deployments.llm.router:CacheAwareRouter"
 
@@ -54,34 +61,6 @@ class LLMIngress(ServiceIngress):
     async def openai_config(self) -> dict[str, Any]:
         """What the gateway needs to serve this app's OpenAI API itself (`deployments.gateway.llm_front`)."""
         return openai_options(self._settings)
-
-
-def openai_options(settings: LLMSettings) -> dict[str, Any]:
-    """The `build_openai_app` options these settings give: the same wherever the app is built."""
-    model_id, context = model_identity(settings.model_path)
-    return {"model_id": settings.served_model_name or model_id, "max_context": min(context, settings.max_model_len),
-            "max_tokens_limit": settings.max_tokens_limit, "model_info": model_info(settings),
-            "version": blatam_version()}
-
-
-def blatam_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("blatam")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-DEMO_NOTE = ("the built-in demo model (random weights): its answers are not readable text; "
-             "`blatam up --model smollm2` or `model_path` serves a real model")
-
-
-def model_info(settings: LLMSettings) -> dict[str, Any]:
-    """What kind of model is served and why, for /health and /v1/models."""
-    kind = "demo" if settings.model_path is None else "huggingface"
-    note = settings.model_note or (DEMO_NOTE if kind == "demo" else None)
-    return {"kind": kind, **({"note": note} if note else {})}
 
 
 def router_config(settings: LLMSettings) -> RequestRouterConfig:
@@ -109,8 +88,13 @@ def build_llm(args: dict[str, Any] | None = None) -> Application:
     replicas = int(args.pop("num_replicas", 1))
     autoscaling = args.pop("autoscaling_config", None)
     options: dict[str, Any] = {"autoscaling_config": dict(autoscaling)} if autoscaling else {"num_replicas": replicas}
-    if "num_cpus" in args:
-        options["ray_actor_options"] = {"num_cpus": float(args.pop("num_cpus"))}
+    num_cpus = args.pop("num_cpus", None)
     settings = LLMSettings.model_validate(args)
-    server = LLMServer.options(**options, request_router_config=router_config(settings)).bind(args)
-    return LLMIngress.bind(server, args)
+    options["request_router_config"] = router_config(settings)
+    if settings.openai_front == "replica":
+        if num_cpus is not None:
+            options["ray_actor_options"] = {**FRONT_ACTOR_OPTIONS, "num_cpus": float(num_cpus)}
+        return LLMServerFront.options(**options).bind(args)
+    if num_cpus is not None:
+        options["ray_actor_options"] = {"num_cpus": float(num_cpus)}
+    return LLMIngress.bind(LLMServer.options(**options).bind(args), args)

@@ -1,6 +1,9 @@
 """`LLMServer`: the Serve deployment whose replicas run the model with continuous batching.
 
-Each replica loads the model (demo or ``model_path``), connects its engine to
+`LLMReplica` is the replica; it is deployed as ``LLMServer`` either with the
+OpenAI API in it (`deployments.llm.front.LLMServerFront`, the default) or
+bare, behind an `LLMIngress` (`LLMServer` here). Each replica loads the
+model (demo or ``model_path``), connects its engine to
 the KV shard of its own device (the replica's local rank picks among a
 node's shards when there are several, e.g. one per GPU) and serves every
 request through one `ContinuousBatcher`. Handle methods:
@@ -76,14 +79,17 @@ def _replica_identity() -> tuple[str, int | None]:
     return context.replica_id.unique_id, getattr(context.rank, "local_rank", None)
 
 
-@serve.deployment(
-    name="LLMServer",
-    ray_actor_options={"num_cpus": 0},
-    max_ongoing_requests=256,
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-)
-class LLMServer:
+REPLICA_OPTIONS: dict[str, Any] = {
+    "name": "LLMServer",
+    "ray_actor_options": {"num_cpus": 0},
+    "max_ongoing_requests": 256,
+    "health_check_period_s": 10,
+    "health_check_timeout_s": 30,
+}
+"""The model deployment's options, with or without the OpenAI API in it (`deployments.llm.front`)."""
+
+
+class LLMReplica:
     """One model replica: engine, KV shard client and continuous batcher."""
 
     def __init__(self, args: dict[str, Any] | None = None) -> None:
@@ -186,3 +192,7 @@ class LLMServer:
         batcher = getattr(self, "batcher", None)
         if batcher is not None:
             batcher.close()
+
+
+LLMServer = serve.deployment(**REPLICA_OPTIONS)(LLMReplica)
+"""The model replicas behind a separate `LLMIngress` (``openai_front: ingress``), called by handle only."""

@@ -467,10 +467,19 @@ def test_n_choices_on_the_cache_aware_router(client: httpx.Client, reference: Mo
 
 
 def test_deeply_nested_json_is_a_400(client: httpx.Client) -> None:
-    for deep in ('{"messages": ' + "[" * 1000 + "]" * 1000 + "}", "[" * 100_000 + "]" * 100_000):
+    from deployments.llm.openai.routes import MAX_JSON_DEPTH
+
+    # One level over the bound, 1,000 (which the model replica's parser accepts: importing torch._dynamo
+    # raises the recursion limit) and 100,000 (past any parser's stack) are refused as too deep ...
+    for arrays in (MAX_JSON_DEPTH, 1000, 100_000):
+        deep = '{"messages": ' + "[" * arrays + "]" * arrays + "}"
         response = client.post("/chat/completions", content=deep, headers={"content-type": "application/json"})
         assert response.status_code == 400, response.text
-        assert response.json()["error"]["code"] == "invalid_json"
+        assert response.json()["error"]["code"] == "invalid_json", (arrays, response.text)
+    # ... and a body at the bound is read, then refused for what it says
+    at_bound = '{"messages": ' + "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1) + "}"
+    response = client.post("/chat/completions", content=at_bound, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] != "invalid_json", response.text
 
 
 @pytest.mark.parametrize("prefix", GATEWAY_PREFIXES)

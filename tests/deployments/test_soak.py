@@ -160,7 +160,7 @@ def test_soak_through_the_gateway(stack: tuple[str, str]) -> None:
     write_json(os.environ.get("BLATAM_SOAK_JSON"), result.to_json())
 
     labels = {p.label for p in result.processes}
-    for wanted in ("ServeController", "ProxyActor", "replica gateway/", "replica llm/LLMServer", "replica llm/LLMIngress",
+    for wanted in ("ServeController", "ProxyActor", "replica gateway/", "replica llm/LLMServer",
                    "replica redundancy/", "replica export/", "KVCacheShard", "KVCacheCoordinator"):
         assert any(wanted in label for label in labels), (wanted, sorted(labels))
     assert result.sent >= 0.95 * SOAK_S * RATE_PER_S and result.windows[-1].cache is not None

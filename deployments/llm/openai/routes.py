@@ -61,6 +61,8 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         raise from_validation_errors([{"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON"}]) from None
     except RecursionError:  # nested deeper than the parser's stack allows
         raise _too_deep() from None
+    if nested_deeper_than(raw, data, MAX_JSON_DEPTH):
+        raise _too_deep()
     if b"\\u" in raw:  # an escape such as "\ud800" decodes to a lone surrogate, which no tokenizer can encode
         try:
             json.dumps(data, ensure_ascii=False).encode("utf-8")
@@ -73,6 +75,31 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         raise from_validation_errors(exc.errors(include_url=False)) from None
     except RecursionError:  # parsed, but too deep to validate
         raise _too_deep() from None
+
+
+MAX_JSON_DEPTH = 64
+"""Deepest body accepted: a JSON schema in ``response_format`` or a tool nests deepest, a few levels in practice.
+
+Explicit, because the parser's own bound is the interpreter's recursion limit
+less the handler's stack: 1,000 levels parsed in the model replica, where
+importing ``torch._dynamo`` raises that limit, and failed in the ingress."""
+
+
+def nested_deeper_than(raw: bytes, data: Any, limit: int) -> bool:
+    """Whether parsed JSON `data` (from `raw`) nests more than `limit` arrays and objects deep.
+
+    Bodies with at most `limit` brackets in all (nearly every request, a token-id prompt included) are
+    answered from two C-speed counts; only the others are walked, one level at a time.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    level = [data] if isinstance(data, (list, dict)) else []
+    for _ in range(limit):  # after the i-th pass, `level` holds the containers at depth i + 1
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (list, dict))]
+        if not level:
+            return False
+    return True
 
 
 def _too_deep() -> OpenAIError:

@@ -1,0 +1,49 @@
+"""`LLMServerFront`: the model replica that answers the OpenAI API over HTTP itself (``openai_front: replica``).
+
+The `llm` app's default shape: one deployment, the model replicas, and the
+ingress of the app. A request reaches the model's process straight from
+Serve's proxy (or, with ``--ingress haproxy``, from HAProxy, which forwards to
+the replica's own HTTP server), and the handler calls the batcher in the same
+event loop (`deployments.llm.openai.in_process`). The other shape,
+``openai_front: ingress``, puts `deployments.llm.app.LLMIngress` in front:
+one Serve hop more on each request and each streamed chunk, but its handle
+call goes through the cache-aware router, which an HTTP request through the
+proxy or HAProxy does not (they pick a replica without reading the prompt).
+With one replica there is nothing to choose; with several behind the
+gateway (serve_config.yaml), the gateway's ``/v1`` calls the replicas by
+handle, cache-aware, in either shape.
+
+The replica keeps every handle method of `LLMReplica` (services and the
+gateway call ``generate_stream`` as before) and, as every service ingress,
+``handle_request`` for what the gateway forwards (its OpenAPI schema) and
+``openai_config`` for the gateway's own ``/v1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from deployments.common import ServiceIngress
+from deployments.common.grpc_limits import GRPC_ENV
+from deployments.llm.openai.in_process import openai_app_in_process
+from deployments.llm.openai_options import openai_options
+from deployments.llm.server import REPLICA_OPTIONS, LLMReplica
+
+FRONT_ACTOR_OPTIONS: dict[str, Any] = {**REPLICA_OPTIONS["ray_actor_options"], "runtime_env": {"env_vars": GRPC_ENV}}
+"""The replica's Ray options as an ingress: the gateway forwards bodies to it by value (grpc_limits)."""
+
+
+@serve.deployment(**{**REPLICA_OPTIONS, "ray_actor_options": FRONT_ACTOR_OPTIONS})
+@serve.ingress()
+class LLMServerFront(ServiceIngress, LLMReplica):
+    """A model replica serving the OpenAI API in its own process (see the module docstring)."""
+
+    def __serve_build_asgi_app__(self) -> FastAPI:  # Serve's hook, called after __init__
+        return openai_app_in_process(self, openai_options(self.settings))
+
+    async def openai_config(self) -> dict[str, Any]:
+        """What the gateway needs to serve this app's OpenAI API itself (`deployments.gateway.llm_front`)."""
+        return openai_options(self.settings)

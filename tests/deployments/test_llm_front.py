@@ -1,0 +1,86 @@
+"""The `llm` app's two shapes (``openai_front``), each on a real Serve instance over HTTP.
+
+``replica`` (the default) is one deployment whose replicas answer HTTP
+themselves; ``ingress`` puts `LLMIngress` in front. Both must answer the same
+greedy completion with the same tokens, whole and streamed, and still serve
+the handle methods that services call.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from deployments.llm import build_llm
+from tests.deployments.conftest import ServeInstance, run_app
+
+pytestmark = pytest.mark.ray
+
+SHAPES = ("replica", "ingress")
+BODY = {"prompt": "The cache keeps", "max_tokens": 12, "temperature": 0, "logprobs": 1}
+
+
+@pytest.fixture(scope="module")
+def apps(serve_instance: ServeInstance):
+    from ray import serve
+
+    args = {"max_batch_size": 4, "max_model_len": 256, "cache": {"enable_distributed": False}}
+    for shape in SHAPES:
+        run_app(build_llm({**args, "openai_front": shape}), name=f"front-{shape}", route_prefix=f"/front-{shape}/v1")
+    yield {shape: f"{serve_instance.base_url}/front-{shape}/v1" for shape in SHAPES}
+    for shape in SHAPES:
+        serve.delete(f"front-{shape}")
+
+
+def _deployments(app: str) -> set[str]:
+    from ray import serve
+
+    return set(serve.status().applications[app].deployments)
+
+
+def _streamed(http: httpx.Client, url: str, body: dict) -> tuple[str, list[int]]:
+    text, chunks = "", 0
+    with http.stream("POST", f"{url}/completions", json={**body, "stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                choice = json.loads(line[6:])["choices"]
+                if choice:
+                    text += choice[0]["text"]
+                    chunks += 1
+    return text, chunks
+
+
+def test_each_shape_has_its_deployments_and_answers_alike(apps: dict[str, str]) -> None:
+    assert _deployments("front-replica") == {"LLMServer"}
+    assert _deployments("front-ingress") == {"LLMIngress", "LLMServer"}
+    answers = {}
+    with httpx.Client(timeout=120) as http:
+        for shape, url in apps.items():
+            model = http.get(f"{url}/models").json()["data"][0]["id"]
+            whole = http.post(f"{url}/completions", json={**BODY, "model": model})
+            assert whole.status_code == 200, whole.text
+            choice = whole.json()["choices"][0]
+            streamed, chunks = _streamed(http, url, {**BODY, "model": model})
+            assert streamed == choice["text"] and chunks >= 2, (shape, streamed, chunks)
+            answers[shape] = (choice["text"], choice["logprobs"]["tokens"])
+            tokens = http.post(f"{url}/tokenize", json={"model": model, "prompt": "abc"}).json()
+            assert tokens["count"] == len(tokens["tokens"]) >= 3, tokens
+            refused = http.post(f"{url}/completions", json={**BODY, "model": model, "max_tokens": "many"})
+            assert refused.status_code == 400 and refused.json()["error"]["param"], refused.text
+    assert answers["replica"] == answers["ingress"]  # greedy: the same tokens through either front
+
+
+def test_the_replica_front_still_serves_the_handle_methods(apps: dict[str, str]) -> None:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("LLMServer", app_name="front-replica")
+    result = handle.generate.remote({"prompt": "The cache keeps", "max_new_tokens": 12}).result(timeout_s=120)
+    with httpx.Client(timeout=120) as http:
+        model = http.get(f"{apps['replica']}/models").json()["data"][0]["id"]
+        served = http.post(f"{apps['replica']}/completions", json={**BODY, "model": model}).json()
+    assert result["text"] == served["choices"][0]["text"] and result["completion_tokens"] == 12
+    config = serve.get_app_handle("front-replica").openai_config.remote().result(timeout_s=60)
+    assert config["model_id"] == model and config["max_context"] == 256
