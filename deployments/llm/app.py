@@ -1,6 +1,7 @@
 """The `llm` Serve application: the model replicas and their OpenAI-compatible API.
 
-Two shapes (``openai_front``):
+Two shapes (``openai_front``; ``auto`` picks the first, except under HAProxy
+with cache-aware routing: `openai_front`):
 
 - ``replica`` (the default): one deployment, ``LLMServer`` =
   `deployments.llm.front.LLMServerFront`, the model replicas serving the API
@@ -26,7 +27,8 @@ and its ``generate`` / ``generate_stream`` methods.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Literal
 
 from ray import serve
 from ray.serve import Application
@@ -74,6 +76,29 @@ def router_config(settings: LLMSettings) -> RequestRouterConfig:
     )
 
 
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+"""Read, as Ray reads it, where the app is built: HAProxy answers HTTP instead of Serve's proxies."""
+
+
+def openai_front(settings: LLMSettings, *, haproxy: bool | None = None) -> Literal["replica", "ingress"]:
+    """The app's shape for ``settings.openai_front`` (see the module docstring).
+
+    Under HAProxy an HTTP ingress may not have a custom request router (Ray 2.60 refuses the deploy: HAProxy
+    picks the replica, so the router would be ignored), so ``auto`` keeps the cache-aware router on a
+    separate `LLMIngress` there, and an explicit ``replica`` with it is refused here, naming the way out.
+    """
+    if haproxy is None:
+        haproxy = os.environ.get(HAPROXY_ENV, "0") == "1"
+    conflict = haproxy and settings.routing == "affinity"
+    if settings.openai_front == "auto":
+        return "ingress" if conflict else "replica"
+    if settings.openai_front == "replica" and conflict:
+        raise ValueError("openai_front: replica with routing: affinity cannot run under HAProxy: Ray 2.60 allows no "
+                         "custom request router on an HTTP ingress there. Use openai_front: auto or ingress, "
+                         "or routing: pow2.")
+    return settings.openai_front
+
+
 def build_llm(args: dict[str, Any] | None = None) -> Application:
     """Application builder (serve_config.yaml ``import_path: deployments.llm:build_llm``).
 
@@ -91,7 +116,7 @@ def build_llm(args: dict[str, Any] | None = None) -> Application:
     num_cpus = args.pop("num_cpus", None)
     settings = LLMSettings.model_validate(args)
     options["request_router_config"] = router_config(settings)
-    if settings.openai_front == "replica":
+    if openai_front(settings) == "replica":
         if num_cpus is not None:
             options["ray_actor_options"] = {**FRONT_ACTOR_OPTIONS, "num_cpus": float(num_cpus)}
         return LLMServerFront.options(**options).bind(args)

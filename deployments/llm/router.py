@@ -1,6 +1,8 @@
 """`CacheAwareRouter`: Serve request router that sends a prompt where its KV prefix is.
 
-Put it on the LLM deployment (not the ingress)::
+`deployments.llm.app.build_llm` puts it on the ``LLMServer`` deployment from
+the app's args (``routing: affinity``, ``routing_stats_period_s``, and
+``router``: the kwargs below), as Serve's::
 
     request_router_config:
       request_router_class: deployments.llm.router:CacheAwareRouter

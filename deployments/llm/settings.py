@@ -46,13 +46,14 @@ class LLMSettings(BaseSettings):
     num_threads: int | None = Field(
         None, ge=1, description="torch threads per replica; None: the CPUs Ray reserved for it (LLMServer's "
                                 "num_cpus, 1 when it reserved none; deployments/llm/threads.py).")
-    openai_front: Literal["replica", "ingress"] = Field(
-        "replica",
+    openai_front: Literal["auto", "replica", "ingress"] = Field(
+        "auto",
         description="Where the app's OpenAI API runs: in the model replicas (`replica`: HTTP reaches the model's "
-                    "process with no Serve hop between; with several replicas the proxy or HAProxy picks one "
-                    "without reading the prompt), or in an LLMIngress deployment in front (`ingress`: every "
-                    "request routed cache-aware, one Serve hop more). The gateway's /v1 routes cache-aware in "
-                    "both (deployments/llm/front.py).")
+                    "process with no Serve hop between; with several replicas the proxy picks one without reading "
+                    "the prompt), or in an LLMIngress deployment in front (`ingress`: every request routed "
+                    "cache-aware, one Serve hop more). `auto`: `replica`, except under HAProxy with cache-aware "
+                    "routing, which Ray 2.60 does not allow on an HTTP ingress. The gateway's /v1 calls the "
+                    "replicas by handle in every shape (deployments/llm/front.py).")
     routing: Literal["affinity", "pow2"] = Field("affinity", description="Cache-aware routing, or Serve's power of two choices.")
     router: dict[str, Any] = Field(default_factory=dict, description="request_router_kwargs of the cache-aware router.")
     routing_stats_period_s: float = Field(1.0, gt=0, description="How often replicas report load and shard to the router.")

@@ -16,10 +16,31 @@ import pytest
 from deployments.llm import build_llm
 from tests.deployments.conftest import ServeInstance, run_app
 
-pytestmark = pytest.mark.ray
 
-SHAPES = ("replica", "ingress")
+SHAPES = ("replica", "ingress")  # explicit: `auto` is `ingress` where the test session runs HAProxy
 BODY = {"prompt": "The cache keeps", "max_tokens": 12, "temperature": 0, "logprobs": 1}
+
+
+@pytest.mark.parametrize(("front", "routing", "haproxy", "shape"), [
+    ("auto", "affinity", False, "replica"),
+    ("auto", "pow2", True, "replica"),
+    ("auto", "affinity", True, "ingress"),  # Ray 2.60 refuses a custom router on an HTTP ingress under HAProxy
+    ("ingress", "pow2", False, "ingress"),
+    ("replica", "pow2", True, "replica"),
+])
+def test_the_shape_each_setting_gives(front: str, routing: str, haproxy: bool, shape: str) -> None:
+    from deployments.llm.app import openai_front
+    from deployments.llm.settings import LLMSettings
+
+    assert openai_front(LLMSettings(openai_front=front, routing=routing), haproxy=haproxy) == shape
+
+
+def test_the_replica_front_with_the_cache_aware_router_under_haproxy_is_refused_by_name() -> None:
+    from deployments.llm.app import openai_front
+    from deployments.llm.settings import LLMSettings
+
+    with pytest.raises(ValueError, match="openai_front: auto or ingress, or routing: pow2"):
+        openai_front(LLMSettings(openai_front="replica", routing="affinity"), haproxy=True)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +74,7 @@ def _streamed(http: httpx.Client, url: str, body: dict) -> tuple[str, list[int]]
     return text, chunks
 
 
+@pytest.mark.ray
 def test_each_shape_has_its_deployments_and_answers_alike(apps: dict[str, str]) -> None:
     assert _deployments("front-replica") == {"LLMServer"}
     assert _deployments("front-ingress") == {"LLMIngress", "LLMServer"}
@@ -73,6 +95,7 @@ def test_each_shape_has_its_deployments_and_answers_alike(apps: dict[str, str]) 
     assert answers["replica"] == answers["ingress"]  # greedy: the same tokens through either front
 
 
+@pytest.mark.ray
 def test_the_replica_front_still_serves_the_handle_methods(apps: dict[str, str]) -> None:
     from ray import serve
 
