@@ -2,9 +2,12 @@
 
 The `llm` app's default shape: one deployment, the model replicas, and the
 ingress of the app. A request reaches the model's process straight from
-Serve's proxy (or, with ``--ingress haproxy``, from HAProxy, which forwards to
-the replica's own HTTP server), and the handler calls the batcher in the same
-event loop (`deployments.llm.openai.in_process`). The other shape,
+Serve's proxy (or, with ``--ingress haproxy`` and ``routing: pow2``, from
+HAProxy, which forwards to the replica's own HTTP server: Ray 2.60 allows no
+custom router on it there), and the handler calls the batcher in the same
+event loop (`deployments.llm.openai.in_process`). Its JSON parsing and
+server-sent events then share the model's process: the CPU they cost is the
+same, one Serve hop's work less. The other shape,
 ``openai_front: ingress``, puts `deployments.llm.app.LLMIngress` in front:
 one Serve hop more on each request and each streamed chunk, but its handle
 call goes through the cache-aware router, which an HTTP request through the
