@@ -33,7 +33,11 @@ the uniform body. So it is a choice: ``blatam up --ingress haproxy``,
   deadline) in its replicas, which now face HTTP themselves;
 - each app without one: both flags off. Replicas inherit the controller's
   environment, so its ingress replica would otherwise open an HTTP port of
-  its own, its routes reachable with no key (the services trust the gateway).
+  its own, its routes reachable with no key (the services trust the gateway);
+- every app: ``BLATAM_CONTROLLER_HAPROXY=1``, which tells the `llm` app's
+  builder that the controller runs HAProxy even where the app's own flag is
+  off (`deployments.llm.app.openai_front`: Ray refuses a custom router on
+  any app's ingress under HAProxy).
 """
 
 from __future__ import annotations
@@ -148,11 +152,14 @@ def fit_ingress(config: Any, ingress: str, *, find_binary: Callable[[], str | No
     for name in PORT_VARIABLES:
         if name not in controller:
             controller[name] = str(pick_port())
+    from deployments.llm.settings import CONTROLLER_HAPROXY_ENV  # here: `blatam --help` imports this module
+
     routed = direct_ingress_env(controller)
     for app in config.applications:
         env = _env_vars(app)
         for name, value in (routed if app.route_prefix else UNROUTED_ENV).items():
             env.setdefault(name, value)
+        env[CONTROLLER_HAPROXY_ENV] = "1"  # for the builders: the controller runs HAProxy, whatever the app's flag
     names = ", ".join(app.name for app in config.applications if app.route_prefix) or "no app"
     return f"HTTP: HAProxy ({binary}) in front of {names}"
 

@@ -42,7 +42,7 @@ from deployments.llm.front import FRONT_ACTOR_OPTIONS, LLMServerFront
 from deployments.llm.openai.over_handle import openai_app_over
 from deployments.llm.openai_options import openai_options
 from deployments.llm.server import LLMServer
-from deployments.llm.settings import LLMSettings
+from deployments.llm.settings import CONTROLLER_HAPROXY_ENV, HAPROXY_ENV, LLMSettings
 
 CACHE_AWARE_ROUTER = "deployments.llm.router:CacheAwareRouter"
 
@@ -76,19 +76,15 @@ def router_config(settings: LLMSettings) -> RequestRouterConfig:
     )
 
 
-HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
-"""Read, as Ray reads it, where the app is built: HAProxy answers HTTP instead of Serve's proxies."""
-
-
 def openai_front(settings: LLMSettings, *, haproxy: bool | None = None) -> Literal["replica", "ingress"]:
     """The app's shape for ``settings.openai_front`` (see the module docstring).
 
-    Under HAProxy an HTTP ingress may not have a custom request router (Ray 2.60 refuses the deploy: HAProxy
-    picks the replica, so the router would be ignored), so ``auto`` keeps the cache-aware router on a
+    Under HAProxy no app's ingress may have a custom request router (Ray 2.60 refuses the deploy: HAProxy
+    picks the replica of an HTTP request, so the router would be ignored), so ``auto`` keeps the cache-aware router on a
     separate `LLMIngress` there, and an explicit ``replica`` with it is refused here, naming the way out.
     """
     if haproxy is None:
-        haproxy = os.environ.get(HAPROXY_ENV, "0") == "1"
+        haproxy = "1" in (os.environ.get(HAPROXY_ENV), os.environ.get(CONTROLLER_HAPROXY_ENV))
     conflict = haproxy and settings.routing == "affinity"
     if settings.openai_front == "auto":
         return "ingress" if conflict else "replica"

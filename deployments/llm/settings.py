@@ -12,6 +12,14 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+"""Read, as Ray reads it, where the app is built: HAProxy answers HTTP instead of Serve's proxies."""
+CONTROLLER_HAPROXY_ENV = "BLATAM_CONTROLLER_HAPROXY"
+"""Set to 1 in every app's environment by `blatam up --ingress haproxy` (scripts/up_ingress.py): an app without
+a route has `HAPROXY_ENV` off in its own environment (so its replicas open no HTTP port), while the controller,
+which refuses a custom router on any app's ingress then, runs HAProxy (`deployments.llm.app.openai_front`)."""
+
+
 class LLMSettings(BaseSettings):
     """What the LLM deployment serves and how much of it at once."""
 

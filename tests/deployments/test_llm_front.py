@@ -43,6 +43,19 @@ def test_the_replica_front_with_the_cache_aware_router_under_haproxy_is_refused_
         openai_front(LLMSettings(openai_front="replica", routing="affinity"), haproxy=True)
 
 
+def test_an_app_without_a_route_learns_that_the_controller_runs_haproxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.llm.app import openai_front
+    from deployments.llm.settings import CONTROLLER_HAPROXY_ENV, HAPROXY_ENV, LLMSettings
+
+    # What `blatam up --ingress haproxy` gives an app without a route (scripts/up_ingress.py): found when the
+    # replica shape built there and the controller refused the deploy.
+    monkeypatch.setenv(HAPROXY_ENV, "0")
+    monkeypatch.setenv(CONTROLLER_HAPROXY_ENV, "1")
+    assert openai_front(LLMSettings(routing="affinity")) == "ingress"
+    monkeypatch.delenv(CONTROLLER_HAPROXY_ENV)
+    assert openai_front(LLMSettings(routing="affinity")) == "replica"
+
+
 @pytest.fixture(scope="module")
 def apps(serve_instance: ServeInstance):
     from ray import serve

@@ -56,6 +56,9 @@ def test_haproxy_goes_in_front_of_the_gateway_only_and_every_other_service_stays
     # No route, no port of their own: replicas inherit the controller's flag, so each app says no itself.
     assert {name: (env[HAPROXY_FLAG], env[DIRECT_INGRESS_FLAG]) for name, env in apps.items()} == {
         name: ("0", "0") for name in apps}
+    # ... yet the llm app's builder learns that the controller runs HAProxy (it refuses a custom router on
+    # any app's ingress then: deployments/llm/app.py openai_front)
+    assert all(env["BLATAM_CONTROLLER_HAPROXY"] == "1" for env in [gateway, *apps.values()])
 
 
 def test_the_benchmarked_llm_app_gets_its_route_behind_haproxy_as_the_gateway_does() -> None:
