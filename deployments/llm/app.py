@@ -38,7 +38,7 @@ from ray.serve.handle import DeploymentHandle
 from cache_actors.actors.worker_logs import route_package_logs
 from deployments.common import ServiceIngress
 from deployments.common.grpc_limits import GRPC_ENV
-from deployments.llm.front import FRONT_ACTOR_OPTIONS, LLMServerFront
+from deployments.llm.front import LLMServerFront
 from deployments.llm.openai.over_handle import openai_app_over
 from deployments.llm.openai_options import openai_options
 from deployments.llm.server import LLMServer
@@ -47,7 +47,7 @@ from deployments.llm.settings import CONTROLLER_HAPROXY_ENV, HAPROXY_ENV, LLMSet
 CACHE_AWARE_ROUTER = "deployments.llm.router:CacheAwareRouter"
 
 
-@serve.deployment(name="LLMIngress", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": GRPC_ENV}}, max_ongoing_requests=1024)
+@serve.deployment(name="LLMIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress()
 class LLMIngress(ServiceIngress):
     """HTTP front of the LLM: validates, fans out ``n``, streams server-sent events."""
@@ -112,10 +112,20 @@ def build_llm(args: dict[str, Any] | None = None) -> Application:
     num_cpus = args.pop("num_cpus", None)
     settings = LLMSettings.model_validate(args)
     options["request_router_config"] = router_config(settings)
-    if openai_front(settings) == "replica":
-        if num_cpus is not None:
-            options["ray_actor_options"] = {**FRONT_ACTOR_OPTIONS, "num_cpus": float(num_cpus)}
-        return LLMServerFront.options(**options).bind(args)
     if num_cpus is not None:
         options["ray_actor_options"] = {"num_cpus": float(num_cpus)}
-    return LLMIngress.bind(LLMServer.options(**options).bind(args), args)
+    if openai_front(settings) == "replica":
+        return LLMServerFront.options(**options).bind(args)
+    return LLMIngress.options(**ingress_env()).bind(LLMServer.options(**options).bind(args), args)
+
+
+def ingress_env() -> dict[str, Any]:
+    """`LLMIngress`'s own runtime_env: `GRPC_ENV` (large answers from the replicas), unless the app's has it.
+
+    A deployment with a runtime_env in its code gets none of the app's (Serve applies that one only to
+    deployments without, or to those the deploy file lists, and the file cannot list a deployment that only
+    one shape has): behind HAProxy the ingress then lost serve_config.yaml's flags and opened an HTTP port of
+    its own. The builder runs in the app's environment, so what it already has needs no runtime_env.
+    """
+    missing = {name: value for name, value in GRPC_ENV.items() if os.environ.get(name) != value}
+    return {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": missing}}} if missing else {}

@@ -30,16 +30,14 @@ from fastapi import FastAPI
 from ray import serve
 
 from deployments.common import ServiceIngress
-from deployments.common.grpc_limits import GRPC_ENV
 from deployments.llm.openai.in_process import openai_app_in_process
 from deployments.llm.openai_options import openai_options
 from deployments.llm.server import REPLICA_OPTIONS, LLMReplica
 
-FRONT_ACTOR_OPTIONS: dict[str, Any] = {**REPLICA_OPTIONS["ray_actor_options"], "runtime_env": {"env_vars": GRPC_ENV}}
-"""The replica's Ray options as an ingress: the gateway forwards bodies to it by value (grpc_limits)."""
-
-
-@serve.deployment(**{**REPLICA_OPTIONS, "ray_actor_options": FRONT_ACTOR_OPTIONS})
+# NOTE: no runtime_env of its own, as the bare replica: one in the code would keep the app's (serve_config.yaml's
+# niceness, HAProxy flags, gRPC cap) from a deployment the deploy file does not list. Nothing it calls answers
+# over gRPC, and what the gateway sends it by gRPC stays under the default cap (grpc_limits).
+@serve.deployment(**REPLICA_OPTIONS)
 @serve.ingress()
 class LLMServerFront(ServiceIngress, LLMReplica):
     """A model replica serving the OpenAI API in its own process (see the module docstring)."""

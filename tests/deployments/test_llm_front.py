@@ -56,6 +56,21 @@ def test_an_app_without_a_route_learns_that_the_controller_runs_haproxy(monkeypa
     assert openai_front(LLMSettings(routing="affinity")) == "replica"
 
 
+def test_the_ingress_brings_the_grpc_cap_only_where_the_apps_environment_lacks_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.common.grpc_limits import GRPC_ENV
+    from deployments.llm.app import ingress_env
+
+    # A runtime_env of its own would hide the app's (serve_config.yaml's HAProxy flags and niceness): found when
+    # the ingress behind HAProxy opened an HTTP port of its own in tests/scripts/test_ops_cli.py.
+    for name, value in GRPC_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert ingress_env() == {}
+    for name in GRPC_ENV:
+        monkeypatch.delenv(name)
+    assert ingress_env()["ray_actor_options"]["runtime_env"] == {"env_vars": GRPC_ENV}
+
+
 @pytest.fixture(scope="module")
 def apps(serve_instance: ServeInstance):
     from ray import serve
