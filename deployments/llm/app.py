@@ -128,4 +128,6 @@ def ingress_env() -> dict[str, Any]:
     its own. The builder runs in the app's environment, so what it already has needs no runtime_env.
     """
     missing = {name: value for name, value in GRPC_ENV.items() if os.environ.get(name) != value}
-    return {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": missing}}} if missing else {}
+    if not missing:
+        return {}
+    return {"ray_actor_options": {**LLMIngress.ray_actor_options, "runtime_env": {"env_vars": missing}}}

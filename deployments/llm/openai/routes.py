@@ -73,8 +73,6 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         return model.model_validate(data)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(include_url=False)) from None
-    except RecursionError:  # parsed, but too deep to validate
-        raise _too_deep() from None
 
 
 MAX_JSON_DEPTH = 64
