@@ -159,11 +159,16 @@ def wait_until_running(names: list[str], *, timeout_s: float, stop: threading.Ev
         stop.wait(STATUS_POLL_S)
 
 
+def local_base(host: str, port: int) -> str:
+    """The HTTP address to give a user on this machine for a server bound to ``host``."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}"
+
+
 def print_ready(config: Any, *, host: str, port: int, dashboard_url: str | None, gcs_address: str,
                 notes: list[str]) -> None:
     """Where everything is: the services' URLs, the dashboard, and the line that lets Ray's CLI in."""
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    base = f"http://{shown}:{port}"
+    base = local_base(host, port)
     lines = [
         "",
         "Blatam is up.",
@@ -272,6 +277,14 @@ def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, das
             status.update("Deploying ...")
             wait_until_running(names, timeout_s=deploy_timeout_s, stop=stop, on_states=lambda states: status.update(
                 "Deploying: " + ", ".join(f"{name} {state}" for name, state in states.items())))
+        if not stop.is_set() and any(app.route_prefix == "/" for app in config.applications):
+            from scripts.up_health import wait_healthy  # here: `blatam --help` does not import httpx
+
+            with console.status("Waiting for the gateway's /health (its first calls to each service) ..."):
+                health = wait_healthy(local_base(host, port), stop=stop)
+            if (health_note := health.note()) is not None:
+                logger.warning("%s", health_note)
+                notes.append(health_note)
         if not stop.is_set():
             dashboard_url = f"http://{context.dashboard_url}" if getattr(context, "dashboard_url", None) else None
             print_ready(config, host=host, port=port, dashboard_url=dashboard_url,

@@ -54,6 +54,7 @@ from deployments.agents.runtime import AgentsAppConfig, Runtime
 from deployments.common import (
     BodySizeLimitMiddleware,
     ErrorSpec,
+    InlineBodyMiddleware,
     RequestIdMiddleware,
     forwarded_caller,
     install_error_handlers,
@@ -253,6 +254,7 @@ def create_app(config: AgentsAppConfig | None = None, *, llm: Any = None, servic
     install_error_handlers(app, ERRORS)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, echo_header=False)
+    app.add_middleware(InlineBodyMiddleware)  # outermost: the body Serve's proxy sent with the request
     app.include_router(agents)
     app.include_router(runs)
     return app

@@ -51,6 +51,7 @@ from deployments.common.heap import freeze_startup_heap
 from deployments.common import (
     BodySizeLimitMiddleware,
     ErrorSpec,
+    InlineBodyMiddleware,
     RequestIdMiddleware,
     error_response,
     get_request_id,
@@ -260,6 +261,7 @@ def create_app(config: BulAppConfig | None = None, *, llm: Any = None) -> FastAP
     _install_validation_handler(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, echo_header=False)
+    app.add_middleware(InlineBodyMiddleware)  # outermost: the body Serve's proxy sent with the request
     app.include_router(router)
     return app
 

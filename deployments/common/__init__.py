@@ -5,6 +5,7 @@ body, request ids, the body size limit, and the gateway forwarding protocol
 from deployments.common.body_limit import BodySizeLimitMiddleware
 from deployments.common.errors import ApiError, ErrorSpec, error_body, error_response, install_error_handlers
 from deployments.common.forwarding import Caller, ForwardedResponse, ServiceIngress, call_asgi, forwarded_caller
+from deployments.common.inline_body import InlineBodyMiddleware
 from deployments.common.request_id import RequestIdMiddleware, get_request_id
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "Caller",
     "ErrorSpec",
     "ForwardedResponse",
+    "InlineBodyMiddleware",
     "RequestIdMiddleware",
     "ServiceIngress",
     "call_asgi",

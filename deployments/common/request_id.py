@@ -114,8 +114,10 @@ class ProxyRequestIdMiddleware:
 
 def proxy_middlewares() -> list[Middleware]:
     """Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, see `PROXY_ENV`)."""
+    from deployments.common.inline_body import ProxyInlineBodyMiddleware
     from deployments.common.proxy_failures import ProxyFailureMiddleware, head_timeout_from_env
     from deployments.common.proxy_hints import ProxyHintsMiddleware
 
     return [Middleware(ProxyFailureMiddleware, head_timeout_s=head_timeout_from_env()),
-            Middleware(ProxyHintsMiddleware), Middleware(ProxyRequestIdMiddleware)]
+            Middleware(ProxyHintsMiddleware), Middleware(ProxyRequestIdMiddleware),
+            Middleware(ProxyInlineBodyMiddleware)]

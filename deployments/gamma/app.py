@@ -58,6 +58,7 @@ from deployments.common import (
     ApiError,
     BodySizeLimitMiddleware,
     ErrorSpec,
+    InlineBodyMiddleware,
     RequestIdMiddleware,
     error_response,
     get_request_id,
@@ -253,6 +254,7 @@ def create_app(config: GammaAppConfig | None = None, *, llm_factory: Callable[[]
     _install_validation_handler(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, echo_header=False)
+    app.add_middleware(InlineBodyMiddleware)  # outermost: the body Serve's proxy sent with the request
     app.include_router(content)
     app.include_router(generations)
     app.include_router(meta)

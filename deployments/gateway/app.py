@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from deployments.common.body_limit import BodySizeLimitMiddleware
+from deployments.common.inline_body import InlineBodyMiddleware
 from deployments.common.request_id import RequestIdMiddleware
 from deployments.gateway.errors import install_gateway_errors
 from deployments.gateway.routes import auth, health, legacy, openai, proxy
@@ -60,4 +61,5 @@ def create_app(state: GatewayState, *, echo_request_id: bool = True) -> FastAPI:
     # add_middleware wraps: the last added runs first, so request ids exist before the size check.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=state.settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, echo_header=echo_request_id)
+    app.add_middleware(InlineBodyMiddleware)  # outermost: the body Serve's proxy sent with the request
     return app

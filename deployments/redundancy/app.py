@@ -44,6 +44,7 @@ from business_modules.redundancy.service import RedundancyService
 from deployments.common import (
     BodySizeLimitMiddleware,
     ErrorSpec,
+    InlineBodyMiddleware,
     RequestIdMiddleware,
     forwarded_caller,
     install_error_handlers,
@@ -291,6 +292,7 @@ def create_app(config: RedundancyAppConfig | None = None) -> FastAPI:
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, echo_header=False)
+    app.add_middleware(InlineBodyMiddleware)  # outermost: the body Serve's proxy sent with the request
     for router in (analysis, ops, corpora):
         app.include_router(router)
     return app

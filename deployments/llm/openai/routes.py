@@ -32,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from deployments.common.inline_body import InlineBodyMiddleware
 from deployments.common.forwarding import forwarded_caller
 from cache_actors.engine.tool_calls import ToolCallParser
 from deployments.llm.openai.choice_streams import ChoiceStream, StreamFn, close_all, MergedEvents, open_choices
@@ -220,6 +221,7 @@ def build_openai_app(
         return JSONResponse(full_response(kind, response_id=response_id, created=shaper.created, model=model_id,
                                           choices=choices))
 
+    app.add_middleware(InlineBodyMiddleware)  # outermost: the body Serve's proxy sent with the request
     return app
 
 
