@@ -60,22 +60,20 @@ def wait_healthy(base_url: str, *, timeout_s: float = HEALTH_WAIT_S, stop: threa
     the wait at once: there is nothing to warm.
     """
     started = time.monotonic()
-    last = HealthWait("unanswered", 0.0)
+    stop = stop or threading.Event()
     with httpx.Client(timeout=httpx.Timeout(10.0, connect=2.0)) as client:
         while True:
             waited = time.monotonic() - started
+            status, parts = "unanswered", ()
             try:
                 response = client.get(f"{base_url}/health")
                 if response.status_code == 404:
                     return HealthWait("healthy", waited)
                 report = response.json()
-                status = str(report.get("status", "unanswered")) if isinstance(report, dict) else "unanswered"
-                last = HealthWait(status, waited, unhealthy_parts(report) if isinstance(report, dict) else ())
+                if isinstance(report, dict):
+                    status, parts = str(report.get("status", "unanswered")), unhealthy_parts(report)
             except (httpx.HTTPError, ValueError):
-                last = HealthWait("unanswered", waited)
-            if last.status == "healthy" or waited >= timeout_s or (stop is not None and stop.is_set()):
-                return HealthWait(last.status, time.monotonic() - started, last.not_healthy)
-            if stop is not None:
-                stop.wait(poll_s)
-            else:
-                time.sleep(poll_s)
+                pass  # no answer, or not JSON: "unanswered"
+            if status == "healthy" or waited >= timeout_s or stop.is_set():
+                return HealthWait(status, time.monotonic() - started, parts)
+            stop.wait(poll_s)
