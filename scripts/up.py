@@ -12,8 +12,8 @@ process. Both are said in the output. The llm app serves SmolLM2 (pulled into
 (`scripts.up_model`). The LLM's model replicas reserve the CPUs the file gives
 them (2), which are their torch threads; on a cluster with fewer CPUs the
 reservations are scaled down to fit, and the notes say what each got
-(`scripts.up_cpus`). ``--ingress haproxy`` puts HAProxy in front of the
-gateway's replicas instead of Serve's Python proxy (`scripts.up_ingress`).
+(`scripts.up_cpus`). HAProxy answers HTTP in front of the gateway's
+replicas (``--ingress proxy``: Serve's Python proxy; `scripts.up_ingress`).
 
 Ray 2.60 turns token authentication on for clusters started by ``ray.init``
 (token in ``~/.ray/auth_token``). This command talks to its cluster in
@@ -48,7 +48,7 @@ from scripts.ray_access import cli_env, export_line, token_auth_enabled, token_l
 from scripts.serve_stop import SERVE_STOP_TIMEOUT_S, stop_serve
 from scripts.up_cpus import ReplicaCpus, fit_replica_cpus
 from scripts.up_detach import DETACHED_ENV, DetachError, start_detached, stop_detached
-from scripts.up_ingress import DEFAULT_INGRESS, fit_ingress, ingress_error
+from scripts.up_ingress import DEFAULT_INGRESS, fit_ingress, fit_llm_front, ingress_error
 from scripts.up_model import ModelChoiceError, apply_model, choose_model, configured_model, has_llm_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +258,8 @@ def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, das
             dashboard_port=dashboard_port,
             namespace="blatam",
         )
-    for line in cpu_notes(fit_replica_cpus(config, ray.cluster_resources().get("CPU", 0.0))):
+    for line in [*cpu_notes(fit_replica_cpus(config, ray.cluster_resources().get("CPU", 0.0))),
+                 *fit_llm_front(config)]:
         logger.info("%s", line)
         notes.append(line)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -349,8 +350,8 @@ def up(
                         "smollm2, pulled on first start; the demo model if that pull is impossible).")] = None,
     ingress: Annotated[str, typer.Option(
         "--ingress",
-        help="What answers HTTP: Serve's Python proxy, or HAProxy in front of the gateway's replicas (~10 ms less a "
-             "request; a gateway replica's crash is then a plain 500 for its requests in flight: scripts/up_ingress.py)."
+        help="What answers HTTP: HAProxy in front of the gateway's replicas (~10 ms less a request than Serve's "
+             "proxy; Serve's proxy where no HAProxy binary is), or proxy: Serve's Python proxy (scripts/up_ingress.py)."
     )] = DEFAULT_INGRESS,
     detach: Annotated[bool, typer.Option(
         "--detach", "-d", help="Run in the background (log in <data dir>/blatam-up.log); `blatam down` stops it.")] = False,

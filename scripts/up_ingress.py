@@ -13,16 +13,17 @@ rounds interleaved): a 2,049-token prompt with 1,984 tokens cached got its
 first token in 66.8 ms through the Python proxy, 58.3 ms through HAProxy and
 56.6 ms straight at the replica's port.
 
-Why not by default: when a gateway replica dies with requests in flight,
-HAProxy answers them with its own plain-text ``500 Internal Server Error``
-(Ray writes that error page and offers no setting for it), where the Python
-proxy, with `deployments.common.proxy_failures`, answers a retryable 503 in
-the uniform body. So it is a choice: ``blatam up --ingress haproxy``,
-``blatam bench peers --ingress haproxy``.
+HAProxy is the default where its binary is (``--ingress proxy`` chooses
+Serve's proxy). Its own failure answers (a gateway replica that died with
+requests in flight, none up yet) are our retryable 503 in the uniform body,
+as Serve's proxy gives them (`deployments.common.proxy_failures`): Ray's
+page is plain text, so Ray runs HAProxy through a script that puts ours in
+its place (`scripts.haproxy_error_page`).
 
 `fit_ingress` sets what it takes, in the deploy config about to be deployed:
 
-- the controller: HAProxy instead of the proxies, one HAProxy thread (Ray's
+- the controller: HAProxy instead of the proxies, run through the
+  error-page script (`RAY_SERVE_HAPROXY_BINARY_PATH`), one HAProxy thread (Ray's
   4 and its per-request metrics log cost ~6 ms a request on 2 cores, an
   earlier measurement in the README), its metrics off (the direct-ingress
   replicas count the same families; both would double every rate), a 2 s
@@ -48,6 +49,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from scripts.haproxy_error_page import BINARY_VARIABLE, Wrapper, install_wrapper
+from scripts.up_model import LLM_IMPORT_PATH
+
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 """The controller's: HAProxy on each node instead of Serve's proxy actors."""
 DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
@@ -61,7 +65,7 @@ would open an HTTP port of its own, answering its routes with no key (the servic
 DRAINING_VARIABLE = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 """Read by the controller and the ingress replicas alike: how long a stopping one stays open for HAProxy."""
 INGRESSES = ("proxy", "haproxy")
-DEFAULT_INGRESS = "proxy"
+DEFAULT_INGRESS = "haproxy"
 CONTROLLER_ENV = {HAPROXY_FLAG: "1", HAPROXY_METRICS_FLAG: "0", "RAY_SERVE_HAPROXY_NBTHREAD": "1",
                   DRAINING_VARIABLE: "2"}
 """The controller's side (the module docstring says why each); its proxies and HAProxy inherit it."""
@@ -132,11 +136,14 @@ def _controller_env(config: Any) -> dict[str, str]:
 
 
 def fit_ingress(config: Any, ingress: str, *, find_binary: Callable[[], str | None] = haproxy_binary,
-                pick_port: Callable[[], int] = free_port) -> str:
+                pick_port: Callable[[], int] = free_port,
+                install: Callable[[str], Wrapper] = install_wrapper) -> str:
     """Set ``config`` up for ``ingress`` (see the module docstring); returns what to tell the user.
 
     ``find_binary`` (asked for ``haproxy`` only): where HAProxy is; without
     one, HAProxy cannot run and the note says the proxy answers instead.
+    ``install``: writes the error-page script around that binary (where it
+    cannot, HAProxy runs with Ray's plain-text page and the note says so).
     What the file sets itself stays.
     """
     if (error := ingress_error(ingress)) is not None:
@@ -147,6 +154,12 @@ def fit_ingress(config: Any, ingress: str, *, find_binary: Callable[[], str | No
     if binary is None:
         return "HTTP: Serve's proxy (--ingress haproxy: no HAProxy binary; install ray[serve] on Linux or put haproxy on PATH)"
     controller = _controller_env(config)
+    page_note = ""
+    if BINARY_VARIABLE not in controller:
+        try:
+            controller[BINARY_VARIABLE] = str(install(binary).binary)
+        except OSError as exc:
+            page_note = f"; its own failures answer Ray's plain-text 500 (no error-page script: {exc})"
     for name, value in CONTROLLER_ENV.items():
         controller.setdefault(name, value)
     for name in PORT_VARIABLES:
@@ -161,5 +174,49 @@ def fit_ingress(config: Any, ingress: str, *, find_binary: Callable[[], str | No
             env.setdefault(name, value)
         env[CONTROLLER_HAPROXY_ENV] = "1"  # for the builders: the controller runs HAProxy, whatever the app's flag
     names = ", ".join(app.name for app in config.applications if app.route_prefix) or "no app"
-    return f"HTTP: HAProxy ({binary}) in front of {names}"
+    return f"HTTP: HAProxy ({binary}) in front of {names}{page_note}"
 
+
+
+def _most_replicas(app: Any) -> int | None:
+    """The most model replicas the llm app ``app`` can run as the deploy config stands; None: not bounded.
+
+    The file's ``LLMServer`` options win over the builder's own ``num_replicas`` / ``autoscaling_config`` args.
+    """
+    server = next((d for d in app.deployments or [] if d.name == "LLMServer"), None)
+    args = app.args or {}
+    if server is not None and "autoscaling_config" in server.model_fields_set and server.autoscaling_config:
+        auto = server.autoscaling_config
+    elif server is not None and "num_replicas" in server.model_fields_set:
+        return server.num_replicas if isinstance(server.num_replicas, int) else None
+    else:
+        auto = args.get("autoscaling_config")
+        if auto is None:
+            return int(args.get("num_replicas", 1))
+    most = auto.get("max_replicas") if isinstance(auto, dict) else getattr(auto, "max_replicas", None)
+    return int(most) if most is not None else None
+
+
+def fit_llm_front(config: Any) -> list[str]:
+    """Under HAProxy, an llm app that can run one model replica only answers its API in that replica.
+
+    Call it once the replica counts are final (after `scripts.up_cpus.fit_replica_cpus` capped them).
+    Ray 2.60 allows no custom request router on an HTTP ingress under HAProxy, so the cache-aware router
+    (``routing: affinity``) keeps an `LLMIngress` in front of the replicas (`deployments.llm.app.openai_front`),
+    one Serve hop more on every request and every streamed chunk. With one replica there is nothing to
+    route, so ``routing: pow2`` there, where the file leaves ``openai_front`` to ``auto``. Returns the notes.
+    """
+    controller = _env_vars(config.controller_options) if config.controller_options is not None else {}
+    if controller.get(HAPROXY_FLAG) != "1":
+        return []
+    notes = []
+    for app in config.applications:
+        args = dict(app.args or {})
+        if (app.import_path != LLM_IMPORT_PATH or args.get("routing", "affinity") != "affinity"
+                or args.get("openai_front", "auto") != "auto" or _most_replicas(app) != 1):
+            continue
+        args["routing"] = "pow2"
+        app.args = args
+        notes.append(f"LLM: one model replica of {app.name}, nothing to route: its OpenAI API runs in it "
+                     "(routing: pow2; HAProxy allows no cache-aware router on an HTTP ingress)")
+    return notes

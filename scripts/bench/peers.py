@@ -303,8 +303,8 @@ def peers_command(
              "or config (serve_config.yaml's `auto`: bf16 on a CPU with AMX). Give the peer the same one.")
     ] = "float32",
     ingress: Annotated[str, typer.Option(
-        "--ingress", help="What answers ours' HTTP when started here, as `blatam up --ingress`: proxy (Serve's) or "
-                          "haproxy.")] = DEFAULT_INGRESS,
+        "--ingress", help="What answers ours' HTTP when started here, as `blatam up --ingress`: haproxy (the "
+                          "default) or proxy (Serve's).")] = DEFAULT_INGRESS,
     seed: Annotated[int | None, typer.Option(help="Prompt seed (default: a new one every run, so a peer "
                                                    "that stays up never sees a prompt twice).")] = None,
     quiet_wait_s: Annotated[float, typer.Option(

@@ -22,7 +22,7 @@ from scripts.bench.ports import free_loopback_port
 from scripts.serve_stop import stop_serve
 from scripts.up import DEFAULT_CONFIG, load_config, wait_until_running
 from scripts.up_cpus import fit_replica_cpus
-from scripts.up_ingress import DEFAULT_INGRESS, fit_ingress
+from scripts.up_ingress import DEFAULT_INGRESS, fit_ingress, fit_llm_front
 from scripts.up_model import LLM_IMPORT_PATH, ModelChoice, apply_model
 
 DEPLOY_TIMEOUT_S = 600.0
@@ -78,6 +78,7 @@ def ours_llm(model_path: str | None, *, dtype: str | None = None, config_path: P
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         fit_replica_cpus(config, ray.cluster_resources().get("CPU", 0.0))
+        front = "; ".join([front, *fit_llm_front(config)])
         client = serve_api.serve_start(
             http_options=config.http_options.model_dump(),
             proxy_location=config.proxy_location,

@@ -192,7 +192,7 @@ def ttft_command(
                                 "serve_config.yaml's llm app, started here on the same model and dtype "
                                 "(its own block size: give --block-size 16 to match the file's)."),
     ingress: str = typer.Option(DEFAULT_INGRESS, "--ingress", help="What answers the served app's HTTP, as `blatam up "
-                                "--ingress`: proxy (Serve's) or haproxy."),
+                                "--ingress`: haproxy (the default) or proxy (Serve's)."),
 ) -> None:
     """Time to first token: uncached vs the engine's cache vs the in-process ideal (and served, on Ray)."""
     from contextlib import ExitStack, closing

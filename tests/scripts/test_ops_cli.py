@@ -1,12 +1,13 @@
 """The operator's verbs on the system `blatam up --detach` runs, as an operator runs them.
 
-`blatam up --detach --ingress haproxy` (demo model, embedded defaults, free
-ports; HAProxy answers HTTP, `scripts.up_ingress`) starts the whole system
+`blatam up --detach` (demo model, embedded defaults, free ports; HAProxy
+answers HTTP, the default: `scripts.up_ingress`) starts the whole system
 in the background; a user and an API key are made with the
 admin CLI; real completions go through the gateway's `/v1` with that key;
 then `blatam status`, `stats`, `monitor`, `cache persist|clear|load` run in
 other processes with the Ray address `up` printed; last, `blatam down`
-stops it all (and its Ray cluster with it).
+stops it all (and its Ray cluster with it). Just before that, the gateway's
+replica is killed with a request in flight: HAProxy answers it our 503.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import psutil
 import pytest
 
 from cache_actors.actors.cluster_view import CacheView, CoordinatorView, ShardView
+from scripts.haproxy_error_page import RAY_PAGE_NAME, error_page
 from scripts.ops.serve_view import AppView
 from scripts.ops.status_cli import _problems
 from tests.deployments.conftest import free_port
@@ -61,7 +63,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env = unreachable_index_env(base_env(tmp))
     port = free_port()
     started = run_blatam(env, "up", "--detach", "--model", "demo", "--port", str(port), "--no-dashboard",
-                      "--num-cpus", "2", "--ingress", "haproxy", timeout_s=START_TIMEOUT_S + 60)
+                      "--num-cpus", "2", timeout_s=START_TIMEOUT_S + 60)
     state = tmp / "data" / "blatam-up.json"
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -96,6 +98,7 @@ def _listeners(port_range: range | None = None) -> dict[tuple[str, int], str]:
 @pytest.mark.slow
 def test_behind_haproxy_only_the_gateway_has_a_port_and_it_runs_the_proxys_middlewares(served: Served) -> None:
     assert "HTTP: HAProxy (" in served.ready and "in front of gateway" in served.ready, served.ready
+    assert "Ray's plain-text 500" not in served.ready and "LLM: one model replica of llm" in served.ready
     assert _listeners(range(served.port, served.port + 1)) == {("127.0.0.1", served.port): "haproxy"}
     # Serve's direct-ingress ports: the gateway's replica only. The services trust the gateway (no key of their
     # own), so none of them may listen; they inherit the controller's HAProxy flag unless told not to.
@@ -149,7 +152,8 @@ def test_status_lists_every_app_its_replicas_the_shard_and_the_coordinator(serve
     apps = {a["name"]: a for a in status["applications"]}
     assert set(apps) >= {"gateway", "llm", "redundancy", "export"}
     assert {a["status"] for a in apps.values()} == {"RUNNING"}
-    assert {d["name"]: d["replicas"] for d in apps["llm"]["deployments"]}["LLMServer"] == {"RUNNING": 1}
+    # One model replica behind HAProxy: the API runs in it, no LLMIngress hop (scripts/up_ingress.py fit_llm_front).
+    assert {d["name"]: d["replicas"] for d in apps["llm"]["deployments"]} == {"LLMServer": {"RUNNING": 1}}
     (shard,) = status["shards"]
     assert shard["reachable"] and 0 < shard["blocks"] <= shard["capacity_blocks"]
     assert 0 < shard["bytes_used"] <= shard["bytes_capacity"] and shard["seq"] > 0
@@ -329,6 +333,45 @@ def test_an_unreachable_cluster_is_one_line_and_exit_2(verb: str, tmp_path: Path
     assert done.returncode == 2, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and address in lines[0] and lines[0].startswith(f"blatam {verb}: "), done.stderr
+
+
+def _haproxy_page(port: int) -> bytes:
+    """The error page the HAProxy listening on ``port`` loaded: next to the config its command line names."""
+    (pid,) = {c.pid for c in psutil.net_connections(kind="tcp")
+              if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+    command = psutil.Process(pid).cmdline()
+    config = Path(command[command.index("-f") + 1])
+    return (config.parent / RAY_PAGE_NAME).read_bytes()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_gateway_replica_killed_mid_request_leaves_its_client_our_retryable_503(served: Served) -> None:
+    """Next to last: the gateway restarts. HAProxy's own answer is our page, not Ray's plain-text 500."""
+    assert _haproxy_page(served.port) == error_page()
+    (gateway,) = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "ray::ServeReplica:gateway:Gateway"]
+    body = {"model": served.model, "prompt": PROMPT + "Tell a long story.", "max_tokens": 1000, "temperature": 0,
+            "ignore_eos": True}
+    answers: list[httpx.Response] = []
+    in_flight = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{served.base}/completions", json=body, headers=served.headers, timeout=120)))
+    in_flight.start()
+    time.sleep(1.5)  # the gateway has it and waits on the model (1,000 tokens take several seconds)
+    assert in_flight.is_alive() and not answers
+    gateway.kill()
+    in_flight.join(timeout=60)
+    (answer,) = answers
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1" and answer.json()["error"]["code"] == "service_unavailable"
+    deadline = time.monotonic() + 120  # Serve starts a new gateway replica; every answer meanwhile is JSON
+    while True:
+        health = httpx.get(f"http://127.0.0.1:{served.port}/health", timeout=30)
+        assert health.headers["content-type"].startswith("application/json"), (health.status_code, health.text)
+        if health.status_code == 200 and health.json()["status"] == "healthy":
+            break
+        assert time.monotonic() < deadline, health.text
+        time.sleep(0.5)
+    assert _complete(served, "Back?")["choices"][0]["text"] is not None
 
 
 @pytest.mark.ray
