@@ -2,7 +2,7 @@
 
 Why: on a 2-core machine the wall-clock ratios of `blatam bench peers` do
 not say where our time goes. The model's two threads share the cores with
-the Serve proxy, the ingress replica, the KV shard and Ray's own processes,
+the Serve proxy (or HAProxy), the ingress replica, the KV shard and Ray's own processes,
 and a request's trip through them costs CPU that the model then lacks.
 Measured by hand for issue 15 (16 requests at once): the model's process
 took ~84% of the CPU, the rest went to the proxy, the ingress, the shard and
@@ -36,7 +36,9 @@ _ROLES = (
 
 
 def role_of(title: str) -> str:
-    """``LLMServer``, ``LLMIngress``, ``Serve proxy``, ``KV shard``... or ``Ray system`` for the rest."""
+    """``LLMServer``, ``LLMIngress``, ``Serve proxy``, ``HAProxy``, ``KV shard``... or ``Ray system`` for the rest."""
+    if title.rsplit("/", 1)[-1] == "haproxy":  # Ray's HAProxy, as its binary or our error-page script names it
+        return "HAProxy"
     for prefix, role in _ROLES:
         if title.startswith(prefix):
             if role is None:  # ray::ServeReplica:<app>:<deployment>, + .<method> while Ray runs one

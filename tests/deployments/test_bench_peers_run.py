@@ -60,7 +60,8 @@ def test_bench_peers_starts_our_llm_app_measures_both_and_stops_it(peer_url: str
         assert all(result[side]["cpu"][m]["machine_ms"] > 0 for m in result["ratio"]), result[side]["cpu"]
     assert result["peer"]["cpu"]["tok_s_16"]["roles_ms"] is None
     roles = result["ours"]["cpu"]["tok_s_16"]["roles_ms"]
-    assert {"LLMServer", "Serve proxy"} <= set(roles) and roles["LLMServer"] > 0, roles  # the API runs in the replica
+    # HAProxy in front (the default), the API in the model's replica (one replica: scripts/up_ingress.py)
+    assert {"LLMServer", "HAProxy"} <= set(roles) and "LLMIngress" not in roles and roles["LLMServer"] > 0, roles
     assert "Our CPU per run by process" in done.stdout and "CPU per run, the whole machine" in done.stdout
     # ... and was stopped: its port no longer answers.
     with pytest.raises(httpx.TransportError):

