@@ -177,7 +177,6 @@ def fit_ingress(config: Any, ingress: str, *, find_binary: Callable[[], str | No
     return f"HTTP: HAProxy ({binary}) in front of {names}{page_note}"
 
 
-
 def _most_replicas(app: Any) -> int | None:
     """The most model replicas the llm app ``app`` can run as the deploy config stands; None: not bounded.
 
@@ -206,8 +205,8 @@ def fit_llm_front(config: Any) -> list[str]:
     one Serve hop more on every request and every streamed chunk. With one replica there is nothing to
     route, so ``routing: pow2`` there, where the file leaves ``openai_front`` to ``auto``. Returns the notes.
     """
-    controller = _env_vars(config.controller_options) if config.controller_options is not None else {}
-    if controller.get(HAPROXY_FLAG) != "1":
+    runtime_env = getattr(config.controller_options, "runtime_env", None) or {}
+    if (runtime_env.get("env_vars") or {}).get(HAPROXY_FLAG) != "1":
         return []
     notes = []
     for app in config.applications:
