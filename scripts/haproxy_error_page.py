@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shlex
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,9 @@ for argument in "$@"; do
 done
 if [ -n "$config" ]; then
     target="$(dirname -- "$config")/{RAY_PAGE_NAME}"
-    cp -- "$page" "$target.$$" 2>/dev/null && mv -f -- "$target.$$" "$target" 2>/dev/null
+    if ! (cp -- "$page" "$target.$$" && mv -f -- "$target.$$" "$target") 2>/dev/null; then
+        rm -f -- "$target.$$"
+    fi
 fi
 exec {shlex.quote(real_binary)} "$@"
 """
@@ -101,10 +104,24 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+def _own_private(directory: Path) -> None:
+    """Refuse (``PermissionError``) a directory another user could write in: Ray would run our script from it.
+
+    The default one is under the shared temporary directory, where anyone may have made it first.
+    """
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise PermissionError(f"{directory} is not a directory of this user's that only it can write")
+
+
 def install_wrapper(real_binary: str, directory: Path | None = None) -> Wrapper:
     """Write the page and the script that installs it before running ``real_binary``; returns their paths."""
-    directory = directory or default_directory(real_binary)
+    if directory is None:
+        directory = default_directory(real_binary)
+        directory.parent.mkdir(mode=0o700, exist_ok=True)
+        _own_private(directory.parent)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _own_private(directory)
     page = directory / "error-503.http"
     _write_atomically(page, error_page(), 0o644)
     binary = directory / "haproxy"

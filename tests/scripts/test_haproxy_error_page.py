@@ -165,3 +165,16 @@ def test_install_writes_whole_files_a_second_install_replaces_them(real_binary: 
     assert first == second and os.access(second.binary, os.X_OK)
     assert "exec /elsewhere/haproxy \"$@\"" in second.binary.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["error-503.http", "haproxy"]
+
+
+def test_a_directory_another_user_could_write_in_is_refused(real_binary: str, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # as anyone's /tmp/blatam-haproxy-<uid> made first by someone else would let them swap the script
+    with pytest.raises(PermissionError, match="only it can write"):
+        install_wrapper(real_binary, shared)
+    assert list(shared.iterdir()) == []
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    with pytest.raises(PermissionError):
+        install_wrapper(real_binary, tmp_path / "link")
