@@ -127,6 +127,26 @@ def direct_ingress_env(controller: dict[str, str]) -> dict[str, str]:
     return {DIRECT_INGRESS_FLAG: "1", **PROXY_ENV, **inherited}
 
 
+def _ports_in_use(config: Any, controller: dict[str, str]) -> set[int]:
+    """The ports the deploy config already gives out: HTTP, gRPC and the HAProxy ports the file sets itself."""
+    taken = {int(value) for name, value in controller.items() if name in PORT_VARIABLES and str(value).isdigit()}
+    for options in (getattr(config, "http_options", None), getattr(config, "grpc_options", None)):
+        port = getattr(options, "port", None)
+        if isinstance(port, int) and port > 0:
+            taken.add(port)
+    return taken
+
+
+def _pick_apart(pick_port: Callable[[], int], taken: set[int], tries: int = 100) -> int:
+    """A free port none of ``taken``: a port the caller chose but has not bound yet (``blatam up --port``) is free
+    to the kernel too, and HAProxy, given it twice, failed to start ("Address already in use")."""
+    for _ in range(tries):
+        port = pick_port()
+        if port not in taken:
+            return port
+    raise OSError(f"no free port apart from {sorted(taken)} after {tries} tries")
+
+
 def _controller_env(config: Any) -> dict[str, str]:
     if config.controller_options is None:
         from ray.serve.config import ControllerOptions
@@ -162,9 +182,11 @@ def fit_ingress(config: Any, ingress: str, *, find_binary: Callable[[], str | No
             page_note = f"; its own failures answer Ray's plain-text 500 (no error-page script: {exc})"
     for name, value in CONTROLLER_ENV.items():
         controller.setdefault(name, value)
+    taken = _ports_in_use(config, controller)
     for name in PORT_VARIABLES:
         if name not in controller:
-            controller[name] = str(pick_port())
+            controller[name] = str(_pick_apart(pick_port, taken))
+            taken.add(int(controller[name]))
     from deployments.llm.settings import CONTROLLER_HAPROXY_ENV  # here: `blatam --help` imports this module
 
     routed = direct_ingress_env(controller)

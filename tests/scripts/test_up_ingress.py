@@ -105,6 +105,20 @@ def test_a_value_the_file_sets_itself_wins(tmp_path: Path) -> None:
     assert controller["RAY_SERVE_HAPROXY_METRICS_PORT"] == "41000"  # only the missing ones are picked
 
 
+def test_the_ports_picked_for_haproxy_are_never_the_http_port_nor_each_other() -> None:
+    # A port `blatam up --port` was given but has not bound yet is free to the kernel: CI once got it back as
+    # HAProxy's stats port, and HAProxy, told to bind it twice, did not start.
+    config = load_config(DEFAULT_CONFIG, host="127.0.0.1", port=41000)
+    picks = iter([41000, 41001, 41001, 41004, 41002, 41003])
+    fit_ingress(config, "haproxy", find_binary=lambda: "/opt/haproxy", pick_port=picks.__next__, install=_install)
+    controller = _env(config.controller_options)
+    assert [controller[name] for name in PORT_VARIABLES] == ["41001", "41004", "41002", "41003"]
+    assert 41000 not in {int(controller[name]) for name in PORT_VARIABLES}
+    stuck = load_config(DEFAULT_CONFIG, host="127.0.0.1", port=41000)
+    with pytest.raises(OSError, match="no free port apart from"):
+        fit_ingress(stuck, "haproxy", find_binary=lambda: "/opt/haproxy", pick_port=lambda: 41000, install=_install)
+
+
 def test_ray_runs_haproxy_through_the_error_page_script_unless_the_file_names_a_binary() -> None:
     installed = []
     config = _config()
