@@ -266,7 +266,7 @@ def run_up(*, config_path: Path, host: str, port: int, num_cpus: int | None, das
     serve_stopped: bool | None = None  # None: not shut down yet
     try:
         names = [app.name for app in config.applications]
-        with console.status("Starting Serve's HTTP proxy ...") as status:
+        with console.status("Starting Serve and its HTTP door ...") as status:
             client = serve_api.serve_start(
                 http_options=config.http_options.model_dump(),
                 proxy_location=config.proxy_location,
