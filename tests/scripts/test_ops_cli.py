@@ -350,7 +350,9 @@ def _haproxy_page(port: int) -> bytes:
 def test_a_gateway_replica_killed_mid_request_leaves_its_client_a_retryable_answer(served: Served) -> None:
     """Next to last: the gateway restarts. HAProxy's own answer is our page, not Ray's plain-text 500."""
     assert _haproxy_page(served.port) == error_page()
-    (gateway,) = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "ray::ServeReplica:gateway:Gateway"]
+    # This cluster's: below `blatam up` (the other test worker may run a gateway replica of its own).
+    (gateway,) = [p for p in psutil.Process(served.pid).children(recursive=True)
+                  if p.name() == "ray::ServeReplica:gateway:Gateway"]
     body = {"model": served.model, "prompt": PROMPT + "Tell a long story.", "max_tokens": 1000, "temperature": 0,
             "ignore_eos": True}
     answers: list[httpx.Response | httpx.RemoteProtocolError] = []
