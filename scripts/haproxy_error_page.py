@@ -25,7 +25,6 @@ replica that would have given one is gone).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import stat
@@ -37,14 +36,15 @@ RAY_PAGE_NAME = "500.http"
 """The page Ray writes next to its HAProxy config and names for 502, 503 and 504."""
 BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
 """The controller's: the HAProxy binary Ray's manager runs (absolute, executable)."""
-RETRY_AFTER_S = 1
 MESSAGE = "No replica could answer this request (it went away, or none is up yet); retry."
 
 
 def error_page() -> bytes:
-    """The HTTP response HAProxy sends for its own failures: 503, ``Retry-After`` and the uniform body."""
-    # The uniform body (deployments.common.errors.error_body), spelled out as proxy_failures does.
-    body = json.dumps({"error": {"code": "service_unavailable", "message": MESSAGE, "request_id": None}}).encode()
+    """The HTTP response HAProxy sends for its own failures: 503, ``Retry-After`` and the uniform body, as
+    Serve's proxy answers them (`deployments.common.proxy_failures`)."""
+    from deployments.common.proxy_failures import RETRY_AFTER_S, retry_body  # here: `blatam --help` imports us
+
+    body = retry_body(MESSAGE)
     head = ("HTTP/1.1 503 Service Unavailable\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n"

@@ -151,6 +151,16 @@ def _scope_request_id(scope: Scope) -> str | None:
     return _request_id(scope.get("headers", ()))
 
 
+def retry_body(message: str = _WENT_AWAY, request_id: str | None = None) -> bytes:
+    """The uniform body of a 503 to retry; HAProxy's error page has it too (`scripts.haproxy_error_page`).
+
+    Spelled out, not `deployments.common.errors.error_body`: that module reaches the request-id one, which
+    installs this middleware, so importing it here would close a circle.
+    """
+    return json.dumps({"error": {"code": "service_unavailable", "message": message,
+                                 "request_id": request_id}}).encode()
+
+
 async def _send_retry(send: Send, headers: Iterable[tuple[bytes, bytes]], request_id: str | None = None,
                       message: str = _WENT_AWAY) -> None:
     """The 503 + Retry-After answer with the uniform body, keeping `headers` but the content ones."""
@@ -158,11 +168,7 @@ async def _send_retry(send: Send, headers: Iterable[tuple[bytes, bytes]], reques
     sent = _request_id(kept)
     if sent is None and request_id is not None:
         kept.append((b"x-request-id", request_id.encode("latin-1")))
-    request_id = sent or request_id
-    # The uniform body (deployments.common.errors.error_body), spelled out: that module reaches the
-    # request-id one, which installs this middleware, so importing it here would close a circle.
-    body = json.dumps({"error": {"code": "service_unavailable", "message": message,
-                                 "request_id": request_id}}).encode()
+    body = retry_body(message, sent or request_id)
     kept += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
              (b"retry-after", str(RETRY_AFTER_S).encode())]
     await send({"type": "http.response.start", "status": 503, "headers": kept})

@@ -53,6 +53,16 @@ def ray_head(tag: str, *extra: str, num_cpus: int = 1,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL when it has not exited within ``timeout_s``; waits for it either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
+
+
 def run_python(code: str, env: dict[str, str], timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout_s)

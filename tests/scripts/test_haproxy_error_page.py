@@ -25,6 +25,7 @@ import pytest
 from scripts.haproxy_error_page import RAY_PAGE_NAME, error_page, install_wrapper
 from scripts.up_ingress import haproxy_binary
 from tests.deployments.conftest import free_port
+from tests.scripts.ray_head import stop_process
 
 RAY_PAGE = ("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n"
             "Internal Server Error")  # what Ray 2.60's manager writes (haproxy.py)
@@ -103,15 +104,6 @@ def _start(binary: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
     raise AssertionError("HAProxy did not listen")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def test_the_page_is_a_503_with_retry_after_and_the_uniform_body() -> None:
     head, _, body = error_page().partition(b"\r\n\r\n")
     lines = head.decode("ascii").split("\r\n")
@@ -141,7 +133,7 @@ def test_haproxy_run_through_the_script_answers_its_own_failures_with_our_page(
             assert answer.headers["retry-after"] == "1" and answer.headers["content-type"] == "application/json"
             assert answer.json()["error"]["code"] == "service_unavailable"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def test_without_its_page_the_script_still_runs_haproxy_with_rays(real_binary: str, closing_backend: int,
@@ -156,7 +148,7 @@ def test_without_its_page_the_script_still_runs_haproxy_with_rays(real_binary: s
         assert answer.status_code == 500 and answer.text == "Internal Server Error"
         assert sorted(os.listdir(tmp_path / "ray")) == ["500.http", "haproxy.cfg"]  # no half-copied file left
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def test_install_writes_whole_files_a_second_install_replaces_them(real_binary: str, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 from scripts.cli import app
 from scripts.observability.catalog import load_dashboards, metric_names, panel_queries, panels, prometheus_expr
 from scripts.observability.prometheus_config import prometheus_config
-from tests.scripts.ray_head import ray_head, run_python
+from tests.scripts.ray_head import ray_head, run_python, stop_process
 
 runner = CliRunner()
 
@@ -168,12 +168,7 @@ def prometheus(prometheus_bin, ray_metrics_port, tmp_path_factory) -> Iterator[s
                  timeout_s=30, what="Prometheus ready")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         log.close()
 
 
