@@ -230,11 +230,14 @@ def fit_llm_front(config: Any) -> list[str]:
     runtime_env = getattr(config.controller_options, "runtime_env", None) or {}
     if (runtime_env.get("env_vars") or {}).get(HAPROXY_FLAG) != "1":
         return []
+    from deployments.llm.settings import LLMSettings  # here: `blatam --help` imports this module
+
+    defaults = {name: LLMSettings.model_fields[name].default for name in ("routing", "openai_front")}
     notes = []
     for app in config.applications:
         args = dict(app.args or {})
-        if (app.import_path != LLM_IMPORT_PATH or args.get("routing", "affinity") != "affinity"
-                or args.get("openai_front", "auto") != "auto" or _most_replicas(app) != 1):
+        if (app.import_path != LLM_IMPORT_PATH or args.get("routing", defaults["routing"]) != "affinity"
+                or args.get("openai_front", defaults["openai_front"]) != "auto" or _most_replicas(app) != 1):
             continue
         args["routing"] = "pow2"
         app.args = args
